@@ -1,0 +1,318 @@
+//! `ml.classify`: decode an image, preprocess it to the model's declared input (size, channels,
+//! mean/std normalisation, NCHW, f32 or f16), run the model through the [`Classifier`] port,
+//! then softmax and top-k with labels.
+
+use half::f16;
+use image::DynamicImage;
+use ndarray::{Array2, Array4, ArrayView1, Axis};
+use serde::{Deserialize, Serialize};
+
+use crate::error::JobError;
+use crate::image_io;
+use crate::limits::Limits;
+use crate::resize::Filter;
+
+/// Element type of the model's input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElementType {
+    F32,
+    F16,
+}
+
+/// What a model expects and what its outputs mean: what the adapter read from the model file,
+/// completed by configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub input_type: ElementType,
+    /// 1 (grey) or 3 (RGB).
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Per-channel normalisation applied to pixels scaled to [0, 1]: (x - mean) / std.
+    /// One value applies to every channel.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub filter: Filter,
+    /// One label per output class, in output order.
+    pub labels: Vec<String>,
+    /// Whether the model outputs logits (softmax is applied) or probabilities already.
+    pub outputs_logits: bool,
+}
+
+impl ModelSpec {
+    /// Checks the spec is self-consistent; adapters call it once, at load time.
+    pub fn check(&self) -> Result<(), String> {
+        if !matches!(self.channels, 1 | 3) {
+            return Err(format!(
+                "models with {} input channels are not supported (1 or 3)",
+                self.channels
+            ));
+        }
+        if self.height == 0 || self.width == 0 {
+            return Err(
+                "the model input has no fixed height and width; set model.height and model.width"
+                    .into(),
+            );
+        }
+        for (name, v) in [("mean", &self.mean), ("std", &self.std)] {
+            if v.len() != 1 && v.len() != self.channels {
+                return Err(format!(
+                    "model.{name} needs 1 or {} values, got {}",
+                    self.channels,
+                    v.len()
+                ));
+            }
+        }
+        if self.std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
+            return Err("model.std values must be finite and non-zero".into());
+        }
+        if self.labels.is_empty() {
+            return Err("the model has no labels".into());
+        }
+        Ok(())
+    }
+}
+
+/// A preprocessed batch, in the element type the model declares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputTensor {
+    F32(Array4<f32>),
+    F16(Array4<f16>),
+}
+
+impl InputTensor {
+    pub fn batch_size(&self) -> usize {
+        match self {
+            Self::F32(a) => a.len_of(Axis(0)),
+            Self::F16(a) => a.len_of(Axis(0)),
+        }
+    }
+}
+
+/// The port to an inference engine. Implementations must be safe to call from several blocking
+/// threads at once.
+pub trait Classifier: Send + Sync {
+    fn spec(&self) -> &ModelSpec;
+    /// Runs the model on an NCHW batch and returns one row of scores per image, one column per
+    /// label (logits or probabilities, as the spec says).
+    fn infer(&self, input: InputTensor) -> Result<Array2<f32>, JobError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyJob {
+    #[serde(with = "crate::bytes")]
+    pub image: Vec<u8>,
+    /// How many of the best labels to return (default 5, at most the number of labels).
+    #[serde(default)]
+    pub top_k: Option<u32>,
+}
+
+impl ClassifyJob {
+    pub fn validate(&self) -> Result<(), JobError> {
+        if self.top_k == Some(0) {
+            return Err(JobError::InvalidParams("top_k must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub label: String,
+    pub index: u32,
+    /// Probability in [0, 1].
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyOutput {
+    pub model: String,
+    /// Best first.
+    pub predictions: Vec<Prediction>,
+}
+
+pub const DEFAULT_TOP_K: u32 = 5;
+
+pub fn classify(
+    job: &ClassifyJob,
+    model: &dyn Classifier,
+    limits: &Limits,
+) -> Result<ClassifyOutput, JobError> {
+    job.validate()?;
+    let spec = model.spec();
+    let (img, _) = image_io::decode(&job.image, limits)?;
+    let input = preprocess_batch(std::slice::from_ref(&img), spec)?;
+    let scores = model.infer(input)?;
+    if scores.nrows() != 1 || scores.ncols() != spec.labels.len() {
+        return Err(JobError::ModelInputMismatch(format!(
+            "the model returned {}x{} scores, expected 1x{}",
+            scores.nrows(),
+            scores.ncols(),
+            spec.labels.len()
+        )));
+    }
+    let probs = if spec.outputs_logits {
+        softmax(scores.row(0))
+    } else {
+        scores.row(0).to_vec()
+    };
+    let k = job.top_k.unwrap_or(DEFAULT_TOP_K);
+    Ok(ClassifyOutput {
+        model: spec.name.clone(),
+        predictions: top_k(&probs, k, &spec.labels),
+    })
+}
+
+/// Resizes, converts and normalises images into one NCHW batch of the model's element type.
+pub fn preprocess_batch(
+    images: &[DynamicImage],
+    spec: &ModelSpec,
+) -> Result<InputTensor, JobError> {
+    let (c, h, w) = (spec.channels, spec.height, spec.width);
+    let mut batch = Array4::<f32>::zeros((images.len(), c, h, w));
+    let (width, height) = (
+        u32::try_from(w)
+            .map_err(|_| JobError::ModelInputMismatch(format!("model width {w} is too large")))?,
+        u32::try_from(h)
+            .map_err(|_| JobError::ModelInputMismatch(format!("model height {h} is too large")))?,
+    );
+    for (n, img) in images.iter().enumerate() {
+        let resized = img.resize_exact(width, height, spec.filter.filter_type());
+        let pixels: Vec<u8> = match c {
+            1 => resized.to_luma8().into_raw(),
+            3 => resized.to_rgb8().into_raw(),
+            other => {
+                return Err(JobError::ModelInputMismatch(format!(
+                    "{other} input channels"
+                )));
+            }
+        };
+        let mut item = batch.index_axis_mut(Axis(0), n);
+        // Interleaved HWC bytes to planar CHW floats.
+        for (i, px) in pixels.iter().enumerate() {
+            let ch = i % c;
+            let pos = i / c;
+            let mean = spec
+                .mean
+                .get(ch)
+                .or(spec.mean.first())
+                .copied()
+                .unwrap_or(0.0);
+            let std = spec
+                .std
+                .get(ch)
+                .or(spec.std.first())
+                .copied()
+                .unwrap_or(1.0);
+            item[[ch, pos / w, pos % w]] = (f32::from(*px) / 255.0 - mean) / std;
+        }
+    }
+    Ok(match spec.input_type {
+        ElementType::F32 => InputTensor::F32(batch),
+        ElementType::F16 => InputTensor::F16(batch.mapv(f16::from_f32)),
+    })
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: ArrayView1<'_, f32>) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// The `k` best scores with their labels, best first; ties keep the lower index first.
+pub fn top_k(probs: &[f32], k: u32, labels: &[String]) -> Vec<Prediction> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .take(k as usize)
+        .map(|i| Prediction {
+            label: labels.get(i).cloned().unwrap_or_else(|| i.to_string()),
+            index: i as u32,
+            score: probs[i],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn spec(input_type: ElementType, channels: usize) -> ModelSpec {
+        ModelSpec {
+            name: "test".into(),
+            input_type,
+            channels,
+            height: 2,
+            width: 2,
+            mean: vec![0.5],
+            std: vec![0.5],
+            filter: Filter::Nearest,
+            labels: vec!["a".into(), "b".into(), "c".into()],
+            outputs_logits: true,
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let p = softmax(array![1.0_f32, 3.0, 2.0].view());
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[1] > p[2] && p[2] > p[0]);
+        // Large logits do not overflow.
+        let p = softmax(array![1000.0_f32, 1000.0].view());
+        assert!((p[0] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_orders_and_labels() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let top = top_k(&[0.2, 0.5, 0.3], 2, &labels);
+        assert_eq!(
+            top.iter().map(|p| p.label.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        assert_eq!(top_k(&[0.2, 0.5, 0.3], 10, &labels).len(), 3);
+    }
+
+    #[test]
+    fn preprocess_normalises_nchw() {
+        // A 2x2 grey image: black, white / white, black.
+        let img = image::GrayImage::from_raw(2, 2, vec![0, 255, 255, 0]).expect("2x2");
+        let t = preprocess_batch(&[DynamicImage::ImageLuma8(img)], &spec(ElementType::F32, 1))
+            .expect("pre");
+        let InputTensor::F32(a) = t else {
+            panic!("expected f32")
+        };
+        assert_eq!(a.shape(), &[1, 1, 2, 2]);
+        assert_eq!(a[[0, 0, 0, 0]], -1.0);
+        assert_eq!(a[[0, 0, 0, 1]], 1.0);
+    }
+
+    #[test]
+    fn preprocess_rgb_planar_and_f16() {
+        let img = image::RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 255]));
+        let t = preprocess_batch(&[DynamicImage::ImageRgb8(img)], &spec(ElementType::F16, 3))
+            .expect("pre");
+        let InputTensor::F16(a) = t else {
+            panic!("expected f16")
+        };
+        assert_eq!(a.shape(), &[1, 3, 2, 2]);
+        assert_eq!(a[[0, 0, 1, 1]].to_f32(), 1.0);
+        assert_eq!(a[[0, 1, 1, 1]].to_f32(), -1.0);
+        assert_eq!(a[[0, 2, 0, 0]].to_f32(), 1.0);
+    }
+
+    #[test]
+    fn spec_check_refuses_bad_normalisation() {
+        let mut s = spec(ElementType::F32, 3);
+        s.mean = vec![0.1, 0.2];
+        assert!(s.check().is_err());
+        s.mean = vec![0.5];
+        s.std = vec![0.0];
+        assert!(s.check().is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! The one error type of job processing, and its classification.
+//!
+//! Every failure is either permanent (retrying cannot help: bad input, unsupported parameters,
+//! unknown kind or version, a panic in the job) or transient (it may succeed later: a timeout,
+//! a model that is unavailable, a resource limit of the worker). The consumer decides what to do
+//! with a message from the class alone; `error_type` is the fixed, low-cardinality label used in
+//! dead-letter headers and metrics. Never put a message text into a label.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Whether retrying a failed job can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    Permanent,
+    Transient,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::Transient => "transient",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    #[error("unsupported content type {0:?}: use application/json or application/x-bincode")]
+    UnsupportedContentType(String),
+    #[error("body of {size} bytes exceeds the limit of {limit} bytes")]
+    BodyTooLarge { size: usize, limit: usize },
+    #[error("malformed envelope: {0}")]
+    MalformedEnvelope(String),
+    #[error("unsupported envelope version {found}; this worker reads version {supported}")]
+    UnsupportedVersion { found: u64, supported: u32 },
+    #[error("unknown job kind {0:?}")]
+    UnknownKind(String),
+    #[error("no route for job kind {0:?} in this worker's configuration")]
+    KindNotServed(String),
+    #[error("invalid job parameters: {0}")]
+    InvalidParams(String),
+    #[error("unsupported image format: {0}")]
+    UnsupportedFormat(String),
+    #[error("corrupt image: {0}")]
+    CorruptImage(String),
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    #[error("input does not fit the model: {0}")]
+    ModelInputMismatch(String),
+    #[error("encoding the output failed: {0}")]
+    Encode(String),
+    #[error("job panicked: {0}")]
+    Panicked(String),
+    #[error("job exceeded its time limit of {0:?}")]
+    TimedOut(Duration),
+    #[error("model unavailable: {0}")]
+    ModelUnavailable(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+impl JobError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::TimedOut(_) | Self::ModelUnavailable(_) | Self::Inference(_) => {
+                ErrorClass::Transient
+            }
+            _ => ErrorClass::Permanent,
+        }
+    }
+
+    /// A fixed identifier for the error, for headers, results and metric labels.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::UnsupportedContentType(_) => "unsupported_content_type",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::MalformedEnvelope(_) => "malformed_envelope",
+            Self::UnsupportedVersion { .. } => "unsupported_version",
+            Self::UnknownKind(_) => "unknown_kind",
+            Self::KindNotServed(_) => "kind_not_served",
+            Self::InvalidParams(_) => "invalid_params",
+            Self::UnsupportedFormat(_) => "unsupported_format",
+            Self::CorruptImage(_) => "corrupt_image",
+            Self::LimitExceeded(_) => "limit_exceeded",
+            Self::ModelInputMismatch(_) => "model_input_mismatch",
+            Self::Encode(_) => "encode_failed",
+            Self::Panicked(_) => "panic",
+            Self::TimedOut(_) => "timeout",
+            Self::ModelUnavailable(_) => "model_unavailable",
+            Self::Inference(_) => "inference_failed",
+        }
+    }
+}
+
+/// The error as it travels in a result message: class, fixed type and human message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub class: ErrorClass,
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub message: String,
+}
+
+impl From<&JobError> for ErrorInfo {
+    fn from(e: &JobError) -> Self {
+        Self {
+            class: e.class(),
+            error_type: e.error_type().to_owned(),
+            message: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Names of Warren's own AMQP headers and content types: part of the message contract
+//! (`docs/contract.md`). Warren never writes `x-*` headers; those belong to the broker.
+
+/// Content type of JSON-encoded envelopes and results (the interoperable encoding).
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// Content type of bincode-2-encoded envelopes and results (compact, Rust to Rust).
+pub const CONTENT_TYPE_BINCODE: &str = "application/x-bincode";
+
+/// How many times this job has been attempted before this delivery (0 on first publish).
+pub const ATTEMPT: &str = "warren-attempt";
+
+/// Dead letters: why the job was given up.
+pub const DEAD_REASON: &str = "warren-dead-reason";
+/// Dead letters: the error class, `permanent` or `transient`.
+pub const ERROR_CLASS: &str = "warren-error-class";
+/// Dead letters: the fixed error type (e.g. `corrupt_image`).
+pub const ERROR_TYPE: &str = "warren-error-type";
+/// Dead letters: the human-readable error message.
+pub const ERROR_MESSAGE: &str = "warren-error-message";
+/// Dead letters: the exchange the job was first published to.
+pub const ORIGINAL_EXCHANGE: &str = "warren-original-exchange";
+/// Dead letters: the routing key the job was first published with.
+pub const ORIGINAL_ROUTING_KEY: &str = "warren-original-routing-key";
+/// Dead letters: the queue the job was consumed from.
+pub const ORIGINAL_QUEUE: &str = "warren-original-queue";
+/// Dead letters: when the job was given up, milliseconds since the Unix epoch.
+pub const FAILED_AT: &str = "warren-failed-at";
+/// Dead letters: which consumer gave up the job.
+pub const CONSUMER: &str = "warren-consumer";
+/// W3C trace context, carried from producer to consumer to result.
+pub const TRACEPARENT: &str = "traceparent";

@@ -1,0 +1,26 @@
+//! Warren's domain: job and result entities, the message contract, the use cases that run each job
+//! kind as plain synchronous functions, and the ports adapters implement.
+//!
+//! Invariant: this crate is pure. It never depends on an async runtime, the broker client, ONNX
+//! Runtime or HTTP (CI checks `cargo tree -p warren-common -e normal`), so every use case can be
+//! unit-tested directly and run by the consumer inside `spawn_blocking`.
+
+pub mod bytes;
+pub mod checksum;
+pub mod classify;
+pub mod codec;
+pub mod envelope;
+pub mod error;
+pub mod headers;
+pub mod image_io;
+pub mod job;
+pub mod limits;
+pub mod resize;
+pub mod result;
+
+pub use codec::Encoding;
+pub use envelope::{ENVELOPE_VERSION, JobEnvelope};
+pub use error::{ErrorClass, JobError};
+pub use job::{Job, JobKind, JobOutput, Services};
+pub use limits::Limits;
+pub use result::{JobResult, ResultStatus, Timing};

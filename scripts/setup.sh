@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Prepares this machine for Warren, idempotently and with a cache:
+#   1. ONNX Runtime 1.31.1 (the shared library ort loads at run time), from PyPI's wheel;
+#   2. a running RabbitMQ with the management and prometheus plugins;
+#   3. the Python packages the contract example and its test use (pika).
+# Prints nothing but progress; `source <(scripts/setup.sh --env)` exports ORT_DYLIB_PATH.
+set -euo pipefail
+
+ORT_VERSION=1.31.1
+CACHE_DIR="${WARREN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/warren}"
+ORT_DIR="$CACHE_DIR/onnxruntime-$ORT_VERSION"
+ORT_LIB="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+PYTHON="${PYTHON:-python3}"
+
+log() { echo "setup: $*" >&2; }
+
+if [[ "${1:-}" == "--env" ]]; then
+  echo "export ORT_DYLIB_PATH='$ORT_LIB'"
+  exit 0
+fi
+
+fetch_onnxruntime() {
+  if [[ -f "$ORT_LIB" ]]; then
+    log "ONNX Runtime $ORT_VERSION cached at $ORT_LIB"
+    return
+  fi
+  log "fetching ONNX Runtime $ORT_VERSION from PyPI's onnxruntime wheel"
+  local tmp
+  tmp="$(mktemp -d)"
+  # The wheel is the only place a registry serves the prebuilt library; we take the .so and
+  # leave the Python binding behind.
+  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
+    "onnxruntime==$ORT_VERSION" -d "$tmp"
+  mkdir -p "$ORT_DIR"
+  "$PYTHON" - "$tmp" "$ORT_DIR" "$ORT_VERSION" <<'PY'
+import glob, os, sys, zipfile
+src, dest, version = sys.argv[1:4]
+wheel = glob.glob(os.path.join(src, "onnxruntime-*.whl"))[0]
+name = f"onnxruntime/capi/libonnxruntime.so.{version}"
+with zipfile.ZipFile(wheel) as z:
+    data = z.read(name)
+tmp = os.path.join(dest, ".partial")
+with open(tmp, "wb") as f:
+    f.write(data)
+os.replace(tmp, os.path.join(dest, os.path.basename(name)))
+PY
+  rm -rf "$tmp"
+  log "ONNX Runtime ready at $ORT_LIB"
+}
+
+wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
+  local what="$1" secs="$2"; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then log "gave up waiting for $what after ${secs}s"; return 1; fi
+    sleep 1
+  done
+}
+
+start_broker() {
+  if ! command -v rabbitmqctl >/dev/null; then
+    log "RabbitMQ is not installed; installing it from Debian's packages"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    log "RabbitMQ is not running; starting it"
+    rabbitmq-server -detached
+  fi
+  wait_for "RabbitMQ to boot" 120 rabbitmqctl -q await_startup
+  rabbitmq-plugins -q enable rabbitmq_management rabbitmq_prometheus >/dev/null
+  wait_for "the management API on :15672" 120 \
+    curl -fsS -u guest:guest http://127.0.0.1:15672/api/overview
+  wait_for "AMQP on :5672" 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'
+  log "RabbitMQ is up (AMQP :5672, management :15672, prometheus :15692)"
+}
+
+python_deps() {
+  if ! "$PYTHON" -c "import pika" 2>/dev/null; then
+    log "installing pika (the contract's Python example)"
+    "$PYTHON" -m pip install --quiet pika
+  fi
+}
+
+fetch_onnxruntime
+start_broker
+python_deps
