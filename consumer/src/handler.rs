@@ -1,0 +1,295 @@
+//! One delivery, start to finish: parse at the boundary, run on the pool, publish the outcome
+//! with a confirm, then settle the delivery. The input is acked only after its result or its
+//! dead letter is confirmed; when neither could be published it is nacked with requeue, so the
+//! broker keeps it. Nothing here returns an error to the loop: every path settles the delivery.
+
+use std::sync::Arc;
+
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{FieldTable, ShortString};
+use tracing::{Instrument as _, field};
+use warren_common::classify::Classifier;
+use warren_common::headers as h;
+use warren_common::job::{self, Services};
+use warren_common::{Encoding, Job, JobEnvelope, JobError, JobKind, JobResult, Timing};
+use warren_infra::{PublishError, Publisher, Settings, fields};
+
+use crate::dead_letter;
+use crate::pool::{WorkerPool, now_us};
+
+/// What every delivery handler shares.
+pub struct Worker {
+    pub settings: Arc<Settings>,
+    pub publisher: Publisher,
+    pub pool: WorkerPool,
+    pub classifier: Option<Arc<dyn Classifier>>,
+    pub worker_id: String,
+    /// Job kinds this worker runs.
+    pub kinds: Vec<JobKind>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("worker_id", &self.worker_id)
+            .field("kinds", &self.kinds)
+            .finish()
+    }
+}
+
+pub async fn handle(worker: Arc<Worker>, queue: Arc<str>, delivery: Delivery) {
+    let props = &delivery.properties;
+    let job_id = props
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let attempt = fields::get_u64(props.headers().as_ref(), h::ATTEMPT).unwrap_or(0);
+    let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job_id,
+        kind = field::Empty,
+        attempt,
+        queue = %queue,
+        redelivered = delivery.redelivered,
+    );
+    process(worker, queue, delivery, job_id, attempt)
+        .instrument(span)
+        .await;
+}
+
+async fn process(
+    worker: Arc<Worker>,
+    queue: Arc<str>,
+    delivery: Delivery,
+    job_id: String,
+    attempt: u32,
+) {
+    let encoding = Encoding::from_content_type(
+        delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|s| s.as_str()),
+    );
+    let (outcome, timing, kind) = match parse(&delivery.data, encoding, &worker) {
+        Ok(job) => {
+            let kind = job.kind().as_str().to_owned();
+            tracing::Span::current().record("kind", kind.as_str());
+            let (settings, classifier) = (worker.settings.clone(), worker.classifier.clone());
+            let (outcome, timing) = worker
+                .pool
+                .run(move || {
+                    let services = Services {
+                        limits: &settings.limits,
+                        classifier: classifier.as_deref(),
+                    };
+                    job::run(&job, services)
+                })
+                .await;
+            (outcome, timing, kind)
+        }
+        Err(e) => {
+            let now = now_us();
+            let kind = encoding
+                .and_then(|enc| JobEnvelope::peek_kind(&delivery.data, enc))
+                .unwrap_or_else(|| "unknown".to_owned());
+            (
+                Err(e),
+                Timing {
+                    started_at_us: now,
+                    finished_at_us: now,
+                },
+                kind,
+            )
+        }
+    };
+    // Results travel in the job's encoding; JSON when the job's could not be understood.
+    let encoding = encoding.unwrap_or(Encoding::Json);
+    match outcome {
+        Ok(output) => {
+            let result = JobResult::ok(
+                job_id,
+                kind,
+                output,
+                attempt,
+                worker.worker_id.clone(),
+                timing,
+            );
+            match publish_result(&worker, &delivery, &result, encoding).await {
+                Ok(()) => {
+                    tracing::info!(
+                        run_ms = (timing.finished_at_us - timing.started_at_us) / 1000,
+                        "job done"
+                    );
+                    ack(&delivery).await;
+                }
+                Err(e @ PublishError::Unroutable { .. }) => {
+                    // The job is done; nobody is listening for its result (a requester that
+                    // went away, or no results queue). Redoing the job would not change that.
+                    tracing::warn!(error = %e, "result unroutable; dropping the result of a finished job");
+                    ack(&delivery).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "result not confirmed; handing the job back to the broker");
+                    nack_requeue(&delivery).await;
+                }
+            }
+        }
+        Err(error) => {
+            fail(
+                &worker, &queue, &delivery, job_id, kind, error, attempt, timing, encoding,
+            )
+            .await
+        }
+    }
+}
+
+fn parse(body: &[u8], encoding: Option<Encoding>, worker: &Worker) -> Result<Job, JobError> {
+    let limits = &worker.settings.limits;
+    if body.len() > limits.max_body_bytes {
+        return Err(JobError::BodyTooLarge {
+            size: body.len(),
+            limit: limits.max_body_bytes,
+        });
+    }
+    let Some(encoding) = encoding else {
+        return Err(JobError::UnsupportedContentType("(unrecognised)".into()));
+    };
+    let job = JobEnvelope::decode(body, encoding)?;
+    if !worker.kinds.contains(&job.kind()) {
+        return Err(JobError::KindNotServed(job.kind().as_str().to_owned()));
+    }
+    job.validate(limits)?;
+    Ok(job)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fail(
+    worker: &Worker,
+    queue: &str,
+    delivery: &Delivery,
+    job_id: String,
+    kind: String,
+    error: JobError,
+    attempt: u32,
+    timing: Timing,
+    encoding: Encoding,
+) {
+    let error = match error {
+        JobError::UnsupportedContentType(_) => JobError::UnsupportedContentType(
+            delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        ),
+        other => other,
+    };
+    tracing::warn!(
+        error_type = error.error_type(),
+        class = error.class().as_str(),
+        error = %error,
+        "job failed; dead-lettering it"
+    );
+    let t = &worker.settings.topology;
+    let props = dead_letter::properties(
+        delivery,
+        queue,
+        &error,
+        attempt,
+        &worker.worker_id,
+        now_us() / 1000,
+    );
+    if let Err(e) = worker
+        .publisher
+        .publish(&t.dead_letter_exchange, queue, &delivery.data, props, true)
+        .await
+    {
+        tracing::error!(error = %e, "dead letter not confirmed; handing the job back to the broker");
+        nack_requeue(delivery).await;
+        return;
+    }
+    if delivery.properties.reply_to().is_some() {
+        let result = JobResult::failed(
+            job_id,
+            kind,
+            &error,
+            attempt,
+            worker.worker_id.clone(),
+            timing,
+        );
+        if let Err(e) = publish_result(worker, delivery, &result, encoding).await {
+            // The dead letter holds the record; the error result is a courtesy to the requester.
+            tracing::warn!(error = %e, "error result not delivered to reply_to");
+        }
+    }
+    ack(delivery).await;
+}
+
+async fn publish_result(
+    worker: &Worker,
+    delivery: &Delivery,
+    result: &JobResult,
+    encoding: Encoding,
+) -> Result<(), PublishError> {
+    let body = result
+        .encode(encoding)
+        .map_err(|e| PublishError::Unroutable {
+            exchange: String::new(),
+            routing_key: String::new(),
+            reply: format!("result could not be encoded: {e}"),
+        })?;
+    let input = &delivery.properties;
+    let correlation = input
+        .correlation_id()
+        .clone()
+        .or_else(|| input.message_id().clone())
+        .unwrap_or_else(|| ShortString::from(result.job_id.as_str()));
+    let mut headers = FieldTable::default();
+    if let Some(tp) = fields::get_str(input.headers().as_ref(), h::TRACEPARENT) {
+        fields::set_str(&mut headers, h::TRACEPARENT, tp);
+    }
+    let props = BasicProperties::default()
+        .with_content_type(encoding.content_type().into())
+        .with_delivery_mode(2)
+        .with_message_id(result.job_id.as_str().into())
+        .with_correlation_id(correlation)
+        .with_timestamp(now_us() / 1_000_000)
+        .with_type("warren.result".into())
+        .with_headers(headers);
+    let (exchange, routing_key) = match input.reply_to() {
+        Some(reply_to) => ("", reply_to.as_str()),
+        None => (
+            worker.settings.topology.results_exchange.as_str(),
+            result.kind.as_str(),
+        ),
+    };
+    worker
+        .publisher
+        .publish(exchange, routing_key, &body, props, true)
+        .await
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        // The channel is gone; the broker will redeliver, and results carry the job id.
+        tracing::warn!(error = %e, "ack failed; the job will be redelivered");
+    }
+}
+
+async fn nack_requeue(delivery: &Delivery) {
+    if let Err(e) = delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "nack failed; the broker requeues the job when the channel closes");
+    }
+}

@@ -1,0 +1,12 @@
+//! The Warren worker: consumes the job queues its configuration names, runs each job on a
+//! bounded blocking pool, publishes the result with a publisher confirm and only then acks the
+//! input. Failures are dead-lettered with their reason; one bad message never stops the loop.
+
+pub mod app;
+pub mod dead_letter;
+pub mod handler;
+pub mod onnx;
+pub mod pool;
+
+pub use app::Application;
+pub use pool::WorkerPool;

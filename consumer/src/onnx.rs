@@ -1,0 +1,224 @@
+//! The ONNX Runtime adapter behind the `Classifier` port.
+//!
+//! ONNX Runtime is loaded at run time (ort's `load-dynamic`): from `model.onnxruntime_path`,
+//! else `ORT_DYLIB_PATH`, else the cache `scripts/setup.sh` fills. The model is loaded once per
+//! process into `model.sessions` sessions of `model.intra_threads` threads each; a job borrows
+//! a free session for one run (ort's `Session::run` needs `&mut`), so up to `sessions` runs
+//! overlap and intra-op threads x sessions can be kept within the cores.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, OnceLock};
+
+use anyhow::{Context as _, bail};
+use ndarray::{Array2, Ix2};
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use warren_common::JobError;
+use warren_common::classify::{Classifier, ElementType, InputTensor, ModelSpec};
+use warren_infra::settings::{ModelOutputs, ModelSettings};
+
+pub const ORT_VERSION: &str = "1.31.1";
+
+static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
+
+#[derive(Debug)]
+pub struct OrtClassifier {
+    spec: ModelSpec,
+    input_name: String,
+    output_name: String,
+    sessions: Mutex<Vec<Session>>,
+    returned: Condvar,
+}
+
+impl OrtClassifier {
+    /// Loads ONNX Runtime and the model; blocking (file I/O and graph optimisation).
+    pub fn load(settings: &ModelSettings) -> anyhow::Result<Self> {
+        let env = environment(&settings.onnxruntime_path)?;
+        let labels = std::fs::read_to_string(&settings.labels_path)
+            .with_context(|| format!("reading model labels {}", settings.labels_path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        anyhow::ensure!(settings.sessions >= 1, "model.sessions must be at least 1");
+        let mut sessions = Vec::with_capacity(settings.sessions);
+        for _ in 0..settings.sessions {
+            let load = || -> anyhow::Result<Session> {
+                let builder = Session::builder(env)?;
+                let mut builder = builder
+                    .with_intra_threads(settings.intra_threads.max(1))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(builder.commit_from_file(&settings.path)?)
+            };
+            let session = load()
+                .with_context(|| format!("loading ONNX model {}", settings.path.display()))?;
+            sessions.push(session);
+        }
+        let first = &sessions[0];
+        let input = first
+            .inputs()
+            .first()
+            .context("the model declares no input")?;
+        let output = first
+            .outputs()
+            .first()
+            .context("the model declares no output")?;
+        let (input_type, dims) = match input.dtype() {
+            ValueType::Tensor { ty, shape, .. } => (ty.clone(), shape.to_vec()),
+            other => bail!("model input {:?} is {other:?}, not a tensor", input.name()),
+        };
+        let input_type = match input_type {
+            TensorElementType::Float32 => ElementType::F32,
+            TensorElementType::Float16 => ElementType::F16,
+            other => bail!(
+                "model input {:?} has element type {other:?}; f32 or f16 supported",
+                input.name()
+            ),
+        };
+        anyhow::ensure!(
+            dims.len() == 4,
+            "model input {:?} has shape {dims:?}; NCHW (4 dimensions) expected",
+            input.name()
+        );
+        let dim = |i: usize, configured: usize, what: &str| -> anyhow::Result<usize> {
+            match (dims[i], configured) {
+                (d, 0) if d > 0 => Ok(d as usize),
+                (d, c) if d > 0 && d as usize != c => {
+                    bail!("model.{what} = {c} but the model declares {d}")
+                }
+                (_, c) if c > 0 => Ok(c),
+                _ => bail!("the model's {what} is dynamic; set model.{what}"),
+            }
+        };
+        let channels = usize::try_from(dims[1])
+            .ok()
+            .filter(|c| *c > 0)
+            .context("the model's channel count is dynamic")?;
+        let spec = ModelSpec {
+            name: settings.name.clone(),
+            input_type,
+            channels,
+            height: dim(2, settings.height, "height")?,
+            width: dim(3, settings.width, "width")?,
+            mean: settings.mean.clone(),
+            std: settings.std.clone(),
+            filter: settings.resize_filter,
+            labels,
+            outputs_logits: settings.outputs == ModelOutputs::Logits,
+        };
+        spec.check()
+            .map_err(anyhow::Error::msg)
+            .context("model configuration")?;
+        let (input_name, output_name) = (input.name().to_owned(), output.name().to_owned());
+        tracing::info!(model = %spec.name, path = %settings.path.display(), ?input_type, channels, height = spec.height,
+            width = spec.width, labels = spec.labels.len(), sessions = sessions.len(), "model loaded");
+        Ok(Self {
+            spec,
+            input_name,
+            output_name,
+            sessions: Mutex::new(sessions),
+            returned: Condvar::new(),
+        })
+    }
+
+    fn checkout(&self) -> Session {
+        // A poisoned lock only means another job panicked while holding it; the Vec is intact.
+        let mut free = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(s) = free.pop() {
+                return s;
+            }
+            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn checkin(&self, session: Session) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(session);
+        self.returned.notify_one();
+    }
+
+    fn run(&self, session: &mut Session, input: &InputTensor) -> Result<Array2<f32>, ort::Error> {
+        let value: ort::session::SessionInputValue<'_> = match input {
+            InputTensor::F32(a) => TensorRef::from_array_view(a.view())?.into(),
+            InputTensor::F16(a) => TensorRef::from_array_view(a.view())?.into(),
+        };
+        let outputs = session.run(vec![(
+            std::borrow::Cow::from(self.input_name.as_str()),
+            value,
+        )])?;
+        let scores = outputs[self.output_name.as_str()].try_extract_array::<f32>()?;
+        scores
+            .into_dimensionality::<Ix2>()
+            .map(|a| a.to_owned())
+            .map_err(|e| ort::Error::new(format!("model output is not [batch, classes]: {e}")))
+    }
+}
+
+impl Classifier for OrtClassifier {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn infer(&self, input: InputTensor) -> Result<Array2<f32>, JobError> {
+        let mut session = self.checkout();
+        let result = self.run(&mut session, &input);
+        self.checkin(session);
+        result.map_err(|e| JobError::Inference(e.to_string()))
+    }
+}
+
+/// Where ONNX Runtime is looked for, in order: `configured`, `ORT_DYLIB_PATH`, the setup cache.
+pub fn runtime_candidates(configured: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if !configured.as_os_str().is_empty() {
+        out.push(configured.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        out.push(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("WARREN_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|c| c.join("warren"))
+        });
+    if let Some(c) = cache {
+        out.push(
+            c.join(format!("onnxruntime-{ORT_VERSION}"))
+                .join(format!("libonnxruntime.so.{ORT_VERSION}")),
+        );
+    }
+    out
+}
+
+fn environment(configured: &Path) -> anyhow::Result<&'static ort::environment::Environment> {
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let candidates = runtime_candidates(configured);
+    let Some(lib) = candidates.iter().find(|p| p.is_file()) else {
+        bail!(
+            "ONNX Runtime {ORT_VERSION} not found (looked in: {}). Run scripts/setup.sh, which fetches it \
+             from PyPI's onnxruntime=={ORT_VERSION} wheel, or point ORT_DYLIB_PATH or model.onnxruntime_path \
+             at libonnxruntime.so.{ORT_VERSION}",
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let env = ort::init_from(lib)
+        .with_context(|| format!("loading ONNX Runtime from {}", lib.display()))?
+        .with_name("warren")
+        .build()
+        .context("creating the ONNX Runtime environment")?;
+    // Two threads racing here build two environments; one wins and both are valid.
+    Ok(ENVIRONMENT.get_or_init(|| env))
+}

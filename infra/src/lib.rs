@@ -1,0 +1,15 @@
+//! What every Warren binary shares at its edges: layered settings, telemetry, the AMQP
+//! connection, topology declaration and publishing with confirms.
+//!
+//! `warren-common` defines the contract; this crate is the adapter that puts it on the wire.
+
+pub mod broker;
+pub mod fields;
+pub mod publish;
+pub mod settings;
+pub mod telemetry;
+pub mod topology;
+
+pub use broker::{connect, redact_url};
+pub use publish::{PublishError, Publisher};
+pub use settings::Settings;

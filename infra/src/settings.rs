@@ -1,0 +1,223 @@
+//! Layered configuration: `config/default.toml` (every key, commented), then the overlay named
+//! by `WARREN_ENV` (`config/<env>.toml`, optional), then environment variables
+//! `WARREN__SECTION__KEY` (e.g. `WARREN__BROKER__URL`, `WARREN__CONSUMER__POOL_SIZE=2`,
+//! `WARREN__CONSUMER__KINDS=image.resize,checksum`).
+//!
+//! Relative paths in the configuration are resolved against the parent of the configuration
+//! directory, so `config/` and `models/` sit side by side wherever the tree is.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use warren_common::Limits;
+use warren_common::codec::Encoding;
+use warren_common::resize::Filter;
+
+use crate::broker::redact_url;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub broker: BrokerSettings,
+    pub topology: TopologySettings,
+    pub routes: Vec<Route>,
+    pub consumer: ConsumerSettings,
+    pub producer: ProducerSettings,
+    pub limits: Limits,
+    pub model: ModelSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// A secret: never log it, use [`BrokerSettings::redacted_url`].
+    pub url: String,
+    pub connection_name: String,
+    pub confirm_timeout_ms: u64,
+}
+
+impl BrokerSettings {
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &self.redacted_url())
+            .field("connection_name", &self.connection_name)
+            .field("confirm_timeout_ms", &self.confirm_timeout_ms)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySettings {
+    pub jobs_exchange: String,
+    pub results_exchange: String,
+    pub results_queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_suffix: String,
+    pub queue_type: QueueType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+/// Jobs of `kind` are published to the jobs exchange with routing key `kind` and land in `queue`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub kind: String,
+    pub queue: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSettings {
+    pub kinds: Vec<String>,
+    pub pool_size: usize,
+    pub prefetch: u16,
+    pub drain_timeout_ms: u64,
+    pub worker_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerSettings {
+    pub encoding: Encoding,
+    pub result_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    pub name: String,
+    pub path: PathBuf,
+    pub labels_path: PathBuf,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub resize_filter: Filter,
+    pub outputs: ModelOutputs,
+    pub height: usize,
+    pub width: usize,
+    pub sessions: usize,
+    pub intra_threads: usize,
+    pub onnxruntime_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelOutputs {
+    Logits,
+    Probabilities,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Settings {
+    /// Loads `default.toml`, the `WARREN_ENV` overlay and `WARREN__*` variables from `dir`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let default = dir.join("default.toml");
+        anyhow::ensure!(
+            default.is_file(),
+            "configuration file {} not found (set --config-dir or WARREN_CONFIG_DIR)",
+            default.display()
+        );
+        let env = std::env::var("WARREN_ENV").unwrap_or_else(|_| "local".into());
+        let built = config::Config::builder()
+            .add_source(config::File::from(default.clone()))
+            .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false))
+            .add_source(
+                config::Environment::with_prefix("WARREN")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("consumer.kinds")
+                    .try_parsing(true),
+            )
+            .build()
+            .with_context(|| format!("reading configuration from {}", dir.display()))?;
+        let mut settings: Settings = built.try_deserialize().with_context(|| {
+            format!(
+                "invalid configuration in {} (WARREN_ENV={env})",
+                dir.display()
+            )
+        })?;
+        let base = dir.parent().unwrap_or(Path::new("."));
+        settings.resolve_paths(base);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let m = &mut self.model;
+        for p in [&mut m.path, &mut m.labels_path, &mut m.onnxruntime_path] {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for r in &self.routes {
+            warren_common::JobKind::parse(&r.kind).with_context(|| {
+                format!("route for queue {:?} names an unknown job kind", r.queue)
+            })?;
+        }
+        for k in &self.consumer.kinds {
+            anyhow::ensure!(
+                self.route(k).is_some(),
+                "consumer.kinds names {k:?}, which has no entry in [[routes]]"
+            );
+        }
+        anyhow::ensure!(
+            self.broker.confirm_timeout_ms > 0,
+            "broker.confirm_timeout_ms must be positive"
+        );
+        Ok(())
+    }
+
+    pub fn route(&self, kind: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.kind == kind)
+    }
+
+    /// The routes this consumer serves: those named in `consumer.kinds`, or all when empty.
+    pub fn consumer_routes(&self) -> Vec<Route> {
+        self.routes
+            .iter()
+            .filter(|r| self.consumer.kinds.is_empty() || self.consumer.kinds.contains(&r.kind))
+            .cloned()
+            .collect()
+    }
+
+    /// The dead-letter queue of a work queue.
+    pub fn dead_queue(&self, queue: &str) -> String {
+        format!("{queue}{}", self.topology.dead_letter_suffix)
+    }
+}
+
+/// The configuration directory: the flag or `WARREN_CONFIG_DIR` when given, else `./config`.
+pub fn config_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| PathBuf::from("config"))
+}
