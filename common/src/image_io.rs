@@ -81,6 +81,13 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(DynamicImage, Format), J
         .into_dimensions()
         .map_err(|e| map_image_error(e, "reading the image header"))?;
     check_dimensions(w, h, limits)?;
+    if format == Format::Jpeg && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a truncated scan with grey and reports success; a cut-off
+        // upload must be refused, not turned into a half-grey result.
+        return Err(JobError::CorruptImage(
+            "truncated JPEG: no end-of-image marker after the last scan".into(),
+        ));
+    }
 
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
     let mut caps = image::Limits::default();
@@ -93,6 +100,17 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(DynamicImage, Format), J
         .decode()
         .map_err(|e| map_image_error(e, "decoding"))?;
     Ok((img, format))
+}
+
+/// True when an end-of-image marker (FF D9) follows the last start-of-scan marker (FF DA).
+/// Entropy-coded data stuffs every FF with 00, so neither marker can appear inside a scan;
+/// EXIF thumbnails sit before the main image's scans and do not fool the check.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(pos) => bytes[pos..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 fn check_dimensions(w: u32, h: u32, limits: &Limits) -> Result<(), JobError> {
@@ -153,4 +171,51 @@ pub fn encode(
     };
     result.map_err(|e| JobError::Encode(format!("{} encoding: {e}", format.as_str())))?;
     Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg() -> Vec<u8> {
+        let img =
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        encode(&DynamicImage::ImageRgb8(img), Format::Jpeg, Some(90)).expect("encode")
+    }
+
+    #[test]
+    fn complete_jpeg_decodes() {
+        let (img, format) = decode(&jpeg(), &Limits::default()).expect("decode");
+        assert_eq!((img.width(), img.height(), format), (64, 48, Format::Jpeg));
+    }
+
+    #[test]
+    fn truncated_jpeg_is_corrupt() {
+        let mut bytes = jpeg();
+        bytes.truncate(bytes.len() * 2 / 3);
+        assert_eq!(
+            decode(&bytes, &Limits::default()).unwrap_err().error_type(),
+            "corrupt_image"
+        );
+    }
+
+    #[test]
+    fn format_not_allowed() {
+        let limits = Limits {
+            allowed_formats: vec!["png".into()],
+            ..Limits::default()
+        };
+        assert_eq!(
+            decode(&jpeg(), &limits).unwrap_err().error_type(),
+            "unsupported_format"
+        );
+    }
+
+    #[test]
+    fn empty_input_is_corrupt() {
+        assert_eq!(
+            decode(&[], &Limits::default()).unwrap_err().error_type(),
+            "corrupt_image"
+        );
+    }
 }

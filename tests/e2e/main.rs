@@ -1,1 +1,9 @@
+//! End-to-end tests against the real RabbitMQ (a private vhost each), the real consumer and
+//! producer, the real ONNX Runtime and real images. Run by `scripts/test.sh`.
 
+mod binaries;
+mod digits;
+mod failures;
+mod kinds;
+mod pool;
+mod python_contract;

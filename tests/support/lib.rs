@@ -1,1 +1,39 @@
-//! placeholder
+//! Fixtures for Warren's end-to-end tests: a private vhost per test on the real broker, the
+//! real consumer (in-process or as its binary), the producer library, and helpers that await
+//! conditions with deadlines instead of sleeping.
+
+pub mod broker;
+pub mod fleet;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use broker::Vhost;
+pub use fleet::{Fleet, collect_dead_letters, settings_for};
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A built binary of the workspace, next to the test executable's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built; run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// How long a test waits for something that should happen in well under a second.
+pub const DEADLINE: Duration = Duration::from_secs(60);

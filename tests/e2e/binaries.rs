@@ -1,0 +1,158 @@
+//! The real binaries: `warren-consumer` serves, `warren-producer` publishes files and waits for
+//! the results, outputs land on disk, exit codes mean what the docs say, SIGTERM exits 0.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::Command;
+use warren_e2e::{DEADLINE, Vhost, bin, repo_root};
+
+async fn producer(vhost: &Vhost, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin("warren-producer"))
+        .args(args)
+        .current_dir(repo_root())
+        .env("WARREN_CONFIG_DIR", repo_root().join("config"))
+        .env("WARREN__BROKER__URL", vhost.amqp_url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run warren-producer");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!(
+        "$ warren-producer {}\n{stdout}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_and_producer_binaries_end_to_end() {
+    let vhost = Vhost::create("bins");
+    let out_dir = std::env::temp_dir().join(format!("warren-e2e-{}", vhost.name));
+    let mut consumer = Command::new(bin("warren-consumer"))
+        .current_dir(repo_root())
+        .env("WARREN_CONFIG_DIR", repo_root().join("config"))
+        .env("WARREN__BROKER__URL", vhost.amqp_url())
+        .env("WARREN__CONSUMER__POOL_SIZE", "2")
+        .env("RUST_LOG", "info,ort=warn")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start warren-consumer");
+    let mut lines = BufReader::new(consumer.stderr.take().expect("stderr")).lines();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let log = tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        let mut all = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("consumer ready")
+                && let Some(tx) = ready_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    tokio::time::timeout(DEADLINE, ready_rx)
+        .await
+        .expect("consumer ready in time")
+        .expect("consumer log");
+
+    let out = out_dir.to_str().expect("utf-8 temp dir");
+    let (code, stdout) = producer(
+        &vhost,
+        &[
+            "resize",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--format",
+            "png",
+            "samples/images",
+            "--wait",
+            "--out",
+            out,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("3 jobs: 3 ok, 0 failed"), "{stdout}");
+    for stem in ["china", "china_small", "flower"] {
+        let img = image::open(out_dir.join(format!("{stem}.png"))).expect("resized output written");
+        assert_eq!(img.width(), 64);
+    }
+
+    let digits = "models/digits/samples/000_label9.png";
+    let (code, stdout) = producer(
+        &vhost,
+        &[
+            "--encoding",
+            "bincode",
+            "classify",
+            "--top-k",
+            "2",
+            digits,
+            "--wait",
+            "--out",
+            out,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}");
+    let labels: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out_dir.join("000_label9.json")).expect("labels written"),
+    )
+    .expect("json");
+    assert_eq!(labels["predictions"].as_array().map(Vec::len), Some(2));
+
+    // A job that fails: exit code 1, the reason on stdout.
+    let (code, stdout) = producer(&vhost, &["classify", "Cargo.toml", "--wait"]).await;
+    assert_eq!(code, 1);
+    assert!(stdout.contains("unsupported_format"), "{stdout}");
+
+    // Without --wait: confirmed publishes only.
+    let (code, stdout) = producer(&vhost, &["checksum", "Cargo.toml", "config"]).await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("jobs published and confirmed"), "{stdout}");
+
+    // Load mode prints its report.
+    let (code, stdout) = producer(
+        &vhost,
+        &["load", "--count", "50", "--concurrency", "8", "--wait"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("published 50") && stdout.contains("end-to-end latency"),
+        "{stdout}"
+    );
+
+    // SIGTERM: drains and exits 0.
+    let pid = consumer.id().expect("pid").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), consumer.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    let log = log.await.expect("log reader");
+    assert_eq!(status.code(), Some(0), "consumer log:\n{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(
+        !log.contains("guest:guest"),
+        "credentials must not be logged:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert!(!Path::new(&out_dir).exists());
+}

@@ -1,0 +1,95 @@
+//! A private vhost per test, made and removed through the management HTTP API, so tests run in
+//! parallel with the default names and leave nothing behind.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+
+/// Management API base URL (`WARREN_TEST_MGMT_URL`, default `http://127.0.0.1:15672`).
+pub fn management_url() -> String {
+    std::env::var("WARREN_TEST_MGMT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
+}
+
+/// AMQP base URL without vhost (`WARREN_TEST_AMQP_URL`, default guest on 127.0.0.1:5672).
+pub fn amqp_base() -> String {
+    std::env::var("WARREN_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+
+fn auth() -> String {
+    let user = std::env::var("WARREN_TEST_MGMT_USER").unwrap_or_else(|_| "guest".into());
+    let pass = std::env::var("WARREN_TEST_MGMT_PASSWORD").unwrap_or_else(|_| "guest".into());
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+#[derive(Debug)]
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    /// Creates `warren-test-<label>-<uuid>` with full permissions for the test user.
+    pub fn create(label: &str) -> Self {
+        let name = format!("warren-test-{label}-{}", uuid::Uuid::new_v4().simple());
+        let base = management_url();
+        let agent = agent();
+        agent
+            .put(&format!("{base}/api/vhosts/{name}"))
+            .header("Authorization", &auth())
+            .send_empty()
+            .unwrap_or_else(|e| panic!("creating vhost {name} via {base} (is the management plugin on? run scripts/setup.sh): {e}"));
+        let user = std::env::var("WARREN_TEST_MGMT_USER").unwrap_or_else(|_| "guest".into());
+        agent
+            .put(&format!("{base}/api/permissions/{name}/{user}"))
+            .header("Authorization", &auth())
+            .send_json(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
+            .unwrap_or_else(|e| panic!("granting permissions on {name}: {e}"));
+        Self { name }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("{}/{}", amqp_base(), self.name)
+    }
+
+    /// Queue depth as the management API reports it (refreshed every few seconds by the broker,
+    /// so use it for coarse checks only).
+    pub fn queue_names(&self) -> Vec<String> {
+        let base = management_url();
+        let body: serde_json::Value = agent()
+            .get(&format!("{base}/api/queues/{}", self.name))
+            .header("Authorization", &auth())
+            .call()
+            .and_then(|mut r| r.body_mut().read_json())
+            .unwrap_or_else(|e| panic!("listing queues of {}: {e}", self.name));
+        body.as_array()
+            .map(|qs| {
+                qs.iter()
+                    .filter_map(|q| q["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let base = management_url();
+        if let Err(e) = agent()
+            .delete(&format!("{base}/api/vhosts/{}", self.name))
+            .header("Authorization", &auth())
+            .call()
+        {
+            eprintln!("warning: could not delete vhost {}: {e}", self.name);
+        }
+    }
+}

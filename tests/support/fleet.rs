@@ -1,0 +1,105 @@
+//! The real consumer, run in-process through its library, and readers of what it produced.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use lapin::message::Delivery;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use warren_consumer::Application;
+use warren_infra::Settings;
+
+use crate::{Vhost, repo_root};
+
+/// The repository's configuration, pointed at `vhost`, with short timeouts.
+pub fn settings_for(vhost: &Vhost) -> Settings {
+    let mut s = Settings::load(&repo_root().join("config")).expect("config/default.toml loads");
+    s.broker.url = vhost.amqp_url();
+    s.broker.confirm_timeout_ms = 10_000;
+    s.consumer.drain_timeout_ms = 10_000;
+    s.consumer.worker_id = format!("test-{}", &vhost.name[vhost.name.len() - 6..]);
+    s
+}
+
+/// A consumer running on the test's runtime until [`Fleet::stop`].
+#[derive(Debug)]
+pub struct Fleet {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+    pub pool_size: usize,
+    pub prefetch: u16,
+}
+
+impl Fleet {
+    pub async fn start(settings: Settings) -> Self {
+        let app = Application::build(settings).await.expect("consumer starts");
+        let (pool_size, prefetch) = (app.pool_size(), app.prefetch());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            stop: Some(tx),
+            task,
+            pool_size,
+            prefetch,
+        }
+    }
+
+    /// Stops consuming, drains and closes; fails the test if the consumer had failed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let task = &mut self.task;
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("consumer stops within 30s")
+            .expect("consumer task")
+            .expect("consumer ran without error");
+    }
+}
+
+/// Consumes `n` messages from `queue` (acking them), or fails the test at `deadline`.
+pub async fn collect_dead_letters(
+    settings: &Settings,
+    queue: &str,
+    n: usize,
+    deadline: Duration,
+) -> Vec<Delivery> {
+    let conn = warren_infra::connect(&settings.broker, "test-reader")
+        .await
+        .expect("connect");
+    let channel = conn.create_channel().await.expect("channel");
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "test-reader".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut out = Vec::with_capacity(n);
+    let collect = async {
+        while out.len() < n {
+            match consumer.next().await {
+                Some(Ok(d)) => out.push(d),
+                other => panic!("reading {queue}: {other:?}"),
+            }
+        }
+    };
+    if tokio::time::timeout(deadline, collect).await.is_err() {
+        panic!(
+            "only {} of {n} messages arrived in {queue} within {deadline:?}",
+            out.len()
+        );
+    }
+    let _ = conn.close(200, "done".into()).await;
+    out
+}
