@@ -1,6 +1,8 @@
 //! The message contract: both encodings round-trip every kind, and every malformation is
 //! refused with its own error type.
 
+#![allow(clippy::unwrap_used)] // tests state their expectations with unwrap_err
+
 use rstest::rstest;
 use warren_common::checksum::ChecksumJob;
 use warren_common::classify::ClassifyJob;

@@ -64,11 +64,15 @@ impl OrtClassifier {
             .outputs()
             .first()
             .context("the model declares no output")?;
-        let (input_type, dims) = match input.dtype() {
-            ValueType::Tensor { ty, shape, .. } => (ty.clone(), shape.to_vec()),
-            other => bail!("model input {:?} is {other:?}, not a tensor", input.name()),
+        let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
+            bail!(
+                "model input {:?} is {:?}, not a tensor",
+                input.name(),
+                input.dtype()
+            );
         };
-        let input_type = match input_type {
+        let dims = shape.to_vec();
+        let input_type = match ty {
             TensorElementType::Float32 => ElementType::F32,
             TensorElementType::Float16 => ElementType::F16,
             other => bail!(

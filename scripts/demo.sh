@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The main job, end to end, on this machine's RabbitMQ (vhost "/"): set up, build (release),
+# start a consumer, publish sample jobs of every kind, print results, measure overhead, stop.
+# Outputs go to out/demo/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+eval "$(scripts/setup.sh --env)"
+echo "== building (release)"
+cargo build --release --bins --locked
+
+OUT=out/demo
+rm -rf "$OUT" && mkdir -p "$OUT"
+CONSUMER=target/release/warren-consumer
+PRODUCER=target/release/warren-producer
+
+echo "== starting warren-consumer (log: $OUT/consumer.log)"
+NO_COLOR=1 "$CONSUMER" >"$OUT/consumer.log" 2>&1 &
+CONSUMER_PID=$!
+trap 'kill -TERM $CONSUMER_PID 2>/dev/null || true' EXIT
+deadline=$((SECONDS + 60))
+until grep -q "consumer ready" "$OUT/consumer.log"; do
+  if ! kill -0 "$CONSUMER_PID" 2>/dev/null || ((SECONDS >= deadline)); then
+    echo "the consumer did not start:"; cat "$OUT/consumer.log"; exit 1
+  fi
+  sleep 0.2
+done
+
+echo "== image.resize: three photos (JPEG, PNG, WebP) to 256x256 WebP"
+"$PRODUCER" resize --width 256 --height 256 --format webp samples/images --wait --out "$OUT/resize"
+echo "== ml.classify: ten hand-written digits (file names carry the true label)"
+"$PRODUCER" classify --top-k 3 models/digits/samples/00[0-9]_*.png --wait --out "$OUT/classify"
+echo "== checksum: the sample photos, bincode encoding"
+"$PRODUCER" --encoding bincode checksum samples/images --wait --out "$OUT/checksum"
+echo "== bad input: a file that is not an image (dead-lettered with its reason)"
+"$PRODUCER" classify Cargo.toml --wait || true
+echo "== overhead: 2000 checksum jobs of 1 KiB, 64 in flight"
+"$PRODUCER" load --kind checksum --count 2000 --concurrency 64 --wait
+
+echo "== stopping the consumer (SIGTERM)"
+kill -TERM "$CONSUMER_PID"
+wait "$CONSUMER_PID" && echo "consumer exited 0"
+trap - EXIT
+echo "== outputs in $OUT:"
+ls "$OUT"/*

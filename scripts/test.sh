@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: prepares the machine (ONNX Runtime, RabbitMQ and its plugins, pika), builds
+# the binaries the end-to-end tests drive, then runs the unit and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+eval "$(scripts/setup.sh --env)"
+cargo build --workspace --bins --locked
+cargo test --workspace --locked "$@"
