@@ -44,7 +44,13 @@ async fn bad_messages_are_dead_lettered_and_the_next_job_succeeds() {
     let future_version = br#"{"version":9,"kind":"checksum","job":{}}"#.to_vec();
 
     // (routing key, body, content type, expected error type, expected queue)
-    type Case = (&'static str, Vec<u8>, Option<&'static str>, &'static str, &'static str);
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        Option<&'static str>,
+        &'static str,
+        &'static str,
+    );
     let bad: Vec<Case> = vec![
         (
             "image.resize",
