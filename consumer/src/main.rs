@@ -1,6 +1,7 @@
 //! `warren-consumer`: settings, telemetry, build, run until SIGTERM or Ctrl-C.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -22,8 +23,22 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line (with its causes) for operators, whatever RUST_BACKTRACE says.
+            if tracing::dispatcher::has_been_set() {
+                tracing::error!(error = format!("{e:#}"), "warren-consumer failed");
+            } else {
+                eprintln!("warren-consumer: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings =
         Settings::load(&settings::config_dir(cli.config_dir)).context("loading settings")?;
     telemetry::init(&settings.telemetry);

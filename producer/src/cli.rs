@@ -14,10 +14,11 @@ use warren_common::resize::{Filter, ResizeMode};
 use warren_common::{Encoding, JobKind, ResultStatus};
 use warren_infra::{Settings, settings};
 
-use crate::client::{Producer, PublishOptions};
+use crate::client::{Producer, ProducerError, PublishOptions};
 use crate::inputs::{self, JobTemplate};
 use crate::load::{self, LoadPlan};
 use crate::output;
+use warren_infra::PublishError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -336,7 +337,15 @@ async fn one_file(
     let ticket = producer
         .publish(&template.job(data), opts)
         .await
-        .with_context(|| format!("publishing {}", path.display()))?;
+        .map_err(|e| {
+            let hint = match &e {
+                ProducerError::Publish(PublishError::Unroutable { .. }) => {
+                    " (no queue for this kind: is a consumer running, or run with --declare?)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("publishing {}: {e}{hint}", path.display())
+        })?;
     if !run.wait {
         return Ok(true);
     }

@@ -6,12 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
-use tokio::sync::oneshot;
 use warren_common::headers as h;
 use warren_common::{Encoding, Job, JobEnvelope, JobError, JobResult};
 use warren_infra::{PublishError, Publisher, Settings, fields, topology};
 
-use crate::replies::Replies;
+use crate::replies::{Pending, Replies};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
@@ -44,13 +43,13 @@ pub struct Ticket {
     pub job_id: String,
     pub correlation_id: String,
     pub routing_key: String,
-    result: Option<oneshot::Receiver<JobResult>>,
+    result: Option<Pending>,
 }
 
 impl Ticket {
     pub async fn wait(self, timeout: Duration) -> Result<JobResult, ProducerError> {
-        let rx = self.result.ok_or(ProducerError::RepliesDisabled)?;
-        match tokio::time::timeout(timeout, rx).await {
+        let mut pending = self.result.ok_or(ProducerError::RepliesDisabled)?;
+        match tokio::time::timeout(timeout, &mut pending.rx).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(ProducerError::RepliesClosed(self.job_id)),
             Err(_) => Err(ProducerError::Timeout {

@@ -98,14 +98,35 @@ impl Replies {
         &self.queue
     }
 
-    pub fn register(&self, correlation_id: &str) -> oneshot::Receiver<JobResult> {
+    pub fn register(&self, correlation_id: &str) -> Pending {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(correlation_id.to_owned(), tx);
-        rx
+        Pending {
+            rx,
+            waiters: Arc::downgrade(&self.waiters),
+            correlation_id: correlation_id.to_owned(),
+        }
     }
 
     pub fn forget(&self, correlation_id: &str) {
         lock(&self.waiters).remove(correlation_id);
+    }
+}
+
+/// A result being waited for. Dropping it (a wait that timed out, say) unregisters the waiter,
+/// so a result that arrives later is dropped instead of kept forever.
+#[derive(Debug)]
+pub struct Pending {
+    pub(crate) rx: oneshot::Receiver<JobResult>,
+    waiters: std::sync::Weak<Mutex<HashMap<String, oneshot::Sender<JobResult>>>>,
+    correlation_id: String,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(w) = self.waiters.upgrade() {
+            lock(&w).remove(&self.correlation_id);
+        }
     }
 }
 

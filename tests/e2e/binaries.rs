@@ -156,3 +156,24 @@ async fn consumer_and_producer_binaries_end_to_end() {
     let _ = std::fs::remove_dir_all(&out_dir);
     assert!(!Path::new(&out_dir).exists());
 }
+
+#[tokio::test]
+async fn a_missing_onnx_runtime_is_a_clear_start_up_error() {
+    let out = Command::new(bin("warren-consumer"))
+        .current_dir(repo_root())
+        .env("WARREN_CONFIG_DIR", repo_root().join("config"))
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so.1.31.1")
+        .env("WARREN_CACHE_DIR", "/nonexistent-cache")
+        .env("WARREN__MODEL__ONNXRUNTIME_PATH", "")
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run warren-consumer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ONNX Runtime 1.31.1 not found"), "{stderr}");
+    assert!(
+        stderr.contains("scripts/setup.sh") && stderr.contains("ORT_DYLIB_PATH"),
+        "{stderr}"
+    );
+}
