@@ -31,7 +31,7 @@ echo "== image.resize: three photos (JPEG, PNG, WebP) to 256x256 WebP"
 "$PRODUCER" resize --width 256 --height 256 --format webp samples/images --wait --out "$OUT/resize"
 echo "== ml.classify: ten hand-written digits (file names carry the true label)"
 "$PRODUCER" classify --top-k 3 models/digits/samples/00[0-9]_*.png --wait --out "$OUT/classify"
-echo "== checksum: the sample photos, bincode encoding"
+echo "== checksum: every file under samples/images, bincode encoding"
 "$PRODUCER" --encoding bincode checksum samples/images --wait --out "$OUT/checksum"
 echo "== bad input: a file that is not an image (dead-lettered with its reason)"
 "$PRODUCER" classify Cargo.toml --wait || true
