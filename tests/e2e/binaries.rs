@@ -1,13 +1,14 @@
 //! The real binaries: `warren-consumer` serves, `warren-producer` publishes files and waits for
 //! the results, outputs land on disk, exit codes mean what the docs say, SIGTERM exits 0.
 
+use rstest::rstest;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
-use warren_e2e::{DEADLINE, Vhost, bin, repo_root};
+use warren_e2e::{DEADLINE, Vhost, bin, repo_root, vhost};
 
 async fn producer(vhost: &Vhost, args: &[&str]) -> (i32, String) {
     let out = Command::new(bin("warren-producer"))
@@ -28,9 +29,9 @@ async fn producer(vhost: &Vhost, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), stdout)
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumer_and_producer_binaries_end_to_end() {
-    let vhost = Vhost::create("bins");
+async fn consumer_and_producer_binaries_end_to_end(vhost: Vhost) {
     let out_dir = std::env::temp_dir().join(format!("warren-e2e-{}", vhost.name));
     let mut consumer = Command::new(bin("warren-consumer"))
         .current_dir(repo_root())

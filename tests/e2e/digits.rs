@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 use rstest::rstest;
 use warren_common::classify::ClassifyJob;
 use warren_common::{Encoding, Job, JobOutput};
-use warren_e2e::{DEADLINE, Fleet, Vhost, repo_root, settings_for};
+use warren_e2e::{DEADLINE, Fleet, Vhost, repo_root, settings_for, vhost};
 use warren_producer::{Producer, PublishOptions};
 
 #[rstest]
@@ -18,6 +18,7 @@ use warren_producer::{Producer, PublishOptions};
 async fn every_sample_matches_the_measured_accuracy(
     #[case] variant: &str,
     #[case] encoding: Encoding,
+    vhost: Vhost,
 ) {
     let dir = repo_root().join("models/digits");
     let expected: serde_json::Value =
@@ -32,7 +33,6 @@ async fn every_sample_matches_the_measured_accuracy(
         .as_f64()
         .expect("accuracy");
 
-    let vhost = Vhost::create(&format!("digits-{variant}"));
     let mut settings = settings_for(&vhost);
     settings.model.path = dir.join(format!("digits_{variant}.onnx"));
     settings.consumer.kinds = vec!["ml.classify".into()];

@@ -2,13 +2,14 @@
 //! is expected, and never stop the consumer; nothing published is lost; an unroutable publish
 //! is an error.
 
+use rstest::rstest;
 use std::collections::BTreeMap;
 
 use warren_common::checksum::ChecksumJob;
 use warren_common::headers as h;
 use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 use warren_common::{Encoding, Job, JobEnvelope, ResultStatus};
-use warren_e2e::{DEADLINE, Fleet, Vhost, collect_dead_letters, repo_root, settings_for};
+use warren_e2e::{DEADLINE, Fleet, Vhost, collect_dead_letters, repo_root, settings_for, vhost};
 use warren_infra::{PublishError, fields};
 use warren_producer::{Producer, ProducerError, PublishOptions};
 
@@ -24,9 +25,9 @@ fn resize_of(image: Vec<u8>) -> Job {
     })
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_messages_are_dead_lettered_and_the_next_job_succeeds() {
-    let vhost = Vhost::create("bad");
+async fn bad_messages_are_dead_lettered_and_the_next_job_succeeds(vhost: Vhost) {
     let settings = settings_for(&vhost);
     let fleet = Fleet::start(settings.clone()).await;
     let mut producer = Producer::connect(settings.clone()).await.expect("producer");
@@ -179,9 +180,9 @@ async fn bad_messages_are_dead_lettered_and_the_next_job_succeeds() {
     fleet.stop().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_is_lost_every_job_is_a_result_or_a_dead_letter() {
-    let vhost = Vhost::create("lost");
+async fn nothing_is_lost_every_job_is_a_result_or_a_dead_letter(vhost: Vhost) {
     let settings = settings_for(&vhost);
     let fleet = Fleet::start(settings.clone()).await;
     let mut producer = Producer::connect(settings.clone()).await.expect("producer");
@@ -241,9 +242,9 @@ async fn nothing_is_lost_every_job_is_a_result_or_a_dead_letter() {
     fleet.stop().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unroutable_publish_is_an_error() {
-    let vhost = Vhost::create("unroutable");
+async fn an_unroutable_publish_is_an_error(vhost: Vhost) {
     let settings = settings_for(&vhost);
     let producer = Producer::connect(settings).await.expect("producer");
     producer.declare_topology().await.expect("topology");

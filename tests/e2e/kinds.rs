@@ -6,7 +6,7 @@ use warren_common::classify::ClassifyJob;
 use warren_common::image_io::{self, Format};
 use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 use warren_common::{Encoding, Job, JobOutput, ResultStatus};
-use warren_e2e::{DEADLINE, Fleet, Vhost, repo_root, settings_for};
+use warren_e2e::{DEADLINE, Fleet, Vhost, repo_root, settings_for, vhost};
 use warren_producer::{Producer, PublishOptions};
 
 fn photo(name: &str) -> Vec<u8> {
@@ -17,8 +17,8 @@ fn photo(name: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_in_both_encodings(
     #[values(Encoding::Json, Encoding::Bincode)] encoding: Encoding,
+    vhost: Vhost,
 ) {
-    let vhost = Vhost::create("kinds");
     let settings = settings_for(&vhost);
     let fleet = Fleet::start(settings.clone()).await;
     let mut producer = Producer::connect(settings)
@@ -125,9 +125,9 @@ async fn every_kind_in_both_encodings(
     fleet.stop().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn results_without_reply_to_go_to_the_results_queue() {
-    let vhost = Vhost::create("results");
+async fn results_without_reply_to_go_to_the_results_queue(vhost: Vhost) {
     let settings = settings_for(&vhost);
     let fleet = Fleet::start(settings.clone()).await;
     let producer = Producer::connect(settings.clone())

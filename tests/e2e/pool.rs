@@ -1,13 +1,14 @@
 //! The pool bound: with pool size 2, never more than 2 jobs run at once, and 2 do.
 
+use rstest::rstest;
 use warren_common::checksum::ChecksumJob;
 use warren_common::{Job, ResultStatus};
-use warren_e2e::{DEADLINE, Fleet, Vhost, settings_for};
+use warren_e2e::{DEADLINE, Fleet, Vhost, settings_for, vhost};
 use warren_producer::{Producer, PublishOptions};
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pool_of_two_runs_two_at_a_time() {
-    let vhost = Vhost::create("pool");
+async fn pool_of_two_runs_two_at_a_time(vhost: Vhost) {
     let mut settings = settings_for(&vhost);
     settings.consumer.pool_size = 2;
     // A generous prefetch, so that only the pool can be what bounds concurrency.

@@ -1,11 +1,13 @@
 //! The contract holds for a producer that is not Rust: `docs/examples/publish_job.py`, the
 //! Python example in `docs/contract.md`, publishes with pika and reads the results.
 
+use rstest::rstest;
 use tokio::process::Command;
-use warren_e2e::{Fleet, Vhost, repo_root, settings_for};
+use warren_e2e::{Fleet, Vhost, repo_root, settings_for, vhost};
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_documented_python_example_works() {
+async fn the_documented_python_example_works(vhost: Vhost) {
     let root = repo_root();
     let script = root.join("docs/examples/publish_job.py");
     let doc = std::fs::read_to_string(root.join("docs/contract.md")).expect("contract.md");
@@ -15,7 +17,6 @@ async fn the_documented_python_example_works() {
         "docs/contract.md must include docs/examples/publish_job.py verbatim"
     );
 
-    let vhost = Vhost::create("python");
     let settings = settings_for(&vhost);
     let fleet = Fleet::start(settings).await;
     let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))

@@ -81,6 +81,33 @@ impl Vhost {
     }
 }
 
+/// rstest fixture: a fresh vhost named after the running test (cargo names each test's thread
+/// after the test), deleted when the test ends, pass or fail.
+#[rstest::fixture]
+pub fn vhost() -> Vhost {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("test");
+    let label: String = name
+        .rsplit("::")
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("-")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    Vhost::create(&label)
+}
+
 impl Drop for Vhost {
     fn drop(&mut self) {
         let base = management_url();

@@ -8,7 +8,7 @@ pub mod fleet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use broker::Vhost;
+pub use broker::{Vhost, vhost};
 pub use fleet::{Fleet, collect_dead_letters, settings_for};
 
 /// The repository root (this crate lives in `tests/`).
