@@ -61,6 +61,18 @@ impl Job {
         }
     }
 
+    /// The same job with `data` as its input (image or bytes): build one job as a template,
+    /// stamp it for each input.
+    pub fn with_input(&self, data: Vec<u8>) -> Job {
+        let mut job = self.clone();
+        match &mut job {
+            Self::Resize(j) => j.image = data,
+            Self::Classify(j) => j.image = data,
+            Self::Checksum(j) => j.data = data,
+        }
+        job
+    }
+
     /// Checks the parameters against this worker's limits; a violation is a permanent error.
     pub fn validate(&self, limits: &Limits) -> Result<(), JobError> {
         match self {

@@ -9,13 +9,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt as _;
+use warren_common::checksum::ChecksumJob;
+use warren_common::classify::ClassifyJob;
 use warren_common::image_io::Format;
-use warren_common::resize::{Filter, ResizeMode};
-use warren_common::{Encoding, JobKind, ResultStatus};
+use warren_common::resize::{Filter, ResizeJob, ResizeMode};
+use warren_common::{Encoding, Job, JobKind, ResultStatus};
 use warren_infra::{Settings, settings};
 
 use crate::client::{Producer, ProducerError, PublishOptions};
-use crate::inputs::{self, JobTemplate};
+use crate::inputs;
 use crate::load::{self, LoadPlan};
 use crate::output;
 use warren_infra::PublishError;
@@ -183,7 +185,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             quality,
             run,
         } => {
-            let template = JobTemplate::Resize {
+            let template = Job::Resize(ResizeJob {
+                image: Vec::new(),
                 width,
                 height,
                 mode: match mode {
@@ -204,13 +207,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     FormatArg::Webp => Format::Webp,
                 }),
                 quality,
-            };
+            });
             publish_files(&mut producer, &template, &run, encoding, result_timeout).await?
         }
         Command::Classify { top_k, run } => {
             publish_files(
                 &mut producer,
-                &JobTemplate::Classify { top_k },
+                &Job::Classify(ClassifyJob {
+                    image: Vec::new(),
+                    top_k,
+                }),
                 &run,
                 encoding,
                 result_timeout,
@@ -220,7 +226,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Checksum { rounds, run } => {
             publish_files(
                 &mut producer,
-                &JobTemplate::Checksum { rounds },
+                &Job::Checksum(ChecksumJob {
+                    data: Vec::new(),
+                    rounds,
+                }),
                 &run,
                 encoding,
                 result_timeout,
@@ -245,16 +254,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 None => anyhow::bail!("--input is required for {kind} load"),
             };
             let template = match kind {
-                JobKind::ImageResize => JobTemplate::Resize {
+                JobKind::ImageResize => Job::Resize(ResizeJob {
+                    image: Vec::new(),
                     width,
                     height,
                     mode: ResizeMode::Fit,
                     filter: Filter::Triangle,
                     format: None,
                     quality: None,
-                },
-                JobKind::MlClassify => JobTemplate::Classify { top_k: Some(1) },
-                JobKind::Checksum => JobTemplate::Checksum { rounds },
+                }),
+                JobKind::MlClassify => Job::Classify(ClassifyJob {
+                    image: Vec::new(),
+                    top_k: Some(1),
+                }),
+                JobKind::Checksum => Job::Checksum(ChecksumJob {
+                    data: Vec::new(),
+                    rounds,
+                }),
             };
             if wait {
                 producer.enable_replies().await?;
@@ -270,7 +286,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 encoding,
                 ..Default::default()
             };
-            let report = load::run(&producer, template.job(data), opts, &plan).await;
+            let report = load::run(&producer, template.with_input(data), opts, &plan).await;
             report.print();
             i32::from(report.publish_errors > 0 || report.failed > 0 || report.timeouts > 0)
         }
@@ -281,12 +297,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 async fn publish_files(
     producer: &mut Producer,
-    template: &JobTemplate,
+    template: &Job,
     run: &RunArgs,
     encoding: Option<Encoding>,
     timeout: Duration,
 ) -> anyhow::Result<i32> {
-    let files = inputs::collect(&run.paths, template)?;
+    let files = inputs::collect(&run.paths, template.kind() != JobKind::Checksum)?;
     anyhow::ensure!(!files.is_empty(), "no input files found in {:?}", run.paths);
     if run.wait {
         producer.enable_replies().await?;
@@ -325,7 +341,7 @@ async fn publish_files(
 /// Publishes one file's job; with --wait, prints and writes its result. Ok(false) = job failed.
 async fn one_file(
     producer: &Producer,
-    template: &JobTemplate,
+    template: &Job,
     path: &Path,
     opts: &PublishOptions,
     run: &RunArgs,
@@ -335,7 +351,7 @@ async fn one_file(
         .await
         .with_context(|| format!("reading {}", path.display()))?;
     let ticket = producer
-        .publish(&template.job(data), opts)
+        .publish(&template.with_input(data), opts)
         .await
         .map_err(|e| {
             let hint = match &e {

@@ -8,8 +8,8 @@ use futures_util::StreamExt as _;
 use rstest::rstest;
 use warren_common::classify::ClassifyJob;
 use warren_common::{Encoding, Job, JobOutput};
-use warren_e2e::{DEADLINE, Fleet, Vhost, repo_root, settings_for, vhost};
-use warren_producer::{Producer, PublishOptions};
+use warren_e2e::{DEADLINE, Vhost, fleet_and_producer, repo_root, settings_for, vhost};
+use warren_producer::PublishOptions;
 
 #[rstest]
 #[case::f32("f32", Encoding::Json)]
@@ -36,9 +36,7 @@ async fn every_sample_matches_the_measured_accuracy(
     let mut settings = settings_for(&vhost);
     settings.model.path = dir.join(format!("digits_{variant}.onnx"));
     settings.consumer.kinds = vec!["ml.classify".into()];
-    let fleet = Fleet::start(settings.clone()).await;
-    let mut producer = Producer::connect(settings).await.expect("producer");
-    producer.enable_replies().await.expect("replies");
+    let (fleet, producer) = fleet_and_producer(&settings).await;
     let opts = PublishOptions {
         encoding: Some(encoding),
         want_result: true,

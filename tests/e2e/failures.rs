@@ -9,7 +9,10 @@ use warren_common::checksum::ChecksumJob;
 use warren_common::headers as h;
 use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 use warren_common::{Encoding, Job, JobEnvelope, ResultStatus};
-use warren_e2e::{DEADLINE, Fleet, Vhost, collect_dead_letters, repo_root, settings_for, vhost};
+use warren_e2e::{
+    DEADLINE, Vhost, collect_dead_letters, fleet_and_producer, repo_root, settings_for, vhost,
+    want_result,
+};
 use warren_infra::{PublishError, fields};
 use warren_producer::{Producer, ProducerError, PublishOptions};
 
@@ -29,13 +32,8 @@ fn resize_of(image: Vec<u8>) -> Job {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_are_dead_lettered_and_the_next_job_succeeds(vhost: Vhost) {
     let settings = settings_for(&vhost);
-    let fleet = Fleet::start(settings.clone()).await;
-    let mut producer = Producer::connect(settings.clone()).await.expect("producer");
-    producer.enable_replies().await.expect("replies");
-    let reply = PublishOptions {
-        want_result: true,
-        ..Default::default()
-    };
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let reply = want_result();
 
     let mut jpeg = std::fs::read(repo_root().join("samples/images/china.jpg")).expect("photo");
     jpeg.truncate(jpeg.len() / 3);
@@ -184,13 +182,8 @@ async fn bad_messages_are_dead_lettered_and_the_next_job_succeeds(vhost: Vhost) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_every_job_is_a_result_or_a_dead_letter(vhost: Vhost) {
     let settings = settings_for(&vhost);
-    let fleet = Fleet::start(settings.clone()).await;
-    let mut producer = Producer::connect(settings.clone()).await.expect("producer");
-    producer.enable_replies().await.expect("replies");
-    let reply = PublishOptions {
-        want_result: true,
-        ..Default::default()
-    };
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let reply = want_result();
     let (mut tickets, mut bad) = (Vec::new(), 0);
     for i in 0..60u32 {
         let t = if i % 5 == 0 {

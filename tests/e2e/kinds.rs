@@ -6,7 +6,7 @@ use warren_common::classify::ClassifyJob;
 use warren_common::image_io::{self, Format};
 use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 use warren_common::{Encoding, Job, JobOutput, ResultStatus};
-use warren_e2e::{DEADLINE, Fleet, Vhost, repo_root, settings_for, vhost};
+use warren_e2e::{DEADLINE, Fleet, Vhost, fleet_and_producer, repo_root, settings_for, vhost};
 use warren_producer::{Producer, PublishOptions};
 
 fn photo(name: &str) -> Vec<u8> {
@@ -20,11 +20,7 @@ async fn every_kind_in_both_encodings(
     vhost: Vhost,
 ) {
     let settings = settings_for(&vhost);
-    let fleet = Fleet::start(settings.clone()).await;
-    let mut producer = Producer::connect(settings)
-        .await
-        .expect("producer connects");
-    producer.enable_replies().await.expect("reply queue");
+    let (fleet, producer) = fleet_and_producer(&settings).await;
     let opts = PublishOptions {
         encoding: Some(encoding),
         want_result: true,

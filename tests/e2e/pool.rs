@@ -3,8 +3,7 @@
 use rstest::rstest;
 use warren_common::checksum::ChecksumJob;
 use warren_common::{Job, ResultStatus};
-use warren_e2e::{DEADLINE, Fleet, Vhost, settings_for, vhost};
-use warren_producer::{Producer, PublishOptions};
+use warren_e2e::{DEADLINE, Vhost, fleet_and_producer, settings_for, vhost, want_result};
 
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,14 +12,9 @@ async fn pool_of_two_runs_two_at_a_time(vhost: Vhost) {
     settings.consumer.pool_size = 2;
     // A generous prefetch, so that only the pool can be what bounds concurrency.
     settings.consumer.prefetch = 10;
-    let fleet = Fleet::start(settings.clone()).await;
-    assert_eq!(fleet.pool_size, 2);
-    let mut producer = Producer::connect(settings).await.expect("producer");
-    producer.enable_replies().await.expect("replies");
-    let opts = PublishOptions {
-        want_result: true,
-        ..Default::default()
-    };
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    assert_eq!((fleet.pool_size, fleet.prefetch), (2, 10));
+    let opts = want_result();
     // Each job hashes 64 KiB x 4000 = 256 MiB: tens of milliseconds, long enough to overlap.
     let job = Job::Checksum(ChecksumJob {
         data: vec![7; 64 * 1024],

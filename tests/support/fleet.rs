@@ -103,3 +103,21 @@ pub async fn collect_dead_letters(
     let _ = conn.close(200, "done".into()).await;
     out
 }
+
+/// A consumer and a producer with a reply queue, both on `settings`.
+pub async fn fleet_and_producer(settings: &Settings) -> (Fleet, warren_producer::Producer) {
+    let fleet = Fleet::start(settings.clone()).await;
+    let mut producer = warren_producer::Producer::connect(settings.clone())
+        .await
+        .expect("producer connects");
+    producer.enable_replies().await.expect("reply queue");
+    (fleet, producer)
+}
+
+/// Publish options asking for the result.
+pub fn want_result() -> warren_producer::PublishOptions {
+    warren_producer::PublishOptions {
+        want_result: true,
+        ..Default::default()
+    }
+}
