@@ -7,19 +7,11 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserializer, Serializer};
 
 pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    if s.is_human_readable() {
-        s.serialize_str(&STANDARD.encode(bytes))
-    } else {
-        s.serialize_bytes(bytes)
-    }
+    if s.is_human_readable() { s.serialize_str(&STANDARD.encode(bytes)) } else { s.serialize_bytes(bytes) }
 }
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-    if d.is_human_readable() {
-        d.deserialize_str(BytesVisitor)
-    } else {
-        d.deserialize_byte_buf(BytesVisitor)
-    }
+    if d.is_human_readable() { d.deserialize_str(BytesVisitor) } else { d.deserialize_byte_buf(BytesVisitor) }
 }
 
 struct BytesVisitor;
@@ -32,9 +24,7 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
-        STANDARD
-            .decode(v)
-            .map_err(|e| E::custom(format!("invalid base64: {e}")))
+        STANDARD.decode(v).map_err(|e| E::custom(format!("invalid base64: {e}")))
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {

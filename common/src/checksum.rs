@@ -46,11 +46,7 @@ pub fn checksum(job: &ChecksumJob) -> ChecksumOutput {
     for _ in 0..job.rounds {
         h.update(&job.data);
     }
-    ChecksumOutput {
-        bytes: job.data.len() as u64,
-        rounds: job.rounds,
-        crc32: h.finalize(),
-    }
+    ChecksumOutput { bytes: job.data.len() as u64, rounds: job.rounds, crc32: h.finalize() }
 }
 
 #[cfg(test)]
@@ -60,36 +56,21 @@ mod tests {
     #[test]
     fn crc_of_known_vector() {
         // The standard CRC-32 check value.
-        let out = checksum(&ChecksumJob {
-            data: b"123456789".to_vec(),
-            rounds: 1,
-        });
+        let out = checksum(&ChecksumJob { data: b"123456789".to_vec(), rounds: 1 });
         assert_eq!(out.crc32, 0xCBF4_3926);
         assert_eq!(out.bytes, 9);
     }
 
     #[test]
     fn rounds_continue_the_hash() {
-        let twice = checksum(&ChecksumJob {
-            data: b"ab".to_vec(),
-            rounds: 2,
-        });
-        let once = checksum(&ChecksumJob {
-            data: b"abab".to_vec(),
-            rounds: 1,
-        });
+        let twice = checksum(&ChecksumJob { data: b"ab".to_vec(), rounds: 2 });
+        let once = checksum(&ChecksumJob { data: b"abab".to_vec(), rounds: 1 });
         assert_eq!(twice.crc32, once.crc32);
     }
 
     #[test]
     fn zero_rounds_is_invalid() {
-        let job = ChecksumJob {
-            data: vec![],
-            rounds: 0,
-        };
-        assert_eq!(
-            job.validate(&Limits::default()).unwrap_err().error_type(),
-            "invalid_params"
-        );
+        let job = ChecksumJob { data: vec![], rounds: 0 };
+        assert_eq!(job.validate(&Limits::default()).unwrap_err().error_type(), "invalid_params");
     }
 }

@@ -39,34 +39,30 @@ pub struct ModelSpec {
     pub labels: Vec<String>,
     /// Whether the model outputs logits (softmax is applied) or probabilities already.
     pub outputs_logits: bool,
+    /// The most elongated image (long side / short side) that is still classified; squeezing a
+    /// panorama into the model's input would give a confident answer about noise.
+    pub max_aspect_ratio: f32,
 }
 
 impl ModelSpec {
     /// Checks the spec is self-consistent; adapters call it once, at load time.
     pub fn check(&self) -> Result<(), String> {
         if !matches!(self.channels, 1 | 3) {
-            return Err(format!(
-                "models with {} input channels are not supported (1 or 3)",
-                self.channels
-            ));
+            return Err(format!("models with {} input channels are not supported (1 or 3)", self.channels));
         }
         if self.height == 0 || self.width == 0 {
-            return Err(
-                "the model input has no fixed height and width; set model.height and model.width"
-                    .into(),
-            );
+            return Err("the model input has no fixed height and width; set model.height and model.width".into());
         }
         for (name, v) in [("mean", &self.mean), ("std", &self.std)] {
             if v.len() != 1 && v.len() != self.channels {
-                return Err(format!(
-                    "model.{name} needs 1 or {} values, got {}",
-                    self.channels,
-                    v.len()
-                ));
+                return Err(format!("model.{name} needs 1 or {} values, got {}", self.channels, v.len()));
             }
         }
         if self.std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
             return Err("model.std values must be finite and non-zero".into());
+        }
+        if self.max_aspect_ratio.is_nan() || self.max_aspect_ratio < 1.0 {
+            return Err("model.max_aspect_ratio must be at least 1".into());
         }
         if self.labels.is_empty() {
             return Err("the model has no labels".into());
@@ -135,14 +131,18 @@ pub struct ClassifyOutput {
 
 pub const DEFAULT_TOP_K: u32 = 5;
 
-pub fn classify(
-    job: &ClassifyJob,
-    model: &dyn Classifier,
-    limits: &Limits,
-) -> Result<ClassifyOutput, JobError> {
+pub fn classify(job: &ClassifyJob, model: &dyn Classifier, limits: &Limits) -> Result<ClassifyOutput, JobError> {
     job.validate()?;
     let spec = model.spec();
     let (img, _) = image_io::decode(&job.image, limits)?;
+    let (w, h) = (img.width().max(1), img.height().max(1));
+    let ratio = w.max(h) as f32 / w.min(h) as f32;
+    if ratio > spec.max_aspect_ratio {
+        return Err(JobError::ModelInputMismatch(format!(
+            "a {w}x{h} image (aspect ratio {ratio:.1}:1) cannot be fitted to the model's {}x{} input; at most {}:1 is accepted",
+            spec.width, spec.height, spec.max_aspect_ratio
+        )));
+    }
     let input = preprocess_batch(std::slice::from_ref(&img), spec)?;
     let scores = model.infer(input)?;
     if scores.nrows() != 1 || scores.ncols() != spec.labels.len() {
@@ -153,30 +153,18 @@ pub fn classify(
             spec.labels.len()
         )));
     }
-    let probs = if spec.outputs_logits {
-        softmax(scores.row(0))
-    } else {
-        scores.row(0).to_vec()
-    };
+    let probs = if spec.outputs_logits { softmax(scores.row(0)) } else { scores.row(0).to_vec() };
     let k = job.top_k.unwrap_or(DEFAULT_TOP_K);
-    Ok(ClassifyOutput {
-        model: spec.name.clone(),
-        predictions: top_k(&probs, k, &spec.labels),
-    })
+    Ok(ClassifyOutput { model: spec.name.clone(), predictions: top_k(&probs, k, &spec.labels) })
 }
 
 /// Resizes, converts and normalises images into one NCHW batch of the model's element type.
-pub fn preprocess_batch(
-    images: &[DynamicImage],
-    spec: &ModelSpec,
-) -> Result<InputTensor, JobError> {
+pub fn preprocess_batch(images: &[DynamicImage], spec: &ModelSpec) -> Result<InputTensor, JobError> {
     let (c, h, w) = (spec.channels, spec.height, spec.width);
     let mut batch = Array4::<f32>::zeros((images.len(), c, h, w));
     let (width, height) = (
-        u32::try_from(w)
-            .map_err(|_| JobError::ModelInputMismatch(format!("model width {w} is too large")))?,
-        u32::try_from(h)
-            .map_err(|_| JobError::ModelInputMismatch(format!("model height {h} is too large")))?,
+        u32::try_from(w).map_err(|_| JobError::ModelInputMismatch(format!("model width {w} is too large")))?,
+        u32::try_from(h).map_err(|_| JobError::ModelInputMismatch(format!("model height {h} is too large")))?,
     );
     for (n, img) in images.iter().enumerate() {
         let resized = img.resize_exact(width, height, spec.filter.filter_type());
@@ -184,9 +172,7 @@ pub fn preprocess_batch(
             1 => resized.to_luma8().into_raw(),
             3 => resized.to_rgb8().into_raw(),
             other => {
-                return Err(JobError::ModelInputMismatch(format!(
-                    "{other} input channels"
-                )));
+                return Err(JobError::ModelInputMismatch(format!("{other} input channels")));
             }
         };
         let mut item = batch.index_axis_mut(Axis(0), n);
@@ -194,18 +180,8 @@ pub fn preprocess_batch(
         for (i, px) in pixels.iter().enumerate() {
             let ch = i % c;
             let pos = i / c;
-            let mean = spec
-                .mean
-                .get(ch)
-                .or(spec.mean.first())
-                .copied()
-                .unwrap_or(0.0);
-            let std = spec
-                .std
-                .get(ch)
-                .or(spec.std.first())
-                .copied()
-                .unwrap_or(1.0);
+            let mean = spec.mean.get(ch).or(spec.mean.first()).copied().unwrap_or(0.0);
+            let std = spec.std.get(ch).or(spec.std.first()).copied().unwrap_or(1.0);
             item[[ch, pos / w, pos % w]] = (f32::from(*px) / 255.0 - mean) / std;
         }
     }
@@ -254,6 +230,7 @@ mod tests {
             filter: Filter::Nearest,
             labels: vec!["a".into(), "b".into(), "c".into()],
             outputs_logits: true,
+            max_aspect_ratio: 4.0,
         }
     }
 
@@ -271,10 +248,7 @@ mod tests {
     fn top_k_orders_and_labels() {
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let top = top_k(&[0.2, 0.5, 0.3], 2, &labels);
-        assert_eq!(
-            top.iter().map(|p| p.label.as_str()).collect::<Vec<_>>(),
-            ["b", "c"]
-        );
+        assert_eq!(top.iter().map(|p| p.label.as_str()).collect::<Vec<_>>(), ["b", "c"]);
         assert_eq!(top_k(&[0.2, 0.5, 0.3], 10, &labels).len(), 3);
     }
 
@@ -282,11 +256,8 @@ mod tests {
     fn preprocess_normalises_nchw() {
         // A 2x2 grey image: black, white / white, black.
         let img = image::GrayImage::from_raw(2, 2, vec![0, 255, 255, 0]).expect("2x2");
-        let t = preprocess_batch(&[DynamicImage::ImageLuma8(img)], &spec(ElementType::F32, 1))
-            .expect("pre");
-        let InputTensor::F32(a) = t else {
-            panic!("expected f32")
-        };
+        let t = preprocess_batch(&[DynamicImage::ImageLuma8(img)], &spec(ElementType::F32, 1)).expect("pre");
+        let InputTensor::F32(a) = t else { panic!("expected f32") };
         assert_eq!(a.shape(), &[1, 1, 2, 2]);
         assert_eq!(a[[0, 0, 0, 0]], -1.0);
         assert_eq!(a[[0, 0, 0, 1]], 1.0);
@@ -295,11 +266,8 @@ mod tests {
     #[test]
     fn preprocess_rgb_planar_and_f16() {
         let img = image::RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 255]));
-        let t = preprocess_batch(&[DynamicImage::ImageRgb8(img)], &spec(ElementType::F16, 3))
-            .expect("pre");
-        let InputTensor::F16(a) = t else {
-            panic!("expected f16")
-        };
+        let t = preprocess_batch(&[DynamicImage::ImageRgb8(img)], &spec(ElementType::F16, 3)).expect("pre");
+        let InputTensor::F16(a) = t else { panic!("expected f16") };
         assert_eq!(a.shape(), &[1, 3, 2, 2]);
         assert_eq!(a[[0, 0, 1, 1]].to_f32(), 1.0);
         assert_eq!(a[[0, 1, 1, 1]].to_f32(), -1.0);

@@ -38,9 +38,7 @@ impl Encoding {
     pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, String> {
         match self {
             Self::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
-            Self::Bincode => {
-                bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| e.to_string())
-            }
+            Self::Bincode => bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| e.to_string()),
         }
     }
 
@@ -48,11 +46,7 @@ impl Encoding {
         match self {
             Self::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
             Self::Bincode => decode_bincode_prefix(bytes).and_then(|(v, used)| {
-                if used == bytes.len() {
-                    Ok(v)
-                } else {
-                    Err(format!("{} trailing bytes", bytes.len() - used))
-                }
+                if used == bytes.len() { Ok(v) } else { Err(format!("{} trailing bytes", bytes.len() - used)) }
             }),
         }
     }
@@ -89,8 +83,6 @@ pub(crate) fn bincode_config() -> bincode::config::Configuration<
 }
 
 /// Decodes one value from the front of `bytes`, returning how many bytes it used.
-pub(crate) fn decode_bincode_prefix<T: DeserializeOwned>(
-    bytes: &[u8],
-) -> Result<(T, usize), String> {
+pub(crate) fn decode_bincode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
     bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| e.to_string())
 }

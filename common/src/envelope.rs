@@ -26,6 +26,7 @@ impl JobEnvelope {
             Job::Resize(j) => encode_parts(job.kind(), j, encoding),
             Job::Classify(j) => encode_parts(job.kind(), j, encoding),
             Job::Checksum(j) => encode_parts(job.kind(), j, encoding),
+            Job::Fault(j) => encode_parts(job.kind(), j, encoding),
         }
     }
 
@@ -45,25 +46,17 @@ impl JobEnvelope {
                 struct KindOnly {
                     kind: String,
                 }
-                serde_json::from_slice::<KindOnly>(body)
-                    .ok()
-                    .map(|k| k.kind)
+                serde_json::from_slice::<KindOnly>(body).ok().map(|k| k.kind)
             }
             Encoding::Bincode => {
                 let (_, used) = decode_bincode_prefix::<u32>(body).ok()?;
-                decode_bincode_prefix::<String>(&body[used..])
-                    .ok()
-                    .map(|(k, _)| k)
+                decode_bincode_prefix::<String>(&body[used..]).ok().map(|(k, _)| k)
             }
         }
     }
 }
 
-fn encode_parts<T: Serialize>(
-    kind: JobKind,
-    job: &T,
-    encoding: Encoding,
-) -> Result<Vec<u8>, JobError> {
+fn encode_parts<T: Serialize>(kind: JobKind, job: &T, encoding: Encoding) -> Result<Vec<u8>, JobError> {
     #[derive(Serialize)]
     struct Envelope<'a, T> {
         version: u32,
@@ -71,16 +64,10 @@ fn encode_parts<T: Serialize>(
         job: &'a T,
     }
     let out = match encoding {
-        Encoding::Json => serde_json::to_vec(&Envelope {
-            version: ENVELOPE_VERSION,
-            kind: kind.as_str(),
-            job,
-        })
-        .map_err(|e| e.to_string()),
-        Encoding::Bincode => {
-            bincode::serde::encode_to_vec((ENVELOPE_VERSION, kind.as_str(), job), bincode_config())
-                .map_err(|e| e.to_string())
-        }
+        Encoding::Json => serde_json::to_vec(&Envelope { version: ENVELOPE_VERSION, kind: kind.as_str(), job })
+            .map_err(|e| e.to_string()),
+        Encoding::Bincode => bincode::serde::encode_to_vec((ENVELOPE_VERSION, kind.as_str(), job), bincode_config())
+            .map_err(|e| e.to_string()),
     };
     out.map_err(JobError::Encode)
 }
@@ -99,10 +86,7 @@ fn decode_json(body: &[u8]) -> Result<Job, JobError> {
     let malformed = |e: serde_json::Error| JobError::MalformedEnvelope(e.to_string());
     let head: VersionOnly = serde_json::from_slice(body).map_err(malformed)?;
     check_version(head.version.as_u64().ok_or_else(|| {
-        JobError::MalformedEnvelope(format!(
-            "version must be a positive integer, got {}",
-            head.version
-        ))
+        JobError::MalformedEnvelope(format!("version must be a positive integer, got {}", head.version))
     })?)?;
     let v1: V1<'_> = serde_json::from_slice(body).map_err(malformed)?;
     let kind = JobKind::parse(&v1.kind)?;
@@ -111,6 +95,7 @@ fn decode_json(body: &[u8]) -> Result<Job, JobError> {
         JobKind::ImageResize => Job::Resize(json_job(raw)?),
         JobKind::MlClassify => Job::Classify(json_job(raw)?),
         JobKind::Checksum => Job::Checksum(json_job(raw)?),
+        JobKind::Fault => Job::Fault(json_job(raw)?),
     })
 }
 
@@ -130,22 +115,18 @@ fn decode_bincode(body: &[u8]) -> Result<Job, JobError> {
         JobKind::ImageResize => Job::Resize(bincode_job(rest)?),
         JobKind::MlClassify => Job::Classify(bincode_job(rest)?),
         JobKind::Checksum => Job::Checksum(bincode_job(rest)?),
+        JobKind::Fault => Job::Fault(bincode_job(rest)?),
     })
 }
 
 fn bincode_job<T: DeserializeOwned>(rest: &[u8]) -> Result<T, JobError> {
-    Encoding::Bincode
-        .decode(rest)
-        .map_err(|e| JobError::InvalidParams(format!("job: {e}")))
+    Encoding::Bincode.decode(rest).map_err(|e| JobError::InvalidParams(format!("job: {e}")))
 }
 
 fn check_version(found: u64) -> Result<(), JobError> {
     if found == u64::from(ENVELOPE_VERSION) {
         Ok(())
     } else {
-        Err(JobError::UnsupportedVersion {
-            found,
-            supported: ENVELOPE_VERSION,
-        })
+        Err(JobError::UnsupportedVersion { found, supported: ENVELOPE_VERSION })
     }
 }

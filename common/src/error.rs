@@ -53,10 +53,14 @@ pub enum JobError {
     ModelInputMismatch(String),
     #[error("encoding the output failed: {0}")]
     Encode(String),
+    #[error("delivered {deliveries} times without an answer (each time its worker died or lost the broker mid-job)")]
+    RedeliveryLimit { deliveries: u32 },
     #[error("job panicked: {0}")]
     Panicked(String),
-    #[error("job exceeded its time limit of {0:?}")]
-    TimedOut(Duration),
+    #[error("job exceeded its time limit of {limit:?}")]
+    TimedOut { limit: Duration, retry: bool },
+    #[error("{0}")]
+    Injected(String),
     #[error("model unavailable: {0}")]
     ModelUnavailable(String),
     #[error("inference failed: {0}")]
@@ -66,7 +70,8 @@ pub enum JobError {
 impl JobError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::TimedOut(_) | Self::ModelUnavailable(_) | Self::Inference(_) => {
+            Self::TimedOut { retry: false, .. } => ErrorClass::Permanent,
+            Self::TimedOut { retry: true, .. } | Self::ModelUnavailable(_) | Self::Inference(_) | Self::Injected(_) => {
                 ErrorClass::Transient
             }
             _ => ErrorClass::Permanent,
@@ -89,7 +94,9 @@ impl JobError {
             Self::ModelInputMismatch(_) => "model_input_mismatch",
             Self::Encode(_) => "encode_failed",
             Self::Panicked(_) => "panic",
-            Self::TimedOut(_) => "timeout",
+            Self::RedeliveryLimit { .. } => "redelivery_limit",
+            Self::TimedOut { .. } => "timeout",
+            Self::Injected(_) => "injected_fault",
             Self::ModelUnavailable(_) => "model_unavailable",
             Self::Inference(_) => "inference_failed",
         }
@@ -107,10 +114,6 @@ pub struct ErrorInfo {
 
 impl From<&JobError> for ErrorInfo {
     fn from(e: &JobError) -> Self {
-        Self {
-            class: e.class(),
-            error_type: e.error_type().to_owned(),
-            message: e.to_string(),
-        }
+        Self { class: e.class(), error_type: e.error_type().to_owned(), message: e.to_string() }
     }
 }

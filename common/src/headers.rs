@@ -9,6 +9,11 @@ pub const CONTENT_TYPE_BINCODE: &str = "application/x-bincode";
 /// How many times this job has been attempted before this delivery (0 on first publish).
 pub const ATTEMPT: &str = "warren-attempt";
 
+/// How many times the job came back unanswered (its worker died or lost the broker mid-job).
+pub const REDELIVERIES: &str = "warren-redeliveries";
+
+/// Dead letters: attempts made in all.
+pub const ATTEMPTS: &str = "warren-attempts";
 /// Dead letters: why the job was given up.
 pub const DEAD_REASON: &str = "warren-dead-reason";
 /// Dead letters: the error class, `permanent` or `transient`.
@@ -23,7 +28,9 @@ pub const ORIGINAL_EXCHANGE: &str = "warren-original-exchange";
 pub const ORIGINAL_ROUTING_KEY: &str = "warren-original-routing-key";
 /// Dead letters: the queue the job was consumed from.
 pub const ORIGINAL_QUEUE: &str = "warren-original-queue";
-/// Dead letters: when the job was given up, milliseconds since the Unix epoch.
+/// Retries and dead letters: when the job first failed, milliseconds since the Unix epoch.
+pub const FIRST_FAILED_AT: &str = "warren-first-failed-at";
+/// Retries and dead letters: when the job last failed (for dead letters: when it was given up).
 pub const FAILED_AT: &str = "warren-failed-at";
 /// Dead letters: which consumer gave up the job.
 pub const CONSUMER: &str = "warren-consumer";

@@ -50,20 +50,18 @@ impl Format {
 /// Sniffs the format of `bytes`; only formats this build can decode are recognised.
 pub fn sniff(bytes: &[u8]) -> Result<Format, JobError> {
     if bytes.is_empty() {
-        return Err(JobError::CorruptImage(
-            "the image is empty (0 bytes)".into(),
-        ));
+        return Err(JobError::CorruptImage("the image is empty (0 bytes)".into()));
     }
     match image::guess_format(bytes) {
         Ok(ImageFormat::Png) => Ok(Format::Png),
         Ok(ImageFormat::Jpeg) => Ok(Format::Jpeg),
         Ok(ImageFormat::WebP) => Ok(Format::Webp),
-        Ok(other) => Err(JobError::UnsupportedFormat(format!(
-            "{other:?} images are not supported (PNG, JPEG or WebP)"
-        ))),
-        Err(_) => Err(JobError::UnsupportedFormat(
-            "the data is not a recognised image (PNG, JPEG or WebP expected)".into(),
-        )),
+        Ok(other) => {
+            Err(JobError::UnsupportedFormat(format!("{other:?} images are not supported (PNG, JPEG or WebP)")))
+        }
+        Err(_) => {
+            Err(JobError::UnsupportedFormat("the data is not a recognised image (PNG, JPEG or WebP expected)".into()))
+        }
     }
 }
 
@@ -84,9 +82,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(DynamicImage, Format), J
     if format == Format::Jpeg && !jpeg_is_complete(bytes) {
         // The JPEG decoder fills a truncated scan with grey and reports success; a cut-off
         // upload must be refused, not turned into a half-grey result.
-        return Err(JobError::CorruptImage(
-            "truncated JPEG: no end-of-image marker after the last scan".into(),
-        ));
+        return Err(JobError::CorruptImage("truncated JPEG: no end-of-image marker after the last scan".into()));
     }
 
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
@@ -96,9 +92,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(DynamicImage, Format), J
     // Room for the widest pixel type (RGBA, 16 bits a channel) of the largest allowed image.
     caps.max_alloc = Some(limits.max_image_pixels.saturating_mul(8).max(1 << 20));
     reader.limits(caps);
-    let img = reader
-        .decode()
-        .map_err(|e| map_image_error(e, "decoding"))?;
+    let img = reader.decode().map_err(|e| map_image_error(e, "decoding"))?;
     Ok((img, format))
 }
 
@@ -115,9 +109,7 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 
 fn check_dimensions(w: u32, h: u32, limits: &Limits) -> Result<(), JobError> {
     if w == 0 || h == 0 {
-        return Err(JobError::CorruptImage(format!(
-            "the image declares {w}x{h} pixels"
-        )));
+        return Err(JobError::CorruptImage(format!("the image declares {w}x{h} pixels")));
     }
     if w > limits.max_image_width || h > limits.max_image_height {
         return Err(JobError::LimitExceeded(format!(
@@ -144,18 +136,13 @@ fn map_image_error(e: ImageError, stage: &str) -> JobError {
 }
 
 /// Encodes `img` as `format`; `quality` (1..=100) applies to JPEG. PNG and WebP are lossless.
-pub fn encode(
-    img: &DynamicImage,
-    format: Format,
-    quality: Option<u8>,
-) -> Result<Vec<u8>, JobError> {
+pub fn encode(img: &DynamicImage, format: Format, quality: Option<u8>) -> Result<Vec<u8>, JobError> {
     let mut out = Cursor::new(Vec::new());
     let result = match format {
         Format::Jpeg => {
             // JPEG has no alpha channel; flatten to RGB first.
             let rgb = DynamicImage::ImageRgb8(img.to_rgb8());
-            let enc =
-                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.unwrap_or(85));
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.unwrap_or(85));
             rgb.write_with_encoder(enc)
         }
         Format::Png => img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut out)),
@@ -178,8 +165,7 @@ mod tests {
     use super::*;
 
     fn jpeg() -> Vec<u8> {
-        let img =
-            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
         encode(&DynamicImage::ImageRgb8(img), Format::Jpeg, Some(90)).expect("encode")
     }
 
@@ -193,29 +179,17 @@ mod tests {
     fn truncated_jpeg_is_corrupt() {
         let mut bytes = jpeg();
         bytes.truncate(bytes.len() * 2 / 3);
-        assert_eq!(
-            decode(&bytes, &Limits::default()).unwrap_err().error_type(),
-            "corrupt_image"
-        );
+        assert_eq!(decode(&bytes, &Limits::default()).unwrap_err().error_type(), "corrupt_image");
     }
 
     #[test]
     fn format_not_allowed() {
-        let limits = Limits {
-            allowed_formats: vec!["png".into()],
-            ..Limits::default()
-        };
-        assert_eq!(
-            decode(&jpeg(), &limits).unwrap_err().error_type(),
-            "unsupported_format"
-        );
+        let limits = Limits { allowed_formats: vec!["png".into()], ..Limits::default() };
+        assert_eq!(decode(&jpeg(), &limits).unwrap_err().error_type(), "unsupported_format");
     }
 
     #[test]
     fn empty_input_is_corrupt() {
-        assert_eq!(
-            decode(&[], &Limits::default()).unwrap_err().error_type(),
-            "corrupt_image"
-        );
+        assert_eq!(decode(&[], &Limits::default()).unwrap_err().error_type(), "corrupt_image");
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::checksum::{ChecksumJob, ChecksumOutput};
 use crate::classify::{Classifier, ClassifyJob, ClassifyOutput};
 use crate::error::JobError;
+use crate::fault::{FaultJob, FaultOutput};
 use crate::limits::Limits;
 use crate::resize::{ResizeJob, ResizeOutput};
 
@@ -17,24 +18,23 @@ pub enum JobKind {
     ImageResize,
     MlClassify,
     Checksum,
+    Fault,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [Self::ImageResize, Self::MlClassify, Self::Checksum];
+    pub const ALL: [JobKind; 4] = [Self::ImageResize, Self::MlClassify, Self::Checksum, Self::Fault];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ImageResize => "image.resize",
             Self::MlClassify => "ml.classify",
             Self::Checksum => "checksum",
+            Self::Fault => "fault",
         }
     }
 
     pub fn parse(s: &str) -> Result<Self, JobError> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| JobError::UnknownKind(s.to_owned()))
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| JobError::UnknownKind(s.to_owned()))
     }
 }
 
@@ -50,6 +50,7 @@ pub enum Job {
     Resize(ResizeJob),
     Classify(ClassifyJob),
     Checksum(ChecksumJob),
+    Fault(FaultJob),
 }
 
 impl Job {
@@ -58,6 +59,7 @@ impl Job {
             Self::Resize(_) => JobKind::ImageResize,
             Self::Classify(_) => JobKind::MlClassify,
             Self::Checksum(_) => JobKind::Checksum,
+            Self::Fault(_) => JobKind::Fault,
         }
     }
 
@@ -69,6 +71,7 @@ impl Job {
             Self::Resize(j) => j.image = data,
             Self::Classify(j) => j.image = data,
             Self::Checksum(j) => j.data = data,
+            Self::Fault(_) => {}
         }
         job
     }
@@ -79,6 +82,7 @@ impl Job {
             Self::Resize(j) => j.validate(limits),
             Self::Classify(j) => j.validate(),
             Self::Checksum(j) => j.validate(limits),
+            Self::Fault(j) => j.validate(),
         }
     }
 }
@@ -92,6 +96,8 @@ pub enum JobOutput {
     Classify(ClassifyOutput),
     #[serde(rename = "checksum")]
     Checksum(ChecksumOutput),
+    #[serde(rename = "fault")]
+    Fault(FaultOutput),
 }
 
 /// What the use cases need from their surroundings: limits, and the model port when this
@@ -100,16 +106,15 @@ pub enum JobOutput {
 pub struct Services<'a> {
     pub limits: &'a Limits,
     pub classifier: Option<&'a dyn Classifier>,
+    /// Which attempt this is, from 0.
+    pub attempt: u32,
 }
 
 impl std::fmt::Debug for Services<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Services")
             .field("limits", self.limits)
-            .field(
-                "classifier",
-                &self.classifier.map(|c| c.spec().name.clone()),
-            )
+            .field("classifier", &self.classifier.map(|c| c.spec().name.clone()))
             .finish()
     }
 }
@@ -120,11 +125,12 @@ pub fn run(job: &Job, services: Services<'_>) -> Result<JobOutput, JobError> {
     match job {
         Job::Resize(j) => crate::resize::resize(j, services.limits).map(JobOutput::Resize),
         Job::Classify(j) => {
-            let model = services.classifier.ok_or_else(|| {
-                JobError::ModelUnavailable("this worker has no model loaded".into())
-            })?;
+            let model = services
+                .classifier
+                .ok_or_else(|| JobError::ModelUnavailable("this worker has no model loaded".into()))?;
             crate::classify::classify(j, model, services.limits).map(JobOutput::Classify)
         }
         Job::Checksum(j) => Ok(JobOutput::Checksum(crate::checksum::checksum(j))),
+        Job::Fault(j) => crate::fault::fault(j, services.attempt).map(JobOutput::Fault),
     }
 }

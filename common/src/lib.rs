@@ -11,12 +11,14 @@ pub mod classify;
 pub mod codec;
 pub mod envelope;
 pub mod error;
+pub mod fault;
 pub mod headers;
 pub mod image_io;
 pub mod job;
 pub mod limits;
 pub mod resize;
 pub mod result;
+pub mod retry;
 
 pub use codec::Encoding;
 pub use envelope::{ENVELOPE_VERSION, JobEnvelope};

@@ -78,9 +78,7 @@ impl ResizeJob {
     pub fn validate(&self, limits: &Limits) -> Result<(), JobError> {
         let (w, h) = (self.width, self.height);
         if w == 0 || h == 0 {
-            return Err(JobError::InvalidParams(format!(
-                "width and height must be at least 1, got {w}x{h}"
-            )));
+            return Err(JobError::InvalidParams(format!("width and height must be at least 1, got {w}x{h}")));
         }
         if w > limits.max_output_width || h > limits.max_output_height {
             return Err(JobError::LimitExceeded(format!(
@@ -91,9 +89,7 @@ impl ResizeJob {
         if let Some(q) = self.quality
             && !(1..=100).contains(&q)
         {
-            return Err(JobError::InvalidParams(format!(
-                "quality must be 1 to 100, got {q}"
-            )));
+            return Err(JobError::InvalidParams(format!("quality must be 1 to 100, got {q}")));
         }
         Ok(())
     }
@@ -126,23 +122,12 @@ mod tests {
     use rstest::rstest;
 
     fn png(w: u32, h: u32) -> Vec<u8> {
-        let img = image::RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
-        });
-        image_io::encode(&image::DynamicImage::ImageRgb8(img), Format::Png, None)
-            .expect("encode png")
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+        image_io::encode(&image::DynamicImage::ImageRgb8(img), Format::Png, None).expect("encode png")
     }
 
     fn job(mode: ResizeMode, format: Option<Format>) -> ResizeJob {
-        ResizeJob {
-            image: png(200, 100),
-            width: 50,
-            height: 50,
-            mode,
-            filter: Filter::Triangle,
-            format,
-            quality: None,
-        }
+        ResizeJob { image: png(200, 100), width: 50, height: 50, mode, filter: Filter::Triangle, format, quality: None }
     }
 
     #[rstest]
@@ -170,28 +155,19 @@ mod tests {
     fn zero_size_is_invalid() {
         let mut j = job(ResizeMode::Fit, None);
         j.width = 0;
-        assert_eq!(
-            resize(&j, &Limits::default()).unwrap_err().error_type(),
-            "invalid_params"
-        );
+        assert_eq!(resize(&j, &Limits::default()).unwrap_err().error_type(), "invalid_params");
     }
 
     #[test]
     fn truncated_png_is_corrupt() {
         let mut j = job(ResizeMode::Fit, None);
         j.image.truncate(j.image.len() / 2);
-        assert_eq!(
-            resize(&j, &Limits::default()).unwrap_err().error_type(),
-            "corrupt_image"
-        );
+        assert_eq!(resize(&j, &Limits::default()).unwrap_err().error_type(), "corrupt_image");
     }
 
     #[test]
     fn oversized_input_is_refused_before_decoding() {
-        let limits = Limits {
-            max_image_pixels: 10_000,
-            ..Limits::default()
-        };
+        let limits = Limits { max_image_pixels: 10_000, ..Limits::default() };
         let err = resize(&job(ResizeMode::Fit, None), &limits).unwrap_err();
         assert_eq!(err.error_type(), "limit_exceeded", "{err}");
     }
@@ -200,9 +176,6 @@ mod tests {
     fn random_bytes_are_not_an_image() {
         let mut j = job(ResizeMode::Fit, None);
         j.image = vec![0x42; 64];
-        assert_eq!(
-            resize(&j, &Limits::default()).unwrap_err().error_type(),
-            "unsupported_format"
-        );
+        assert_eq!(resize(&j, &Limits::default()).unwrap_err().error_type(), "unsupported_format");
     }
 }

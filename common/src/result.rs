@@ -39,14 +39,7 @@ pub struct JobResult {
 }
 
 impl JobResult {
-    pub fn ok(
-        job_id: String,
-        kind: String,
-        output: JobOutput,
-        attempt: u32,
-        worker: String,
-        timing: Timing,
-    ) -> Self {
+    pub fn ok(job_id: String, kind: String, output: JobOutput, attempt: u32, worker: String, timing: Timing) -> Self {
         Self {
             version: ENVELOPE_VERSION,
             job_id,

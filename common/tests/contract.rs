@@ -21,14 +21,8 @@ fn jobs() -> Vec<Job> {
             format: Some(Format::Webp),
             quality: Some(70),
         }),
-        Job::Classify(ClassifyJob {
-            image: vec![9; 100],
-            top_k: Some(3),
-        }),
-        Job::Checksum(ChecksumJob {
-            data: b"hello".to_vec(),
-            rounds: 4,
-        }),
+        Job::Classify(ClassifyJob { image: vec![9; 100], top_k: Some(3) }),
+        Job::Checksum(ChecksumJob { data: b"hello".to_vec(), rounds: 4 }),
     ]
 }
 
@@ -37,10 +31,7 @@ fn every_kind_round_trips(#[values(Encoding::Json, Encoding::Bincode)] encoding:
     for job in jobs() {
         let body = JobEnvelope::encode(&job, encoding).expect("encode");
         assert_eq!(JobEnvelope::decode(&body, encoding).expect("decode"), job);
-        assert_eq!(
-            JobEnvelope::peek_kind(&body, encoding).as_deref(),
-            Some(job.kind().as_str())
-        );
+        assert_eq!(JobEnvelope::peek_kind(&body, encoding).as_deref(), Some(job.kind().as_str()));
     }
 }
 
@@ -48,22 +39,14 @@ fn every_kind_round_trips(#[values(Encoding::Json, Encoding::Bincode)] encoding:
 fn json_is_the_documented_shape() {
     let body = JobEnvelope::encode(&jobs()[2], Encoding::Json).expect("encode");
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    assert_eq!(
-        v,
-        serde_json::json!({"version": 1, "kind": "checksum", "job": {"data": "aGVsbG8=", "rounds": 4}})
-    );
+    assert_eq!(v, serde_json::json!({"version": 1, "kind": "checksum", "job": {"data": "aGVsbG8=", "rounds": 4}}));
 }
 
 #[test]
 fn json_defaults_apply() {
     let body = br#"{"version":1,"kind":"image.resize","job":{"image":"AAEC","width":5,"height":6},"extra":true}"#;
-    let Job::Resize(j) = JobEnvelope::decode(body, Encoding::Json).expect("decode") else {
-        panic!("kind")
-    };
-    assert_eq!(
-        (j.mode, j.filter, j.format, j.quality),
-        (ResizeMode::Fit, Filter::Lanczos3, None, None)
-    );
+    let Job::Resize(j) = JobEnvelope::decode(body, Encoding::Json).expect("decode") else { panic!("kind") };
+    assert_eq!((j.mode, j.filter, j.format, j.quality), (ResizeMode::Fit, Filter::Lanczos3, None, None));
 }
 
 #[rstest]
@@ -82,32 +65,18 @@ fn json_malformations(#[case] body: &[u8], #[case] expected: &str) {
 
 #[test]
 fn bincode_malformations() {
-    let future = bincode::serde::encode_to_vec((7u32, "checksum"), bincode::config::standard())
-        .expect("enc");
+    let future = bincode::serde::encode_to_vec((7u32, "checksum"), bincode::config::standard()).expect("enc");
     assert!(matches!(
         JobEnvelope::decode(&future, Encoding::Bincode),
         Err(JobError::UnsupportedVersion { found: 7, .. })
     ));
-    let unknown =
-        bincode::serde::encode_to_vec((1u32, "nope"), bincode::config::standard()).expect("enc");
-    assert_eq!(
-        JobEnvelope::decode(&unknown, Encoding::Bincode)
-            .unwrap_err()
-            .error_type(),
-        "unknown_kind"
-    );
+    let unknown = bincode::serde::encode_to_vec((1u32, "nope"), bincode::config::standard()).expect("enc");
+    assert_eq!(JobEnvelope::decode(&unknown, Encoding::Bincode).unwrap_err().error_type(), "unknown_kind");
     let mut good = JobEnvelope::encode(&jobs()[2], Encoding::Bincode).expect("enc");
     good.truncate(good.len() - 1);
-    assert_eq!(
-        JobEnvelope::decode(&good, Encoding::Bincode)
-            .unwrap_err()
-            .error_type(),
-        "invalid_params"
-    );
+    assert_eq!(JobEnvelope::decode(&good, Encoding::Bincode).unwrap_err().error_type(), "invalid_params");
     // A length prefix claiming 4 GiB must fail cleanly, not allocate.
-    let mut hostile =
-        bincode::serde::encode_to_vec((1u32, "checksum"), bincode::config::standard())
-            .expect("enc");
+    let mut hostile = bincode::serde::encode_to_vec((1u32, "checksum"), bincode::config::standard()).expect("enc");
     hostile.extend_from_slice(&[0xFC, 0xFF, 0xFF, 0xFF, 0xFF]);
     assert!(JobEnvelope::decode(&hostile, Encoding::Bincode).is_err());
 }
@@ -117,17 +86,10 @@ fn results_round_trip(#[values(Encoding::Json, Encoding::Bincode)] encoding: Enc
     let ok = JobResult::ok(
         "id-1".into(),
         "checksum".into(),
-        JobOutput::Checksum(warren_common::checksum::ChecksumOutput {
-            bytes: 5,
-            rounds: 1,
-            crc32: 42,
-        }),
+        JobOutput::Checksum(warren_common::checksum::ChecksumOutput { bytes: 5, rounds: 1, crc32: 42 }),
         0,
         "w1".into(),
-        Timing {
-            started_at_us: 1,
-            finished_at_us: 2,
-        },
+        Timing { started_at_us: 1, finished_at_us: 2 },
     );
     let failed = JobResult::failed(
         "id-2".into(),

@@ -15,28 +15,27 @@ use futures_util::stream::select_all;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_common::JobKind;
 use warren_common::classify::Classifier;
+use warren_infra::settings::Route;
 use warren_infra::{Publisher, Settings, topology};
 
-use crate::handler::{Worker, handle};
+use crate::handler::{Served, Worker, handle};
 use crate::onnx::OrtClassifier;
 use crate::pool::WorkerPool;
 
 pub struct Application {
     connection: Connection,
     worker: Arc<Worker>,
-    consumers: Vec<(Arc<str>, Channel, lapin::Consumer)>,
+    consumers: Vec<(Arc<Served>, Channel, lapin::Consumer)>,
     prefetch: u16,
 }
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application")
-            .field("worker", &self.worker)
-            .field("prefetch", &self.prefetch)
-            .finish()
+        f.debug_struct("Application").field("worker", &self.worker).field("prefetch", &self.prefetch).finish()
     }
 }
 
@@ -46,14 +45,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let routes = settings.consumer_routes();
-        anyhow::ensure!(
-            !routes.is_empty(),
-            "no routes to consume: check [[routes]] and consumer.kinds"
-        );
-        let kinds = routes
-            .iter()
-            .map(|r| JobKind::parse(&r.kind))
-            .collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(!routes.is_empty(), "no routes to consume: check [[routes]] and consumer.kinds");
+        let kinds = routes.iter().map(|r| JobKind::parse(&r.kind)).collect::<Result<Vec<_>, _>>()?;
 
         // A worker that cannot load its model must not take classify jobs only to fail them,
         // so a model problem stops start-up with the reason instead.
@@ -68,30 +61,23 @@ impl Application {
         };
 
         let connection = warren_infra::connect(&settings.broker, "consumer").await?;
-        let setup = connection
-            .create_channel()
-            .await
-            .context("open channel for topology")?;
+        let setup = connection.create_channel().await.context("open channel for topology")?;
         topology::declare(&setup, &settings).await?;
         let _ = setup.close(200, "topology declared".into()).await;
 
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
-        let publisher = Publisher::open(&connection, confirm_timeout)
-            .await
-            .context("open publishing channel")?;
+        let publisher = Publisher::open(&connection, confirm_timeout).await.context("open publishing channel")?;
         let pool = WorkerPool::new(settings.consumer.pool_size);
         let prefetch = match settings.consumer.prefetch {
             0 => u16::try_from(pool.size()).unwrap_or(u16::MAX),
             n => n,
         };
         let worker_id = worker_id(&settings.consumer.worker_id);
+        check_time_limits(&settings, &routes, pool.size(), prefetch)?;
 
         let mut consumers = Vec::with_capacity(routes.len());
         for route in &routes {
-            let channel = connection
-                .create_channel()
-                .await
-                .context("open consuming channel")?;
+            let channel = connection.create_channel().await.context("open consuming channel")?;
             // Per consumer (global = false): each queue gets `prefetch` unacked deliveries.
             channel
                 .basic_qos(prefetch, BasicQosOptions { global: false })
@@ -106,7 +92,12 @@ impl Application {
                 )
                 .await
                 .with_context(|| format!("consume queue {}", route.queue))?;
-            consumers.push((Arc::from(route.queue.as_str()), channel, consumer));
+            let served = Served {
+                queue: route.queue.clone(),
+                time_limit: Duration::from_millis(route.time_limit_ms),
+                retry: settings.retry_policy(route).clone(),
+            };
+            consumers.push((Arc::new(served), channel, consumer));
         }
         tracing::info!(
             broker = %settings.broker.redacted_url(),
@@ -116,20 +107,8 @@ impl Application {
             worker_id = %worker_id,
             "consumer ready"
         );
-        let worker = Arc::new(Worker {
-            settings,
-            publisher,
-            pool,
-            classifier,
-            worker_id,
-            kinds,
-        });
-        Ok(Self {
-            connection,
-            worker,
-            consumers,
-            prefetch,
-        })
+        let worker = Arc::new(Worker { settings, publisher, pool, classifier, worker_id, kinds });
+        Ok(Self { connection, worker, consumers, prefetch })
     }
 
     pub fn pool_size(&self) -> usize {
@@ -147,55 +126,43 @@ impl Application {
     /// Consumes until `shutdown` resolves, then drains and closes. Returns an error when the
     /// broker connection is lost (the process exits non-zero and its supervisor restarts it).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self {
-            connection,
-            worker,
-            consumers,
-            ..
-        } = self;
+        let Self { connection, worker, consumers, .. } = self;
         let tracker = TaskTracker::new();
         let mut channels = Vec::new();
         let mut streams = Vec::new();
-        for (queue, channel, consumer) in consumers {
+        for (served, channel, consumer) in consumers {
             let tag = consumer.tag();
             channels.push((channel, tag));
-            streams.push(consumer.map(move |d| (queue.clone(), d)));
+            streams.push(consumer.map(move |d| (served.clone(), d)));
         }
+        let stop = CancellationToken::new();
         let mut deliveries = select_all(streams);
         tokio::pin!(shutdown);
         let outcome = loop {
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
                 next = deliveries.next() => match next {
-                    Some((queue, Ok(delivery))) => {
-                        tracker.spawn(handle(worker.clone(), queue, delivery));
+                    Some((served, Ok(delivery))) => {
+                        tracker.spawn(handle(worker.clone(), served, delivery, stop.clone()));
                     }
-                    Some((queue, Err(e))) => break Err(anyhow::Error::new(e).context(format!("consuming queue {queue}"))),
+                    Some((served, Err(e))) => {
+                        break Err(anyhow::Error::new(e).context(format!("consuming queue {}", served.queue)));
+                    }
                     None => break Err(anyhow::anyhow!("every consumer ended; the broker closed the connection")),
                 },
             }
         };
 
-        tracing::info!(
-            in_flight = tracker.len(),
-            "stopping: cancelling consumers and draining"
-        );
+        tracing::info!(in_flight = tracker.len(), "stopping: cancelling consumers and draining");
         for (channel, tag) in &channels {
-            if let Err(e) = channel
-                .basic_cancel(tag.clone(), BasicCancelOptions::default())
-                .await
-            {
+            if let Err(e) = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await {
                 tracing::debug!(error = %e, "cancel consumer");
             }
         }
         tracker.close();
         let drain = Duration::from_millis(worker.settings.consumer.drain_timeout_ms);
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-            tracing::warn!(
-                unfinished = tracker.len(),
-                ?drain,
-                "drain timeout; unfinished jobs go back to the queue"
-            );
+            tracing::warn!(unfinished = tracker.len(), ?drain, "drain timeout; unfinished jobs go back to the queue");
         }
         if let Err(e) = connection.close(200, "worker stopping".into()).await {
             tracing::debug!(error = %e, "close connection");
@@ -203,6 +170,24 @@ impl Application {
         tracing::info!("stopped");
         outcome
     }
+}
+
+/// Refuses a configuration in which a delivery could stay unacked past the broker's
+/// `consumer_timeout` (the broker would then close the channel and redeliver everything on it):
+/// a job may wait for every other prefetched delivery of this worker to take a slot, then run
+/// for its time limit, then wait for two confirms (result or retry, and error result).
+fn check_time_limits(settings: &Settings, routes: &[Route], pool: usize, prefetch: u16) -> anyhow::Result<()> {
+    let held = usize::from(prefetch) * routes.len();
+    let rounds = held.div_ceil(pool.max(1)) as u64;
+    let longest = routes.iter().map(|r| r.time_limit_ms).max().unwrap_or(0);
+    let worst_ms = longest.saturating_mul(rounds) + 2 * settings.broker.confirm_timeout_ms;
+    let budget_ms = settings.broker.consumer_timeout_ms / 10 * 9;
+    anyhow::ensure!(
+        worst_ms <= budget_ms,
+        "a job could stay unacked for {worst_ms} ms (time limit {longest} ms x {rounds} rounds of {held} prefetched          jobs on {pool} slots, plus 2 confirm timeouts), over 90% of broker.consumer_timeout_ms = {}: lower          time_limit_ms or consumer.prefetch, raise consumer.pool_size, or raise the broker's consumer_timeout          and broker.consumer_timeout_ms with it",
+        settings.broker.consumer_timeout_ms
+    );
+    Ok(())
 }
 
 fn worker_id(configured: &str) -> String {

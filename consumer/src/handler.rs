@@ -1,23 +1,28 @@
-//! One delivery, start to finish: parse at the boundary, run on the pool, publish the outcome
-//! with a confirm, then settle the delivery. The input is acked only after its result or its
-//! dead letter is confirmed; when neither could be published it is nacked with requeue, so the
-//! broker keeps it. Nothing here returns an error to the loop: every path settles the delivery.
+//! One delivery, start to finish: parse at the boundary, run on the pool within the kind's time
+//! limit, publish the outcome with a confirm, then settle the delivery. The input is acked only
+//! after its result, its retry or its dead letter is confirmed; when none could be published it
+//! is nacked with requeue, so the broker keeps it. Nothing here returns an error to the loop:
+//! every path settles the delivery.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{FieldTable, ShortString};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field};
 use warren_common::classify::Classifier;
 use warren_common::headers as h;
 use warren_common::job::{self, Services};
+use warren_common::retry::RetryPolicy;
 use warren_common::{Encoding, Job, JobEnvelope, JobError, JobKind, JobResult, Timing};
 use warren_infra::{PublishError, Publisher, Settings, fields};
 
-use crate::dead_letter;
+use crate::failure::{self, Disposition};
 use crate::pool::{WorkerPool, now_us};
+use crate::redelivery;
 
 /// What every delivery handler shares.
 pub struct Worker {
@@ -32,20 +37,23 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker")
-            .field("worker_id", &self.worker_id)
-            .field("kinds", &self.kinds)
-            .finish()
+        f.debug_struct("Worker").field("worker_id", &self.worker_id).field("kinds", &self.kinds).finish()
     }
 }
 
-pub async fn handle(worker: Arc<Worker>, queue: Arc<str>, delivery: Delivery) {
+/// A queue this worker consumes, with its kind's limits.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub queue: String,
+    pub time_limit: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// Handles one delivery. `stop` is cancelled when the drain timeout passes: a job still running
+/// then is handed back to the broker (nack with requeue) rather than left hanging.
+pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery, stop: CancellationToken) {
     let props = &delivery.properties;
-    let job_id = props
-        .message_id()
-        .as_ref()
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+    let job_id = props.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
     let attempt = fields::get_u64(props.headers().as_ref(), h::ATTEMPT).unwrap_or(0);
     let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
     let span = tracing::info_span!(
@@ -53,40 +61,35 @@ pub async fn handle(worker: Arc<Worker>, queue: Arc<str>, delivery: Delivery) {
         job_id = %job_id,
         kind = field::Empty,
         attempt,
-        queue = %queue,
+        queue = %served.queue,
         redelivered = delivery.redelivered,
     );
-    process(worker, queue, delivery, job_id, attempt)
-        .instrument(span)
-        .await;
+    let work = async {
+        if delivery.redelivered && redelivery::intercept(&worker, &served, &delivery).await {
+            return;
+        }
+        tokio::select! {
+            () = process(&worker, &served, &delivery, job_id, attempt) => {}
+            () = stop.cancelled() => {
+                tracing::warn!("drain timeout: handing the job back to the broker");
+                nack_requeue(&delivery).await;
+            }
+        }
+    };
+    work.instrument(span).await;
 }
 
-async fn process(
-    worker: Arc<Worker>,
-    queue: Arc<str>,
-    delivery: Delivery,
-    job_id: String,
-    attempt: u32,
-) {
-    let encoding = Encoding::from_content_type(
-        delivery
-            .properties
-            .content_type()
-            .as_ref()
-            .map(|s| s.as_str()),
-    );
-    let (outcome, timing, kind) = match parse(&delivery.data, encoding, &worker) {
+async fn process(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, job_id: String, attempt: u32) {
+    let encoding = Encoding::from_content_type(delivery.properties.content_type().as_ref().map(|s| s.as_str()));
+    let (outcome, timing, kind) = match parse(&delivery.data, encoding, worker) {
         Ok(job) => {
             let kind = job.kind().as_str().to_owned();
             tracing::Span::current().record("kind", kind.as_str());
             let (settings, classifier) = (worker.settings.clone(), worker.classifier.clone());
             let (outcome, timing) = worker
                 .pool
-                .run(move || {
-                    let services = Services {
-                        limits: &settings.limits,
-                        classifier: classifier.as_deref(),
-                    };
+                .run(served.time_limit, settings.consumer.retry_timeouts, move || {
+                    let services = Services { limits: &settings.limits, classifier: classifier.as_deref(), attempt };
                     job::run(&job, services)
                 })
                 .await;
@@ -97,53 +100,39 @@ async fn process(
             let kind = encoding
                 .and_then(|enc| JobEnvelope::peek_kind(&delivery.data, enc))
                 .unwrap_or_else(|| "unknown".to_owned());
-            (
-                Err(e),
-                Timing {
-                    started_at_us: now,
-                    finished_at_us: now,
-                },
-                kind,
-            )
+            (Err(e), Timing { started_at_us: now, finished_at_us: now }, kind)
         }
     };
     // Results travel in the job's encoding; JSON when the job's could not be understood.
     let encoding = encoding.unwrap_or(Encoding::Json);
     match outcome {
         Ok(output) => {
-            let result = JobResult::ok(
-                job_id,
-                kind,
-                output,
-                attempt,
-                worker.worker_id.clone(),
-                timing,
-            );
-            match publish_result(&worker, &delivery, &result, encoding).await {
+            let result = JobResult::ok(job_id, kind, output, attempt, worker.worker_id.clone(), timing);
+            match publish_result(worker, delivery, &result, encoding).await {
                 Ok(()) => {
-                    tracing::info!(
-                        run_ms = (timing.finished_at_us - timing.started_at_us) / 1000,
-                        "job done"
-                    );
-                    ack(&delivery).await;
+                    tracing::info!(run_ms = (timing.finished_at_us - timing.started_at_us) / 1000, "job done");
+                    ack(delivery).await;
                 }
                 Err(e @ PublishError::Unroutable { .. }) => {
                     // The job is done; nobody is listening for its result (a requester that
                     // went away, or no results queue). Redoing the job would not change that.
                     tracing::warn!(error = %e, "result unroutable; dropping the result of a finished job");
-                    ack(&delivery).await;
+                    ack(delivery).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "result not confirmed; handing the job back to the broker");
-                    nack_requeue(&delivery).await;
+                    nack_requeue(delivery).await;
                 }
             }
         }
         Err(error) => {
-            fail(
-                &worker, &queue, &delivery, job_id, kind, error, attempt, timing, encoding,
-            )
-            .await
+            let error = match error {
+                JobError::UnsupportedContentType(_) => JobError::UnsupportedContentType(
+                    delivery.properties.content_type().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                ),
+                other => other,
+            };
+            fail(worker, served, delivery, job_id, kind, &error, attempt, timing, encoding).await;
         }
     }
 }
@@ -151,10 +140,7 @@ async fn process(
 fn parse(body: &[u8], encoding: Option<Encoding>, worker: &Worker) -> Result<Job, JobError> {
     let limits = &worker.settings.limits;
     if body.len() > limits.max_body_bytes {
-        return Err(JobError::BodyTooLarge {
-            size: body.len(),
-            limit: limits.max_body_bytes,
-        });
+        return Err(JobError::BodyTooLarge { size: body.len(), limit: limits.max_body_bytes });
     }
     let Some(encoding) = encoding else {
         return Err(JobError::UnsupportedContentType("(unrecognised)".into()));
@@ -167,68 +153,37 @@ fn parse(body: &[u8], encoding: Option<Encoding>, worker: &Worker) -> Result<Job
     Ok(job)
 }
 
+/// Retries or dead-letters a failed job; when it is given up and a reply is expected, also
+/// sends the error result. Settles the delivery.
 #[allow(clippy::too_many_arguments)]
-async fn fail(
+pub(crate) async fn fail(
     worker: &Worker,
-    queue: &str,
+    served: &Served,
     delivery: &Delivery,
     job_id: String,
     kind: String,
-    error: JobError,
+    error: &JobError,
     attempt: u32,
     timing: Timing,
     encoding: Encoding,
 ) {
-    let error = match error {
-        JobError::UnsupportedContentType(_) => JobError::UnsupportedContentType(
-            delivery
-                .properties
-                .content_type()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-        ),
-        other => other,
-    };
-    tracing::warn!(
-        error_type = error.error_type(),
-        class = error.class().as_str(),
-        error = %error,
-        "job failed; dead-lettering it"
-    );
-    let t = &worker.settings.topology;
-    let props = dead_letter::properties(
-        delivery,
-        queue,
-        &error,
-        attempt,
-        &worker.worker_id,
-        now_us() / 1000,
-    );
-    if let Err(e) = worker
-        .publisher
-        .publish(&t.dead_letter_exchange, queue, &delivery.data, props, true)
-        .await
-    {
-        tracing::error!(error = %e, "dead letter not confirmed; handing the job back to the broker");
-        nack_requeue(delivery).await;
-        return;
-    }
-    if delivery.properties.reply_to().is_some() {
-        let result = JobResult::failed(
-            job_id,
-            kind,
-            &error,
-            attempt,
-            worker.worker_id.clone(),
-            timing,
-        );
-        if let Err(e) = publish_result(worker, delivery, &result, encoding).await {
-            // The dead letter holds the record; the error result is a courtesy to the requester.
-            tracing::warn!(error = %e, "error result not delivered to reply_to");
+    match failure::dispose(worker, served, delivery, error, attempt).await {
+        Err(e) => {
+            tracing::error!(error = %e, "retry or dead letter not confirmed; handing the job back to the broker");
+            nack_requeue(delivery).await;
+        }
+        Ok(Disposition::Retried) => ack(delivery).await,
+        Ok(Disposition::DeadLettered) => {
+            if delivery.properties.reply_to().is_some() {
+                let result = JobResult::failed(job_id, kind, error, attempt, worker.worker_id.clone(), timing);
+                if let Err(e) = publish_result(worker, delivery, &result, encoding).await {
+                    // The dead letter holds the record; the error result is a courtesy.
+                    tracing::warn!(error = %e, "error result not delivered to reply_to");
+                }
+            }
+            ack(delivery).await;
         }
     }
-    ack(delivery).await;
 }
 
 async fn publish_result(
@@ -237,13 +192,11 @@ async fn publish_result(
     result: &JobResult,
     encoding: Encoding,
 ) -> Result<(), PublishError> {
-    let body = result
-        .encode(encoding)
-        .map_err(|e| PublishError::Unroutable {
-            exchange: String::new(),
-            routing_key: String::new(),
-            reply: format!("result could not be encoded: {e}"),
-        })?;
+    let body = result.encode(encoding).map_err(|e| PublishError::Unroutable {
+        exchange: String::new(),
+        routing_key: String::new(),
+        reply: format!("result could not be encoded: {e}"),
+    })?;
     let input = &delivery.properties;
     let correlation = input
         .correlation_id()
@@ -264,32 +217,20 @@ async fn publish_result(
         .with_headers(headers);
     let (exchange, routing_key) = match input.reply_to() {
         Some(reply_to) => ("", reply_to.as_str()),
-        None => (
-            worker.settings.topology.results_exchange.as_str(),
-            result.kind.as_str(),
-        ),
+        None => (worker.settings.topology.results_exchange.as_str(), result.kind.as_str()),
     };
-    worker
-        .publisher
-        .publish(exchange, routing_key, &body, props, true)
-        .await
+    worker.publisher.publish(exchange, routing_key, &body, props, true).await
 }
 
-async fn ack(delivery: &Delivery) {
+pub(crate) async fn ack(delivery: &Delivery) {
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         // The channel is gone; the broker will redeliver, and results carry the job id.
         tracing::warn!(error = %e, "ack failed; the job will be redelivered");
     }
 }
 
-async fn nack_requeue(delivery: &Delivery) {
-    if let Err(e) = delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await
-    {
+pub(crate) async fn nack_requeue(delivery: &Delivery) {
+    if let Err(e) = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await {
         tracing::warn!(error = %e, "nack failed; the broker requeues the job when the channel closes");
     }
 }

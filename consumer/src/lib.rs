@@ -3,10 +3,11 @@
 //! input. Failures are dead-lettered with their reason; one bad message never stops the loop.
 
 pub mod app;
-pub mod dead_letter;
+pub mod failure;
 pub mod handler;
 pub mod onnx;
 pub mod pool;
+pub mod redelivery;
 
 pub use app::Application;
 pub use pool::WorkerPool;

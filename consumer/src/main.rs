@@ -12,10 +12,7 @@ use warren_infra::{Settings, settings, telemetry};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser, Debug)]
-#[command(
-    version,
-    about = "Warren worker: consumes job queues and publishes results"
-)]
+#[command(version, about = "Warren worker: consumes job queues and publishes results")]
 struct Cli {
     /// Directory holding default.toml and the WARREN_ENV overlays.
     #[arg(long, env = "WARREN_CONFIG_DIR")]
@@ -39,8 +36,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings =
-        Settings::load(&settings::config_dir(cli.config_dir)).context("loading settings")?;
+    let settings = Settings::load(&settings::config_dir(cli.config_dir)).context("loading settings")?;
     telemetry::init(&settings.telemetry);
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await
@@ -51,9 +47,7 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the worker");

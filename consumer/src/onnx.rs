@@ -46,39 +46,24 @@ impl OrtClassifier {
         for _ in 0..settings.sessions {
             let load = || -> anyhow::Result<Session> {
                 let builder = Session::builder(env)?;
-                let mut builder = builder
-                    .with_intra_threads(settings.intra_threads.max(1))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut builder =
+                    builder.with_intra_threads(settings.intra_threads.max(1)).map_err(|e| anyhow::anyhow!("{e}"))?;
                 Ok(builder.commit_from_file(&settings.path)?)
             };
-            let session = load()
-                .with_context(|| format!("loading ONNX model {}", settings.path.display()))?;
+            let session = load().with_context(|| format!("loading ONNX model {}", settings.path.display()))?;
             sessions.push(session);
         }
         let first = &sessions[0];
-        let input = first
-            .inputs()
-            .first()
-            .context("the model declares no input")?;
-        let output = first
-            .outputs()
-            .first()
-            .context("the model declares no output")?;
+        let input = first.inputs().first().context("the model declares no input")?;
+        let output = first.outputs().first().context("the model declares no output")?;
         let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
-            bail!(
-                "model input {:?} is {:?}, not a tensor",
-                input.name(),
-                input.dtype()
-            );
+            bail!("model input {:?} is {:?}, not a tensor", input.name(), input.dtype());
         };
         let dims = shape.to_vec();
         let input_type = match ty {
             TensorElementType::Float32 => ElementType::F32,
             TensorElementType::Float16 => ElementType::F16,
-            other => bail!(
-                "model input {:?} has element type {other:?}; f32 or f16 supported",
-                input.name()
-            ),
+            other => bail!("model input {:?} has element type {other:?}; f32 or f16 supported", input.name()),
         };
         anyhow::ensure!(
             dims.len() == 4,
@@ -95,10 +80,8 @@ impl OrtClassifier {
                 _ => bail!("the model's {what} is dynamic; set model.{what}"),
             }
         };
-        let channels = usize::try_from(dims[1])
-            .ok()
-            .filter(|c| *c > 0)
-            .context("the model's channel count is dynamic")?;
+        let channels =
+            usize::try_from(dims[1]).ok().filter(|c| *c > 0).context("the model's channel count is dynamic")?;
         let spec = ModelSpec {
             name: settings.name.clone(),
             input_type,
@@ -110,20 +93,13 @@ impl OrtClassifier {
             filter: settings.resize_filter,
             labels,
             outputs_logits: settings.outputs == ModelOutputs::Logits,
+            max_aspect_ratio: settings.max_aspect_ratio,
         };
-        spec.check()
-            .map_err(anyhow::Error::msg)
-            .context("model configuration")?;
+        spec.check().map_err(anyhow::Error::msg).context("model configuration")?;
         let (input_name, output_name) = (input.name().to_owned(), output.name().to_owned());
         tracing::info!(model = %spec.name, path = %settings.path.display(), ?input_type, channels, height = spec.height,
             width = spec.width, labels = spec.labels.len(), sessions = sessions.len(), "model loaded");
-        Ok(Self {
-            spec,
-            input_name,
-            output_name,
-            sessions: Mutex::new(sessions),
-            returned: Condvar::new(),
-        })
+        Ok(Self { spec, input_name, output_name, sessions: Mutex::new(sessions), returned: Condvar::new() })
     }
 
     fn checkout(&self) -> Session {
@@ -138,10 +114,7 @@ impl OrtClassifier {
     }
 
     fn checkin(&self, session: Session) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(session);
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).push(session);
         self.returned.notify_one();
     }
 
@@ -150,10 +123,7 @@ impl OrtClassifier {
             InputTensor::F32(a) => TensorRef::from_array_view(a.view())?.into(),
             InputTensor::F16(a) => TensorRef::from_array_view(a.view())?.into(),
         };
-        let outputs = session.run(vec![(
-            std::borrow::Cow::from(self.input_name.as_str()),
-            value,
-        )])?;
+        let outputs = session.run(vec![(std::borrow::Cow::from(self.input_name.as_str()), value)])?;
         let scores = outputs[self.output_name.as_str()].try_extract_array::<f32>()?;
         scores
             .into_dimensionality::<Ix2>()
@@ -184,19 +154,14 @@ pub fn runtime_candidates(configured: &Path) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         out.push(PathBuf::from(p));
     }
-    let cache = std::env::var_os("WARREN_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .map(|c| c.join("warren"))
-        });
+    let cache = std::env::var_os("WARREN_CACHE_DIR").map(PathBuf::from).or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("warren"))
+    });
     if let Some(c) = cache {
-        out.push(
-            c.join(format!("onnxruntime-{ORT_VERSION}"))
-                .join(format!("libonnxruntime.so.{ORT_VERSION}")),
-        );
+        out.push(c.join(format!("onnxruntime-{ORT_VERSION}")).join(format!("libonnxruntime.so.{ORT_VERSION}")));
     }
     out
 }
@@ -211,11 +176,7 @@ fn environment(configured: &Path) -> anyhow::Result<&'static ort::environment::E
             "ONNX Runtime {ORT_VERSION} not found (looked in: {}). Run scripts/setup.sh, which fetches it \
              from PyPI's onnxruntime=={ORT_VERSION} wheel, or point ORT_DYLIB_PATH or model.onnxruntime_path \
              at libonnxruntime.so.{ORT_VERSION}",
-            candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         );
     };
     let env = ort::init_from(lib)

@@ -7,11 +7,7 @@ use crate::settings::BrokerSettings;
 
 /// Connects to the broker, naming the connection (visible in the management UI) after `role`.
 pub async fn connect(broker: &BrokerSettings, role: &str) -> anyhow::Result<Connection> {
-    let name = format!(
-        "{} {role} pid={}",
-        broker.connection_name,
-        std::process::id()
-    );
+    let name = format!("{} {role} pid={}", broker.connection_name, std::process::id());
     let props = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(&broker.url, props)
         .await
@@ -31,11 +27,7 @@ pub fn redact_url(url: &str) -> String {
     };
     let userinfo = &rest[..at];
     let user = userinfo.split(':').next().unwrap_or("");
-    let hidden = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        "***".to_owned()
-    };
+    let hidden = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
     format!("{}://{hidden}{}", &url[..scheme_end], &rest[at..])
 }
 
@@ -45,14 +37,8 @@ mod tests {
 
     #[test]
     fn passwords_are_hidden() {
-        assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact_url("amqps://u:p%40ss@h/v?x=1"),
-            "amqps://u:***@h/v?x=1"
-        );
+        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact_url("amqps://u:p%40ss@h/v?x=1"), "amqps://u:***@h/v?x=1");
         assert_eq!(redact_url("amqp://token@h"), "amqp://***@h");
         assert_eq!(redact_url("amqp://h:5672/%2f"), "amqp://h:5672/%2f");
         assert_eq!(redact_url("not a url"), "not a url");

@@ -32,16 +32,10 @@ pub fn get_u64(headers: Option<&FieldTable>, name: &str) -> Option<u64> {
 
 pub fn set_str(headers: &mut FieldTable, name: &str, value: impl Into<String>) {
     let value: String = value.into();
-    headers.insert(
-        ShortString::from(name),
-        AMQPValue::LongString(LongString::from(value)),
-    );
+    headers.insert(ShortString::from(name), AMQPValue::LongString(LongString::from(value)));
 }
 
 pub fn set_u64(headers: &mut FieldTable, name: &str, value: u64) {
     // Signed 64-bit is the integer type every client library decodes.
-    headers.insert(
-        ShortString::from(name),
-        AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX)),
-    );
+    headers.insert(ShortString::from(name), AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX)));
 }

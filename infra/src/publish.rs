@@ -13,14 +13,8 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error(
-        "unroutable: no queue is bound to exchange {exchange:?} for routing key {routing_key:?} ({reply})"
-    )]
-    Unroutable {
-        exchange: String,
-        routing_key: String,
-        reply: String,
-    },
+    #[error("unroutable: no queue is bound to exchange {exchange:?} for routing key {routing_key:?} ({reply})")]
+    Unroutable { exchange: String, routing_key: String, reply: String },
     #[error("the broker refused (nacked) the message for exchange {exchange:?}")]
     Nacked { exchange: String },
     #[error("no confirm from the broker within {0:?}")]
@@ -37,18 +31,10 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub async fn open(
-        connection: &Connection,
-        confirm_timeout: Duration,
-    ) -> Result<Self, lapin::Error> {
+    pub async fn open(connection: &Connection, confirm_timeout: Duration) -> Result<Self, lapin::Error> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Self {
-            channel,
-            confirm_timeout,
-        })
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self { channel, confirm_timeout })
     }
 
     pub fn channel(&self) -> &Channel {
@@ -69,10 +55,7 @@ impl Publisher {
             .basic_publish(
                 ShortString::from(exchange),
                 ShortString::from(routing_key),
-                BasicPublishOptions {
-                    mandatory,
-                    ..Default::default()
-                },
+                BasicPublishOptions { mandatory, ..Default::default() },
                 body,
                 properties,
             )
@@ -82,16 +65,12 @@ impl Publisher {
             .map_err(|_| PublishError::ConfirmTimeout(self.confirm_timeout))??;
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(PublishError::Unroutable {
-                    exchange: exchange.to_owned(),
-                    routing_key: routing_key.to_owned(),
-                    reply: format!("{} {}", returned.reply_code, returned.reply_text),
-                })
-            }
-            Confirmation::Nack(None) => Err(PublishError::Nacked {
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err(PublishError::Unroutable {
                 exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+                reply: format!("{} {}", returned.reply_code, returned.reply_text),
             }),
+            Confirmation::Nack(None) => Err(PublishError::Nacked { exchange: exchange.to_owned() }),
         }
     }
 }

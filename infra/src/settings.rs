@@ -13,6 +13,7 @@ use serde::Deserialize;
 use warren_common::Limits;
 use warren_common::codec::Encoding;
 use warren_common::resize::Filter;
+use warren_common::retry::RetryPolicy;
 
 use crate::broker::redact_url;
 
@@ -22,6 +23,7 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub topology: TopologySettings,
     pub routes: Vec<Route>,
+    pub retry: RetryPolicy,
     pub consumer: ConsumerSettings,
     pub producer: ProducerSettings,
     pub limits: Limits,
@@ -36,6 +38,11 @@ pub struct BrokerSettings {
     pub url: String,
     pub connection_name: String,
     pub confirm_timeout_ms: u64,
+    /// The broker's `consumer_timeout`: a delivery unacked for longer closes its channel.
+    pub consumer_timeout_ms: u64,
+    /// Reconnection backoff: first delay, and the cap (delays double, with full jitter).
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
 }
 
 impl BrokerSettings {
@@ -50,6 +57,9 @@ impl std::fmt::Debug for BrokerSettings {
             .field("url", &self.redacted_url())
             .field("connection_name", &self.connection_name)
             .field("confirm_timeout_ms", &self.confirm_timeout_ms)
+            .field("consumer_timeout_ms", &self.consumer_timeout_ms)
+            .field("reconnect_min_ms", &self.reconnect_min_ms)
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
             .finish()
     }
 }
@@ -73,11 +83,27 @@ pub enum QueueType {
 }
 
 /// Jobs of `kind` are published to the jobs exchange with routing key `kind` and land in `queue`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub kind: String,
     pub queue: String,
+    /// Longest a job of this kind may run; past it the job fails (see `consumer.retry_timeouts`).
+    #[serde(default = "default_time_limit_ms")]
+    pub time_limit_ms: u64,
+    /// This kind's retry policy, replacing `[retry]` when given.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+}
+
+fn default_time_limit_ms() -> u64 {
+    60_000
+}
+
+impl Route {
+    pub fn new(kind: &str, queue: &str) -> Self {
+        Self { kind: kind.to_owned(), queue: queue.to_owned(), time_limit_ms: default_time_limit_ms(), retry: None }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +114,11 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     pub drain_timeout_ms: u64,
     pub worker_id: String,
+    /// Deliveries of one job that ended without an answer (its worker died or lost the broker
+    /// mid-job) before it is dead-lettered as poison.
+    pub max_redeliveries: u32,
+    /// Whether a job past its time limit is retried (transient) or dead-lettered (permanent).
+    pub retry_timeouts: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +137,7 @@ pub struct ModelSettings {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
     pub resize_filter: Filter,
+    pub max_aspect_ratio: f32,
     pub outputs: ModelOutputs,
     pub height: usize,
     pub width: usize,
@@ -158,12 +190,9 @@ impl Settings {
             )
             .build()
             .with_context(|| format!("reading configuration from {}", dir.display()))?;
-        let mut settings: Settings = built.try_deserialize().with_context(|| {
-            format!(
-                "invalid configuration in {} (WARREN_ENV={env})",
-                dir.display()
-            )
-        })?;
+        let mut settings: Settings = built
+            .try_deserialize()
+            .with_context(|| format!("invalid configuration in {} (WARREN_ENV={env})", dir.display()))?;
         let base = dir.parent().unwrap_or(Path::new("."));
         settings.resolve_paths(base);
         settings.validate()?;
@@ -181,21 +210,35 @@ impl Settings {
 
     fn validate(&self) -> anyhow::Result<()> {
         for r in &self.routes {
-            warren_common::JobKind::parse(&r.kind).with_context(|| {
-                format!("route for queue {:?} names an unknown job kind", r.queue)
-            })?;
+            warren_common::JobKind::parse(&r.kind)
+                .with_context(|| format!("route for queue {:?} names an unknown job kind", r.queue))?;
         }
         for k in &self.consumer.kinds {
-            anyhow::ensure!(
-                self.route(k).is_some(),
-                "consumer.kinds names {k:?}, which has no entry in [[routes]]"
-            );
+            anyhow::ensure!(self.route(k).is_some(), "consumer.kinds names {k:?}, which has no entry in [[routes]]");
         }
+        anyhow::ensure!(self.broker.confirm_timeout_ms > 0, "broker.confirm_timeout_ms must be positive");
         anyhow::ensure!(
-            self.broker.confirm_timeout_ms > 0,
-            "broker.confirm_timeout_ms must be positive"
+            0 < self.broker.reconnect_min_ms && self.broker.reconnect_min_ms <= self.broker.reconnect_max_ms,
+            "need 0 < broker.reconnect_min_ms <= broker.reconnect_max_ms"
         );
+        self.retry.check().map_err(anyhow::Error::msg).context("[retry]")?;
+        for r in &self.routes {
+            anyhow::ensure!(r.time_limit_ms > 0, "route {}: time_limit_ms must be positive", r.kind);
+            if let Some(p) = &r.retry {
+                p.check().map_err(anyhow::Error::msg).with_context(|| format!("route {}: retry", r.kind))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The retry policy of a route: its own, or the global one.
+    pub fn retry_policy<'a>(&'a self, route: &'a Route) -> &'a RetryPolicy {
+        route.retry.as_ref().unwrap_or(&self.retry)
+    }
+
+    /// The delay queue holding jobs of `queue` that wait `delay` before their next attempt.
+    pub fn retry_queue(&self, queue: &str, delay: std::time::Duration) -> String {
+        format!("{queue}.retry.{}ms", delay.as_millis())
     }
 
     pub fn route(&self, kind: &str) -> Option<&Route> {

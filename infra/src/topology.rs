@@ -4,6 +4,7 @@
 //! ```text
 //! jobs exchange (topic) --kind--> <queue>          (x-dead-letter-exchange = DLX, key = <queue>)
 //! DLX (direct)          --<queue>--> <queue>.dead
+//! <queue>.retry.<delay>ms  (per-message TTL; expired jobs go back to <queue> via the default exchange)
 //! results exchange (topic) --#--> results queue    (results of jobs that named no reply_to)
 //! ```
 
@@ -29,21 +30,12 @@ pub async fn declare(channel: &Channel, settings: &Settings) -> anyhow::Result<(
     Ok(())
 }
 
-async fn declare_route(
-    channel: &Channel,
-    settings: &Settings,
-    route: &Route,
-) -> anyhow::Result<()> {
+async fn declare_route(channel: &Channel, settings: &Settings, route: &Route) -> anyhow::Result<()> {
     let t = &settings.topology;
     let dead = settings.dead_queue(&route.queue);
     queue(channel, &dead, queue_args(settings, None)).await?;
     bind(channel, &dead, &t.dead_letter_exchange, &route.queue).await?;
-    queue(
-        channel,
-        &route.queue,
-        queue_args(settings, Some(&route.queue)),
-    )
-    .await?;
+    queue(channel, &route.queue, queue_args(settings, Some(&route.queue))).await?;
     bind(channel, &route.queue, &t.jobs_exchange, &route.kind).await
 }
 
@@ -53,23 +45,15 @@ fn queue_args(settings: &Settings, dead_letter_key: Option<&str>) -> FieldTable 
         QueueType::Classic => "classic",
         QueueType::Quorum => "quorum",
     };
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from(kind)),
-    );
+    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from(kind)));
     if let Some(key) = dead_letter_key {
         // Anything the broker itself dead-letters (a reject without requeue, a delivery limit)
         // lands in the same dead-letter queue as what Warren dead-letters explicitly.
         args.insert(
             "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(LongString::from(
-                settings.topology.dead_letter_exchange.as_str(),
-            )),
+            AMQPValue::LongString(LongString::from(settings.topology.dead_letter_exchange.as_str())),
         );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(LongString::from(key)),
-        );
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(key)));
     }
     args
 }
@@ -79,10 +63,7 @@ async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> anyhow::
         .exchange_declare(
             ShortString::from(name),
             kind,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
             FieldTable::default(),
         )
         .await
@@ -91,11 +72,7 @@ async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> anyhow::
 
 async fn queue(channel: &Channel, name: &str, args: FieldTable) -> anyhow::Result<()> {
     channel
-        .queue_declare(
-            ShortString::from(name),
-            QueueDeclareOptions::durable(),
-            args,
-        )
+        .queue_declare(ShortString::from(name), QueueDeclareOptions::durable(), args)
         .await
         .with_context(|| format!("declare queue {name}"))?;
     Ok(())

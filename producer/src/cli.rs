@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt as _;
 use warren_common::checksum::ChecksumJob;
 use warren_common::classify::ClassifyJob;
+use warren_common::fault::FaultJob;
 use warren_common::image_io::Format;
 use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 use warren_common::{Encoding, Job, JobKind, ResultStatus};
@@ -23,10 +24,7 @@ use crate::output;
 use warren_infra::PublishError;
 
 #[derive(Parser, Debug)]
-#[command(
-    version,
-    about = "Publish Warren jobs with confirms and await their results"
-)]
+#[command(version, about = "Publish Warren jobs with confirms and await their results")]
 pub struct Cli {
     /// Directory holding default.toml and the WARREN_ENV overlays.
     #[arg(long, env = "WARREN_CONFIG_DIR", global = true)]
@@ -166,8 +164,7 @@ fn parse_kind(s: &str) -> Result<JobKind, String> {
 
 /// Runs the command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let settings =
-        Settings::load(&settings::config_dir(cli.config_dir)).context("loading settings")?;
+    let settings = Settings::load(&settings::config_dir(cli.config_dir)).context("loading settings")?;
     warren_infra::telemetry::init(&settings.telemetry);
     let result_timeout = Duration::from_millis(settings.producer.result_timeout_ms);
     let mut producer = Producer::connect(settings).await?;
@@ -176,15 +173,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     let encoding = cli.encoding.map(Encoding::from);
     let code = match cli.command {
-        Command::Resize {
-            width,
-            height,
-            mode,
-            filter,
-            format,
-            quality,
-            run,
-        } => {
+        Command::Resize { width, height, mode, filter, format, quality, run } => {
             let template = Job::Resize(ResizeJob {
                 image: Vec::new(),
                 width,
@@ -213,10 +202,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Classify { top_k, run } => {
             publish_files(
                 &mut producer,
-                &Job::Classify(ClassifyJob {
-                    image: Vec::new(),
-                    top_k,
-                }),
+                &Job::Classify(ClassifyJob { image: Vec::new(), top_k }),
                 &run,
                 encoding,
                 result_timeout,
@@ -226,31 +212,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Checksum { rounds, run } => {
             publish_files(
                 &mut producer,
-                &Job::Checksum(ChecksumJob {
-                    data: Vec::new(),
-                    rounds,
-                }),
+                &Job::Checksum(ChecksumJob { data: Vec::new(), rounds }),
                 &run,
                 encoding,
                 result_timeout,
             )
             .await?
         }
-        Command::Load {
-            kind,
-            input,
-            size,
-            count,
-            rate,
-            concurrency,
-            wait,
-            width,
-            height,
-            rounds,
-        } => {
+        Command::Load { kind, input, size, count, rate, concurrency, wait, width, height, rounds } => {
             let data = match &input {
                 Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-                None if kind == JobKind::Checksum => vec![0u8; size],
+                None if matches!(kind, JobKind::Checksum | JobKind::Fault) => vec![0u8; size],
                 None => anyhow::bail!("--input is required for {kind} load"),
             };
             let template = match kind {
@@ -263,29 +235,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     format: None,
                     quality: None,
                 }),
-                JobKind::MlClassify => Job::Classify(ClassifyJob {
-                    image: Vec::new(),
-                    top_k: Some(1),
-                }),
-                JobKind::Checksum => Job::Checksum(ChecksumJob {
-                    data: Vec::new(),
-                    rounds,
-                }),
+                JobKind::MlClassify => Job::Classify(ClassifyJob { image: Vec::new(), top_k: Some(1) }),
+                JobKind::Checksum => Job::Checksum(ChecksumJob { data: Vec::new(), rounds }),
+                // A fault job with nothing to inject: the fleet's overhead with no payload at all.
+                JobKind::Fault => Job::Fault(FaultJob { transient_failures: 0, panic: false, busy_ms: 0 }),
             };
             if wait {
                 producer.enable_replies().await?;
             }
-            let plan = LoadPlan {
-                count,
-                rate,
-                concurrency,
-                wait,
-                result_timeout,
-            };
-            let opts = PublishOptions {
-                encoding,
-                ..Default::default()
-            };
+            let plan = LoadPlan { count, rate, concurrency, wait, result_timeout };
+            let opts = PublishOptions { encoding, ..Default::default() };
             let report = load::run(&producer, template.with_input(data), opts, &plan).await;
             report.print();
             i32::from(report.publish_errors > 0 || report.failed > 0 || report.timeouts > 0)
@@ -308,11 +267,7 @@ async fn publish_files(
         producer.enable_replies().await?;
     }
     let producer = &*producer;
-    let opts = PublishOptions {
-        encoding,
-        want_result: run.wait,
-        job_id: None,
-    };
+    let opts = PublishOptions { encoding, want_result: run.wait, job_id: None };
     let outcomes = futures_util::stream::iter(files.iter())
         .map(|path| {
             let opts = opts.clone();
@@ -347,21 +302,16 @@ async fn one_file(
     run: &RunArgs,
     timeout: Duration,
 ) -> anyhow::Result<bool> {
-    let data = tokio::fs::read(path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))?;
-    let ticket = producer
-        .publish(&template.with_input(data), opts)
-        .await
-        .map_err(|e| {
-            let hint = match &e {
-                ProducerError::Publish(PublishError::Unroutable { .. }) => {
-                    " (no queue for this kind: is a consumer running, or run with --declare?)"
-                }
-                _ => "",
-            };
-            anyhow::anyhow!("publishing {}: {e}{hint}", path.display())
-        })?;
+    let data = tokio::fs::read(path).await.with_context(|| format!("reading {}", path.display()))?;
+    let ticket = producer.publish(&template.with_input(data), opts).await.map_err(|e| {
+        let hint = match &e {
+            ProducerError::Publish(PublishError::Unroutable { .. }) => {
+                " (no queue for this kind: is a consumer running, or run with --declare?)"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("publishing {}: {e}{hint}", path.display())
+    })?;
     if !run.wait {
         return Ok(true);
     }

@@ -52,10 +52,7 @@ impl Ticket {
         match tokio::time::timeout(timeout, &mut pending.rx).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(ProducerError::RepliesClosed(self.job_id)),
-            Err(_) => Err(ProducerError::Timeout {
-                job_id: self.job_id,
-                timeout,
-            }),
+            Err(_) => Err(ProducerError::Timeout { job_id: self.job_id, timeout }),
         }
     }
 }
@@ -72,15 +69,8 @@ impl Producer {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let connection = warren_infra::connect(&settings.broker, "producer").await?;
         let timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
-        let publisher = Publisher::open(&connection, timeout)
-            .await
-            .context("open publishing channel")?;
-        Ok(Self {
-            connection,
-            publisher,
-            settings: Arc::new(settings),
-            replies: None,
-        })
+        let publisher = Publisher::open(&connection, timeout).await.context("open publishing channel")?;
+        Ok(Self { connection, publisher, settings: Arc::new(settings), replies: None })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -104,13 +94,7 @@ impl Producer {
     pub async fn publish(&self, job: &Job, opts: &PublishOptions) -> Result<Ticket, ProducerError> {
         let encoding = opts.encoding.unwrap_or(self.settings.producer.encoding);
         let body = JobEnvelope::encode(job, encoding)?;
-        self.publish_raw(
-            job.kind().as_str(),
-            &body,
-            Some(encoding.content_type()),
-            opts,
-        )
-        .await
+        self.publish_raw(job.kind().as_str(), &body, Some(encoding.content_type()), opts).await
     }
 
     /// Publishes any body, as any publisher in any language could; for interoperability tests
@@ -122,10 +106,7 @@ impl Producer {
         content_type: Option<&str>,
         opts: &PublishOptions,
     ) -> Result<Ticket, ProducerError> {
-        let job_id = opts
-            .job_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let job_id = opts.job_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let mut headers = FieldTable::default();
         fields::set_u64(&mut headers, h::ATTEMPT, 0);
@@ -134,12 +115,7 @@ impl Producer {
             .with_delivery_mode(2)
             .with_message_id(job_id.as_str().into())
             .with_correlation_id(correlation_id.as_str().into())
-            .with_timestamp(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            )
+            .with_timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
             .with_app_id("warren-producer".into())
             .with_type(routing_key.into())
             .with_headers(headers);
@@ -148,31 +124,19 @@ impl Producer {
         }
         let mut result = None;
         if opts.want_result {
-            let replies = self
-                .replies
-                .as_ref()
-                .ok_or(ProducerError::RepliesDisabled)?;
+            let replies = self.replies.as_ref().ok_or(ProducerError::RepliesDisabled)?;
             props = props.with_reply_to(replies.queue().into());
             // Registered before publishing: the result may arrive before the confirm does.
             result = Some(replies.register(&correlation_id));
         }
         let exchange = &self.settings.topology.jobs_exchange;
-        if let Err(e) = self
-            .publisher
-            .publish(exchange, routing_key, body, props, true)
-            .await
-        {
+        if let Err(e) = self.publisher.publish(exchange, routing_key, body, props, true).await {
             if let Some(replies) = &self.replies {
                 replies.forget(&correlation_id);
             }
             return Err(e.into());
         }
-        Ok(Ticket {
-            job_id,
-            correlation_id,
-            routing_key: routing_key.to_owned(),
-            result,
-        })
+        Ok(Ticket { job_id, correlation_id, routing_key: routing_key.to_owned(), result })
     }
 
     pub async fn close(self) {

@@ -37,9 +37,6 @@ fn walk(dir: &Path, images_only: bool, out: &mut Vec<PathBuf>) -> anyhow::Result
 }
 
 fn is_image(path: &Path) -> bool {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg" | "webp"))
 }

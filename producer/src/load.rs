@@ -47,10 +47,7 @@ impl LoadReport {
             self.publish_errors,
             self.timeouts
         );
-        for (name, h) in [
-            ("confirm", &self.confirm_us),
-            ("end-to-end", &self.end_to_end_us),
-        ] {
+        for (name, h) in [("confirm", &self.confirm_us), ("end-to-end", &self.end_to_end_us)] {
             if let Some(h) = h.as_ref().filter(|h| !h.is_empty()) {
                 println!(
                     "{name} latency ms: p50 {:.2} p95 {:.2} p99 {:.2} max {:.2}",
@@ -64,24 +61,12 @@ impl LoadReport {
     }
 }
 
-pub async fn run(
-    producer: &Producer,
-    job: Job,
-    opts: PublishOptions,
-    plan: &LoadPlan,
-) -> LoadReport {
+pub async fn run(producer: &Producer, job: Job, opts: PublishOptions, plan: &LoadPlan) -> LoadReport {
     let hist = || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).ok();
-    let state = Arc::new(Mutex::new(LoadReport {
-        confirm_us: hist(),
-        end_to_end_us: hist(),
-        ..Default::default()
-    }));
+    let state = Arc::new(Mutex::new(LoadReport { confirm_us: hist(), end_to_end_us: hist(), ..Default::default() }));
     let start = Instant::now();
     let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / plan.rate));
-    let opts = PublishOptions {
-        want_result: plan.wait,
-        ..opts
-    };
+    let opts = PublishOptions { want_result: plan.wait, ..opts };
     futures_util::stream::iter(0..plan.count)
         .map(|i| {
             let (job, opts, state) = (&job, opts.clone(), state.clone());

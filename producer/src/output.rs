@@ -18,25 +18,14 @@ pub fn summary(result: &JobResult) -> String {
             r.image.len()
         ),
         (ResultStatus::Ok, Some(JobOutput::Classify(c)), _) => {
-            let top: Vec<String> = c
-                .predictions
-                .iter()
-                .map(|p| format!("{} {:.3}", p.label, p.score))
-                .collect();
+            let top: Vec<String> = c.predictions.iter().map(|p| format!("{} {:.3}", p.label, p.score)).collect();
             format!("ok {}: {}", c.model, top.join(", "))
         }
+        (ResultStatus::Ok, Some(JobOutput::Fault(f)), _) => format!("ok on attempt {}", f.attempt),
         (ResultStatus::Ok, Some(JobOutput::Checksum(c)), _) => {
-            format!(
-                "ok crc32 {:08x} over {} bytes x {}",
-                c.crc32, c.bytes, c.rounds
-            )
+            format!("ok crc32 {:08x} over {} bytes x {}", c.crc32, c.bytes, c.rounds)
         }
-        (_, _, Some(e)) => format!(
-            "error {} ({}): {}",
-            e.error_type,
-            e.class.as_str(),
-            e.message
-        ),
+        (_, _, Some(e)) => format!("error {} ({}): {}", e.error_type, e.class.as_str(), e.message),
         _ => "error: result with neither output nor error".to_owned(),
     }
 }
@@ -47,22 +36,11 @@ pub fn write(dir: &Path, input: &Path, result: &JobResult) -> anyhow::Result<Pat
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("job");
     let (path, bytes) = match &result.output {
-        Some(JobOutput::Resize(r)) => (
-            dir.join(format!("{stem}.{}", r.format.extension())),
-            r.image.clone(),
-        ),
-        Some(JobOutput::Classify(c)) => (
-            dir.join(format!("{stem}.json")),
-            serde_json::to_vec_pretty(c)?,
-        ),
-        Some(JobOutput::Checksum(c)) => (
-            dir.join(format!("{stem}.json")),
-            serde_json::to_vec_pretty(c)?,
-        ),
-        None => (
-            dir.join(format!("{stem}.error.json")),
-            serde_json::to_vec_pretty(&result.error)?,
-        ),
+        Some(JobOutput::Resize(r)) => (dir.join(format!("{stem}.{}", r.format.extension())), r.image.clone()),
+        Some(JobOutput::Classify(c)) => (dir.join(format!("{stem}.json")), serde_json::to_vec_pretty(c)?),
+        Some(JobOutput::Fault(f)) => (dir.join(format!("{stem}.json")), serde_json::to_vec_pretty(f)?),
+        Some(JobOutput::Checksum(c)) => (dir.join(format!("{stem}.json")), serde_json::to_vec_pretty(c)?),
+        None => (dir.join(format!("{stem}.error.json")), serde_json::to_vec_pretty(&result.error)?),
     };
     std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)

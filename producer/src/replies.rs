@@ -24,16 +24,9 @@ pub struct Replies {
 
 impl Replies {
     pub async fn start(connection: &lapin::Connection) -> anyhow::Result<Self> {
-        let channel = connection
-            .create_channel()
-            .await
-            .context("open reply channel")?;
+        let channel = connection.create_channel().await.context("open reply channel")?;
         let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions::exclusive().auto_delete(),
-                FieldTable::default(),
-            )
+            .queue_declare("".into(), QueueDeclareOptions::exclusive().auto_delete(), FieldTable::default())
             .await
             .context("declare reply queue")?;
         let name = queue.name().to_string();
@@ -41,11 +34,7 @@ impl Replies {
             .basic_consume(
                 queue.name().clone(),
                 "warren-producer-replies".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..Default::default()
-                },
+                BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
@@ -69,11 +58,7 @@ impl Replies {
                         continue;
                     }
                 };
-                let key = props
-                    .correlation_id()
-                    .as_ref()
-                    .map(|c| c.to_string())
-                    .unwrap_or_default();
+                let key = props.correlation_id().as_ref().map(|c| c.to_string()).unwrap_or_default();
                 let waiter = lock(&map).remove(&key);
                 match waiter {
                     Some(tx) => {
@@ -87,11 +72,7 @@ impl Replies {
             // Dropping the senders tells every waiter the consumer is gone.
             lock(&map).clear();
         });
-        Ok(Self {
-            queue: name,
-            waiters,
-            _task: task,
-        })
+        Ok(Self { queue: name, waiters, _task: task })
     }
 
     pub fn queue(&self) -> &str {
@@ -101,11 +82,7 @@ impl Replies {
     pub fn register(&self, correlation_id: &str) -> Pending {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(correlation_id.to_owned(), tx);
-        Pending {
-            rx,
-            waiters: Arc::downgrade(&self.waiters),
-            correlation_id: correlation_id.to_owned(),
-        }
+        Pending { rx, waiters: Arc::downgrade(&self.waiters), correlation_id: correlation_id.to_owned() }
     }
 
     pub fn forget(&self, correlation_id: &str) {

@@ -21,11 +21,7 @@ async fn producer(vhost: &Vhost, args: &[&str]) -> (i32, String) {
         .await
         .expect("run warren-producer");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!(
-        "$ warren-producer {}\n{stdout}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    println!("$ warren-producer {}\n{stdout}{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), stdout)
 }
 
@@ -60,27 +56,12 @@ async fn consumer_and_producer_binaries_end_to_end(vhost: Vhost) {
         }
         all
     });
-    tokio::time::timeout(DEADLINE, ready_rx)
-        .await
-        .expect("consumer ready in time")
-        .expect("consumer log");
+    tokio::time::timeout(DEADLINE, ready_rx).await.expect("consumer ready in time").expect("consumer log");
 
     let out = out_dir.to_str().expect("utf-8 temp dir");
     let (code, stdout) = producer(
         &vhost,
-        &[
-            "resize",
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--format",
-            "png",
-            "samples/images",
-            "--wait",
-            "--out",
-            out,
-        ],
+        &["resize", "--width", "64", "--height", "64", "--format", "png", "samples/images", "--wait", "--out", out],
     )
     .await;
     assert_eq!(code, 0);
@@ -91,26 +72,11 @@ async fn consumer_and_producer_binaries_end_to_end(vhost: Vhost) {
     }
 
     let digits = "models/digits/samples/000_label9.png";
-    let (code, stdout) = producer(
-        &vhost,
-        &[
-            "--encoding",
-            "bincode",
-            "classify",
-            "--top-k",
-            "2",
-            digits,
-            "--wait",
-            "--out",
-            out,
-        ],
-    )
-    .await;
+    let (code, stdout) =
+        producer(&vhost, &["--encoding", "bincode", "classify", "--top-k", "2", digits, "--wait", "--out", out]).await;
     assert_eq!(code, 0, "{stdout}");
-    let labels: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out_dir.join("000_label9.json")).expect("labels written"),
-    )
-    .expect("json");
+    let labels: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("000_label9.json")).expect("labels written")).expect("json");
     assert_eq!(labels["predictions"].as_array().map(Vec::len), Some(2));
 
     // A job that fails: exit code 1, the reason on stdout.
@@ -124,36 +90,19 @@ async fn consumer_and_producer_binaries_end_to_end(vhost: Vhost) {
     assert!(stdout.contains("jobs published and confirmed"), "{stdout}");
 
     // Load mode prints its report.
-    let (code, stdout) = producer(
-        &vhost,
-        &["load", "--count", "50", "--concurrency", "8", "--wait"],
-    )
-    .await;
+    let (code, stdout) = producer(&vhost, &["load", "--count", "50", "--concurrency", "8", "--wait"]).await;
     assert_eq!(code, 0);
-    assert!(
-        stdout.contains("published 50") && stdout.contains("end-to-end latency"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("published 50") && stdout.contains("end-to-end latency"), "{stdout}");
 
     // SIGTERM: drains and exits 0.
     let pid = consumer.id().expect("pid").to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill");
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
     assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), consumer.wait())
-        .await
-        .expect("exits")
-        .expect("status");
+    let status = tokio::time::timeout(Duration::from_secs(30), consumer.wait()).await.expect("exits").expect("status");
     let log = log.await.expect("log reader");
     assert_eq!(status.code(), Some(0), "consumer log:\n{log}");
     assert!(log.contains("stopped"), "{log}");
-    assert!(
-        !log.contains("guest:guest"),
-        "credentials must not be logged:\n{log}"
-    );
+    assert!(!log.contains("guest:guest"), "credentials must not be logged:\n{log}");
     let _ = std::fs::remove_dir_all(&out_dir);
     assert!(!Path::new(&out_dir).exists());
 }
@@ -173,8 +122,5 @@ async fn a_missing_onnx_runtime_is_a_clear_start_up_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("ONNX Runtime 1.31.1 not found"), "{stderr}");
-    assert!(
-        stderr.contains("scripts/setup.sh") && stderr.contains("ORT_DYLIB_PATH"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("scripts/setup.sh") && stderr.contains("ORT_DYLIB_PATH"), "{stderr}");
 }

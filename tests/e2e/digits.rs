@@ -15,33 +15,20 @@ use warren_producer::PublishOptions;
 #[case::f32("f32", Encoding::Json)]
 #[case::f16("f16", Encoding::Bincode)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_sample_matches_the_measured_accuracy(
-    #[case] variant: &str,
-    #[case] encoding: Encoding,
-    vhost: Vhost,
-) {
+async fn every_sample_matches_the_measured_accuracy(#[case] variant: &str, #[case] encoding: Encoding, vhost: Vhost) {
     let dir = repo_root().join("models/digits");
     let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).expect("expected.json"))
-            .expect("json");
-    let truth: BTreeMap<String, u64> =
-        serde_json::from_value(expected["truth"].clone()).expect("truth");
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).expect("expected.json")).expect("json");
+    let truth: BTreeMap<String, u64> = serde_json::from_value(expected["truth"].clone()).expect("truth");
     let predicted: BTreeMap<String, u64> =
-        serde_json::from_value(expected["models"][variant]["predicted"].clone())
-            .expect("predicted");
-    let accuracy = expected["models"][variant]["accuracy"]
-        .as_f64()
-        .expect("accuracy");
+        serde_json::from_value(expected["models"][variant]["predicted"].clone()).expect("predicted");
+    let accuracy = expected["models"][variant]["accuracy"].as_f64().expect("accuracy");
 
     let mut settings = settings_for(&vhost);
     settings.model.path = dir.join(format!("digits_{variant}.onnx"));
     settings.consumer.kinds = vec!["ml.classify".into()];
     let (fleet, producer) = fleet_and_producer(&settings).await;
-    let opts = PublishOptions {
-        encoding: Some(encoding),
-        want_result: true,
-        job_id: None,
-    };
+    let opts = PublishOptions { encoding: Some(encoding), want_result: true, job_id: None };
 
     let producer = &producer;
     let answers: Vec<(String, u64)> = futures_util::stream::iter(truth.keys().cloned())
@@ -50,19 +37,9 @@ async fn every_sample_matches_the_measured_accuracy(
             let path = dir.join("samples").join(&name);
             async move {
                 let image = std::fs::read(&path).expect("sample");
-                let t = producer
-                    .publish(
-                        &Job::Classify(ClassifyJob {
-                            image,
-                            top_k: Some(1),
-                        }),
-                        &opts,
-                    )
-                    .await;
+                let t = producer.publish(&Job::Classify(ClassifyJob { image, top_k: Some(1) }), &opts).await;
                 let r = t.expect("publish").wait(DEADLINE).await.expect("result");
-                let Some(JobOutput::Classify(out)) = r.output else {
-                    panic!("{name}: {:?}", r.error)
-                };
+                let Some(JobOutput::Classify(out)) = r.output else { panic!("{name}: {:?}", r.error) };
                 (name, u64::from(out.predictions[0].index))
             }
         })
@@ -73,17 +50,11 @@ async fn every_sample_matches_the_measured_accuracy(
     assert_eq!(answers.len(), truth.len(), "every sample answered");
     let mut correct = 0;
     for (name, got) in &answers {
-        assert_eq!(
-            *got, predicted[name],
-            "{name}: Warren and ONNX Runtime in Python disagree"
-        );
+        assert_eq!(*got, predicted[name], "{name}: Warren and ONNX Runtime in Python disagree");
         correct += usize::from(*got == truth[name]);
     }
     let measured = correct as f64 / answers.len() as f64;
-    println!(
-        "digits {variant}: {correct}/{} correct = {measured:.4} (script measured {accuracy:.4})",
-        answers.len()
-    );
+    println!("digits {variant}: {correct}/{} correct = {measured:.4} (script measured {accuracy:.4})", answers.len());
     assert!((measured - accuracy).abs() < 1e-9);
     fleet.stop().await;
 }

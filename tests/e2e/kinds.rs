@@ -15,28 +15,16 @@ fn photo(name: &str) -> Vec<u8> {
 
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kind_in_both_encodings(
-    #[values(Encoding::Json, Encoding::Bincode)] encoding: Encoding,
-    vhost: Vhost,
-) {
+async fn every_kind_in_both_encodings(#[values(Encoding::Json, Encoding::Bincode)] encoding: Encoding, vhost: Vhost) {
     let settings = settings_for(&vhost);
     let (fleet, producer) = fleet_and_producer(&settings).await;
-    let opts = PublishOptions {
-        encoding: Some(encoding),
-        want_result: true,
-        job_id: None,
-    };
+    let opts = PublishOptions { encoding: Some(encoding), want_result: true, job_id: None };
 
     // image.resize: each input format, each mode, each output format.
     let cases = [
         ("china.jpg", ResizeMode::Fit, Format::Png, (100, 67)),
         ("flower.png", ResizeMode::Fill, Format::Jpeg, (100, 100)),
-        (
-            "china_small.webp",
-            ResizeMode::Exact,
-            Format::Webp,
-            (100, 40),
-        ),
+        ("china_small.webp", ResizeMode::Exact, Format::Webp, (100, 40)),
     ];
     for (file, mode, format, (w, h)) in cases {
         let job = Job::Resize(ResizeJob {
@@ -50,45 +38,22 @@ async fn every_kind_in_both_encodings(
         });
         let ticket = producer.publish(&job, &opts).await.expect("publish resize");
         let result = ticket.wait(DEADLINE).await.expect("resize result");
-        assert_eq!(
-            result.status,
-            ResultStatus::Ok,
-            "{file}: {:?}",
-            result.error
-        );
-        let Some(JobOutput::Resize(out)) = result.output else {
-            panic!("not a resize output")
-        };
-        assert_eq!(
-            (out.width, out.height, out.format),
-            (w, h, format),
-            "{file}"
-        );
-        assert_eq!(
-            image_io::sniff(&out.image).expect("output is an image"),
-            format
-        );
+        assert_eq!(result.status, ResultStatus::Ok, "{file}: {:?}", result.error);
+        let Some(JobOutput::Resize(out)) = result.output else { panic!("not a resize output") };
+        assert_eq!((out.width, out.height, out.format), (w, h, format), "{file}");
+        assert_eq!(image_io::sniff(&out.image).expect("output is an image"), format);
         let decoded = image::load_from_memory(&out.image).expect("output decodes");
         assert_eq!((decoded.width(), decoded.height()), (w, h));
     }
 
     // ml.classify: a digit the model gets right.
-    let sample =
-        std::fs::read(repo_root().join("models/digits/samples/001_label4.png")).expect("digit");
+    let sample = std::fs::read(repo_root().join("models/digits/samples/001_label4.png")).expect("digit");
     let ticket = producer
-        .publish(
-            &Job::Classify(ClassifyJob {
-                image: sample,
-                top_k: Some(3),
-            }),
-            &opts,
-        )
+        .publish(&Job::Classify(ClassifyJob { image: sample, top_k: Some(3) }), &opts)
         .await
         .expect("publish classify");
     let result = ticket.wait(DEADLINE).await.expect("classify result");
-    let Some(JobOutput::Classify(out)) = result.output else {
-        panic!("not a classify output: {:?}", result.error)
-    };
+    let Some(JobOutput::Classify(out)) = result.output else { panic!("not a classify output: {:?}", result.error) };
     assert_eq!(out.predictions.len(), 3);
     assert_eq!(out.predictions[0].label, "4");
     assert!(out.predictions.windows(2).all(|w| w[0].score >= w[1].score));
@@ -96,13 +61,7 @@ async fn every_kind_in_both_encodings(
     // checksum: compare with a CRC computed here.
     let data = b"warren checksum payload".repeat(100);
     let ticket = producer
-        .publish(
-            &Job::Checksum(ChecksumJob {
-                data: data.clone(),
-                rounds: 3,
-            }),
-            &opts,
-        )
+        .publish(&Job::Checksum(ChecksumJob { data: data.clone(), rounds: 3 }), &opts)
         .await
         .expect("publish checksum");
     let job_id = ticket.job_id.clone();
@@ -112,9 +71,7 @@ async fn every_kind_in_both_encodings(
     for _ in 0..3 {
         h.update(&data);
     }
-    let Some(JobOutput::Checksum(out)) = result.output else {
-        panic!("not a checksum output")
-    };
+    let Some(JobOutput::Checksum(out)) = result.output else { panic!("not a checksum output") };
     assert_eq!((out.crc32, out.bytes), (h.finalize(), data.len() as u64));
 
     producer.close().await;
@@ -126,32 +83,16 @@ async fn every_kind_in_both_encodings(
 async fn results_without_reply_to_go_to_the_results_queue(vhost: Vhost) {
     let settings = settings_for(&vhost);
     let fleet = Fleet::start(settings.clone()).await;
-    let producer = Producer::connect(settings.clone())
-        .await
-        .expect("producer connects");
+    let producer = Producer::connect(settings.clone()).await.expect("producer connects");
     let ticket = producer
-        .publish(
-            &Job::Checksum(ChecksumJob {
-                data: b"x".to_vec(),
-                rounds: 1,
-            }),
-            &PublishOptions::default(),
-        )
+        .publish(&Job::Checksum(ChecksumJob { data: b"x".to_vec(), rounds: 1 }), &PublishOptions::default())
         .await
         .expect("publish");
-    let got =
-        warren_e2e::collect_dead_letters(&settings, &settings.topology.results_queue, 1, DEADLINE)
-            .await;
-    let ct = got[0]
-        .properties
-        .content_type()
-        .as_ref()
-        .map(|c| c.to_string());
-    let result = warren_common::JobResult::decode(
-        &got[0].data,
-        Encoding::from_content_type(ct.as_deref()).expect("ct"),
-    )
-    .expect("a result");
+    let got = warren_e2e::collect_dead_letters(&settings, &settings.topology.results_queue, 1, DEADLINE).await;
+    let ct = got[0].properties.content_type().as_ref().map(|c| c.to_string());
+    let result =
+        warren_common::JobResult::decode(&got[0].data, Encoding::from_content_type(ct.as_deref()).expect("ct"))
+            .expect("a result");
     assert_eq!(result.job_id, ticket.job_id);
     assert_eq!(result.status, ResultStatus::Ok);
     producer.close().await;

@@ -12,10 +12,7 @@ async fn the_documented_python_example_works(vhost: Vhost) {
     let script = root.join("docs/examples/publish_job.py");
     let doc = std::fs::read_to_string(root.join("docs/contract.md")).expect("contract.md");
     let example = std::fs::read_to_string(&script).expect("example");
-    assert!(
-        doc.contains(example.trim()),
-        "docs/contract.md must include docs/examples/publish_job.py verbatim"
-    );
+    assert!(doc.contains(example.trim()), "docs/contract.md must include docs/examples/publish_job.py verbatim");
 
     let settings = settings_for(&vhost);
     let fleet = Fleet::start(settings).await;
@@ -29,21 +26,12 @@ async fn the_documented_python_example_works(vhost: Vhost) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the Python example failed");
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
     assert_eq!(lines.len(), 2);
-    let checksum = lines
-        .iter()
-        .find(|l| l["kind"] == "checksum")
-        .expect("checksum result");
+    let checksum = lines.iter().find(|l| l["kind"] == "checksum").expect("checksum result");
     let crc = crc32fast::hash(b"hello from python");
     assert_eq!(checksum["output"]["crc32"].as_u64(), Some(u64::from(crc)));
-    let resize = lines
-        .iter()
-        .find(|l| l["kind"] == "image.resize")
-        .expect("resize result");
+    let resize = lines.iter().find(|l| l["kind"] == "image.resize").expect("resize result");
     assert_eq!(resize["output"]["width"].as_u64(), Some(64));
     assert_eq!(resize["output"]["format"], "png");
     fleet.stop().await;

@@ -12,24 +12,17 @@ pub fn management_url() -> String {
 
 /// AMQP base URL without vhost (`WARREN_TEST_AMQP_URL`, default guest on 127.0.0.1:5672).
 pub fn amqp_base() -> String {
-    std::env::var("WARREN_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+    std::env::var("WARREN_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
 }
 
 fn auth() -> String {
     let user = std::env::var("WARREN_TEST_MGMT_USER").unwrap_or_else(|_| "guest".into());
     let pass = std::env::var("WARREN_TEST_MGMT_PASSWORD").unwrap_or_else(|_| "guest".into());
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
+    ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into()
 }
 
 #[derive(Debug)]
@@ -43,11 +36,9 @@ impl Vhost {
         let name = format!("warren-test-{label}-{}", uuid::Uuid::new_v4().simple());
         let base = management_url();
         let agent = agent();
-        agent
-            .put(&format!("{base}/api/vhosts/{name}"))
-            .header("Authorization", &auth())
-            .send_empty()
-            .unwrap_or_else(|e| panic!("creating vhost {name} via {base} (is the management plugin on? run scripts/setup.sh): {e}"));
+        agent.put(&format!("{base}/api/vhosts/{name}")).header("Authorization", &auth()).send_empty().unwrap_or_else(
+            |e| panic!("creating vhost {name} via {base} (is the management plugin on? run scripts/setup.sh): {e}"),
+        );
         let user = std::env::var("WARREN_TEST_MGMT_USER").unwrap_or_else(|_| "guest".into());
         agent
             .put(&format!("{base}/api/permissions/{name}/{user}"))
@@ -72,11 +63,7 @@ impl Vhost {
             .and_then(|mut r| r.body_mut().read_json())
             .unwrap_or_else(|e| panic!("listing queues of {}: {e}", self.name));
         body.as_array()
-            .map(|qs| {
-                qs.iter()
-                    .filter_map(|q| q["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|qs| qs.iter().filter_map(|q| q["name"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default()
     }
 }
@@ -96,13 +83,7 @@ pub fn vhost() -> Vhost {
         .collect::<Vec<_>>()
         .join("-")
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
         .take(48)
         .collect();
     Vhost::create(&label)
@@ -111,10 +92,8 @@ pub fn vhost() -> Vhost {
 impl Drop for Vhost {
     fn drop(&mut self) {
         let base = management_url();
-        if let Err(e) = agent()
-            .delete(&format!("{base}/api/vhosts/{}", self.name))
-            .header("Authorization", &auth())
-            .call()
+        if let Err(e) =
+            agent().delete(&format!("{base}/api/vhosts/{}", self.name)).header("Authorization", &auth()).call()
         {
             eprintln!("warning: could not delete vhost {}: {e}", self.name);
         }

@@ -40,12 +40,7 @@ impl Fleet {
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        Self {
-            stop: Some(tx),
-            task,
-            pool_size,
-            prefetch,
-        }
+        Self { stop: Some(tx), task, pool_size, prefetch }
     }
 
     /// Stops consuming, drains and closes; fails the test if the consumer had failed.
@@ -63,24 +58,14 @@ impl Fleet {
 }
 
 /// Consumes `n` messages from `queue` (acking them), or fails the test at `deadline`.
-pub async fn collect_dead_letters(
-    settings: &Settings,
-    queue: &str,
-    n: usize,
-    deadline: Duration,
-) -> Vec<Delivery> {
-    let conn = warren_infra::connect(&settings.broker, "test-reader")
-        .await
-        .expect("connect");
+pub async fn collect_dead_letters(settings: &Settings, queue: &str, n: usize, deadline: Duration) -> Vec<Delivery> {
+    let conn = warren_infra::connect(&settings.broker, "test-reader").await.expect("connect");
     let channel = conn.create_channel().await.expect("channel");
     let mut consumer = channel
         .basic_consume(
             queue.into(),
             "test-reader".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
             FieldTable::default(),
         )
         .await
@@ -95,10 +80,7 @@ pub async fn collect_dead_letters(
         }
     };
     if tokio::time::timeout(deadline, collect).await.is_err() {
-        panic!(
-            "only {} of {n} messages arrived in {queue} within {deadline:?}",
-            out.len()
-        );
+        panic!("only {} of {n} messages arrived in {queue} within {deadline:?}", out.len());
     }
     let _ = conn.close(200, "done".into()).await;
     out
@@ -107,17 +89,12 @@ pub async fn collect_dead_letters(
 /// A consumer and a producer with a reply queue, both on `settings`.
 pub async fn fleet_and_producer(settings: &Settings) -> (Fleet, warren_producer::Producer) {
     let fleet = Fleet::start(settings.clone()).await;
-    let mut producer = warren_producer::Producer::connect(settings.clone())
-        .await
-        .expect("producer connects");
+    let mut producer = warren_producer::Producer::connect(settings.clone()).await.expect("producer connects");
     producer.enable_replies().await.expect("reply queue");
     (fleet, producer)
 }
 
 /// Publish options asking for the result.
 pub fn want_result() -> warren_producer::PublishOptions {
-    warren_producer::PublishOptions {
-        want_result: true,
-        ..Default::default()
-    }
+    warren_producer::PublishOptions { want_result: true, ..Default::default() }
 }

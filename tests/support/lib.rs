@@ -13,19 +13,13 @@ pub use fleet::{Fleet, collect_dead_letters, fleet_and_producer, settings_for, w
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// A built binary of the workspace, next to the test executable's `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
     let path = dir.join(name);
     assert!(
         path.is_file(),
