@@ -48,6 +48,13 @@ impl Application {
         anyhow::ensure!(!routes.is_empty(), "no routes to consume: check [[routes]] and consumer.kinds");
         let kinds = routes.iter().map(|r| JobKind::parse(&r.kind)).collect::<Result<Vec<_>, _>>()?;
 
+        let pool = WorkerPool::new(settings.consumer.pool_size);
+        let prefetch = match settings.consumer.prefetch {
+            0 => u16::try_from(pool.size()).unwrap_or(u16::MAX),
+            n => n,
+        };
+        check_time_limits(&settings, &routes, pool.size(), prefetch)?;
+
         // A worker that cannot load its model must not take classify jobs only to fail them,
         // so a model problem stops start-up with the reason instead.
         let classifier: Option<Arc<dyn Classifier>> = if kinds.contains(&JobKind::MlClassify) {
@@ -67,13 +74,7 @@ impl Application {
 
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
         let publisher = Publisher::open(&connection, confirm_timeout).await.context("open publishing channel")?;
-        let pool = WorkerPool::new(settings.consumer.pool_size);
-        let prefetch = match settings.consumer.prefetch {
-            0 => u16::try_from(pool.size()).unwrap_or(u16::MAX),
-            n => n,
-        };
         let worker_id = worker_id(&settings.consumer.worker_id);
-        check_time_limits(&settings, &routes, pool.size(), prefetch)?;
 
         let mut consumers = Vec::with_capacity(routes.len());
         for route in &routes {

@@ -36,7 +36,19 @@ async fn declare_route(channel: &Channel, settings: &Settings, route: &Route) ->
     queue(channel, &dead, queue_args(settings, None)).await?;
     bind(channel, &dead, &t.dead_letter_exchange, &route.queue).await?;
     queue(channel, &route.queue, queue_args(settings, Some(&route.queue))).await?;
-    bind(channel, &route.queue, &t.jobs_exchange, &route.kind).await
+    bind(channel, &route.queue, &t.jobs_exchange, &route.kind).await?;
+    // One delay queue per backoff tier. Nothing consumes them: a job waits out its per-message
+    // TTL there and the broker dead-letters it through the default exchange back to the work
+    // queue. The per-message TTLs within a tier differ only by jitter, so a job at the head
+    // delays those behind it by at most the jitter band.
+    for delay in settings.retry_policy(route).tiers() {
+        let name = settings.retry_queue(&route.queue, delay);
+        let mut args = queue_args(settings, None);
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(route.queue.as_str())));
+        queue(channel, &name, args).await?;
+    }
+    Ok(())
 }
 
 fn queue_args(settings: &Settings, dead_letter_key: Option<&str>) -> FieldTable {

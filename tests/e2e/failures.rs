@@ -9,9 +9,7 @@ use warren_common::checksum::ChecksumJob;
 use warren_common::headers as h;
 use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 use warren_common::{Encoding, Job, JobEnvelope, ResultStatus};
-use warren_e2e::{
-    DEADLINE, Vhost, collect_dead_letters, fleet_and_producer, repo_root, settings_for, vhost, want_result,
-};
+use warren_e2e::{DEADLINE, Vhost, collect_messages, fleet_and_producer, repo_root, settings_for, vhost, want_result};
 use warren_infra::{PublishError, fields};
 use warren_producer::{Producer, ProducerError, PublishOptions};
 
@@ -77,8 +75,8 @@ async fn bad_messages_are_dead_lettered_and_the_next_job_succeeds(vhost: Vhost) 
     assert_eq!(ok.status, ResultStatus::Ok);
 
     // Every bad job is in its queue's dead-letter queue, body intact, with the reason.
-    let resize_dead = collect_dead_letters(&settings, "warren.image.resize.dead", 1, DEADLINE).await;
-    let checksum_dead = collect_dead_letters(&settings, "warren.checksum.dead", 4, DEADLINE).await;
+    let resize_dead = collect_messages(&settings, "warren.image.resize.dead", 1, DEADLINE).await;
+    let checksum_dead = collect_messages(&settings, "warren.checksum.dead", 4, DEADLINE).await;
     let mut seen = 0;
     for d in resize_dead.iter().chain(&checksum_dead) {
         let headers = d.properties.headers().as_ref();
@@ -130,7 +128,7 @@ async fn nothing_is_lost_every_job_is_a_result_or_a_dead_letter(vhost: Vhost) {
             ResultStatus::Error => failed += 1,
         }
     }
-    let dead = collect_dead_letters(&settings, "warren.image.resize.dead", bad, DEADLINE).await;
+    let dead = collect_messages(&settings, "warren.image.resize.dead", bad, DEADLINE).await;
     println!("accounting: published 60, results ok {ok}, errors {failed}, dead letters {}", dead.len());
     assert_eq!(ok + failed, 60);
     assert_eq!(failed, bad);

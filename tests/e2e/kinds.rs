@@ -88,7 +88,7 @@ async fn results_without_reply_to_go_to_the_results_queue(vhost: Vhost) {
         .publish(&Job::Checksum(ChecksumJob { data: b"x".to_vec(), rounds: 1 }), &PublishOptions::default())
         .await
         .expect("publish");
-    let got = warren_e2e::collect_dead_letters(&settings, &settings.topology.results_queue, 1, DEADLINE).await;
+    let got = warren_e2e::collect_messages(&settings, &settings.topology.results_queue, 1, DEADLINE).await;
     let ct = got[0].properties.content_type().as_ref().map(|c| c.to_string());
     let result =
         warren_common::JobResult::decode(&got[0].data, Encoding::from_content_type(ct.as_deref()).expect("ct"))

@@ -7,3 +7,4 @@ mod failures;
 mod kinds;
 mod pool;
 mod python_contract;
+mod reliability;

@@ -58,7 +58,7 @@ impl Fleet {
 }
 
 /// Consumes `n` messages from `queue` (acking them), or fails the test at `deadline`.
-pub async fn collect_dead_letters(settings: &Settings, queue: &str, n: usize, deadline: Duration) -> Vec<Delivery> {
+pub async fn collect_messages(settings: &Settings, queue: &str, n: usize, deadline: Duration) -> Vec<Delivery> {
     let conn = warren_infra::connect(&settings.broker, "test-reader").await.expect("connect");
     let channel = conn.create_channel().await.expect("channel");
     let mut consumer = channel

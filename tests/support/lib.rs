@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use broker::{Vhost, vhost};
-pub use fleet::{Fleet, collect_dead_letters, fleet_and_producer, settings_for, want_result};
+pub use fleet::{Fleet, collect_messages, fleet_and_producer, settings_for, want_result};
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
