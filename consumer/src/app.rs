@@ -1,53 +1,72 @@
-//! Building the worker and running it until a shutdown future resolves.
+//! Building the worker and running it until a shutdown future resolves, reconnecting whenever
+//! the broker connection is lost.
 //!
 //! Shutdown order: cancel every consumer (the broker stops sending), let in-flight jobs finish
-//! within `consumer.drain_timeout_ms` (each publishes its result and acks), then close the
-//! connection; whatever was still unacked (buffered deliveries, jobs past the drain timeout)
-//! is requeued by the broker when the channel closes, so nothing is lost.
+//! within `consumer.drain_timeout_ms` (each publishes its result and acks), nack with requeue
+//! whatever is still running then, and close the connection; deliveries that were buffered but
+//! never started are requeued by the broker when the channel closes. Nothing is lost.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use futures_util::stream::select_all;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection};
+use lapin::options::BasicCancelOptions;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_common::JobKind;
 use warren_common::classify::Classifier;
+use warren_infra::Settings;
+use warren_infra::backoff::Backoff;
 use warren_infra::settings::Route;
-use warren_infra::{Publisher, Settings, topology};
 
-use crate::handler::{Served, Worker, handle};
+use crate::handler::{Served, handle};
 use crate::onnx::OrtClassifier;
 use crate::pool::WorkerPool;
+use crate::session::{Session, Shared};
+
+/// What the outside (health endpoints, tests) can see of a running worker.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    reconnects: AtomicU64,
+}
+
+impl Health {
+    /// Connected to the broker and consuming.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Connections re-established after a loss.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Acquire)
+    }
+}
 
 pub struct Application {
-    connection: Connection,
-    worker: Arc<Worker>,
-    consumers: Vec<(Arc<Served>, Channel, lapin::Consumer)>,
-    prefetch: u16,
+    shared: Shared,
+    session: Session,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("worker", &self.worker).field("prefetch", &self.prefetch).finish()
+        f.debug_struct("Application").field("worker_id", &self.shared.worker_id).field("health", &self.health).finish()
     }
 }
 
 impl Application {
-    /// Connects, declares the topology, loads the model if this worker classifies, and starts
-    /// consuming. Fails fast on anything misconfigured, before taking a single message.
+    /// Validates, loads the model if this worker classifies, connects, declares the topology and
+    /// starts consuming. Fails fast on anything misconfigured, before taking a single message.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let routes = settings.consumer_routes();
         anyhow::ensure!(!routes.is_empty(), "no routes to consume: check [[routes]] and consumer.kinds");
         let kinds = routes.iter().map(|r| JobKind::parse(&r.kind)).collect::<Result<Vec<_>, _>>()?;
-
         let pool = WorkerPool::new(settings.consumer.pool_size);
         let prefetch = match settings.consumer.prefetch {
             0 => u16::try_from(pool.size()).unwrap_or(u16::MAX),
@@ -66,110 +85,157 @@ impl Application {
         } else {
             None
         };
-
-        let connection = warren_infra::connect(&settings.broker, "consumer").await?;
-        let setup = connection.create_channel().await.context("open channel for topology")?;
-        topology::declare(&setup, &settings).await?;
-        let _ = setup.close(200, "topology declared".into()).await;
-
-        let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
-        let publisher = Publisher::open(&connection, confirm_timeout).await.context("open publishing channel")?;
+        let served = routes
+            .iter()
+            .map(|r| {
+                Arc::new(Served {
+                    queue: r.queue.clone(),
+                    time_limit: Duration::from_millis(r.time_limit_ms),
+                    retry: settings.retry_policy(r).clone(),
+                })
+            })
+            .collect();
         let worker_id = worker_id(&settings.consumer.worker_id);
-
-        let mut consumers = Vec::with_capacity(routes.len());
-        for route in &routes {
-            let channel = connection.create_channel().await.context("open consuming channel")?;
-            // Per consumer (global = false): each queue gets `prefetch` unacked deliveries.
-            channel
-                .basic_qos(prefetch, BasicQosOptions { global: false })
-                .await
-                .with_context(|| format!("set prefetch {prefetch} on queue {}", route.queue))?;
-            let consumer = channel
-                .basic_consume(
-                    ShortString::from(route.queue.as_str()),
-                    ShortString::from(format!("{worker_id}/{}", route.queue)),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("consume queue {}", route.queue))?;
-            let served = Served {
-                queue: route.queue.clone(),
-                time_limit: Duration::from_millis(route.time_limit_ms),
-                retry: settings.retry_policy(route).clone(),
-            };
-            consumers.push((Arc::new(served), channel, consumer));
-        }
+        let shared = Shared { settings: settings.clone(), pool, classifier, worker_id, kinds, served, prefetch };
+        let session = Session::open(&shared).await?;
         tracing::info!(
             broker = %settings.broker.redacted_url(),
             queues = ?routes.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>(),
-            pool = pool.size(),
+            pool = shared.pool.size(),
             prefetch,
-            worker_id = %worker_id,
+            worker_id = %shared.worker_id,
             "consumer ready"
         );
-        let worker = Arc::new(Worker { settings, publisher, pool, classifier, worker_id, kinds });
-        Ok(Self { connection, worker, consumers, prefetch })
+        Ok(Self { shared, session, health: Arc::default() })
     }
 
     pub fn pool_size(&self) -> usize {
-        self.worker.pool.size()
+        self.shared.pool.size()
     }
 
     pub fn prefetch(&self) -> u16 {
-        self.prefetch
+        self.shared.prefetch
     }
 
     pub fn worker_id(&self) -> &str {
-        &self.worker.worker_id
+        &self.shared.worker_id
     }
 
-    /// Consumes until `shutdown` resolves, then drains and closes. Returns an error when the
-    /// broker connection is lost (the process exits non-zero and its supervisor restarts it).
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { connection, worker, consumers, .. } = self;
-        let tracker = TaskTracker::new();
-        let mut channels = Vec::new();
-        let mut streams = Vec::new();
-        for (served, channel, consumer) in consumers {
-            let tag = consumer.tag();
-            channels.push((channel, tag));
-            streams.push(consumer.map(move |d| (served.clone(), d)));
-        }
-        let stop = CancellationToken::new();
-        let mut deliveries = select_all(streams);
-        tokio::pin!(shutdown);
-        let outcome = loop {
-            tokio::select! {
-                () = &mut shutdown => break Ok(()),
-                next = deliveries.next() => match next {
-                    Some((served, Ok(delivery))) => {
-                        tracker.spawn(handle(worker.clone(), served, delivery, stop.clone()));
-                    }
-                    Some((served, Err(e))) => {
-                        break Err(anyhow::Error::new(e).context(format!("consuming queue {}", served.queue)));
-                    }
-                    None => break Err(anyhow::anyhow!("every consumer ended; the broker closed the connection")),
-                },
-            }
-        };
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
 
-        tracing::info!(in_flight = tracker.len(), "stopping: cancelling consumers and draining");
-        for (channel, tag) in &channels {
-            if let Err(e) = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await {
-                tracing::debug!(error = %e, "cancel consumer");
+    /// Consumes until `shutdown` resolves, then drains and closes. A lost connection is
+    /// re-established with capped, jittered backoff, the topology re-declared and consuming
+    /// resumed, for as long as it takes.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self { shared, session, health } = self;
+        let broker = &shared.settings.broker;
+        let mut backoff = Backoff::new(
+            Duration::from_millis(broker.reconnect_min_ms),
+            Duration::from_millis(broker.reconnect_max_ms),
+        );
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        tokio::pin!(shutdown);
+        let mut current = Some(session);
+        loop {
+            let session = match current.take() {
+                Some(s) => s,
+                None => match reconnect(&shared, &mut backoff, &mut shutdown).await {
+                    Some(s) => {
+                        health.reconnects.fetch_add(1, Ordering::AcqRel);
+                        tracing::info!("reconnected; consuming again");
+                        s
+                    }
+                    None => break,
+                },
+            };
+            health.ready.store(true, Ordering::Release);
+            let lost = consume(&session, &tracker, &stop, &mut shutdown).await;
+            health.ready.store(false, Ordering::Release);
+            match lost {
+                None => {
+                    drain(&shared, &session, &tracker, &stop).await;
+                    break;
+                }
+                Some(reason) => {
+                    tracing::warn!(reason = %reason, "lost the broker; reconnecting");
+                    let _ = session.connection.close(320, "connection lost".into()).await;
+                }
             }
-        }
-        tracker.close();
-        let drain = Duration::from_millis(worker.settings.consumer.drain_timeout_ms);
-        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-            tracing::warn!(unfinished = tracker.len(), ?drain, "drain timeout; unfinished jobs go back to the queue");
-        }
-        if let Err(e) = connection.close(200, "worker stopping".into()).await {
-            tracing::debug!(error = %e, "close connection");
         }
         tracing::info!("stopped");
-        outcome
+        Ok(())
+    }
+}
+
+/// Hands deliveries to handlers until shutdown (None) or until the session is lost (Some(why)).
+async fn consume(
+    session: &Session,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<String> {
+    let streams = session.consumers.iter().map(|(served, _, consumer)| {
+        let served = served.clone();
+        consumer.clone().map(move |d| (served.clone(), d))
+    });
+    let mut deliveries = select_all(streams);
+    loop {
+        tokio::select! {
+            () = shutdown.as_mut() => return None,
+            () = session.worker.lost.cancelled() => return Some("the publishing channel failed".into()),
+            next = deliveries.next() => match next {
+                Some((served, Ok(delivery))) => {
+                    tracker.spawn(handle(session.worker.clone(), served, delivery, stop.clone()));
+                }
+                Some((served, Err(e))) => return Some(format!("consuming queue {}: {e}", served.queue)),
+                None => return Some("the broker closed the connection".into()),
+            },
+        }
+    }
+}
+
+/// Opens a new session, waiting between attempts; None if shutdown came first.
+async fn reconnect(
+    shared: &Shared,
+    backoff: &mut Backoff,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<Session> {
+    loop {
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = shutdown.as_mut() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        match Session::open(shared).await {
+            Ok(s) => {
+                backoff.reset();
+                return Some(s);
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), next_wait_max = ?backoff.ceiling(), "reconnect failed"),
+        }
+    }
+}
+
+async fn drain(shared: &Shared, session: &Session, tracker: &TaskTracker, stop: &CancellationToken) {
+    tracing::info!(in_flight = tracker.len(), "stopping: cancelling consumers and draining");
+    for (_, channel, consumer) in &session.consumers {
+        if let Err(e) = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await {
+            tracing::debug!(error = %e, "cancel consumer");
+        }
+    }
+    tracker.close();
+    let drain = Duration::from_millis(shared.settings.consumer.drain_timeout_ms);
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(unfinished = tracker.len(), ?drain, "drain timeout; handing unfinished jobs back to the broker");
+        stop.cancel();
+        // Each handler nacks its job now; give those nacks a moment to reach the broker.
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+    if let Err(e) = session.connection.close(200, "worker stopping".into()).await {
+        tracing::debug!(error = %e, "close connection");
     }
 }
 
@@ -185,7 +251,10 @@ fn check_time_limits(settings: &Settings, routes: &[Route], pool: usize, prefetc
     let budget_ms = settings.broker.consumer_timeout_ms / 10 * 9;
     anyhow::ensure!(
         worst_ms <= budget_ms,
-        "a job could stay unacked for {worst_ms} ms (time limit {longest} ms x {rounds} rounds of {held} prefetched          jobs on {pool} slots, plus 2 confirm timeouts), over 90% of broker.consumer_timeout_ms = {}: lower          time_limit_ms or consumer.prefetch, raise consumer.pool_size, or raise the broker's consumer_timeout          and broker.consumer_timeout_ms with it",
+        "a job could stay unacked for {worst_ms} ms (time limit {longest} ms x {rounds} rounds of {held} prefetched \
+         jobs on {pool} slots, plus 2 confirm timeouts), over 90% of broker.consumer_timeout_ms = {}: lower \
+         time_limit_ms or consumer.prefetch, raise consumer.pool_size, or raise the broker's consumer_timeout and \
+         broker.consumer_timeout_ms with it",
         settings.broker.consumer_timeout_ms
     );
     Ok(())

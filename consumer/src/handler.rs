@@ -33,6 +33,18 @@ pub struct Worker {
     pub worker_id: String,
     /// Job kinds this worker runs.
     pub kinds: Vec<JobKind>,
+    /// Cancelled by a handler whose publish failed because the channel or connection is gone:
+    /// the session must be replaced, not used to nack every job that follows.
+    pub lost: CancellationToken,
+}
+
+impl Worker {
+    /// Notes a broker failure seen while publishing, so the session is replaced.
+    pub(crate) fn observe(&self, error: &PublishError) {
+        if matches!(error, PublishError::Amqp(_)) {
+            self.lost.cancel();
+        }
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -169,6 +181,7 @@ pub(crate) async fn fail(
 ) {
     match failure::dispose(worker, served, delivery, error, attempt).await {
         Err(e) => {
+            worker.observe(&e);
             tracing::error!(error = %e, "retry or dead letter not confirmed; handing the job back to the broker");
             nack_requeue(delivery).await;
         }
@@ -219,7 +232,11 @@ async fn publish_result(
         Some(reply_to) => ("", reply_to.as_str()),
         None => (worker.settings.topology.results_exchange.as_str(), result.kind.as_str()),
     };
-    worker.publisher.publish(exchange, routing_key, &body, props, true).await
+    let published = worker.publisher.publish(exchange, routing_key, &body, props, true).await;
+    if let Err(e) = &published {
+        worker.observe(e);
+    }
+    published
 }
 
 pub(crate) async fn ack(delivery: &Delivery) {

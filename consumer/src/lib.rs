@@ -8,6 +8,7 @@ pub mod handler;
 pub mod onnx;
 pub mod pool;
 pub mod redelivery;
+mod session;
 
-pub use app::Application;
+pub use app::{Application, Health};
 pub use pool::WorkerPool;

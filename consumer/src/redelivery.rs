@@ -44,6 +44,7 @@ pub async fn intercept(worker: &Worker, served: &Served, delivery: &Delivery) ->
             ack(delivery).await;
         }
         Err(e) => {
+            worker.observe(&e);
             tracing::warn!(error = %e, "could not requeue the redelivered job with its count");
             nack_requeue(delivery).await;
         }

@@ -325,3 +325,31 @@ async fn every_bad_input_is_dead_lettered_with_its_own_reason(vhost: Vhost) {
 fn fault_free_checksum() -> Job {
     Job::Checksum(warren_common::checksum::ChecksumJob { data: b"fine".to_vec(), rounds: 1 })
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_connection_is_killed_reconnects_and_goes_on(vhost: Vhost) {
+    let mut settings = settings_for(&vhost);
+    settings.broker.reconnect_min_ms = 50;
+    settings.broker.reconnect_max_ms = 500;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let before = producer.publish(&fault_free_checksum(), &want_result()).await.expect("publish");
+    assert_eq!(before.wait(DEADLINE).await.expect("result").status, ResultStatus::Ok);
+    assert!(fleet.health.is_ready());
+
+    let closed = tokio::task::block_in_place(|| vhost.close_connections("consumer"));
+    assert_eq!(closed, 1, "the consumer's connection");
+    // Jobs published while it is away wait in the queue and are done after it reconnects.
+    let mut tickets = Vec::new();
+    for _ in 0..10 {
+        tickets.push(producer.publish(&fault_free_checksum(), &want_result()).await.expect("publish"));
+    }
+    for t in tickets {
+        assert_eq!(t.wait(DEADLINE).await.expect("result after reconnecting").status, ResultStatus::Ok);
+    }
+    println!("reconnect: consumer reconnected {} time(s), 10 jobs done after", fleet.health.reconnects());
+    assert!(fleet.health.reconnects() >= 1);
+    assert!(fleet.health.is_ready());
+    producer.close().await;
+    fleet.stop().await;
+}

@@ -52,8 +52,54 @@ impl Vhost {
         format!("{}/{}", amqp_base(), self.name)
     }
 
-    /// Queue depth as the management API reports it (refreshed every few seconds by the broker,
-    /// so use it for coarse checks only).
+    /// Force-closes this vhost's connections whose client-given name contains `role` (e.g.
+    /// "consumer"), as a network failure or a broker operator would; returns how many.
+    /// The management API lists a new connection only after its next statistics round (a few
+    /// seconds), so this waits, up to a deadline, until there is one to close.
+    pub fn close_connections(&self, role: &str) -> usize {
+        let base = management_url();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let matching = loop {
+            let conns: serde_json::Value = agent()
+                .get(&format!("{base}/api/vhosts/{}/connections", self.name))
+                .header("Authorization", &auth())
+                .call()
+                .and_then(|mut r| r.body_mut().read_json())
+                .unwrap_or_else(|e| panic!("listing connections of {}: {e}", self.name));
+            let matching: Vec<String> = conns
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["client_properties"]["connection_name"].as_str().unwrap_or("").contains(role))
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect();
+            if !matching.is_empty() || std::time::Instant::now() > deadline {
+                break matching;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let mut closed = 0;
+        for name in matching {
+            {
+                let encoded: String = name
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                agent()
+                    .delete(&format!("{base}/api/connections/{encoded}"))
+                    .header("Authorization", &auth())
+                    .call()
+                    .unwrap_or_else(|e| panic!("closing connection {name}: {e}"));
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Queue names as the management API reports them.
     pub fn queue_names(&self) -> Vec<String> {
         let base = management_url();
         let body: serde_json::Value = agent()

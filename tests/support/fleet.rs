@@ -30,17 +30,18 @@ pub struct Fleet {
     task: JoinHandle<anyhow::Result<()>>,
     pub pool_size: usize,
     pub prefetch: u16,
+    pub health: std::sync::Arc<warren_consumer::Health>,
 }
 
 impl Fleet {
     pub async fn start(settings: Settings) -> Self {
         let app = Application::build(settings).await.expect("consumer starts");
-        let (pool_size, prefetch) = (app.pool_size(), app.prefetch());
+        let (pool_size, prefetch, health) = (app.pool_size(), app.prefetch(), app.health());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        Self { stop: Some(tx), task, pool_size, prefetch }
+        Self { stop: Some(tx), task, pool_size, prefetch, health }
     }
 
     /// Stops consuming, drains and closes; fails the test if the consumer had failed.
