@@ -126,6 +126,10 @@ pub struct ConsumerSettings {
 pub struct ProducerSettings {
     pub encoding: Encoding,
     pub result_timeout_ms: u64,
+    /// How long a publish keeps reconnecting and trying again before it fails.
+    pub publish_retry_ms: u64,
+    /// The reply queue is deleted by the broker after this long unused.
+    pub reply_queue_expires_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,13 +1,14 @@
 //! The producer client: a confirm-mode channel, and optionally a private reply queue.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use warren_common::headers as h;
 use warren_common::{Encoding, Job, JobEnvelope, JobError, JobResult};
+use warren_infra::backoff::Backoff;
 use warren_infra::{PublishError, Publisher, Settings, fields, topology};
 
 use crate::replies::{Pending, Replies};
@@ -24,6 +25,8 @@ pub enum ProducerError {
     RepliesDisabled,
     #[error("the reply consumer stopped before the result of job {0} arrived")]
     RepliesClosed(String),
+    #[error("lost the broker and could not reconnect in time: {0}")]
+    Reconnect(String),
 }
 
 /// Per-publish choices.
@@ -57,35 +60,47 @@ impl Ticket {
     }
 }
 
+/// The current connection and its confirm-mode channel; replaced wholesale on reconnection.
 #[derive(Debug)]
-pub struct Producer {
+struct Link {
     connection: lapin::Connection,
     publisher: Publisher,
+    generation: u64,
+}
+
+#[derive(Debug)]
+pub struct Producer {
     settings: Arc<Settings>,
+    link: tokio::sync::RwLock<Link>,
     replies: Option<Replies>,
 }
 
 impl Producer {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
-        let connection = warren_infra::connect(&settings.broker, "producer").await?;
-        let timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
-        let publisher = Publisher::open(&connection, timeout).await.context("open publishing channel")?;
-        Ok(Self { connection, publisher, settings: Arc::new(settings), replies: None })
+        let link = open_link(&settings, 0).await?;
+        Ok(Self { link: tokio::sync::RwLock::new(link), settings: Arc::new(settings), replies: None })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
-    /// Declares exchanges, queues and bindings (idempotent); consumers do the same at start-up.
-    pub async fn declare_topology(&self) -> anyhow::Result<()> {
-        topology::declare(self.publisher.channel(), &self.settings).await
+    /// How many times this producer has reconnected.
+    pub async fn reconnects(&self) -> u64 {
+        self.link.read().await.generation
     }
 
-    /// Declares a private reply queue and starts collecting results by correlation id.
+    /// Declares exchanges, queues and bindings (idempotent); consumers do the same at start-up.
+    pub async fn declare_topology(&self) -> anyhow::Result<()> {
+        let link = self.link.read().await;
+        topology::declare(link.publisher.channel(), &self.settings).await
+    }
+
+    /// Declares this producer's reply queue and starts collecting results by correlation id.
     pub async fn enable_replies(&mut self) -> anyhow::Result<()> {
         if self.replies.is_none() {
-            self.replies = Some(Replies::start(&self.connection).await?);
+            let link = self.link.read().await;
+            self.replies = Some(Replies::start(&link.connection, self.settings.producer.reply_queue_expires_ms).await?);
         }
         Ok(())
     }
@@ -99,6 +114,10 @@ impl Producer {
 
     /// Publishes any body, as any publisher in any language could; for interoperability tests
     /// and for replaying captured messages.
+    ///
+    /// Returns only once the broker confirmed the job. If the connection is lost, the producer
+    /// reconnects and publishes again (same job id) until `producer.publish_retry_ms` has
+    /// passed; a job published twice that way is an at-least-once duplicate, marked by its id.
     pub async fn publish_raw(
         &self,
         routing_key: &str,
@@ -129,19 +148,78 @@ impl Producer {
             // Registered before publishing: the result may arrive before the confirm does.
             result = Some(replies.register(&correlation_id));
         }
-        let exchange = &self.settings.topology.jobs_exchange;
-        if let Err(e) = self.publisher.publish(exchange, routing_key, body, props, true).await {
-            if let Some(replies) = &self.replies {
-                replies.forget(&correlation_id);
+        let exchange = self.settings.topology.jobs_exchange.clone();
+        let give_up = Instant::now() + Duration::from_millis(self.settings.producer.publish_retry_ms);
+        loop {
+            let (publisher, generation) = {
+                let link = self.link.read().await;
+                (link.publisher.clone(), link.generation)
+            };
+            match publisher.publish(&exchange, routing_key, body, props.clone(), true).await {
+                Ok(()) => return Ok(Ticket { job_id, correlation_id, routing_key: routing_key.to_owned(), result }),
+                Err(e @ (PublishError::Amqp(_) | PublishError::ConfirmTimeout(_))) if Instant::now() < give_up => {
+                    tracing::warn!(error = %e, job_id = %job_id, "publish not confirmed; reconnecting to publish again");
+                    self.relink(generation, give_up).await?;
+                }
+                Err(e) => {
+                    if let Some(replies) = &self.replies {
+                        replies.forget(&correlation_id);
+                    }
+                    return Err(e.into());
+                }
             }
-            return Err(e.into());
         }
-        Ok(Ticket { job_id, correlation_id, routing_key: routing_key.to_owned(), result })
     }
 
-    pub async fn close(self) {
-        let _ = self.connection.close(200, "producer done".into()).await;
+    /// Replaces the link of generation `seen` (unless another task already did) with a new
+    /// connection, waiting with capped, jittered backoff; resumes the reply queue on it.
+    async fn relink(&self, seen: u64, give_up: Instant) -> Result<(), ProducerError> {
+        let mut link = self.link.write().await;
+        if link.generation != seen {
+            return Ok(());
+        }
+        let broker = &self.settings.broker;
+        let mut backoff = Backoff::new(
+            Duration::from_millis(broker.reconnect_min_ms),
+            Duration::from_millis(broker.reconnect_max_ms),
+        );
+        loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            let attempt = async {
+                let fresh = open_link(&self.settings, seen + 1).await?;
+                if let Some(replies) = &self.replies {
+                    replies.resume(&fresh.connection).await?;
+                }
+                anyhow::Ok(fresh)
+            };
+            match attempt.await {
+                Ok(fresh) => {
+                    let old = std::mem::replace(&mut *link, fresh);
+                    let _ = old.connection.close(200, "replaced".into()).await;
+                    tracing::info!("producer reconnected");
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < give_up => tracing::warn!(error = format!("{e:#}"), "reconnect failed"),
+                Err(e) => return Err(ProducerError::Reconnect(format!("{e:#}"))),
+            }
+        }
     }
+
+    /// Closes the connection; the reply queue is deleted (results still due are dropped).
+    pub async fn close(self) {
+        let link = self.link.into_inner();
+        if let Some(replies) = &self.replies {
+            let _ = link.publisher.channel().queue_delete(replies.queue().into(), Default::default()).await;
+        }
+        let _ = link.connection.close(200, "producer done".into()).await;
+    }
+}
+
+async fn open_link(settings: &Settings, generation: u64) -> anyhow::Result<Link> {
+    let connection = warren_infra::connect(&settings.broker, "producer").await?;
+    let timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
+    let publisher = Publisher::open(&connection, timeout).await.context("open publishing channel")?;
+    Ok(Link { connection, publisher, generation })
 }
 
 /// A fresh W3C trace context: version 00, random trace and span ids, sampled.

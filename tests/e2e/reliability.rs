@@ -353,3 +353,34 @@ async fn a_consumer_whose_connection_is_killed_reconnects_and_goes_on(vhost: Vho
     producer.close().await;
     fleet.stop().await;
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_whose_connection_is_killed_reconnects_and_gets_its_results(vhost: Vhost) {
+    let mut settings = with_fault_route(&vhost, 10_000, fast_retries(3));
+    settings.broker.reconnect_min_ms = 50;
+    settings.broker.reconnect_max_ms = 500;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    // Results that come while the producer is away wait in its reply queue.
+    let slow = producer.publish(&Job::Fault(FaultJob { busy_ms: 1500, ..fault_spec() }), &want_result()).await;
+    let slow = slow.expect("publish");
+    let closed = tokio::task::block_in_place(|| vhost.close_connections("producer"));
+    assert_eq!(closed, 1, "the producer's connection");
+    let mut tickets = vec![slow];
+    for _ in 0..10 {
+        // The first of these finds the connection dead, reconnects and publishes again.
+        tickets.push(producer.publish(&fault_free_checksum(), &want_result()).await.expect("confirmed publish"));
+    }
+    for t in tickets {
+        assert_eq!(t.wait(DEADLINE).await.expect("result").status, ResultStatus::Ok);
+    }
+    let reconnects = producer.reconnects().await;
+    println!("producer reconnect: 11 jobs published and answered across a killed connection ({reconnects} reconnect)");
+    assert_eq!(reconnects, 1);
+    producer.close().await;
+    fleet.stop().await;
+}
+
+fn fault_spec() -> FaultJob {
+    FaultJob { transient_failures: 0, panic: false, busy_ms: 0 }
+}
