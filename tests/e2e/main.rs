@@ -2,6 +2,7 @@
 //! producer, the real ONNX Runtime and real images. Run by `scripts/test.sh`.
 
 mod binaries;
+mod crash;
 mod digits;
 mod failures;
 mod kinds;

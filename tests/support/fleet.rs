@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::BasicConsumeOptions;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -58,24 +58,24 @@ impl Fleet {
     }
 }
 
-/// Consumes `n` messages from `queue` (acking them), or fails the test at `deadline`.
+/// Takes `n` messages from `queue` (acking each), or fails the test at `deadline`. One message
+/// is prefetched at a time, so nothing beyond the `n` is taken: the rest stay in the queue.
 pub async fn collect_messages(settings: &Settings, queue: &str, n: usize, deadline: Duration) -> Vec<Delivery> {
     let conn = warren_infra::connect(&settings.broker, "test-reader").await.expect("connect");
     let channel = conn.create_channel().await.expect("channel");
+    channel.basic_qos(1, BasicQosOptions::default()).await.expect("qos");
     let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "test-reader".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        )
+        .basic_consume(queue.into(), "test-reader".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .expect("consume");
-    let mut out = Vec::with_capacity(n);
+    let mut out: Vec<Delivery> = Vec::with_capacity(n);
     let collect = async {
         while out.len() < n {
             match consumer.next().await {
-                Some(Ok(d)) => out.push(d),
+                Some(Ok(d)) => {
+                    d.ack(BasicAckOptions::default()).await.expect("ack");
+                    out.push(d);
+                }
                 other => panic!("reading {queue}: {other:?}"),
             }
         }

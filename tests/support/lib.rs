@@ -4,12 +4,14 @@
 
 pub mod broker;
 pub mod fleet;
+pub mod process;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use broker::{Vhost, vhost};
 pub use fleet::{Fleet, collect_messages, fleet_and_producer, settings_for, want_result};
+pub use process::ConsumerProcess;
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
