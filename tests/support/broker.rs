@@ -25,6 +25,19 @@ fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into()
 }
 
+/// Waits until the management API answers (after a broker restart, say).
+pub fn wait_for_management(deadline: Duration) {
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        let up = agent().get(&format!("{}/api/overview", management_url())).header("Authorization", &auth()).call();
+        if up.is_ok() {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "the management API did not come back");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[derive(Debug)]
 pub struct Vhost {
     pub name: String,

@@ -1,0 +1,67 @@
+//! Tests that disturb the whole broker (restart it), so they cannot share it with anything else:
+//! `cargo test` runs test binaries one after another, so nothing else runs meanwhile; keep one
+//! test in this binary (or run it with `--test-threads=1`). Not for `cargo nextest`, which would
+//! run binaries side by side.
+
+use std::time::Duration;
+
+use rstest::rstest;
+use tokio::process::Command;
+use warren_common::checksum::ChecksumJob;
+use warren_common::{Job, ResultStatus};
+use warren_e2e::{DEADLINE, Vhost, broker, fleet_and_producer, settings_for, vhost, want_result};
+
+async fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl").args(args).output().await.expect("rabbitmqctl runs");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_run_loses_nothing(vhost: Vhost) {
+    const N: usize = 30;
+    let mut settings = settings_for(&vhost);
+    settings.broker.reconnect_min_ms = 100;
+    settings.broker.reconnect_max_ms = 1000;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let producer = std::sync::Arc::new(producer);
+    let publishing = tokio::spawn({
+        let producer = producer.clone();
+        async move {
+            let mut tickets = Vec::new();
+            for i in 0..N {
+                let job = Job::Checksum(ChecksumJob { data: (i as u32).to_le_bytes().to_vec(), rounds: 1 });
+                tickets
+                    .push(producer.publish(&job, &want_result()).await.expect("every publish is confirmed in the end"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tickets
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rabbitmqctl(&["stop_app"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rabbitmqctl(&["start_app"]).await;
+    rabbitmqctl(&["await_startup"]).await;
+    let tickets = tokio::time::timeout(DEADLINE, publishing).await.expect("publishing finishes").expect("task");
+    let mut ids = std::collections::HashSet::new();
+    for t in tickets {
+        let r = t.wait(DEADLINE).await.expect("every job answers after the restart");
+        assert_eq!(r.status, ResultStatus::Ok);
+        ids.insert(r.job_id);
+    }
+    let (consumer_reconnects, producer_reconnects) = (fleet.health.reconnects(), producer.reconnects().await);
+    println!(
+        "broker restart: {N} jobs, {} answered; consumer reconnected {consumer_reconnects}x, producer {producer_reconnects}x",
+        ids.len()
+    );
+    assert_eq!(ids.len(), N);
+    assert!(consumer_reconnects >= 1 && producer_reconnects >= 1);
+    // The vhost is deleted through the management API, which restarts with the broker.
+    broker::wait_for_management(DEADLINE);
+    match std::sync::Arc::try_unwrap(producer) {
+        Ok(p) => p.close().await,
+        Err(_) => panic!("publisher task still holds the producer"),
+    }
+    fleet.stop().await;
+}
