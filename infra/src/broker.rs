@@ -1,6 +1,7 @@
 //! The AMQP connection, and keeping credentials out of logs.
 
 use anyhow::Context as _;
+use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::settings::BrokerSettings;
@@ -9,9 +10,17 @@ use crate::settings::BrokerSettings;
 pub async fn connect(broker: &BrokerSettings, role: &str) -> anyhow::Result<Connection> {
     let name = format!("{} {role} pid={}", broker.connection_name, std::process::id());
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(&broker.url, props)
-        .await
-        .with_context(|| format!("connecting to RabbitMQ at {}", broker.redacted_url()))
+    let connecting = if broker.tls_ca_file.as_os_str().is_empty() {
+        // amqps:// URLs use rustls with the system's trusted roots.
+        Connection::connect(&broker.url, props).await
+    } else {
+        let pem = std::fs::read_to_string(&broker.tls_ca_file)
+            .with_context(|| format!("reading broker.tls_ca_file {}", broker.tls_ca_file.display()))?;
+        let tls = OwnedTLSConfig { identity: None, cert_chain: Some(pem) };
+        let runtime = lapin::runtime::default_runtime().context("async runtime for the AMQP connection")?;
+        Connection::connect_with_config(&broker.url, props, tls, runtime).await
+    };
+    connecting.with_context(|| format!("connecting to RabbitMQ at {}", broker.redacted_url()))
 }
 
 /// `amqp://user:secret@host/vhost` becomes `amqp://user:***@host/vhost`; anything that does

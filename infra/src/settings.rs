@@ -43,6 +43,8 @@ pub struct BrokerSettings {
     /// Reconnection backoff: first delay, and the cap (delays double, with full jitter).
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// For `amqps://`: a PEM file of CA certificates to trust instead of the system's.
+    pub tls_ca_file: PathBuf,
 }
 
 impl BrokerSettings {
@@ -60,6 +62,7 @@ impl std::fmt::Debug for BrokerSettings {
             .field("consumer_timeout_ms", &self.consumer_timeout_ms)
             .field("reconnect_min_ms", &self.reconnect_min_ms)
             .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -205,7 +208,7 @@ impl Settings {
 
     fn resolve_paths(&mut self, base: &Path) {
         let m = &mut self.model;
-        for p in [&mut m.path, &mut m.labels_path, &mut m.onnxruntime_path] {
+        for p in [&mut m.path, &mut m.labels_path, &mut m.onnxruntime_path, &mut self.broker.tls_ca_file] {
             if !p.as_os_str().is_empty() && p.is_relative() {
                 *p = base.join(&*p);
             }

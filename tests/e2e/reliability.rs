@@ -384,3 +384,24 @@ async fn a_producer_whose_connection_is_killed_reconnects_and_gets_its_results(v
 fn fault_spec() -> FaultJob {
     FaultJob { transient_failures: 0, panic: false, busy_ms: 0 }
 }
+
+#[rstest]
+#[tokio::test]
+async fn amqps_speaks_tls_and_a_failed_handshake_is_a_clear_error(vhost: Vhost) {
+    // The plain AMQP port cannot complete a TLS handshake: the TLS path must be taken (and fail
+    // with the redacted URL), not fall back to plain text or hang.
+    let mut settings = settings_for(&vhost);
+    settings.broker.url = vhost.amqp_url().replacen("amqp://", "amqps://", 1);
+    let err = tokio::time::timeout(DEADLINE, warren_infra::connect(&settings.broker, "tls-probe"))
+        .await
+        .expect("fails in time")
+        .expect_err("no TLS on the plain port");
+    let message = format!("{err:#}");
+    println!("amqps against a plain port: {message}");
+    assert!(message.contains("amqps://guest:***@"), "{message}");
+    assert!(!message.contains("guest:guest"), "{message}");
+    // A CA file that does not exist is named in the error.
+    settings.broker.tls_ca_file = "/nonexistent/ca.pem".into();
+    let err = warren_infra::connect(&settings.broker, "tls-probe").await.expect_err("missing CA file");
+    assert!(format!("{err:#}").contains("/nonexistent/ca.pem"));
+}
