@@ -76,6 +76,8 @@ pub struct TopologySettings {
     pub dead_letter_exchange: String,
     pub dead_letter_suffix: String,
     pub queue_type: QueueType,
+    /// For quorum work queues: `x-delivery-limit` (0 = none).
+    pub delivery_limit: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

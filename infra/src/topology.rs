@@ -66,6 +66,11 @@ fn queue_args(settings: &Settings, dead_letter_key: Option<&str>) -> FieldTable 
             AMQPValue::LongString(LongString::from(settings.topology.dead_letter_exchange.as_str())),
         );
         args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(key)));
+        let limit = settings.topology.delivery_limit;
+        if settings.topology.queue_type == QueueType::Quorum && limit > 0 {
+            // The broker's own poison guard: past `limit` returns it dead-letters the job.
+            args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(limit)));
+        }
     }
     args
 }

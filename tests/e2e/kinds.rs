@@ -98,3 +98,19 @@ async fn results_without_reply_to_go_to_the_results_queue(vhost: Vhost) {
     producer.close().await;
     fleet.stop().await;
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_with_a_delivery_limit_work_too(vhost: Vhost) {
+    let mut settings = settings_for(&vhost);
+    settings.topology.queue_type = warren_infra::settings::QueueType::Quorum;
+    settings.topology.delivery_limit = 5;
+    let (fleet, producer) = warren_e2e::fleet_and_producer(&settings).await;
+    let ticket = producer
+        .publish(&Job::Checksum(ChecksumJob { data: b"quorum".to_vec(), rounds: 1 }), &warren_e2e::want_result())
+        .await
+        .expect("publish");
+    assert_eq!(ticket.wait(DEADLINE).await.expect("result").status, ResultStatus::Ok);
+    producer.close().await;
+    fleet.stop().await;
+}
