@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 eval "$(scripts/setup.sh --env)"
 cargo build --workspace --bins --locked
-cargo test --workspace --locked "$@"
+# --nocapture: the end-to-end tests print their counts (jobs, results, duplicates, timings).
+cargo test --workspace --locked "$@" -- --nocapture

@@ -77,6 +77,7 @@ pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery
         redelivered = delivery.redelivered,
     );
     let work = async {
+        tracing::debug!("job started");
         if delivery.redelivered && redelivery::intercept(&worker, &served, &delivery).await {
             return;
         }

@@ -104,3 +104,25 @@ async fn sigterm_finishes_in_flight_jobs_and_leaves_the_rest_queued(vhost: Vhost
     assert_eq!(depth(&settings, "warren.fault.dead").await, 0);
     producer.close().await;
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once(vhost: Vhost) {
+    let settings = test_env_settings(&vhost);
+    let env = [("WARREN__CONSUMER__DRAIN_TIMEOUT_MS", "60000"), ("RUST_LOG", "info,warren_consumer=debug,lapin=error")];
+    let consumer = ConsumerProcess::start(&vhost, &env).await;
+    let producer = Producer::connect(settings.clone()).await.expect("producer");
+    producer.publish(&slow_job(20_000), &PublishOptions::default()).await.expect("publish");
+    consumer.wait_for_log("job started").await;
+    let start = std::time::Instant::now();
+    consumer.signal("TERM").await;
+    consumer.wait_for_log("shutdown requested").await;
+    consumer.signal("INT").await;
+    let (code, log) = consumer.wait().await;
+    println!("second signal: exit code {code:?} after {:?} (the running job needed 20 s)", start.elapsed());
+    assert_eq!(code, Some(130), "{log}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(15));
+    // The job was not lost: it is back in the queue.
+    assert_eq!(depth(&settings, "warren.fault").await, 1);
+    producer.close().await;
+}

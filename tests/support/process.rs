@@ -2,9 +2,11 @@
 
 use std::process::Stdio;
 
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
+
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::{DEADLINE, Vhost, bin, repo_root};
@@ -13,6 +15,7 @@ use crate::{DEADLINE, Vhost, bin, repo_root};
 pub struct ConsumerProcess {
     pub child: Child,
     log: JoinHandle<String>,
+    seen: Arc<(Mutex<String>, Notify)>,
 }
 
 impl ConsumerProcess {
@@ -33,26 +36,41 @@ impl ConsumerProcess {
         }
         let mut child = cmd.spawn().expect("start warren-consumer");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let log = tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
-            let mut all = String::new();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("consumer ready")
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(());
+        let seen: Arc<(Mutex<String>, Notify)> = Arc::default();
+        let log = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut all = seen.0.lock().unwrap_or_else(|p| p.into_inner());
+                    all.push_str(&line);
+                    all.push('\n');
+                    drop(all);
+                    seen.1.notify_waiters();
                 }
-                all.push_str(&line);
-                all.push('\n');
+                seen.1.notify_waiters();
+                seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
             }
-            all
         });
-        tokio::time::timeout(DEADLINE, ready_rx)
-            .await
-            .expect("consumer ready in time")
-            .expect("the consumer exited before it was ready");
-        Self { child, log }
+        let process = Self { child, log, seen };
+        process.wait_for_log("consumer ready").await;
+        process
+    }
+
+    /// Waits until the log contains `needle`, or fails the test at the deadline.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let wait = async {
+            loop {
+                let notified = self.seen.1.notified();
+                if self.seen.0.lock().unwrap_or_else(|p| p.into_inner()).contains(needle) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(DEADLINE, wait).await.is_err() {
+            let log = self.seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            panic!("{needle:?} did not appear in the consumer's log:\n{log}");
+        }
     }
 
     pub fn pid(&self) -> String {
