@@ -68,8 +68,13 @@ start_broker() {
   fi
   wait_for "RabbitMQ to boot" 120 rabbitmqctl -q await_startup
   rabbitmq-plugins -q enable rabbitmq_management rabbitmq_prometheus >/dev/null
-  wait_for "the management API on :15672" 120 \
-    curl -fsS -u guest:guest http://127.0.0.1:15672/api/overview
+  # Python rather than curl: one fewer tool a fresh machine must have.
+  wait_for "the management API on :15672" 120 "$PYTHON" -c '
+import base64, urllib.request
+req = urllib.request.Request("http://127.0.0.1:15672/api/overview",
+                             headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+urllib.request.urlopen(req, timeout=5).read()'
+
   wait_for "AMQP on :5672" 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'
   log "RabbitMQ is up (AMQP :5672, management :15672, prometheus :15692)"
 }

@@ -1,14 +1,11 @@
 //! The real binaries: `warren-consumer` serves, `warren-producer` publishes files and waits for
 //! the results, outputs land on disk, exit codes mean what the docs say, SIGTERM exits 0.
 
-use rstest::rstest;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use rstest::rstest;
 use tokio::process::Command;
-use warren_e2e::{DEADLINE, Vhost, bin, repo_root, vhost};
+use warren_e2e::{ConsumerProcess, Vhost, bin, repo_root, vhost};
 
 async fn producer(vhost: &Vhost, args: &[&str]) -> (i32, String) {
     let out = Command::new(bin("warren-producer"))
@@ -29,34 +26,7 @@ async fn producer(vhost: &Vhost, args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_and_producer_binaries_end_to_end(vhost: Vhost) {
     let out_dir = std::env::temp_dir().join(format!("warren-e2e-{}", vhost.name));
-    let mut consumer = Command::new(bin("warren-consumer"))
-        .current_dir(repo_root())
-        .env("WARREN_CONFIG_DIR", repo_root().join("config"))
-        .env("WARREN__BROKER__URL", vhost.amqp_url())
-        .env("WARREN__CONSUMER__POOL_SIZE", "2")
-        .env("RUST_LOG", "info,ort=warn")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start warren-consumer");
-    let mut lines = BufReader::new(consumer.stderr.take().expect("stderr")).lines();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let log = tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        let mut all = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("consumer ready")
-                && let Some(tx) = ready_tx.take()
-            {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    tokio::time::timeout(DEADLINE, ready_rx).await.expect("consumer ready in time").expect("consumer log");
+    let consumer = ConsumerProcess::start(&vhost, &[("WARREN__CONSUMER__POOL_SIZE", "2")]).await;
 
     let out = out_dir.to_str().expect("utf-8 temp dir");
     let (code, stdout) = producer(
@@ -95,12 +65,9 @@ async fn consumer_and_producer_binaries_end_to_end(vhost: Vhost) {
     assert!(stdout.contains("published 50") && stdout.contains("end-to-end latency"), "{stdout}");
 
     // SIGTERM: drains and exits 0.
-    let pid = consumer.id().expect("pid").to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), consumer.wait()).await.expect("exits").expect("status");
-    let log = log.await.expect("log reader");
-    assert_eq!(status.code(), Some(0), "consumer log:\n{log}");
+    consumer.signal("TERM").await;
+    let (code, log) = consumer.wait().await;
+    assert_eq!(code, Some(0), "consumer log:\n{log}");
     assert!(log.contains("stopped"), "{log}");
     assert!(!log.contains("guest:guest"), "credentials must not be logged:\n{log}");
     let _ = std::fs::remove_dir_all(&out_dir);

@@ -79,7 +79,9 @@ impl ConsumerProcess {
 
     /// Sends a signal (`TERM`, `KILL`, ...) with kill(1).
     pub async fn signal(&self, name: &str) {
-        let status = Command::new("kill").args([format!("-{name}"), self.pid()]).status().await.expect("kill");
+        // bash's builtin kill: no procps needed.
+        let script = format!("kill -{name} {}", self.pid());
+        let status = Command::new("bash").args(["-c", &script]).status().await.expect("kill");
         assert!(status.success(), "kill -{name}");
     }
 
