@@ -1,5 +1,6 @@
-//! Declares Warren's exchanges, queues and bindings from configuration. Idempotent: every
-//! declaration matches what an earlier run made, so any process may run it at start-up.
+//! Warren's exchanges, queues and bindings, computed from configuration as a [`Plan`] and
+//! declared idempotently: every declaration matches what an earlier run made, so any process
+//! may run it at start-up, and `warrenctl topology diff` compares the same plan with the broker.
 //!
 //! ```text
 //! jobs exchange (topic) --kind--> <queue>          (x-dead-letter-exchange = DLX, key = <queue>)
@@ -13,40 +14,90 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::settings::{QueueType, Route, Settings};
+use crate::settings::{QueueType, Settings};
 
-pub async fn declare(channel: &Channel, settings: &Settings) -> anyhow::Result<()> {
-    let t = &settings.topology;
-    exchange(channel, &t.jobs_exchange, ExchangeKind::Topic).await?;
-    exchange(channel, &t.results_exchange, ExchangeKind::Topic).await?;
-    exchange(channel, &t.dead_letter_exchange, ExchangeKind::Direct).await?;
-    if !t.results_queue.is_empty() {
-        queue(channel, &t.results_queue, queue_args(settings, None)).await?;
-        bind(channel, &t.results_queue, &t.results_exchange, "#").await?;
-    }
-    for route in &settings.routes {
-        declare_route(channel, settings, route).await?;
-    }
-    Ok(())
+/// Everything Warren declares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// (name, type: "topic" or "direct")
+    pub exchanges: Vec<(String, &'static str)>,
+    /// (name, arguments)
+    pub queues: Vec<(String, FieldTable)>,
+    /// (queue, exchange, routing key)
+    pub bindings: Vec<(String, String, String)>,
 }
 
-async fn declare_route(channel: &Channel, settings: &Settings, route: &Route) -> anyhow::Result<()> {
-    let t = &settings.topology;
-    let dead = settings.dead_queue(&route.queue);
-    queue(channel, &dead, queue_args(settings, None)).await?;
-    bind(channel, &dead, &t.dead_letter_exchange, &route.queue).await?;
-    queue(channel, &route.queue, queue_args(settings, Some(&route.queue))).await?;
-    bind(channel, &route.queue, &t.jobs_exchange, &route.kind).await?;
-    // One delay queue per backoff tier. Nothing consumes them: a job waits out its per-message
-    // TTL there and the broker dead-letters it through the default exchange back to the work
-    // queue. The per-message TTLs within a tier differ only by jitter, so a job at the head
-    // delays those behind it by at most the jitter band.
-    for delay in settings.retry_policy(route).tiers() {
-        let name = settings.retry_queue(&route.queue, delay);
-        let mut args = queue_args(settings, None);
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
-        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(route.queue.as_str())));
-        queue(channel, &name, args).await?;
+impl Plan {
+    pub fn from_settings(settings: &Settings) -> Self {
+        let t = &settings.topology;
+        let mut plan = Plan {
+            exchanges: vec![
+                (t.jobs_exchange.clone(), "topic"),
+                (t.results_exchange.clone(), "topic"),
+                (t.dead_letter_exchange.clone(), "direct"),
+            ],
+            queues: Vec::new(),
+            bindings: Vec::new(),
+        };
+        if !t.results_queue.is_empty() {
+            plan.queues.push((t.results_queue.clone(), queue_args(settings, None)));
+            plan.bindings.push((t.results_queue.clone(), t.results_exchange.clone(), "#".into()));
+        }
+        for route in &settings.routes {
+            let dead = settings.dead_queue(&route.queue);
+            plan.queues.push((dead.clone(), queue_args(settings, None)));
+            plan.bindings.push((dead, t.dead_letter_exchange.clone(), route.queue.clone()));
+            plan.queues.push((route.queue.clone(), queue_args(settings, Some(&route.queue))));
+            plan.bindings.push((route.queue.clone(), t.jobs_exchange.clone(), route.kind.clone()));
+            // One delay queue per backoff tier. Nothing consumes them: a job waits out its
+            // per-message TTL there and the broker dead-letters it through the default exchange
+            // back to the work queue. The per-message TTLs within a tier differ only by jitter,
+            // so a job at the head delays those behind it by at most the jitter band.
+            for delay in settings.retry_policy(route).tiers() {
+                let mut args = queue_args(settings, None);
+                args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
+                args.insert(
+                    "x-dead-letter-routing-key".into(),
+                    AMQPValue::LongString(LongString::from(route.queue.as_str())),
+                );
+                plan.queues.push((settings.retry_queue(&route.queue, delay), args));
+            }
+        }
+        plan
+    }
+}
+
+pub async fn declare(channel: &Channel, settings: &Settings) -> anyhow::Result<()> {
+    let plan = Plan::from_settings(settings);
+    for (name, kind) in &plan.exchanges {
+        let kind = if *kind == "direct" { ExchangeKind::Direct } else { ExchangeKind::Topic };
+        channel
+            .exchange_declare(
+                ShortString::from(name.as_str()),
+                kind,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("declare exchange {name}"))?;
+    }
+    for (name, args) in &plan.queues {
+        channel
+            .queue_declare(ShortString::from(name.as_str()), QueueDeclareOptions::durable(), args.clone())
+            .await
+            .with_context(|| format!("declare queue {name}"))?;
+    }
+    for (queue, exchange, key) in &plan.bindings {
+        channel
+            .queue_bind(
+                ShortString::from(queue.as_str()),
+                ShortString::from(exchange.as_str()),
+                ShortString::from(key.as_str()),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("bind queue {queue} to exchange {exchange} with key {key:?}"))?;
     }
     Ok(())
 }
@@ -73,37 +124,4 @@ fn queue_args(settings: &Settings, dead_letter_key: Option<&str>) -> FieldTable 
         }
     }
     args
-}
-
-async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> anyhow::Result<()> {
-    channel
-        .exchange_declare(
-            ShortString::from(name),
-            kind,
-            ExchangeDeclareOptions { durable: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("declare exchange {name}"))
-}
-
-async fn queue(channel: &Channel, name: &str, args: FieldTable) -> anyhow::Result<()> {
-    channel
-        .queue_declare(ShortString::from(name), QueueDeclareOptions::durable(), args)
-        .await
-        .with_context(|| format!("declare queue {name}"))?;
-    Ok(())
-}
-
-async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> anyhow::Result<()> {
-    channel
-        .queue_bind(
-            ShortString::from(queue),
-            ShortString::from(exchange),
-            ShortString::from(key),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("bind queue {queue} to exchange {exchange} with key {key:?}"))
 }

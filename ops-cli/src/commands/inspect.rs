@@ -1,0 +1,150 @@
+//! `status` and `queues`: read-only views from the management API. Its statistics are sampled
+//! by the broker every few seconds, so rates and depths here lag the queues by that much.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::context::Ctx;
+use crate::errors::Result;
+use crate::output;
+
+#[derive(Debug, Clone, Default)]
+struct Row {
+    name: String,
+    ready: u64,
+    unacked: u64,
+    consumers: u64,
+    publish_rate: Option<f64>,
+    deliver_rate: Option<f64>,
+    ack_rate: Option<f64>,
+    oldest_age_s: Option<f64>,
+}
+
+impl Row {
+    fn from_json(q: &Value) -> Self {
+        let rate = |key: &str| q["message_stats"][key]["rate"].as_f64();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        Self {
+            name: q["name"].as_str().unwrap_or_default().to_owned(),
+            ready: q["messages_ready"].as_u64().unwrap_or(0),
+            unacked: q["messages_unacknowledged"].as_u64().unwrap_or(0),
+            consumers: q["consumers"].as_u64().unwrap_or(0),
+            publish_rate: rate("publish_details"),
+            deliver_rate: rate("deliver_get_details"),
+            ack_rate: rate("ack_details"),
+            // The timestamp property of the message at the head, in seconds (Warren sets it).
+            oldest_age_s: q["head_message_timestamp"].as_f64().map(|ts| (now - ts).max(0.0)),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "queue": self.name, "ready": self.ready, "unacked": self.unacked, "consumers": self.consumers,
+            "publish_rate": self.publish_rate, "deliver_rate": self.deliver_rate, "ack_rate": self.ack_rate,
+            "oldest_age_s": self.oldest_age_s,
+        })
+    }
+}
+
+pub fn status(ctx: &Ctx) -> Result<()> {
+    let mut out = Vec::new();
+    for route in &ctx.settings.routes {
+        let Some(q) = ctx.mgmt.queue(&ctx.vhost, &route.queue)? else {
+            out.push(json!({"kind": route.kind, "queue": route.queue, "missing": true}));
+            continue;
+        };
+        let row = Row::from_json(&q);
+        let dead = ctx.mgmt.queue(&ctx.vhost, &ctx.settings.dead_queue(&route.queue))?;
+        let dead = dead.map(|d| d["messages"].as_u64().unwrap_or(0)).unwrap_or(0);
+        let retrying: u64 = ctx
+            .settings
+            .retry_policy(route)
+            .tiers()
+            .into_iter()
+            .filter_map(|t| ctx.mgmt.queue(&ctx.vhost, &ctx.settings.retry_queue(&route.queue, t)).ok().flatten())
+            .map(|q| q["messages"].as_u64().unwrap_or(0))
+            .sum();
+        // Time to empty the backlog at the current completion rate.
+        let drain_s = match (row.ready, row.ack_rate) {
+            (0, _) => Some(0.0),
+            (n, Some(r)) if r > 0.0 => Some(n as f64 / r),
+            _ => None,
+        };
+        let mut v = row.json();
+        v["kind"] = json!(route.kind);
+        v["dead_letters"] = json!(dead);
+        v["retrying"] = json!(retrying);
+        v["drain_estimate_s"] = json!(drain_s);
+        out.push(v);
+    }
+    if ctx.json {
+        output::json(&json!({"vhost": ctx.vhost, "queues": out}));
+        return Ok(());
+    }
+    let rows = out
+        .iter()
+        .map(|v| {
+            if v["missing"].as_bool() == Some(true) {
+                let mut r = vec![
+                    v["kind"].as_str().unwrap_or_default().to_owned(),
+                    v["queue"].as_str().unwrap_or_default().to_owned(),
+                ];
+                r.extend(std::iter::repeat_n("missing".to_owned(), 1).chain(std::iter::repeat_n(String::new(), 8)));
+                return r;
+            }
+            vec![
+                v["kind"].as_str().unwrap_or_default().to_owned(),
+                v["queue"].as_str().unwrap_or_default().to_owned(),
+                v["ready"].to_string(),
+                v["unacked"].to_string(),
+                v["consumers"].to_string(),
+                output::rate(v["publish_rate"].as_f64()),
+                output::rate(v["ack_rate"].as_f64()),
+                output::duration_s(v["oldest_age_s"].as_f64()),
+                v["retrying"].to_string(),
+                v["dead_letters"].to_string(),
+                output::duration_s(v["drain_estimate_s"].as_f64()),
+            ]
+        })
+        .collect();
+    output::table(
+        &["kind", "queue", "ready", "unacked", "consumers", "in/s", "done/s", "oldest", "retrying", "dead", "drain"],
+        rows,
+    );
+    Ok(())
+}
+
+pub fn queues(ctx: &Ctx, all: bool) -> Result<()> {
+    let wanted = ctx.warren_queues();
+    let mut rows: Vec<Row> = ctx
+        .mgmt
+        .queues(&ctx.vhost)?
+        .iter()
+        .map(Row::from_json)
+        .filter(|r| {
+            all || wanted.contains(&r.name) || wanted.iter().any(|w| r.name.starts_with(&format!("{w}.retry.")))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    if ctx.json {
+        output::json(&Value::from(rows.iter().map(Row::json).collect::<Vec<_>>()));
+        return Ok(());
+    }
+    let table = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.ready.to_string(),
+                r.unacked.to_string(),
+                r.consumers.to_string(),
+                output::rate(r.publish_rate),
+                output::rate(r.deliver_rate),
+                output::duration_s(r.oldest_age_s),
+            ]
+        })
+        .collect();
+    output::table(&["queue", "ready", "unacked", "consumers", "in/s", "out/s", "oldest"], table);
+    Ok(())
+}

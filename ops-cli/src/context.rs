@@ -1,0 +1,55 @@
+//! Where warrenctl talks to, from flags, environment variables and the Warren configuration:
+//! the AMQP URL (and from it the vhost and default management credentials), the management API.
+
+use std::path::PathBuf;
+
+use lapin::uri::AMQPUri;
+use warren_infra::Settings;
+
+use crate::cli::Global;
+use crate::errors::{CtlError, Result};
+use crate::mgmt::Mgmt;
+
+#[derive(Debug)]
+pub struct Ctx {
+    pub settings: Settings,
+    pub vhost: String,
+    pub mgmt: Mgmt,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub fn from_global(g: &Global) -> Result<Self> {
+        let dir = g.config_dir.clone().unwrap_or_else(|| PathBuf::from("config"));
+        let mut settings = Settings::load(&dir).map_err(|e| CtlError::Config(format!("{e:#}")))?;
+        if let Some(url) = &g.url {
+            settings.broker.url = url.clone();
+        }
+        let uri: AMQPUri = settings
+            .broker
+            .url
+            .parse()
+            .map_err(|e| CtlError::Config(format!("bad AMQP URL {}: {e}", settings.broker.redacted_url())))?;
+        let user = g.mgmt_user.clone().unwrap_or_else(|| uri.authority.userinfo.username.clone());
+        let password = g.mgmt_password.clone().unwrap_or_else(|| uri.authority.userinfo.password.clone());
+        let mgmt_url = g.mgmt_url.clone().unwrap_or_else(|| format!("http://{}:15672", uri.authority.host));
+        Ok(Self { vhost: uri.vhost.clone(), mgmt: Mgmt::new(&mgmt_url, &user, &password), settings, json: g.json })
+    }
+
+    pub async fn connect(&self) -> Result<lapin::Connection> {
+        Ok(warren_infra::connect(&self.settings.broker, "warrenctl").await?)
+    }
+
+    /// Warren's work queues and their dead-letter queues, from the configuration.
+    pub fn warren_queues(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.settings.routes {
+            out.push(r.queue.clone());
+            out.push(self.settings.dead_queue(&r.queue));
+        }
+        if !self.settings.topology.results_queue.is_empty() {
+            out.push(self.settings.topology.results_queue.clone());
+        }
+        out
+    }
+}

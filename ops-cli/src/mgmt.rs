@@ -1,0 +1,76 @@
+//! A small client for RabbitMQ's management HTTP API (port 15672): only the calls warrenctl
+//! needs, with errors that name the URL (never the password).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::errors::{CtlError, Result};
+
+#[derive(Debug, Clone)]
+pub struct Mgmt {
+    base: String,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+impl Mgmt {
+    pub fn new(base: &str, user: &str, password: &str) -> Self {
+        let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self { base: base.trim_end_matches('/').to_owned(), auth, agent }
+    }
+
+    fn get(&self, path: &str) -> Result<Option<Value>> {
+        let url = format!("{}{path}", self.base);
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("Authorization", &self.auth)
+            .call()
+            .map_err(|e| CtlError::Management(format!("GET {url}: {e} (is the management plugin enabled?)")))?;
+        match resp.status().as_u16() {
+            200 => resp.body_mut().read_json().map(Some).map_err(|e| CtlError::Management(format!("GET {url}: {e}"))),
+            404 => Ok(None),
+            401 => {
+                Err(CtlError::Management(format!("GET {url}: 401 unauthorized (check --mgmt-user/--mgmt-password)")))
+            }
+            code => Err(CtlError::Management(format!("GET {url}: HTTP {code}"))),
+        }
+    }
+
+    /// Every queue of `vhost`, with statistics.
+    pub fn queues(&self, vhost: &str) -> Result<Vec<Value>> {
+        let v = self.get(&format!("/api/queues/{}", enc(vhost)))?;
+        let v = v.ok_or_else(|| CtlError::Config(format!("vhost {vhost:?} not found")))?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    pub fn queue(&self, vhost: &str, name: &str) -> Result<Option<Value>> {
+        self.get(&format!("/api/queues/{}/{}", enc(vhost), enc(name)))
+    }
+
+    pub fn exchanges(&self, vhost: &str) -> Result<Vec<Value>> {
+        Ok(self.get(&format!("/api/exchanges/{}", enc(vhost)))?.and_then(|v| v.as_array().cloned()).unwrap_or_default())
+    }
+
+    pub fn bindings(&self, vhost: &str) -> Result<Vec<Value>> {
+        Ok(self.get(&format!("/api/bindings/{}", enc(vhost)))?.and_then(|v| v.as_array().cloned()).unwrap_or_default())
+    }
+}
+
+/// Percent-encodes a path segment (vhost "/" is "%2F").
+pub fn enc(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
