@@ -9,3 +9,4 @@ mod kinds;
 mod pool;
 mod python_contract;
 mod reliability;
+mod warrenctl;
