@@ -127,6 +127,14 @@ async fn replay_brings_real_dead_letters_back_and_the_fixed_consumer_completes_t
     assert_eq!(plan["replayed"], 3);
     assert_eq!(plan["plan"][0]["to"], "warren.jobs/image.resize");
     assert_eq!(depth(&settings, "warren.image.resize.dead").await, 3, "a dry run changes nothing");
+    let (code, out, _) = ctl(
+        &vhost,
+        &["--json", "replay", "warren.image.resize.dead", "--dry-run", "--limit", "1", "--to", "elsewhere/key"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let plan = json(&out);
+    assert_eq!((plan["replayed"].as_u64(), plan["plan"][0]["to"].as_str()), (Some(1), Some("elsewhere/key")));
 
     let (code, out, _) =
         ctl(&vhost, &["replay", "warren.image.resize.dead", "--filter", "reason=attempts_exhausted"]).await;

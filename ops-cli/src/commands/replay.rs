@@ -229,3 +229,42 @@ fn provenance(headers: Option<&FieldTable>, dead_queue: &str, now_ms: u64) -> Fi
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::AMQPValue;
+
+    #[test]
+    fn filters_parse_and_refuse_nonsense() {
+        let f = Filter::parse(Some("reason=permanent_error, kind=image.resize,since=1700000000000")).expect("parses");
+        assert_eq!(f.reason.as_deref(), Some("permanent_error"));
+        assert_eq!(f.kind.as_deref(), Some("image.resize"));
+        assert_eq!(f.since_ms, Some(1_700_000_000_000));
+        assert!(Filter::parse(Some("colour=red")).is_err());
+        assert!(Filter::parse(Some("reason")).is_err());
+        assert!(Filter::parse(Some("since=yesterday-ish")).is_err());
+        let rfc = Filter::parse(Some("since=2026-11-21T10:00:00Z")).expect("rfc 3339");
+        assert_eq!(rfc.since_ms, Some(1_795_255_200_000));
+    }
+
+    #[test]
+    fn a_replayed_job_starts_afresh_with_provenance() {
+        let mut headers = FieldTable::default();
+        fields::set_u64(&mut headers, h::ATTEMPT, 4);
+        fields::set_str(&mut headers, h::DEAD_REASON, "attempts_exhausted");
+        fields::set_str(&mut headers, h::ERROR_TYPE, "timeout");
+        fields::set_str(&mut headers, h::TRACEPARENT, "00-abc-def-01");
+        headers.insert("x-death".into(), AMQPValue::Boolean(true));
+        let out = provenance(Some(&headers), "q.dead", 42);
+        let get = |n| fields::get_str(Some(&out), n);
+        assert_eq!(fields::get_u64(Some(&out), h::ATTEMPT), Some(0));
+        assert_eq!((get(h::DEAD_REASON), get(h::ERROR_TYPE)), (None, None));
+        assert!(fields::get(Some(&out), "x-death").is_none());
+        assert_eq!(get(h::TRACEPARENT).as_deref(), Some("00-abc-def-01"));
+        assert_eq!(get(REPLAYED_FROM).as_deref(), Some("q.dead"));
+        assert_eq!(get(REPLAYED_REASON).as_deref(), Some("attempts_exhausted"));
+        assert_eq!(fields::get_u64(Some(&out), REPLAY_COUNT), Some(1));
+        assert_eq!(fields::get_u64(Some(&provenance(Some(&out), "q.dead", 43)), REPLAY_COUNT), Some(2));
+    }
+}
