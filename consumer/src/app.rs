@@ -24,6 +24,7 @@ use warren_infra::backoff::Backoff;
 use warren_infra::settings::Route;
 
 use crate::handler::{Served, handle};
+use crate::metrics::Metrics;
 use crate::onnx::OrtClassifier;
 use crate::pool::WorkerPool;
 use crate::session::{Session, Shared};
@@ -51,6 +52,7 @@ pub struct Application {
     shared: Shared,
     session: Session,
     health: Arc<Health>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Application {
@@ -67,7 +69,8 @@ impl Application {
         let routes = settings.consumer_routes();
         anyhow::ensure!(!routes.is_empty(), "no routes to consume: check [[routes]] and consumer.kinds");
         let kinds = routes.iter().map(|r| JobKind::parse(&r.kind)).collect::<Result<Vec<_>, _>>()?;
-        let pool = WorkerPool::new(settings.consumer.pool_size);
+        let metrics = Arc::new(Metrics::new());
+        let pool = WorkerPool::new(settings.consumer.pool_size).with_gauge(metrics.in_flight_gauge());
         let prefetch = match settings.consumer.prefetch {
             0 => u16::try_from(pool.size()).unwrap_or(u16::MAX),
             n => n,
@@ -78,9 +81,12 @@ impl Application {
         // so a model problem stops start-up with the reason instead.
         let classifier: Option<Arc<dyn Classifier>> = if kinds.contains(&JobKind::MlClassify) {
             let model = settings.model.clone();
-            let loaded = tokio::task::spawn_blocking(move || OrtClassifier::load(&model))
+            let histogram = metrics.inference_histogram(&model.name);
+            let started = std::time::Instant::now();
+            let loaded = tokio::task::spawn_blocking(move || OrtClassifier::load(&model, Some(histogram)))
                 .await
                 .context("model loader thread")??;
+            metrics.model_loaded(started.elapsed());
             Some(Arc::new(loaded))
         } else {
             None
@@ -96,8 +102,26 @@ impl Application {
             })
             .collect();
         let worker_id = worker_id(&settings.consumer.worker_id);
-        let shared = Shared { settings: settings.clone(), pool, classifier, worker_id, kinds, served, prefetch };
+        metrics.configured(pool.size(), prefetch, &routes.iter().map(|r| r.queue.clone()).collect::<Vec<_>>());
+        let shared = Shared {
+            settings: settings.clone(),
+            pool,
+            classifier,
+            worker_id,
+            kinds,
+            served,
+            prefetch,
+            metrics: metrics.clone(),
+        };
         let session = Session::open(&shared).await?;
+        let health: Arc<Health> = Arc::default();
+        let metrics_addr = match settings.telemetry.metrics_addr.as_str() {
+            "" => None,
+            addr => {
+                let probe = health.clone();
+                Some(warren_infra::serve::spawn(addr, metrics.registry.clone(), move || probe.is_ready()).await?)
+            }
+        };
         tracing::info!(
             broker = %settings.broker.redacted_url(),
             queues = ?routes.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>(),
@@ -106,7 +130,7 @@ impl Application {
             worker_id = %shared.worker_id,
             "consumer ready"
         );
-        Ok(Self { shared, session, health: Arc::default() })
+        Ok(Self { shared, session, health, metrics_addr })
     }
 
     pub fn pool_size(&self) -> usize {
@@ -125,11 +149,16 @@ impl Application {
         self.health.clone()
     }
 
+    /// Where /metrics, /healthz and /readyz are served, if they are.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
     /// Consumes until `shutdown` resolves, then drains and closes. A lost connection is
     /// re-established with capped, jittered backoff, the topology re-declared and consuming
     /// resumed, for as long as it takes.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { shared, session, health } = self;
+        let Self { shared, session, health, .. } = self;
         let broker = &shared.settings.broker;
         let mut backoff = Backoff::new(
             Duration::from_millis(broker.reconnect_min_ms),
@@ -145,6 +174,7 @@ impl Application {
                 None => match reconnect(&shared, &mut backoff, &mut shutdown).await {
                     Some(s) => {
                         health.reconnects.fetch_add(1, Ordering::AcqRel);
+                        shared.metrics.connection(true, true);
                         tracing::info!("reconnected; consuming again");
                         s
                     }
@@ -152,8 +182,10 @@ impl Application {
                 },
             };
             health.ready.store(true, Ordering::Release);
+            shared.metrics.connection(true, false);
             let lost = consume(&session, &tracker, &stop, &mut shutdown).await;
             health.ready.store(false, Ordering::Release);
+            shared.metrics.connection(false, false);
             match lost {
                 None => {
                     drain(&shared, &session, &tracker, &stop).await;

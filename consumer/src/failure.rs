@@ -14,6 +14,7 @@ use warren_common::{ErrorClass, JobError};
 use warren_infra::{PublishError, fields};
 
 use crate::handler::{Served, Worker};
+use crate::metrics::publish_outcome;
 use crate::pool::now_us;
 
 /// The longest error message kept in a header; the rest is cut (headers are not for essays).
@@ -61,7 +62,9 @@ pub async fn dispose(
             .with_delivery_mode(2)
             .with_expiration(ttl.as_millis().max(1).to_string().into());
         let queue = worker.settings.retry_queue(&served.queue, nominal);
-        worker.publisher.publish("", &queue, &delivery.data, props, true).await?;
+        let published = worker.publisher.publish("", &queue, &delivery.data, props, true).await;
+        worker.metrics.published("retry", publish_outcome(&published));
+        published?;
         tracing::info!(next_attempt = next, delay_ms = ttl.as_millis() as u64, error = %error, "transient failure; retrying later");
         return Ok(Disposition::Retried);
     }
@@ -70,7 +73,9 @@ pub async fn dispose(
     fields::set_str(&mut headers, h::DEAD_REASON, reason(error));
     let props: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
     let dlx = &worker.settings.topology.dead_letter_exchange;
-    worker.publisher.publish(dlx, &served.queue, &delivery.data, props, true).await?;
+    let published = worker.publisher.publish(dlx, &served.queue, &delivery.data, props, true).await;
+    worker.metrics.published("dead_letter", publish_outcome(&published));
+    published?;
     tracing::warn!(
         reason = reason(error),
         error_type = error.error_type(),

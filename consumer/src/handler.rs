@@ -21,6 +21,7 @@ use warren_common::{Encoding, Job, JobEnvelope, JobError, JobKind, JobResult, Ti
 use warren_infra::{PublishError, Publisher, Settings, fields};
 
 use crate::failure::{self, Disposition};
+use crate::metrics::{Metrics, Outcome, publish_outcome};
 use crate::pool::{WorkerPool, now_us};
 use crate::redelivery;
 
@@ -33,6 +34,7 @@ pub struct Worker {
     pub worker_id: String,
     /// Job kinds this worker runs.
     pub kinds: Vec<JobKind>,
+    pub metrics: Arc<Metrics>,
     /// Cancelled by a handler whose publish failed because the channel or connection is gone:
     /// the session must be replaced, not used to nack every job that follows.
     pub lost: CancellationToken,
@@ -99,6 +101,7 @@ async fn process(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, job
             let kind = job.kind().as_str().to_owned();
             tracing::Span::current().record("kind", kind.as_str());
             let (settings, classifier) = (worker.settings.clone(), worker.classifier.clone());
+            worker.metrics.job_received(&served.queue, &kind);
             let (outcome, timing) = worker
                 .pool
                 .run(served.time_limit, settings.consumer.retry_timeouts, move || {
@@ -106,6 +109,10 @@ async fn process(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, job
                     job::run(&job, services)
                 })
                 .await;
+            let published_us = published_at_us(delivery);
+            let queued_for = published_us.map(|p| Duration::from_micros(timing.started_at_us.saturating_sub(p)));
+            let ran_for = Duration::from_micros(timing.finished_at_us.saturating_sub(timing.started_at_us));
+            worker.metrics.job_ran(&served.queue, &kind, queued_for, ran_for, worker.pool.abandoned());
             (outcome, timing, kind)
         }
         Err(e) => {
@@ -113,6 +120,7 @@ async fn process(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, job
             let kind = encoding
                 .and_then(|enc| JobEnvelope::peek_kind(&delivery.data, enc))
                 .unwrap_or_else(|| "unknown".to_owned());
+            worker.metrics.job_received(&served.queue, kind_label(&kind));
             (Err(e), Timing { started_at_us: now, finished_at_us: now }, kind)
         }
     };
@@ -120,21 +128,28 @@ async fn process(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, job
     let encoding = encoding.unwrap_or(Encoding::Json);
     match outcome {
         Ok(output) => {
-            let result = JobResult::ok(job_id, kind, output, attempt, worker.worker_id.clone(), timing);
+            let result = JobResult::ok(job_id, kind.clone(), output, attempt, worker.worker_id.clone(), timing);
+            let settled = |outcome| {
+                let since = published_at_us(delivery).map(|p| Duration::from_micros(now_us().saturating_sub(p)));
+                worker.metrics.job_settled(&served.queue, &kind, outcome, since);
+            };
             match publish_result(worker, delivery, &result, encoding).await {
                 Ok(()) => {
                     tracing::info!(run_ms = (timing.finished_at_us - timing.started_at_us) / 1000, "job done");
                     ack(delivery).await;
+                    settled(Outcome::Ok);
                 }
                 Err(e @ PublishError::Unroutable { .. }) => {
                     // The job is done; nobody is listening for its result (a requester that
                     // went away, or no results queue). Redoing the job would not change that.
                     tracing::warn!(error = %e, "result unroutable; dropping the result of a finished job");
                     ack(delivery).await;
+                    settled(Outcome::Ok);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "result not confirmed; handing the job back to the broker");
                     nack_requeue(delivery).await;
+                    settled(Outcome::Requeued);
                 }
             }
         }
@@ -180,14 +195,21 @@ pub(crate) async fn fail(
     timing: Timing,
     encoding: Encoding,
 ) {
+    let label = kind_label(&kind);
+    worker.metrics.job_failed(&served.queue, label, error.error_type());
     match failure::dispose(worker, served, delivery, error, attempt).await {
         Err(e) => {
             worker.observe(&e);
             tracing::error!(error = %e, "retry or dead letter not confirmed; handing the job back to the broker");
             nack_requeue(delivery).await;
+            worker.metrics.job_settled(&served.queue, label, Outcome::Requeued, None);
         }
-        Ok(Disposition::Retried) => ack(delivery).await,
+        Ok(Disposition::Retried) => {
+            ack(delivery).await;
+            worker.metrics.job_settled(&served.queue, label, Outcome::Retried, None);
+        }
         Ok(Disposition::DeadLettered) => {
+            worker.metrics.job_settled(&served.queue, label, Outcome::DeadLettered, None);
             if delivery.properties.reply_to().is_some() {
                 let result = JobResult::failed(job_id, kind, error, attempt, worker.worker_id.clone(), timing);
                 if let Err(e) = publish_result(worker, delivery, &result, encoding).await {
@@ -234,10 +256,21 @@ async fn publish_result(
         None => (worker.settings.topology.results_exchange.as_str(), result.kind.as_str()),
     };
     let published = worker.publisher.publish(exchange, routing_key, &body, props, true).await;
+    worker.metrics.published("result", publish_outcome(&published));
     if let Err(e) = &published {
         worker.observe(e);
     }
     published
+}
+
+/// The job's `timestamp` property (seconds) in microseconds, when it has one.
+fn published_at_us(delivery: &Delivery) -> Option<u64> {
+    delivery.properties.timestamp().map(|s| s.saturating_mul(1_000_000))
+}
+
+/// A kind for metric labels: a known kind, or "unknown" (never a string from a message).
+pub(crate) fn kind_label(kind: &str) -> &'static str {
+    JobKind::parse(kind).map(JobKind::as_str).unwrap_or("unknown")
 }
 
 pub(crate) async fn ack(delivery: &Delivery) {

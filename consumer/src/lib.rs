@@ -5,6 +5,7 @@
 pub mod app;
 pub mod failure;
 pub mod handler;
+pub mod metrics;
 pub mod onnx;
 pub mod pool;
 pub mod redelivery;

@@ -28,11 +28,12 @@ pub struct OrtClassifier {
     output_name: String,
     sessions: Mutex<Vec<Session>>,
     returned: Condvar,
+    inference_seconds: Option<prometheus::Histogram>,
 }
 
 impl OrtClassifier {
     /// Loads ONNX Runtime and the model; blocking (file I/O and graph optimisation).
-    pub fn load(settings: &ModelSettings) -> anyhow::Result<Self> {
+    pub fn load(settings: &ModelSettings, inference_seconds: Option<prometheus::Histogram>) -> anyhow::Result<Self> {
         let env = environment(&settings.onnxruntime_path)?;
         let labels = std::fs::read_to_string(&settings.labels_path)
             .with_context(|| format!("reading model labels {}", settings.labels_path.display()))?
@@ -99,7 +100,14 @@ impl OrtClassifier {
         let (input_name, output_name) = (input.name().to_owned(), output.name().to_owned());
         tracing::info!(model = %spec.name, path = %settings.path.display(), ?input_type, channels, height = spec.height,
             width = spec.width, labels = spec.labels.len(), sessions = sessions.len(), "model loaded");
-        Ok(Self { spec, input_name, output_name, sessions: Mutex::new(sessions), returned: Condvar::new() })
+        Ok(Self {
+            spec,
+            input_name,
+            output_name,
+            sessions: Mutex::new(sessions),
+            returned: Condvar::new(),
+            inference_seconds,
+        })
     }
 
     fn checkout(&self) -> Session {
@@ -139,7 +147,9 @@ impl Classifier for OrtClassifier {
 
     fn infer(&self, input: InputTensor) -> Result<Array2<f32>, JobError> {
         let mut session = self.checkout();
+        let timer = self.inference_seconds.as_ref().map(|h| h.start_timer());
         let result = self.run(&mut session, &input);
+        drop(timer);
         self.checkin(session);
         result.map_err(|e| JobError::Inference(e.to_string()))
     }

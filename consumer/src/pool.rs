@@ -21,13 +21,20 @@ pub struct WorkerPool {
     permits: Arc<Semaphore>,
     size: usize,
     abandoned: Arc<AtomicUsize>,
+    running: Option<prometheus::IntGauge>,
 }
 
 impl WorkerPool {
     /// A pool of `size` slots; 0 means one per available core.
     pub fn new(size: usize) -> Self {
         let size = if size == 0 { std::thread::available_parallelism().map(usize::from).unwrap_or(1) } else { size };
-        Self { permits: Arc::new(Semaphore::new(size)), size, abandoned: Arc::default() }
+        Self { permits: Arc::new(Semaphore::new(size)), size, abandoned: Arc::default(), running: None }
+    }
+
+    /// Keeps `gauge` equal to the jobs holding a slot.
+    pub fn with_gauge(mut self, gauge: prometheus::IntGauge) -> Self {
+        self.running = Some(gauge);
+        self
     }
 
     pub fn size(&self) -> usize {
@@ -58,6 +65,7 @@ impl WorkerPool {
         let Ok(_permit) = self.permits.clone().acquire_owned().await else {
             return (Err(JobError::ModelUnavailable("worker pool closed".into())), Timing::default());
         };
+        let _running = self.running.as_ref().map(GaugeGuard::new);
         let span = Span::current();
         // RUNNING -> GIVEN_UP (the limit passed first) or RUNNING -> FINISHED; whoever moves
         // second knows the other's move happened, so the abandoned count is exact.
@@ -94,6 +102,22 @@ impl WorkerPool {
                 )
             }
         }
+    }
+}
+
+/// Holds a gauge one higher for as long as it lives.
+struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn new(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

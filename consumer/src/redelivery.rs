@@ -18,6 +18,7 @@ pub async fn intercept(worker: &Worker, served: &Served, delivery: &Delivery) ->
     let props = &delivery.properties;
     let returns = fields::get_u64(props.headers().as_ref(), h::REDELIVERIES).unwrap_or(0) + 1;
     let returns = u32::try_from(returns).unwrap_or(u32::MAX);
+    worker.metrics.redelivered(&served.queue);
     let attempt = fields::get_u64(props.headers().as_ref(), h::ATTEMPT).unwrap_or(0);
     let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
     if returns > worker.settings.consumer.max_redeliveries {
@@ -38,7 +39,9 @@ pub async fn intercept(worker: &Worker, served: &Served, delivery: &Delivery) ->
         fields::set_str(&mut headers, h::ORIGINAL_ROUTING_KEY, delivery.routing_key.as_str());
     }
     let copy = props.clone().with_headers(headers).with_delivery_mode(2);
-    match worker.publisher.publish("", &served.queue, &delivery.data, copy, true).await {
+    let published = worker.publisher.publish("", &served.queue, &delivery.data, copy, true).await;
+    worker.metrics.published("requeue_copy", crate::metrics::publish_outcome(&published));
+    match published {
         Ok(()) => {
             tracing::warn!(redeliveries = returns, "job came back unanswered; requeued at the back with its count");
             ack(delivery).await;

@@ -17,6 +17,7 @@ use warren_common::classify::Classifier;
 use warren_infra::{Publisher, Settings, topology};
 
 use crate::handler::{Served, Worker};
+use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
 
 /// What outlives sessions: settings, the pool, the model, the queues served.
@@ -28,6 +29,7 @@ pub struct Shared {
     pub kinds: Vec<JobKind>,
     pub served: Vec<Arc<Served>>,
     pub prefetch: u16,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Session {
@@ -74,6 +76,7 @@ impl Session {
             classifier: shared.classifier.clone(),
             worker_id: shared.worker_id.clone(),
             kinds: shared.kinds.clone(),
+            metrics: shared.metrics.clone(),
             lost: CancellationToken::new(),
         });
         Ok(Self { connection, worker, consumers })

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod broker;
 pub mod fields;
 pub mod publish;
+pub mod serve;
 pub mod settings;
 pub mod telemetry;
 pub mod topology;

@@ -167,6 +167,8 @@ pub enum ModelOutputs {
 pub struct TelemetrySettings {
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Where /metrics, /healthz and /readyz are served ("" = not served).
+    pub metrics_addr: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -6,6 +6,7 @@ mod crash;
 mod digits;
 mod failures;
 mod kinds;
+mod observability;
 mod pool;
 mod python_contract;
 mod reliability;

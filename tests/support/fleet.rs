@@ -19,6 +19,7 @@ pub fn settings_for(vhost: &Vhost) -> Settings {
     s.broker.url = vhost.amqp_url();
     s.broker.confirm_timeout_ms = 10_000;
     s.consumer.drain_timeout_ms = 10_000;
+    s.telemetry.metrics_addr = "127.0.0.1:0".into();
     s.consumer.worker_id = format!("test-{}", &vhost.name[vhost.name.len() - 6..]);
     s
 }
@@ -31,17 +32,19 @@ pub struct Fleet {
     pub pool_size: usize,
     pub prefetch: u16,
     pub health: std::sync::Arc<warren_consumer::Health>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Fleet {
     pub async fn start(settings: Settings) -> Self {
         let app = Application::build(settings).await.expect("consumer starts");
-        let (pool_size, prefetch, health) = (app.pool_size(), app.prefetch(), app.health());
+        let (pool_size, prefetch, health, metrics_addr) =
+            (app.pool_size(), app.prefetch(), app.health(), app.metrics_addr());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        Self { stop: Some(tx), task, pool_size, prefetch, health }
+        Self { stop: Some(tx), task, pool_size, prefetch, health, metrics_addr }
     }
 
     /// Stops consuming, drains and closes; fails the test if the consumer had failed.

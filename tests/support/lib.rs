@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod fleet;
 pub mod process;
+pub mod scrape;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,230 @@
+//! Every metric the consumer exports, defined here and only here, each recorded by one method
+//! (an event) called from exactly one place. Names: `warren_` prefix, base units, counters end
+//! in `_total`. Labels are low-cardinality: queue and kind come from configuration (a kind named
+//! by a message that this worker does not know is reported as "unknown"), outcome and error_type
+//! from fixed lists.
+
+use std::time::Duration;
+
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Buckets for job durations: 1 ms to ~2 min.
+const JOB_SECONDS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    received: IntCounterVec,
+    completed: IntCounterVec,
+    errors: IntCounterVec,
+    run_seconds: HistogramVec,
+    queue_wait_seconds: HistogramVec,
+    end_to_end_seconds: HistogramVec,
+    in_flight: IntGauge,
+    pool_capacity: IntGauge,
+    prefetch: IntGaugeVec,
+    abandoned: IntGauge,
+    publishes: IntCounterVec,
+    redeliveries: IntCounterVec,
+    reconnects: IntCounter,
+    connected: IntGauge,
+    model_load_seconds: Gauge,
+    inference_seconds: HistogramVec,
+}
+
+/// How a job ended, for `warren_jobs_completed_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Retried,
+    DeadLettered,
+    /// Handed back to the broker (a publish was not confirmed, or shutdown).
+    Requeued,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Retried => "retried",
+            Self::DeadLettered => "dead_lettered",
+            Self::Requeued => "requeued",
+        }
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+        .expect("valid metric definition");
+    registry.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    registry.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// Creates and registers every metric. The definitions are constants, so the `expect`s can
+    /// only fail on a programming error, at start-up.
+    pub fn new() -> Self {
+        let registry = warren_infra::serve::registry();
+        let r = &registry;
+        let q = ["queue", "kind"];
+        let model_load_seconds =
+            Gauge::new("warren_model_load_seconds", "Time the ONNX model took to load").expect("valid");
+        r.register(Box::new(model_load_seconds.clone())).expect("registered once");
+        let prefetch = IntGaugeVec::new(
+            Opts::new("warren_prefetch", "Prefetch (unacked deliveries) per queue consumer"),
+            &["queue"],
+        )
+        .expect("valid");
+        r.register(Box::new(prefetch.clone())).expect("registered once");
+        let reconnects = IntCounter::new("warren_reconnects_total", "Broker connections re-established after a loss")
+            .expect("valid");
+        r.register(Box::new(reconnects.clone())).expect("registered once");
+        Self {
+            received: counter(r, "warren_jobs_received_total", "Deliveries taken from a work queue", &q),
+            completed: counter(
+                r,
+                "warren_jobs_completed_total",
+                "Jobs settled, by outcome",
+                &["queue", "kind", "outcome"],
+            ),
+            errors: counter(
+                r,
+                "warren_job_errors_total",
+                "Job failures, by fixed error type",
+                &["queue", "kind", "error_type"],
+            ),
+            run_seconds: histogram(r, "warren_job_run_seconds", "Time a job ran on the pool", &q, &JOB_SECONDS),
+            queue_wait_seconds: histogram(
+                r,
+                "warren_job_queue_wait_seconds",
+                "From the job's timestamp property to the start of its run (1 s resolution)",
+                &q,
+                &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+            ),
+            end_to_end_seconds: histogram(
+                r,
+                "warren_job_end_to_end_seconds",
+                "From the job's timestamp property to its result being confirmed (1 s resolution)",
+                &q,
+                &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+            ),
+            in_flight: gauge(r, "warren_jobs_in_flight", "Jobs running on the pool now"),
+            pool_capacity: gauge(r, "warren_pool_capacity", "Slots of the blocking pool"),
+            abandoned: gauge(r, "warren_jobs_abandoned", "Threads still running jobs given up at their time limit"),
+            publishes: counter(
+                r,
+                "warren_publishes_total",
+                "Publishes by what was published and how the broker answered",
+                &["target", "outcome"],
+            ),
+            redeliveries: counter(r, "warren_redeliveries_total", "Jobs that came back unanswered", &["queue"]),
+            connected: gauge(r, "warren_connected", "1 when connected to the broker and consuming"),
+            inference_seconds: histogram(
+                r,
+                "warren_inference_seconds",
+                "Time of one model run",
+                &["model"],
+                &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+            ),
+            model_load_seconds,
+            prefetch,
+            reconnects,
+            registry,
+        }
+    }
+
+    pub fn configured(&self, pool: usize, prefetch: u16, queues: &[String]) {
+        self.pool_capacity.set(pool as i64);
+        for q in queues {
+            self.prefetch.with_label_values(&[q.as_str()]).set(i64::from(prefetch));
+        }
+    }
+
+    pub fn job_received(&self, queue: &str, kind: &str) {
+        self.received.with_label_values(&[queue, kind]).inc();
+    }
+
+    pub fn job_ran(&self, queue: &str, kind: &str, queued_for: Option<Duration>, ran_for: Duration, abandoned: usize) {
+        if let Some(wait) = queued_for {
+            self.queue_wait_seconds.with_label_values(&[queue, kind]).observe(wait.as_secs_f64());
+        }
+        self.run_seconds.with_label_values(&[queue, kind]).observe(ran_for.as_secs_f64());
+        self.abandoned.set(abandoned as i64);
+    }
+
+    pub fn job_failed(&self, queue: &str, kind: &str, error_type: &str) {
+        self.errors.with_label_values(&[queue, kind, error_type]).inc();
+    }
+
+    pub fn job_settled(&self, queue: &str, kind: &str, outcome: Outcome, since_published: Option<Duration>) {
+        self.completed.with_label_values(&[queue, kind, outcome.label()]).inc();
+        if outcome == Outcome::Ok
+            && let Some(d) = since_published
+        {
+            self.end_to_end_seconds.with_label_values(&[queue, kind]).observe(d.as_secs_f64());
+        }
+    }
+
+    /// `target`: result, retry, dead_letter, requeue_copy; `outcome`: acked, nacked, unroutable,
+    /// timeout, error.
+    pub fn published(&self, target: &'static str, outcome: &'static str) {
+        self.publishes.with_label_values(&[target, outcome]).inc();
+    }
+
+    pub fn redelivered(&self, queue: &str) {
+        self.redeliveries.with_label_values(&[queue]).inc();
+    }
+
+    pub fn connection(&self, up: bool, reconnected: bool) {
+        self.connected.set(i64::from(up));
+        if reconnected {
+            self.reconnects.inc();
+        }
+    }
+
+    pub fn model_loaded(&self, took: Duration) {
+        self.model_load_seconds.set(took.as_secs_f64());
+    }
+
+    /// The histogram an inference adapter observes each run into.
+    pub fn inference_histogram(&self, model: &str) -> prometheus::Histogram {
+        self.inference_seconds.with_label_values(&[model])
+    }
+
+    /// The gauge the pool keeps equal to its running jobs.
+    pub fn in_flight_gauge(&self) -> IntGauge {
+        self.in_flight.clone()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The publish outcome label of a publish result.
+pub fn publish_outcome(r: &Result<(), warren_infra::PublishError>) -> &'static str {
+    use warren_infra::PublishError as E;
+    match r {
+        Ok(()) => "acked",
+        Err(E::Unroutable { .. }) => "unroutable",
+        Err(E::Nacked { .. }) => "nacked",
+        Err(E::ConfirmTimeout(_)) => "timeout",
+        Err(E::Amqp(_)) => "error",
+    }
+}

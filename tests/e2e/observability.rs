@@ -1,0 +1,94 @@
+//! Metrics and probes of a running consumer, scraped over HTTP during real work.
+
+use std::time::Duration;
+
+use rstest::rstest;
+use warren_common::checksum::ChecksumJob;
+use warren_common::{Job, ResultStatus};
+use warren_e2e::scrape::{Scrape, get};
+use warren_e2e::{DEADLINE, Vhost, fleet_and_producer, settings_for, vhost, want_result};
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_and_histograms_move_by_the_right_amounts_and_readyz_follows_the_broker(vhost: Vhost) {
+    let settings = settings_for(&vhost);
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let addr = fleet.metrics_addr.expect("metrics served");
+    assert_eq!(get(addr, "/healthz").0, 200);
+    assert_eq!(get(addr, "/readyz").0, 200);
+    let before = tokio::task::block_in_place(|| Scrape::take(addr));
+
+    let mut tickets = Vec::new();
+    for i in 0..5u8 {
+        let job = Job::Checksum(ChecksumJob { data: vec![i; 100], rounds: 1 });
+        tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
+    }
+    for _ in 0..2 {
+        let body = br#"{"version":1,"kind":"image.resize","job":{"image":"/9j/AAAA","width":8,"height":8}}"#;
+        tickets.push(
+            producer
+                .publish_raw("image.resize", body, Some("application/json"), &want_result())
+                .await
+                .expect("publish"),
+        );
+    }
+    let mut ok = 0;
+    for t in tickets {
+        ok += usize::from(t.wait(DEADLINE).await.expect("result").status == ResultStatus::Ok);
+    }
+    assert_eq!(ok, 5);
+    let checksum = [("queue", "warren.checksum"), ("kind", "checksum")];
+    let resize = [("queue", "warren.image.resize"), ("kind", "image.resize")];
+    // A result can reach us before its confirm reaches the consumer, which counts it then: wait
+    // until the last events are in.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let after = loop {
+        let s = tokio::task::block_in_place(|| Scrape::take(addr));
+        let settled = s.value("warren_jobs_completed_total", &[]) - before.value("warren_jobs_completed_total", &[]);
+        let results = s.value("warren_publishes_total", &[("target", "result")])
+            - before.value("warren_publishes_total", &[("target", "result")]);
+        if settled >= 7.0 && results >= 7.0 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "metrics never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let delta = |name: &str, labels: &[(&str, &str)]| after.value(name, labels) - before.value(name, labels);
+    assert_eq!(delta("warren_jobs_received_total", &checksum), 5.0);
+    assert_eq!(delta("warren_jobs_received_total", &resize), 2.0);
+    assert_eq!(delta("warren_jobs_completed_total", &[checksum[0], checksum[1], ("outcome", "ok")]), 5.0);
+    assert_eq!(delta("warren_jobs_completed_total", &[resize[0], resize[1], ("outcome", "dead_lettered")]), 2.0);
+    assert_eq!(delta("warren_job_errors_total", &[resize[0], ("error_type", "corrupt_image")]), 2.0);
+    assert_eq!(delta("warren_job_run_seconds_count", &checksum), 5.0);
+    assert_eq!(delta("warren_job_queue_wait_seconds_count", &checksum), 5.0);
+    assert_eq!(delta("warren_job_end_to_end_seconds_count", &checksum), 5.0);
+    assert_eq!(delta("warren_publishes_total", &[("target", "result"), ("outcome", "acked")]), 7.0);
+    assert_eq!(delta("warren_publishes_total", &[("target", "dead_letter"), ("outcome", "acked")]), 2.0);
+    assert!(after.value("warren_job_run_seconds_sum", &checksum) > 0.0);
+    assert_eq!(after.value("warren_pool_capacity", &[]), fleet.pool_size as f64);
+    assert_eq!(after.value("warren_prefetch", &[("queue", "warren.checksum")]), f64::from(fleet.prefetch));
+    assert_eq!(after.value("warren_jobs_in_flight", &[]), 0.0);
+    assert_eq!(after.value("warren_connected", &[]), 1.0);
+    assert!(after.value("warren_model_load_seconds", &[]) > 0.0);
+    assert!(after.value("process_resident_memory_bytes", &[]) > 1e6);
+    println!("metrics: 5 ok + 2 dead-lettered jobs moved every counter and histogram by exactly that");
+
+    // The broker drops the connection: unready, then ready again once reconnected.
+    let closed = tokio::task::block_in_place(|| vhost.close_connections("consumer"));
+    assert_eq!(closed, 1);
+    let (mut saw_unready, deadline) = (false, std::time::Instant::now() + DEADLINE);
+    loop {
+        let ready = tokio::task::block_in_place(|| get(addr, "/readyz").0) == 200;
+        saw_unready |= !ready;
+        if saw_unready && ready {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "readyz never went unready and back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last = tokio::task::block_in_place(|| Scrape::take(addr));
+    assert_eq!(last.value("warren_reconnects_total", &[]), 1.0);
+    assert_eq!(last.value("warren_connected", &[]), 1.0);
+    producer.close().await;
+    fleet.stop().await;
+}
