@@ -70,9 +70,14 @@ pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery
     let job_id = props.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
     let attempt = fields::get_u64(props.headers().as_ref(), h::ATTEMPT).unwrap_or(0);
     let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+    // The W3C trace id the producer started; it is copied onto the result, so logs of producer,
+    // worker and result consumer share it.
+    let traceparent = fields::get_str(props.headers().as_ref(), h::TRACEPARENT);
+    let trace_id = traceparent.as_deref().and_then(|t| t.split('-').nth(1)).unwrap_or("").to_owned();
     let span = tracing::info_span!(
         "job",
         job_id = %job_id,
+        trace_id = %trace_id,
         kind = field::Empty,
         attempt,
         queue = %served.queue,

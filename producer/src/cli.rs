@@ -35,6 +35,9 @@ pub struct Cli {
     /// Declare the topology first (consumers also do at start-up).
     #[arg(long, global = true)]
     pub declare: bool,
+    /// Serve /metrics, /healthz and /readyz here while running (e.g. 127.0.0.1:9465).
+    #[arg(long, env = "WARREN_PRODUCER_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -168,6 +171,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     warren_infra::telemetry::init(&settings.telemetry);
     let result_timeout = Duration::from_millis(settings.producer.result_timeout_ms);
     let mut producer = Producer::connect(settings).await?;
+    if let Some(addr) = &cli.metrics_addr {
+        let metrics = producer.metrics().clone();
+        let probe = metrics.clone();
+        let bound = warren_infra::serve::spawn(addr, metrics.registry.clone(), move || probe.is_connected()).await?;
+        eprintln!("warren-producer: metrics on http://{bound}/metrics");
+    }
     if cli.declare {
         producer.declare_topology().await?;
     }

@@ -11,6 +11,7 @@ use warren_common::{Encoding, Job, JobEnvelope, JobError, JobResult};
 use warren_infra::backoff::Backoff;
 use warren_infra::{PublishError, Publisher, Settings, fields, topology};
 
+use crate::metrics::ProducerMetrics;
 use crate::replies::{Pending, Replies};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,13 +48,17 @@ pub struct Ticket {
     pub correlation_id: String,
     pub routing_key: String,
     result: Option<Pending>,
+    metrics: ProducerMetrics,
 }
 
 impl Ticket {
     pub async fn wait(self, timeout: Duration) -> Result<JobResult, ProducerError> {
         let mut pending = self.result.ok_or(ProducerError::RepliesDisabled)?;
         match tokio::time::timeout(timeout, &mut pending.rx).await {
-            Ok(Ok(result)) => Ok(result),
+            Ok(Ok(result)) => {
+                self.metrics.result(result.status == warren_common::ResultStatus::Ok);
+                Ok(result)
+            }
             Ok(Err(_)) => Err(ProducerError::RepliesClosed(self.job_id)),
             Err(_) => Err(ProducerError::Timeout { job_id: self.job_id, timeout }),
         }
@@ -73,16 +78,22 @@ pub struct Producer {
     settings: Arc<Settings>,
     link: tokio::sync::RwLock<Link>,
     replies: Option<Replies>,
+    metrics: ProducerMetrics,
 }
 
 impl Producer {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let link = open_link(&settings, 0).await?;
-        Ok(Self { link: tokio::sync::RwLock::new(link), settings: Arc::new(settings), replies: None })
+        let metrics = ProducerMetrics::new();
+        Ok(Self { link: tokio::sync::RwLock::new(link), settings: Arc::new(settings), replies: None, metrics })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    pub fn metrics(&self) -> &ProducerMetrics {
+        &self.metrics
     }
 
     /// How many times this producer has reconnected.
@@ -155,10 +166,17 @@ impl Producer {
                 let link = self.link.read().await;
                 (link.publisher.clone(), link.generation)
             };
-            match publisher.publish(&exchange, routing_key, body, props.clone(), true).await {
-                Ok(()) => return Ok(Ticket { job_id, correlation_id, routing_key: routing_key.to_owned(), result }),
+            let started = Instant::now();
+            let published = publisher.publish(&exchange, routing_key, body, props.clone(), true).await;
+            self.metrics.published(routing_key, outcome_label(&published), started.elapsed());
+            match published {
+                Ok(()) => {
+                    let metrics = self.metrics.clone();
+                    return Ok(Ticket { job_id, correlation_id, routing_key: routing_key.to_owned(), result, metrics });
+                }
                 Err(e @ (PublishError::Amqp(_) | PublishError::ConfirmTimeout(_))) if Instant::now() < give_up => {
                     tracing::warn!(error = %e, job_id = %job_id, "publish not confirmed; reconnecting to publish again");
+                    self.metrics.connection(false, false);
                     self.relink(generation, give_up).await?;
                 }
                 Err(e) => {
@@ -196,6 +214,7 @@ impl Producer {
                 Ok(fresh) => {
                     let old = std::mem::replace(&mut *link, fresh);
                     let _ = old.connection.close(200, "replaced".into()).await;
+                    self.metrics.connection(true, true);
                     tracing::info!("producer reconnected");
                     return Ok(());
                 }
@@ -220,6 +239,16 @@ async fn open_link(settings: &Settings, generation: u64) -> anyhow::Result<Link>
     let timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
     let publisher = Publisher::open(&connection, timeout).await.context("open publishing channel")?;
     Ok(Link { connection, publisher, generation })
+}
+
+fn outcome_label(r: &Result<(), PublishError>) -> &'static str {
+    match r {
+        Ok(()) => "acked",
+        Err(PublishError::Unroutable { .. }) => "unroutable",
+        Err(PublishError::Nacked { .. }) => "nacked",
+        Err(PublishError::ConfirmTimeout(_)) => "timeout",
+        Err(PublishError::Amqp(_)) => "error",
+    }
 }
 
 /// A fresh W3C trace context: version 00, random trace and span ids, sampled.

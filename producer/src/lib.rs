@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod inputs;
 pub mod load;
+pub mod metrics;
 pub mod output;
 pub mod replies;
 

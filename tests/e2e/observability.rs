@@ -73,6 +73,17 @@ async fn counters_and_histograms_move_by_the_right_amounts_and_readyz_follows_th
     assert!(after.value("process_resident_memory_bytes", &[]) > 1e6);
     println!("metrics: 5 ok + 2 dead-lettered jobs moved every counter and histogram by exactly that");
 
+    // The producer's side, served the same way.
+    let served =
+        warren_infra::serve::spawn("127.0.0.1:0", producer.metrics().registry.clone(), || true).await.expect("serve");
+    let p = tokio::task::block_in_place(|| Scrape::take(served));
+    assert_eq!(p.value("warren_producer_published_total", &[("kind", "checksum"), ("outcome", "acked")]), 5.0);
+    assert_eq!(p.value("warren_producer_published_total", &[("kind", "image.resize"), ("outcome", "acked")]), 2.0);
+    assert_eq!(p.value("warren_producer_confirm_seconds_count", &[]), 7.0);
+    assert_eq!(p.value("warren_producer_results_total", &[("status", "ok")]), 5.0);
+    assert_eq!(p.value("warren_producer_results_total", &[("status", "error")]), 2.0);
+    assert_eq!(p.value("warren_producer_connected", &[]), 1.0);
+
     // The broker drops the connection: unready, then ready again once reconnected.
     let closed = tokio::task::block_in_place(|| vhost.close_connections("consumer"));
     assert_eq!(closed, 1);

@@ -1,0 +1,81 @@
+//! The producer's metrics, defined here only: publishes by kind and outcome, confirm latency,
+//! results by status, reconnects and connection state.
+
+use std::time::Duration;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Debug, Clone)]
+pub struct ProducerMetrics {
+    pub registry: Registry,
+    published: IntCounterVec,
+    confirm_seconds: HistogramVec,
+    results: IntCounterVec,
+    reconnects: IntCounter,
+    connected: IntGauge,
+}
+
+impl ProducerMetrics {
+    /// Registers every metric; the definitions are constants, so the `expect`s cannot fail at
+    /// run time.
+    pub fn new() -> Self {
+        let registry = warren_infra::serve::registry();
+        let published = IntCounterVec::new(
+            Opts::new("warren_producer_published_total", "Jobs published, by kind and outcome"),
+            &["kind", "outcome"],
+        )
+        .expect("valid");
+        let confirm_seconds = HistogramVec::new(
+            HistogramOpts::new("warren_producer_confirm_seconds", "From publish to the broker's confirm")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+            &["kind"],
+        )
+        .expect("valid");
+        let results =
+            IntCounterVec::new(Opts::new("warren_producer_results_total", "Results received, by status"), &["status"])
+                .expect("valid");
+        let reconnects =
+            IntCounter::new("warren_producer_reconnects_total", "Connections re-established").expect("valid");
+        let connected = IntGauge::new("warren_producer_connected", "1 while connected to the broker").expect("valid");
+        for c in [
+            Box::new(published.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(confirm_seconds.clone()),
+            Box::new(results.clone()),
+            Box::new(reconnects.clone()),
+            Box::new(connected.clone()),
+        ] {
+            registry.register(c).expect("registered once");
+        }
+        connected.set(1);
+        Self { registry, published, confirm_seconds, results, reconnects, connected }
+    }
+
+    pub fn published(&self, kind: &str, outcome: &'static str, took: Duration) {
+        let kind = warren_common::JobKind::parse(kind).map(|k| k.as_str()).unwrap_or("unknown");
+        self.published.with_label_values(&[kind, outcome]).inc();
+        if outcome == "acked" {
+            self.confirm_seconds.with_label_values(&[kind]).observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn result(&self, ok: bool) {
+        self.results.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    pub fn connection(&self, up: bool, reconnected: bool) {
+        self.connected.set(i64::from(up));
+        if reconnected {
+            self.reconnects.inc();
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.get() == 1
+    }
+}
+
+impl Default for ProducerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
