@@ -103,3 +103,44 @@ async fn counters_and_histograms_move_by_the_right_amounts_and_readyz_follows_th
     producer.close().await;
     fleet.stop().await;
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_queries_is_exported(vhost: Vhost) {
+    let dashboard: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(warren_e2e::repo_root().join("deploy/grafana/dashboards/warren.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON parses");
+    let mut wanted = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("warren_") || word.starts_with("process_") {
+                    wanted.insert(word.to_owned());
+                }
+            }
+        }
+    }
+    assert!(wanted.len() >= 8, "{wanted:?}");
+
+    // Work that makes every labelled series appear: a success, a failure, an inference.
+    let settings = settings_for(&vhost);
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let digit = std::fs::read(warren_e2e::repo_root().join("models/digits/samples/001_label4.png")).expect("digit");
+    let jobs = [
+        Job::Checksum(ChecksumJob { data: vec![1], rounds: 1 }),
+        Job::Classify(warren_common::classify::ClassifyJob { image: digit, top_k: Some(1) }),
+        Job::Classify(warren_common::classify::ClassifyJob { image: b"not an image".to_vec(), top_k: None }),
+    ];
+    for job in &jobs {
+        producer.publish(job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
+    }
+    let addr = fleet.metrics_addr.expect("metrics served");
+    let exported = tokio::task::block_in_place(|| Scrape::take(addr)).names();
+    let missing: Vec<&String> = wanted.iter().filter(|w| !exported.contains(*w)).collect();
+    println!("dashboard: {} metrics queried, all exported by a running consumer", wanted.len());
+    assert!(missing.is_empty(), "the dashboard queries metrics no binary exports: {missing:?}");
+    producer.close().await;
+    fleet.stop().await;
+}

@@ -1,0 +1,40 @@
+# Warren: one image for warren-consumer, warren-producer and warrenctl.
+# Build: docker build -t warren .      Run: see docker-compose.yml.
+
+# --- build -----------------------------------------------------------------------------------
+FROM rust:1.92-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
+COPY common common
+COPY infra infra
+COPY consumer consumer
+COPY producer producer
+COPY ops-cli ops-cli
+COPY tests tests
+RUN cargo build --release --locked --bins
+
+# ONNX Runtime is loaded at run time; PyPI's wheel is where a registry serves the library.
+FROM python:3.11-slim-bookworm AS onnxruntime
+RUN pip download --no-deps --only-binary=:all: onnxruntime==1.31.1 -d /wheel \
+ && python -c "import glob, zipfile; z = zipfile.ZipFile(glob.glob('/wheel/*.whl')[0]); \
+open('/libonnxruntime.so.1.31.1', 'wb').write(z.read('onnxruntime/capi/libonnxruntime.so.1.31.1'))"
+
+# --- run -------------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home /app warren
+WORKDIR /app
+COPY --from=build /src/target/release/warren-consumer /src/target/release/warren-producer /src/target/release/warrenctl /usr/local/bin/
+COPY --from=onnxruntime /libonnxruntime.so.1.31.1 /opt/onnxruntime/libonnxruntime.so.1.31.1
+COPY config config
+COPY models models
+COPY samples samples
+ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so.1.31.1 \
+    WARREN_CONFIG_DIR=/app/config \
+    WARREN_ENV=production \
+    WARREN__TELEMETRY__METRICS_ADDR=0.0.0.0:9464
+USER warren
+EXPOSE 9464
+ENTRYPOINT ["warren-consumer"]
