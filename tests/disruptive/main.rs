@@ -11,6 +11,18 @@ use warren_common::checksum::ChecksumJob;
 use warren_common::{Job, ResultStatus};
 use warren_e2e::{DEADLINE, Vhost, broker, fleet_and_producer, settings_for, vhost, want_result};
 
+async fn readyz(addr: std::net::SocketAddr) -> u16 {
+    tokio::task::block_in_place(|| warren_e2e::scrape::get(addr, "/readyz").0)
+}
+
+async fn await_readyz(addr: std::net::SocketAddr, want: u16) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while readyz(addr).await != want {
+        assert!(std::time::Instant::now() < deadline, "/readyz never answered {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl").args(args).output().await.expect("rabbitmqctl runs");
     assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -39,10 +51,14 @@ async fn a_broker_restart_mid_run_loses_nothing(vhost: Vhost) {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = fleet.metrics_addr.expect("metrics served");
+    assert_eq!(readyz(metrics).await, 200);
     rabbitmqctl(&["stop_app"]).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    await_readyz(metrics, 503).await;
     rabbitmqctl(&["start_app"]).await;
     rabbitmqctl(&["await_startup"]).await;
+    await_readyz(metrics, 200).await;
+    println!("broker restart: /readyz went 200 -> 503 while the broker was down -> 200 after it returned");
     let tickets = tokio::time::timeout(DEADLINE, publishing).await.expect("publishing finishes").expect("task");
     let mut ids = std::collections::HashSet::new();
     for t in tickets {
