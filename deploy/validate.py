@@ -68,6 +68,14 @@ names = [n for j in jobs.values() for sd in j.get("dns_sd_configs", []) for n in
 for n in names:
     check(n in services, f"prometheus: scrapes {n}, which is not a compose service")
 
+if shutil.which("promtool"):
+    r = subprocess.run(["promtool", "check", "config", str(ROOT / "deploy/prometheus/prometheus.yml")],
+                       capture_output=True, text=True)
+    check(r.returncode == 0, f"promtool: {r.stdout.strip()} {r.stderr.strip()}")
+    print("promtool check config: ok" if r.returncode == 0 else "promtool check config: FAILED")
+else:
+    print("promtool not installed: Prometheus config syntax check skipped")
+
 # Grafana
 dash = json.loads((ROOT / "deploy/grafana/dashboards/warren.json").read_text())
 check(len(dash.get("panels", [])) >= 10, "dashboard: too few panels")

@@ -38,6 +38,12 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(&settings::config_dir(cli.config_dir)).context("loading settings")?;
     telemetry::init(&settings.telemetry);
+    // A panic inside a job is caught and dead-lettered; log it as an event (JSON in production)
+    // rather than as loose text on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(panic = %info.payload_as_str().unwrap_or("non-string payload"), %location, "panic");
+    }));
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await
 }
