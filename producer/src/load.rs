@@ -35,6 +35,17 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// Completed jobs (results when waiting, confirmed publishes otherwise) per second.
+    pub fn rate(&self) -> f64 {
+        let done = if self.end_to_end_us.as_ref().is_some_and(|h| !h.is_empty()) { self.ok } else { self.published };
+        done as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// End-to-end latency quantile in milliseconds, when results were awaited.
+    pub fn latency_ms(&self, q: f64) -> Option<f64> {
+        self.end_to_end_us.as_ref().filter(|h| !h.is_empty()).map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+    }
+
     pub fn print(&self) {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         println!(

@@ -1,0 +1,65 @@
+//! The baseline for broker overhead: a raw lapin relay that does what the fleet does around a
+//! job and nothing else. It consumes with the same prefetch, answers each delivery on its
+//! `reply_to` with a result of the same shape, waits for the confirm, then acks; one task per
+//! delivery, like the fleet. No envelope parsing, no pool, no job.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::oneshot;
+use warren_common::checksum::ChecksumOutput;
+use warren_common::{Encoding, JobOutput, JobResult, Timing};
+use warren_infra::{Publisher, Settings};
+
+pub struct Relay {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    connection: lapin::Connection,
+}
+
+impl Relay {
+    pub async fn start(settings: &Settings, queue: &str, prefetch: u16) -> anyhow::Result<Self> {
+        let connection = warren_infra::connect(&settings.broker, "relay").await?;
+        let publisher = Publisher::open(&connection, Duration::from_secs(30)).await?;
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
+        let mut consumer = channel
+            .basic_consume(queue.into(), "relay".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let output = JobOutput::Checksum(ChecksumOutput { bytes: 1024, rounds: 1, crc32: 0 });
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    _ = &mut stopped => break,
+                    d = consumer.next() => match d { Some(Ok(d)) => d, _ => break },
+                };
+                let (publisher, output) = (publisher.clone(), output.clone());
+                tokio::spawn(async move {
+                    let props = &delivery.properties;
+                    let id = props.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
+                    let result = JobResult::ok(id, "checksum".into(), output, 0, "relay".into(), Timing::default());
+                    let Ok(body) = result.encode(Encoding::Json) else { return };
+                    let reply = BasicProperties::default()
+                        .with_content_type(Encoding::Json.content_type().into())
+                        .with_delivery_mode(2)
+                        .with_correlation_id(props.correlation_id().clone().unwrap_or_default());
+                    let to = props.reply_to().as_ref().map(|s| s.to_string()).unwrap_or_default();
+                    if publisher.publish("", &to, &body, reply, true).await.is_ok() {
+                        let _ = delivery.ack(BasicAckOptions::default()).await;
+                    }
+                });
+            }
+        });
+        Ok(Self { stop, task, connection })
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        let _ = self.connection.close(200, "relay done".into()).await;
+    }
+}
