@@ -3,12 +3,10 @@
 
 use std::collections::HashMap;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use rstest::rstest;
 use warren_common::fault::FaultJob;
 use warren_common::{Job, ResultStatus};
-use warren_e2e::{ConsumerProcess, DEADLINE, Vhost, collect_messages, settings_for, vhost};
+use warren_e2e::{ConsumerProcess, DEADLINE, Vhost, collect_messages, queue_depth, settings_for, vhost};
 use warren_producer::{Producer, PublishOptions};
 
 /// A job that keeps its worker busy for `ms` (the `fault` route of config/test.toml).
@@ -21,17 +19,6 @@ fn test_env_settings(vhost: &Vhost) -> warren_infra::Settings {
     let mut s = settings_for(vhost);
     s.routes.push(warren_infra::settings::Route::new("fault", "warren.fault"));
     s
-}
-
-async fn depth(settings: &warren_infra::Settings, queue: &str) -> u32 {
-    let conn = warren_infra::connect(&settings.broker, "test-depth").await.expect("connect");
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .expect("queue exists");
-    let _ = conn.close(200, "done".into()).await;
-    q.message_count()
 }
 
 #[rstest]
@@ -73,7 +60,7 @@ async fn kill_9_with_jobs_in_flight_loses_nothing(vhost: Vhost) {
     println!("kill -9: {N} jobs, {} results ({duplicates} duplicates marked by job id), 0 dead letters", results.len());
     assert!(ids.iter().all(|id| seen.contains_key(id)), "every job has a result");
     assert_eq!(ok, results.len(), "every result is a success");
-    assert_eq!(depth(&settings, "warren.fault.dead").await, 0);
+    assert_eq!(queue_depth(&settings, "warren.fault.dead").await, 0);
     second.signal("TERM").await;
     assert_eq!(second.wait().await.0, Some(0));
     producer.close().await;
@@ -96,12 +83,12 @@ async fn sigterm_finishes_in_flight_jobs_and_leaves_the_rest_queued(vhost: Vhost
     let (code, log) = consumer.wait().await;
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("draining"), "{log}");
-    let done = 1 + depth(&settings, "warren.results").await;
-    let queued = depth(&settings, "warren.fault").await;
+    let done = 1 + queue_depth(&settings, "warren.results").await;
+    let queued = queue_depth(&settings, "warren.fault").await;
     println!("SIGTERM: {done} jobs finished and acked, {queued} left in the queue, exit code 0");
     assert_eq!(done + queued, N, "every job is either done or still queued");
     assert!(queued > 0, "SIGTERM came before the queue was empty");
-    assert_eq!(depth(&settings, "warren.fault.dead").await, 0);
+    assert_eq!(queue_depth(&settings, "warren.fault.dead").await, 0);
     producer.close().await;
 }
 
@@ -123,6 +110,6 @@ async fn a_second_signal_exits_at_once(vhost: Vhost) {
     assert_eq!(code, Some(130), "{log}");
     assert!(start.elapsed() < std::time::Duration::from_secs(15));
     // The job was not lost: it is back in the queue.
-    assert_eq!(depth(&settings, "warren.fault").await, 1);
+    assert_eq!(queue_depth(&settings, "warren.fault").await, 1);
     producer.close().await;
 }

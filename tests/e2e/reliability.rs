@@ -5,14 +5,16 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use rstest::rstest;
 use warren_common::fault::FaultJob;
 use warren_common::headers as h;
 use warren_common::retry::RetryPolicy;
 use warren_common::{ErrorClass, Job, JobEnvelope, JobOutput, ResultStatus};
-use warren_e2e::{DEADLINE, Vhost, collect_messages, fleet_and_producer, settings_for, vhost, want_result};
+use warren_e2e::{
+    DEADLINE, Vhost, collect_messages, fleet_and_producer, queue_depth, settings_for, vhost, want_result,
+};
 use warren_infra::settings::Route;
 use warren_infra::{Settings, fields};
 
@@ -28,17 +30,6 @@ fn fault(transient_failures: u32, panic: bool, busy_ms: u64) -> Job {
 
 fn fast_retries(max_attempts: u32) -> RetryPolicy {
     RetryPolicy { max_attempts, base_delay_ms: 200, max_delay_ms: 1000, jitter: 0.1 }
-}
-
-async fn queue_depth(settings: &Settings, queue: &str) -> u32 {
-    let conn = warren_infra::connect(&settings.broker, "test-depth").await.expect("connect");
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .expect("queue exists");
-    let _ = conn.close(200, "done".into()).await;
-    q.message_count()
 }
 
 #[rstest]

@@ -12,7 +12,7 @@ use tokio::process::Command;
 use warren_common::checksum::ChecksumJob;
 use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 use warren_common::{Job, JobResult, ResultStatus};
-use warren_e2e::{DEADLINE, Fleet, Vhost, bin, broker, collect_messages, repo_root, settings_for, vhost};
+use warren_e2e::{DEADLINE, Fleet, Vhost, bin, broker, collect_messages, queue_depth, repo_root, settings_for, vhost};
 use warren_infra::Settings;
 use warren_producer::{Producer, PublishOptions};
 
@@ -35,17 +35,6 @@ async fn ctl(vhost: &Vhost, args: &[&str]) -> (i32, String, String) {
 
 fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
-async fn depth(settings: &Settings, queue: &str) -> u32 {
-    let conn = warren_infra::connect(&settings.broker, "test-depth").await.expect("connect");
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .expect("queue exists");
-    let _ = conn.close(200, "done".into()).await;
-    q.message_count()
 }
 
 fn photo_resize() -> Job {
@@ -72,7 +61,7 @@ async fn dead_letters_from_real_failures(settings: &Settings, n: usize) -> Vec<S
         ids.push(producer.publish(&photo_resize(), &PublishOptions::default()).await.expect("publish").job_id);
     }
     let deadline = std::time::Instant::now() + DEADLINE;
-    while depth(settings, "warren.image.resize.dead").await < n as u32 {
+    while queue_depth(settings, "warren.image.resize.dead").await < n as u32 {
         assert!(std::time::Instant::now() < deadline, "jobs were not dead-lettered");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -91,7 +80,7 @@ async fn peek_shows_jobs_and_dead_letters_and_leaves_the_queues_as_they_were(vho
     for _ in 0..3 {
         ids.push(producer.publish(&photo_resize(), &PublishOptions::default()).await.expect("publish").job_id);
     }
-    assert_eq!(depth(&settings, "warren.image.resize").await, 3);
+    assert_eq!(queue_depth(&settings, "warren.image.resize").await, 3);
 
     let (code, out, _) = ctl(&vhost, &["--json", "peek", "warren.image.resize", "-n", "2"]).await;
     assert_eq!(code, 0);
@@ -102,13 +91,13 @@ async fn peek_shows_jobs_and_dead_letters_and_leaves_the_queues_as_they_were(vho
     assert_eq!(shown[0]["kind"], "image.resize");
     assert_eq!(shown[0]["image"]["format"], "jpeg");
     assert_eq!((shown[0]["image"]["width"].as_u64(), shown[0]["image"]["height"].as_u64()), (Some(640), Some(427)));
-    assert_eq!(depth(&settings, "warren.image.resize").await, 3, "peek leaves the depth unchanged");
+    assert_eq!(queue_depth(&settings, "warren.image.resize").await, 3, "peek leaves the depth unchanged");
 
     let (code, out, _) = ctl(&vhost, &["peek", "warren.image.resize.dead"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("limit_exceeded") && out.contains("warren.jobs/image.resize"), "{out}");
     assert!(out.contains(&dead_ids[0]) && out.contains("marks them redelivered"), "{out}");
-    assert_eq!(depth(&settings, "warren.image.resize.dead").await, 2);
+    assert_eq!(queue_depth(&settings, "warren.image.resize.dead").await, 2);
 
     let (code, _, err) = ctl(&vhost, &["peek", "no.such.queue"]).await;
     assert_eq!(code, 4, "{err}");
@@ -126,7 +115,7 @@ async fn replay_brings_real_dead_letters_back_and_the_fixed_consumer_completes_t
     let plan = json(&out);
     assert_eq!(plan["replayed"], 3);
     assert_eq!(plan["plan"][0]["to"], "warren.jobs/image.resize");
-    assert_eq!(depth(&settings, "warren.image.resize.dead").await, 3, "a dry run changes nothing");
+    assert_eq!(queue_depth(&settings, "warren.image.resize.dead").await, 3, "a dry run changes nothing");
     let (code, out, _) = ctl(
         &vhost,
         &["--json", "replay", "warren.image.resize.dead", "--dry-run", "--limit", "1", "--to", "elsewhere/key"],
@@ -159,7 +148,7 @@ async fn replay_brings_real_dead_letters_back_and_the_fixed_consumer_completes_t
         done.insert(r.job_id);
     }
     assert_eq!(done, ids.into_iter().collect::<HashSet<_>>());
-    assert_eq!(depth(&settings, "warren.image.resize.dead").await, 0);
+    assert_eq!(queue_depth(&settings, "warren.image.resize.dead").await, 0);
     fleet.stop().await;
 }
 
@@ -210,14 +199,14 @@ async fn dump_then_load_reproduces_messages_byte_for_byte_with_header_types(vhos
     let (code, out, _) = ctl(&vhost, &["dump", "ctl.src", "--out", &path(&f1)]).await;
     assert_eq!(code, 0);
     assert!(out.contains("dumped 5 message(s)"), "{out}");
-    assert_eq!(depth(&settings, "ctl.src").await, 5, "dump without --ack leaves them");
+    assert_eq!(queue_depth(&settings, "ctl.src").await, 5, "dump without --ack leaves them");
     let (code, _, _) = ctl(&vhost, &["dump", "ctl.src", "--out", &path(&f2), "--ack"]).await;
     assert_eq!(code, 0);
-    assert_eq!(depth(&settings, "ctl.src").await, 0, "dump --ack takes them");
+    assert_eq!(queue_depth(&settings, "ctl.src").await, 0, "dump --ack takes them");
     let (code, out, _) = ctl(&vhost, &["load", &path(&f2)]).await;
     assert_eq!(code, 0);
     assert!(out.contains("published 5"), "{out}");
-    assert_eq!(depth(&settings, "ctl.src").await, 5);
+    assert_eq!(queue_depth(&settings, "ctl.src").await, 5);
     let (code, _, _) = ctl(&vhost, &["dump", "ctl.src", "--out", &path(&f3)]).await;
     assert_eq!(code, 0);
 
@@ -251,7 +240,7 @@ async fn a_replay_killed_midway_loses_nothing(vhost: Vhost) {
         producer.publish(&job, &PublishOptions::default()).await.expect("publish");
     }
     let deadline = std::time::Instant::now() + DEADLINE;
-    while depth(&settings, "warren.checksum.dead").await < N {
+    while queue_depth(&settings, "warren.checksum.dead").await < N {
         assert!(std::time::Instant::now() < deadline, "not dead-lettered");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -266,14 +255,15 @@ async fn a_replay_killed_midway_loses_nothing(vhost: Vhost) {
         .spawn()
         .expect("start replay");
     let deadline = std::time::Instant::now() + DEADLINE;
-    while depth(&settings, "warren.checksum").await < 10 {
+    while queue_depth(&settings, "warren.checksum").await < 10 {
         assert!(std::time::Instant::now() < deadline, "replay made no progress");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     replay.start_kill().expect("kill -9");
     let _ = replay.wait().await;
 
-    let (dead, back) = (depth(&settings, "warren.checksum.dead").await, depth(&settings, "warren.checksum").await);
+    let (dead, back) =
+        (queue_depth(&settings, "warren.checksum.dead").await, queue_depth(&settings, "warren.checksum").await);
     println!(
         "replay killed midway: {back} replayed, {dead} still dead, {} duplicate(s)",
         (dead + back).saturating_sub(N)
@@ -282,7 +272,7 @@ async fn a_replay_killed_midway_loses_nothing(vhost: Vhost) {
     assert!(dead + back >= N && dead + back <= N + 1, "{dead} + {back}");
     let mut ids = HashSet::new();
     for q in ["warren.checksum.dead", "warren.checksum"] {
-        let n = depth(&settings, q).await as usize;
+        let n = queue_depth(&settings, q).await as usize;
         for m in collect_messages(&settings, q, n, DEADLINE).await {
             ids.insert(m.properties.message_id().as_ref().expect("id").to_string());
         }
@@ -304,11 +294,11 @@ async fn purge_asks_first_and_reports_what_it_removed(vhost: Vhost) {
     let (code, _, err) = ctl(&vhost, &["purge", "warren.checksum"]).await;
     assert_eq!(code, 2, "no --yes and no terminal: refused");
     assert!(err.contains("without --yes"), "{err}");
-    assert_eq!(depth(&settings, "warren.checksum").await, 4);
+    assert_eq!(queue_depth(&settings, "warren.checksum").await, 4);
     let (code, out, _) = ctl(&vhost, &["purge", "warren.checksum", "--yes"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("purged 4 message(s) from warren.checksum"), "{out}");
-    assert_eq!(depth(&settings, "warren.checksum").await, 0);
+    assert_eq!(queue_depth(&settings, "warren.checksum").await, 0);
     producer.close().await;
 }
 

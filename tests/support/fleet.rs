@@ -102,3 +102,19 @@ pub async fn fleet_and_producer(settings: &Settings) -> (Fleet, warren_producer:
 pub fn want_result() -> warren_producer::PublishOptions {
     warren_producer::PublishOptions { want_result: true, ..Default::default() }
 }
+
+/// The number of ready messages in `queue` (a passive declare; fails the test if it is missing).
+pub async fn queue_depth(settings: &Settings, queue: &str) -> u32 {
+    let conn = warren_infra::connect(&settings.broker, "test-depth").await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue {queue}: {e}"));
+    let _ = conn.close(200, "done".into()).await;
+    q.message_count()
+}

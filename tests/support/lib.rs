@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use broker::{Vhost, vhost};
-pub use fleet::{Fleet, collect_messages, fleet_and_producer, settings_for, want_result};
+pub use fleet::{Fleet, collect_messages, fleet_and_producer, queue_depth, settings_for, want_result};
 pub use process::ConsumerProcess;
 
 /// The repository root (this crate lives in `tests/`).
