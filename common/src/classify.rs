@@ -132,8 +132,62 @@ pub struct ClassifyOutput {
 pub const DEFAULT_TOP_K: u32 = 5;
 
 pub fn classify(job: &ClassifyJob, model: &dyn Classifier, limits: &Limits) -> Result<ClassifyOutput, JobError> {
-    job.validate()?;
+    classify_batch(&[job], model, limits).pop().unwrap_or_else(|| Err(JobError::Inference("empty batch".into())))
+}
+
+/// Classifies several jobs with one model run (micro-batching). Each job keeps its own outcome:
+/// an image that cannot be decoded fails its job only; a failed model run fails every job that
+/// reached it.
+pub fn classify_batch(
+    jobs: &[&ClassifyJob],
+    model: &dyn Classifier,
+    limits: &Limits,
+) -> Vec<Result<ClassifyOutput, JobError>> {
     let spec = model.spec();
+    let mut outcomes: Vec<Result<ClassifyOutput, JobError>> = Vec::with_capacity(jobs.len());
+    let mut images = Vec::with_capacity(jobs.len());
+    let mut slots = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        match prepare(job, spec, limits) {
+            Ok(img) => {
+                images.push(img);
+                slots.push(i);
+                outcomes.push(Err(JobError::Inference("not run".into())));
+            }
+            Err(e) => outcomes.push(Err(e)),
+        }
+    }
+    if images.is_empty() {
+        return outcomes;
+    }
+    let scored = preprocess_batch(&images, spec).and_then(|input| model.infer(input)).and_then(|scores| {
+        if scores.nrows() != images.len() || scores.ncols() != spec.labels.len() {
+            return Err(JobError::ModelInputMismatch(format!(
+                "the model returned {}x{} scores, expected {}x{}",
+                scores.nrows(),
+                scores.ncols(),
+                images.len(),
+                spec.labels.len()
+            )));
+        }
+        Ok(scores)
+    });
+    for (row, &i) in slots.iter().enumerate() {
+        outcomes[i] = match &scored {
+            Err(e) => Err(e.clone()),
+            Ok(scores) => {
+                let probs = if spec.outputs_logits { softmax(scores.row(row)) } else { scores.row(row).to_vec() };
+                let k = jobs[i].top_k.unwrap_or(DEFAULT_TOP_K);
+                Ok(ClassifyOutput { model: spec.name.clone(), predictions: top_k(&probs, k, &spec.labels) })
+            }
+        };
+    }
+    outcomes
+}
+
+/// Validates, decodes and checks one job's image against the model.
+fn prepare(job: &ClassifyJob, spec: &ModelSpec, limits: &Limits) -> Result<DynamicImage, JobError> {
+    job.validate()?;
     let (img, _) = image_io::decode(&job.image, limits)?;
     let (w, h) = (img.width().max(1), img.height().max(1));
     let ratio = w.max(h) as f32 / w.min(h) as f32;
@@ -143,19 +197,7 @@ pub fn classify(job: &ClassifyJob, model: &dyn Classifier, limits: &Limits) -> R
             spec.width, spec.height, spec.max_aspect_ratio
         )));
     }
-    let input = preprocess_batch(std::slice::from_ref(&img), spec)?;
-    let scores = model.infer(input)?;
-    if scores.nrows() != 1 || scores.ncols() != spec.labels.len() {
-        return Err(JobError::ModelInputMismatch(format!(
-            "the model returned {}x{} scores, expected 1x{}",
-            scores.nrows(),
-            scores.ncols(),
-            spec.labels.len()
-        )));
-    }
-    let probs = if spec.outputs_logits { softmax(scores.row(0)) } else { scores.row(0).to_vec() };
-    let k = job.top_k.unwrap_or(DEFAULT_TOP_K);
-    Ok(ClassifyOutput { model: spec.name.clone(), predictions: top_k(&probs, k, &spec.labels) })
+    Ok(img)
 }
 
 /// Resizes, converts and normalises images into one NCHW batch of the model's element type.
@@ -272,6 +314,41 @@ mod tests {
         assert_eq!(a[[0, 0, 1, 1]].to_f32(), 1.0);
         assert_eq!(a[[0, 1, 1, 1]].to_f32(), -1.0);
         assert_eq!(a[[0, 2, 0, 0]].to_f32(), 1.0);
+    }
+
+    /// A stand-in model that records each batch size and gives row r the class r mod 3.
+    struct Counting {
+        spec: ModelSpec,
+        batches: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl Classifier for Counting {
+        fn spec(&self) -> &ModelSpec {
+            &self.spec
+        }
+        fn infer(&self, input: InputTensor) -> Result<Array2<f32>, JobError> {
+            let n = input.batch_size();
+            self.batches.lock().expect("lock").push(n);
+            Ok(Array2::from_shape_fn((n, 3), |(r, c)| if c == r % 3 { 5.0 } else { 0.0 }))
+        }
+    }
+
+    #[test]
+    fn a_batch_runs_once_and_a_bad_image_fails_only_its_job() {
+        let model = Counting { spec: spec(ElementType::F32, 1), batches: Default::default() };
+        let png = crate::image_io::encode(
+            &DynamicImage::ImageLuma8(image::GrayImage::new(4, 4)),
+            crate::image_io::Format::Png,
+            None,
+        )
+        .expect("png");
+        let good = ClassifyJob { image: png, top_k: Some(1) };
+        let bad = ClassifyJob { image: b"not an image".to_vec(), top_k: Some(1) };
+        let out = classify_batch(&[&good, &bad, &good], &model, &Limits::default());
+        assert_eq!(*model.batches.lock().expect("lock"), vec![2], "one model run for the two good images");
+        assert_eq!(out[0].as_ref().expect("first ok").predictions[0].label, "a");
+        assert_eq!(out[1].as_ref().unwrap_err().error_type(), "unsupported_format");
+        assert_eq!(out[2].as_ref().expect("third ok").predictions[0].label, "b", "row 1 of the batch");
     }
 
     #[test]

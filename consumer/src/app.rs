@@ -23,6 +23,7 @@ use warren_infra::Settings;
 use warren_infra::backoff::Backoff;
 use warren_infra::settings::Route;
 
+use crate::batcher::{BatchPolicy, Batcher};
 use crate::handler::{Served, handle};
 use crate::metrics::Metrics;
 use crate::onnx::OrtClassifier;
@@ -75,7 +76,16 @@ impl Application {
             0 => u16::try_from(pool.size()).unwrap_or(u16::MAX),
             n => n,
         };
-        check_time_limits(&settings, &routes, pool.size(), prefetch)?;
+        let batch = settings.model.max_batch.max(1);
+        // Batches can only fill if the queue lets that many jobs in at once.
+        let prefetch_of = |r: &Route| -> u16 {
+            if r.kind == JobKind::MlClassify.as_str() && batch > 1 {
+                prefetch.max(u16::try_from(batch * pool.size()).unwrap_or(u16::MAX))
+            } else {
+                prefetch
+            }
+        };
+        check_time_limits(&settings, &routes, pool.size(), &prefetch_of, batch)?;
 
         // A worker that cannot load its model must not take classify jobs only to fail them,
         // so a model problem stops start-up with the reason instead.
@@ -91,18 +101,34 @@ impl Application {
         } else {
             None
         };
-        let served = routes
+        let batcher = match (&classifier, routes.iter().find(|r| r.kind == JobKind::MlClassify.as_str())) {
+            (Some(model), Some(route)) if batch > 1 => Some(Batcher::start(
+                pool.clone(),
+                model.clone(),
+                Arc::new(settings.limits.clone()),
+                BatchPolicy {
+                    max_batch: batch,
+                    max_wait: Duration::from_millis(settings.model.max_batch_wait_ms),
+                    time_limit: Duration::from_millis(route.time_limit_ms),
+                    retry_timeouts: settings.consumer.retry_timeouts,
+                },
+                metrics.batch_size_histogram(&settings.model.name),
+            )),
+            _ => None,
+        };
+        let served: Vec<Arc<Served>> = routes
             .iter()
             .map(|r| {
                 Arc::new(Served {
                     queue: r.queue.clone(),
+                    prefetch: prefetch_of(r),
                     time_limit: Duration::from_millis(r.time_limit_ms),
                     retry: settings.retry_policy(r).clone(),
                 })
             })
             .collect();
         let worker_id = worker_id(&settings.consumer.worker_id);
-        metrics.configured(pool.size(), prefetch, &routes.iter().map(|r| r.queue.clone()).collect::<Vec<_>>());
+        metrics.configured(pool.size(), &served.iter().map(|s| (s.queue.clone(), s.prefetch)).collect::<Vec<_>>());
         let shared = Shared {
             settings: settings.clone(),
             pool,
@@ -112,6 +138,7 @@ impl Application {
             served,
             prefetch,
             metrics: metrics.clone(),
+            batcher,
         };
         let session = Session::open(&shared).await?;
         let health: Arc<Health> = Arc::default();
@@ -275,18 +302,31 @@ async fn drain(shared: &Shared, session: &Session, tracker: &TaskTracker, stop: 
 /// `consumer_timeout` (the broker would then close the channel and redeliver everything on it):
 /// a job may wait for every other prefetched delivery of this worker to take a slot, then run
 /// for its time limit, then wait for two confirms (result or retry, and error result).
-fn check_time_limits(settings: &Settings, routes: &[Route], pool: usize, prefetch: u16) -> anyhow::Result<()> {
-    let held = usize::from(prefetch) * routes.len();
+fn check_time_limits(
+    settings: &Settings,
+    routes: &[Route],
+    pool: usize,
+    prefetch_of: &dyn Fn(&Route) -> u16,
+    batch: usize,
+) -> anyhow::Result<()> {
+    // Runs needed to clear everything held: a classify batch takes one slot for up to `batch` jobs.
+    let held: usize = routes
+        .iter()
+        .map(|r| {
+            let per_run = if r.kind == JobKind::MlClassify.as_str() { batch } else { 1 };
+            usize::from(prefetch_of(r)).div_ceil(per_run)
+        })
+        .sum();
     let rounds = held.div_ceil(pool.max(1)) as u64;
     let longest = routes.iter().map(|r| r.time_limit_ms).max().unwrap_or(0);
     let worst_ms = longest.saturating_mul(rounds) + 2 * settings.broker.confirm_timeout_ms;
     let budget_ms = settings.broker.consumer_timeout_ms / 10 * 9;
     anyhow::ensure!(
         worst_ms <= budget_ms,
-        "a job could stay unacked for {worst_ms} ms (time limit {longest} ms x {rounds} rounds of {held} prefetched \
-         jobs on {pool} slots, plus 2 confirm timeouts), over 90% of broker.consumer_timeout_ms = {}: lower \
-         time_limit_ms or consumer.prefetch, raise consumer.pool_size, or raise the broker's consumer_timeout and \
-         broker.consumer_timeout_ms with it",
+        "a job could stay unacked for {worst_ms} ms (time limit {longest} ms x {rounds} rounds of the {held} runs \
+         the prefetched jobs need on {pool} slots, plus 2 confirm timeouts), over 90% of \
+         broker.consumer_timeout_ms = {}: lower time_limit_ms or consumer.prefetch, raise consumer.pool_size, \
+         or raise the broker's consumer_timeout and broker.consumer_timeout_ms with it",
         settings.broker.consumer_timeout_ms
     );
     Ok(())

@@ -20,6 +20,7 @@ use warren_common::retry::RetryPolicy;
 use warren_common::{Encoding, Job, JobEnvelope, JobError, JobKind, JobResult, Timing};
 use warren_infra::{PublishError, Publisher, Settings, fields};
 
+use crate::batcher::Batcher;
 use crate::failure::{self, Disposition};
 use crate::metrics::{Metrics, Outcome, publish_outcome};
 use crate::pool::{WorkerPool, now_us};
@@ -35,6 +36,8 @@ pub struct Worker {
     /// Job kinds this worker runs.
     pub kinds: Vec<JobKind>,
     pub metrics: Arc<Metrics>,
+    /// Micro-batching for classify jobs, when enabled.
+    pub batcher: Option<Batcher>,
     /// Cancelled by a handler whose publish failed because the channel or connection is gone:
     /// the session must be replaced, not used to nack every job that follows.
     pub lost: CancellationToken,
@@ -59,6 +62,8 @@ impl std::fmt::Debug for Worker {
 #[derive(Debug, Clone)]
 pub struct Served {
     pub queue: String,
+    /// Unacked deliveries allowed on this queue's consumer.
+    pub prefetch: u16,
     pub time_limit: Duration,
     pub retry: RetryPolicy,
 }
@@ -107,13 +112,19 @@ async fn process(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, job
             tracing::Span::current().record("kind", kind.as_str());
             let (settings, classifier) = (worker.settings.clone(), worker.classifier.clone());
             worker.metrics.job_received(&served.queue, &kind);
-            let (outcome, timing) = worker
-                .pool
-                .run(served.time_limit, settings.consumer.retry_timeouts, move || {
-                    let services = Services { limits: &settings.limits, classifier: classifier.as_deref(), attempt };
-                    job::run(&job, services)
-                })
-                .await;
+            let (outcome, timing) = match (job, &worker.batcher) {
+                (Job::Classify(job), Some(batcher)) => batcher.submit(job).await,
+                (job, _) => {
+                    worker
+                        .pool
+                        .run(served.time_limit, settings.consumer.retry_timeouts, move || {
+                            let services =
+                                Services { limits: &settings.limits, classifier: classifier.as_deref(), attempt };
+                            job::run(&job, services)
+                        })
+                        .await
+                }
+            };
             let published_us = published_at_us(delivery);
             let queued_for = published_us.map(|p| Duration::from_micros(timing.started_at_us.saturating_sub(p)));
             let ran_for = Duration::from_micros(timing.finished_at_us.saturating_sub(timing.started_at_us));

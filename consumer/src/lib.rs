@@ -3,6 +3,7 @@
 //! input. Failures are dead-lettered with their reason; one bad message never stops the loop.
 
 pub mod app;
+pub mod batcher;
 pub mod failure;
 pub mod handler;
 pub mod metrics;

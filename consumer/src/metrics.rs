@@ -32,6 +32,7 @@ pub struct Metrics {
     connected: IntGauge,
     model_load_seconds: Gauge,
     inference_seconds: HistogramVec,
+    batch_size: HistogramVec,
 }
 
 /// How a job ended, for `warren_jobs_completed_total{outcome}`.
@@ -140,6 +141,13 @@ impl Metrics {
                 &["model"],
                 &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             ),
+            batch_size: histogram(
+                r,
+                "warren_batch_size",
+                "Jobs per model run (micro-batching)",
+                &["model"],
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+            ),
             model_load_seconds,
             prefetch,
             reconnects,
@@ -147,10 +155,10 @@ impl Metrics {
         }
     }
 
-    pub fn configured(&self, pool: usize, prefetch: u16, queues: &[String]) {
+    pub fn configured(&self, pool: usize, prefetch: &[(String, u16)]) {
         self.pool_capacity.set(pool as i64);
-        for q in queues {
-            self.prefetch.with_label_values(&[q.as_str()]).set(i64::from(prefetch));
+        for (q, p) in prefetch {
+            self.prefetch.with_label_values(&[q.as_str()]).set(i64::from(*p));
         }
     }
 
@@ -203,6 +211,11 @@ impl Metrics {
     /// The histogram an inference adapter observes each run into.
     pub fn inference_histogram(&self, model: &str) -> prometheus::Histogram {
         self.inference_seconds.with_label_values(&[model])
+    }
+
+    /// The histogram of batch sizes for `model`.
+    pub fn batch_size_histogram(&self, model: &str) -> prometheus::Histogram {
+        self.batch_size.with_label_values(&[model])
     }
 
     /// The gauge the pool keeps equal to its running jobs.

@@ -16,6 +16,7 @@ use warren_common::JobKind;
 use warren_common::classify::Classifier;
 use warren_infra::{Publisher, Settings, topology};
 
+use crate::batcher::Batcher;
 use crate::handler::{Served, Worker};
 use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
@@ -30,6 +31,7 @@ pub struct Shared {
     pub served: Vec<Arc<Served>>,
     pub prefetch: u16,
     pub metrics: Arc<Metrics>,
+    pub batcher: Option<Batcher>,
 }
 
 pub struct Session {
@@ -48,10 +50,10 @@ impl Session {
 
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
         let publisher = Publisher::open(&connection, confirm_timeout).await.context("open publishing channel")?;
-        let prefetch = shared.prefetch;
         let mut consumers = Vec::with_capacity(shared.served.len());
         for served in &shared.served {
             let queue = served.queue.as_str();
+            let prefetch = served.prefetch;
             let channel = connection.create_channel().await.context("open consuming channel")?;
             // Per consumer (global = false): each queue gets `prefetch` unacked deliveries.
             channel
@@ -77,6 +79,7 @@ impl Session {
             worker_id: shared.worker_id.clone(),
             kinds: shared.kinds.clone(),
             metrics: shared.metrics.clone(),
+            batcher: shared.batcher.clone(),
             lost: CancellationToken::new(),
         });
         Ok(Self { connection, worker, consumers })

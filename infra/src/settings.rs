@@ -147,6 +147,10 @@ pub struct ModelSettings {
     pub std: Vec<f32>,
     pub resize_filter: Filter,
     pub max_aspect_ratio: f32,
+    /// Micro-batching: most jobs per model run (1 = no batching) ...
+    pub max_batch: usize,
+    /// ... and how long the first job of a batch waits for others.
+    pub max_batch_wait_ms: u64,
     pub outputs: ModelOutputs,
     pub height: usize,
     pub width: usize,

@@ -58,3 +58,57 @@ async fn every_sample_matches_the_measured_accuracy(#[case] variant: &str, #[cas
     assert!((measured - accuracy).abs() < 1e-9);
     fleet.stop().await;
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classify_jobs_share_model_runs_and_keep_their_own_outcomes(vhost: Vhost) {
+    let dir = repo_root().join("models/digits");
+    let mut settings = settings_for(&vhost);
+    settings.consumer.kinds = vec!["ml.classify".into()];
+    settings.consumer.pool_size = 1;
+    settings.model.max_batch = 8;
+    settings.model.max_batch_wait_ms = 50;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    assert_eq!(fleet.prefetch, 1, "the default prefetch (pool size) ...");
+    let addr = fleet.metrics_addr.expect("metrics");
+    let scrape = || tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(addr));
+    assert_eq!(
+        scrape().value("warren_prefetch", &[("queue", "warren.ml.classify")]),
+        8.0,
+        "... is raised to fill batches"
+    );
+
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).expect("expected")).expect("json");
+    let names: Vec<String> = expected["truth"].as_object().expect("truth").keys().take(23).cloned().collect();
+    let mut tickets = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        // One bad image among them: it fails alone.
+        let image = if i == 5 {
+            b"not an image".to_vec()
+        } else {
+            std::fs::read(dir.join("samples").join(name)).expect("sample")
+        };
+        let job = Job::Classify(ClassifyJob { image, top_k: Some(1) });
+        tickets.push(producer.publish(&job, &warren_e2e::want_result()).await.expect("publish"));
+    }
+    for (i, (name, t)) in names.iter().zip(tickets).enumerate() {
+        let r = t.wait(DEADLINE).await.expect("result");
+        if i == 5 {
+            assert_eq!(r.error.expect("the bad one fails").error_type, "unsupported_format");
+            continue;
+        }
+        let Some(JobOutput::Classify(out)) = r.output else { panic!("{name}: {:?}", r.error) };
+        assert_eq!(
+            u64::from(out.predictions[0].index),
+            expected["models"]["f32"]["predicted"][name].as_u64().expect("p")
+        );
+    }
+    let s = scrape();
+    let (runs, jobs) = (s.value("warren_batch_size_count", &[]), s.value("warren_batch_size_sum", &[]));
+    println!("micro-batching: {jobs} jobs in {runs} model runs (max batch 8)");
+    assert_eq!(jobs, 23.0);
+    assert!((3.0..23.0).contains(&runs), "{runs} runs");
+    producer.close().await;
+    fleet.stop().await;
+}
