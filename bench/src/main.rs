@@ -175,19 +175,33 @@ async fn scenario_ml(cli: &Cli) -> anyhow::Result<Value> {
     let png = std::fs::read(repo_root().join("models/digits/samples/001_label4.png"))?;
     let img = warren_common::image_io::decode(&png, &Limits::default())?.0;
     let mut by_batch = serde_json::Map::new();
+    let mut full_by_batch = serde_json::Map::new();
     let mut best = 0.0f64;
+    let limits = Limits::default();
     for batch in [1usize, 2, 4, 8, 16, 32] {
+        // Inference alone.
         let images = vec![img.clone(); batch];
         let input = preprocess_batch(&images, model.spec())?;
-        let rounds = (2000 / batch).max(20);
+        let rounds = (4000 / batch).max(50);
         let start = Instant::now();
         for _ in 0..rounds {
             model.infer(input.clone())?;
         }
-        let rate = (rounds * batch) as f64 / start.elapsed().as_secs_f64();
-        println!("ml in-process: batch {batch:>2}: {rate:.0} images/s");
-        best = best.max(rate);
-        by_batch.insert(batch.to_string(), json!(rate));
+        let infer_rate = (rounds * batch) as f64 / start.elapsed().as_secs_f64();
+        // The whole job as the fleet does it: decode, check, preprocess, infer, softmax, top-k.
+        let jobs: Vec<ClassifyJob> = (0..batch).map(|_| ClassifyJob { image: png.clone(), top_k: Some(1) }).collect();
+        let refs: Vec<&ClassifyJob> = jobs.iter().collect();
+        let start = Instant::now();
+        for _ in 0..rounds {
+            let _ = warren_common::classify::classify_batch(&refs, &model, &limits);
+        }
+        let full_rate = (rounds * batch) as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "ml in-process: batch {batch:>2}: inference {infer_rate:.0} images/s, whole job {full_rate:.0} jobs/s"
+        );
+        best = best.max(full_rate);
+        by_batch.insert(batch.to_string(), json!(infer_rate));
+        full_by_batch.insert(batch.to_string(), json!(full_rate));
     }
     let job = Job::Classify(ClassifyJob { image: png, top_k: Some(1) });
     let mut fleet = Vec::new();
@@ -198,9 +212,14 @@ async fn scenario_ml(cli: &Cli) -> anyhow::Result<Value> {
         fleet.push(f.rate());
     }
     let f = median(fleet.clone());
-    println!("ml: best in-process {best:.0} images/s, fleet {f:.0} jobs/s, ratio {:.2} (target >= 0.8)", f / best);
-    Ok(json!({"in_process_images_per_s_by_batch": by_batch, "best_in_process": best, "fleet_jobs_per_s": fleet,
-              "median_fleet": f, "ratio": f / best}))
+    println!(
+        "ml: best in-process {best:.0} jobs/s (whole job, one thread), fleet {f:.0} jobs/s, ratio {:.2} (target >= 0.8)",
+        f / best
+    );
+    Ok(
+        json!({"in_process_inference_images_per_s_by_batch": by_batch, "in_process_whole_job_per_s_by_batch": full_by_batch,
+              "best_in_process": best, "fleet_jobs_per_s": fleet, "median_fleet": f, "ratio": f / best}),
+    )
 }
 
 async fn scenario_latency(cli: &Cli, relay_max: Option<f64>) -> anyhow::Result<Value> {
