@@ -35,9 +35,14 @@ echo "== checksum: every file under samples/images, bincode encoding"
 "$PRODUCER" --encoding bincode checksum samples/images --wait --out "$OUT/checksum"
 echo "== bad input: a file that is not an image (dead-lettered with its reason)"
 "$PRODUCER" classify Cargo.toml --wait || true
+echo "== warrenctl: the fleet at a glance, and the dead letter decoded"
+target/release/warrenctl status
+target/release/warrenctl peek warren.ml.classify.dead -n 3
 echo "== overhead: 2000 checksum jobs of 1 KiB, 64 in flight"
 "$PRODUCER" load --kind checksum --count 2000 --concurrency 64 --wait
 
+echo "== a few of the consumer's metrics (http://127.0.0.1:9464/metrics)"
+python3 -c 'import urllib.request; print("\n".join(l for l in urllib.request.urlopen("http://127.0.0.1:9464/metrics").read().decode().splitlines() if l.startswith(("warren_jobs_completed_total", "warren_pool_capacity"))))' || true
 echo "== stopping the consumer (SIGTERM)"
 kill -TERM "$CONSUMER_PID"
 wait "$CONSUMER_PID" && echo "consumer exited 0"
