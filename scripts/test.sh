@@ -8,4 +8,12 @@ scripts/setup.sh
 eval "$(scripts/setup.sh --env)"
 cargo build --workspace --bins --locked
 # --nocapture: the end-to-end tests print their counts (jobs, results, duplicates, timings).
-cargo test --workspace --locked "$@" -- --nocapture
+log="$(mktemp)"
+set +e
+cargo test --workspace --locked "$@" -- --nocapture 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' "$log"
+rm -f "$log"
+exit "$status"
