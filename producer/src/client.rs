@@ -230,6 +230,9 @@ impl Producer {
         if let Some(replies) = &self.replies {
             let _ = link.publisher.channel().queue_delete(replies.queue().into(), Default::default()).await;
         }
+        // Close the channel before the connection: closing a connection under an open channel
+        // makes lapin log a spurious channel-state error.
+        let _ = link.publisher.channel().close(200, "producer done".into()).await;
         let _ = link.connection.close(200, "producer done".into()).await;
     }
 }

@@ -18,8 +18,10 @@ async fn producer(vhost: &Vhost, args: &[&str]) -> (i32, String) {
         .await
         .expect("run warren-producer");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("$ warren-producer {}\n{stdout}{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), stdout)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("$ warren-producer {}\n{stdout}{stderr}", args.join(" "));
+    // Both streams, so callers can look for what the producer says on stderr too.
+    (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
 }
 
 #[rstest]
@@ -60,7 +62,10 @@ async fn consumer_and_producer_binaries_end_to_end(vhost: Vhost) {
     assert!(stdout.contains("jobs published and confirmed"), "{stdout}");
 
     // Load mode prints its report.
-    let (code, stdout) = producer(&vhost, &["load", "--count", "50", "--concurrency", "8", "--wait"]).await;
+    let (code, stdout) =
+        producer(&vhost, &["load", "--count", "50", "--concurrency", "8", "--wait", "--metrics-addr", "127.0.0.1:0"])
+            .await;
+    assert!(stdout.contains("metrics on http://127.0.0.1:"), "the producer serves its metrics: {stdout}");
     assert_eq!(code, 0);
     assert!(stdout.contains("published 50") && stdout.contains("end-to-end latency"), "{stdout}");
 
