@@ -110,8 +110,8 @@ impl Producer {
     /// Declares this producer's reply queue and starts collecting results by correlation id.
     pub async fn enable_replies(&mut self) -> anyhow::Result<()> {
         if self.replies.is_none() {
-            let link = self.link.read().await;
-            self.replies = Some(Replies::start(&link.connection, self.settings.producer.reply_queue_expires_ms).await?);
+            self.replies =
+                Some(Replies::start(&self.settings.broker, self.settings.producer.reply_queue_expires_ms).await?);
         }
         Ok(())
     }
@@ -203,14 +203,8 @@ impl Producer {
         );
         loop {
             tokio::time::sleep(backoff.next_delay()).await;
-            let attempt = async {
-                let fresh = open_link(&self.settings, seen + 1).await?;
-                if let Some(replies) = &self.replies {
-                    replies.resume(&fresh.connection).await?;
-                }
-                anyhow::Ok(fresh)
-            };
-            match attempt.await {
+            // The reply queue has its own connection and reconnects by itself.
+            match open_link(&self.settings, seen + 1).await {
                 Ok(fresh) => {
                     let old = std::mem::replace(&mut *link, fresh);
                     let _ = old.connection.close(200, "replaced".into()).await;

@@ -1,12 +1,14 @@
 //! Results addressed to this producer. The reply queue is named `warren.reply.<uuid>`, durable,
 //! and expires (`x-expires`) once unused for `producer.reply_queue_expires_ms`: it outlives a
 //! lost connection or a broker restart, so results published meanwhile wait for us; after a
-//! reconnection [`Replies::resume`] consumes it again. Each result is handed to whoever waits
-//! on its correlation id, then acked. A result nobody waits for (an at-least-once duplicate, or
+//! reconnection it is consumed again. Each result is handed to whoever waits
+//! on its correlation id, then acked. The queue is consumed on a connection of its own that is
+//! re-established whenever it is lost. A result nobody waits for (an at-least-once duplicate, or
 //! a job whose wait was given up) is logged and dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
@@ -14,62 +16,50 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::oneshot;
 use warren_common::{Encoding, JobResult};
+use warren_infra::backoff::Backoff;
+use warren_infra::settings::BrokerSettings;
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<JobResult>>>>;
 
 #[derive(Debug)]
 pub struct Replies {
     queue: String,
-    expires_ms: u64,
     waiters: Waiters,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Replies {
-    pub async fn start(connection: &lapin::Connection, expires_ms: u64) -> anyhow::Result<Self> {
-        let replies = Self {
-            queue: format!("warren.reply.{}", uuid::Uuid::new_v4().simple()),
-            expires_ms,
-            waiters: Arc::default(),
-            task: Mutex::new(None),
-        };
-        replies.resume(connection).await?;
-        Ok(replies)
-    }
-
-    /// (Re)declares the reply queue on `connection` and consumes it.
-    pub async fn resume(&self, connection: &lapin::Connection) -> anyhow::Result<()> {
-        let channel = connection.create_channel().await.context("open reply channel")?;
-        let mut args = FieldTable::default();
-        args.insert("x-expires".into(), AMQPValue::LongLongInt(i64::try_from(self.expires_ms).unwrap_or(i64::MAX)));
-        channel
-            .queue_declare(self.queue.as_str().into(), QueueDeclareOptions::durable(), args)
-            .await
-            .with_context(|| format!("declare reply queue {}", self.queue))?;
-        let mut consumer = channel
-            .basic_consume(
-                self.queue.as_str().into(),
-                "warren-producer-replies".into(),
-                BasicConsumeOptions { exclusive: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .context("consume reply queue")?;
-        let map = self.waiters.clone();
+    /// Declares the reply queue and starts consuming it on a connection of its own, which is
+    /// re-established (capped, jittered backoff) whenever it is lost, so results keep coming
+    /// whether or not this producer publishes again.
+    pub async fn start(broker: &BrokerSettings, expires_ms: u64) -> anyhow::Result<Self> {
+        let queue = format!("warren.reply.{}", uuid::Uuid::new_v4().simple());
+        let waiters: Waiters = Arc::default();
+        // The first session opens before we return: the queue must exist before any job names it.
+        let first = Session::open(broker, &queue, expires_ms).await?;
+        let (broker, name, map) = (broker.clone(), queue.clone(), waiters.clone());
         let task = tokio::spawn(async move {
-            let _channel = channel;
-            while let Some(Ok(delivery)) = consumer.next().await {
-                dispatch(&map, &delivery);
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    tracing::debug!(error = %e, "ack of a result failed; it will come again");
+            let mut backoff = Backoff::new(
+                Duration::from_millis(broker.reconnect_min_ms),
+                Duration::from_millis(broker.reconnect_max_ms),
+            );
+            let mut session = Some(first);
+            loop {
+                if let Some(s) = session.take() {
+                    s.run(&map).await;
+                    tracing::warn!(queue = %name, "reply consumer lost the broker; reconnecting");
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+                match Session::open(&broker, &name, expires_ms).await {
+                    Ok(s) => {
+                        backoff.reset();
+                        session = Some(s);
+                    }
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "reply consumer could not reconnect"),
                 }
             }
-            // The connection is gone; the producer resumes on its next connection.
         });
-        if let Some(old) = lock(&self.task).replace(task) {
-            old.abort();
-        }
-        Ok(())
+        Ok(Self { queue, waiters, task: Mutex::new(Some(task)) })
     }
 
     pub fn queue(&self) -> &str {
@@ -91,6 +81,45 @@ impl Drop for Replies {
     fn drop(&mut self) {
         if let Some(task) = lock(&self.task).take() {
             task.abort();
+        }
+    }
+}
+
+/// One connection consuming the reply queue.
+struct Session {
+    _connection: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+impl Session {
+    async fn open(broker: &BrokerSettings, queue: &str, expires_ms: u64) -> anyhow::Result<Self> {
+        let connection = warren_infra::connect(broker, "producer-replies").await?;
+        let channel = connection.create_channel().await.context("open reply channel")?;
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(i64::try_from(expires_ms).unwrap_or(i64::MAX)));
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
+            .await
+            .with_context(|| format!("declare reply queue {queue}"))?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "warren-producer-replies".into(),
+                BasicConsumeOptions { exclusive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .context("consume reply queue")?;
+        Ok(Self { _connection: connection, consumer })
+    }
+
+    /// Hands results to their waiters until the connection is lost.
+    async fn run(mut self, waiters: &Waiters) {
+        while let Some(Ok(delivery)) = self.consumer.next().await {
+            dispatch(waiters, &delivery);
+            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::debug!(error = %e, "ack of a result failed; it will come again");
+            }
         }
     }
 }

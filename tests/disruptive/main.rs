@@ -37,29 +37,35 @@ async fn a_broker_restart_mid_run_loses_nothing(vhost: Vhost) {
     settings.broker.reconnect_max_ms = 1000;
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let producer = std::sync::Arc::new(producer);
-    let publishing = tokio::spawn({
-        let producer = producer.clone();
-        async move {
-            let mut tickets = Vec::new();
-            for i in 0..N {
-                let job = Job::Checksum(ChecksumJob { data: (i as u32).to_le_bytes().to_vec(), rounds: 1 });
-                tickets
-                    .push(producer.publish(&job, &want_result()).await.expect("every publish is confirmed in the end"));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tickets
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = |i: usize| Job::Checksum(ChecksumJob { data: (i as u32).to_le_bytes().to_vec(), rounds: 1 });
+    // The first half before the restart; some may still be in flight when the broker stops.
+    let mut tickets = Vec::new();
+    for i in 0..N / 2 {
+        tickets.push(producer.publish(&job(i), &want_result()).await.expect("confirmed before the restart"));
+    }
     let metrics = fleet.metrics_addr.expect("metrics served");
     assert_eq!(readyz(metrics).await, 200);
     rabbitmqctl(&["stop_app"]).await;
     await_readyz(metrics, 503).await;
+    // The second half is published while the broker is down: each publish waits, reconnecting,
+    // until the broker is back and confirms it.
+    let publishing = tokio::spawn({
+        let producer = producer.clone();
+        async move {
+            let mut tickets = Vec::new();
+            for i in N / 2..N {
+                tickets.push(
+                    producer.publish(&job(i), &want_result()).await.expect("every publish is confirmed in the end"),
+                );
+            }
+            tickets
+        }
+    });
     rabbitmqctl(&["start_app"]).await;
     rabbitmqctl(&["await_startup"]).await;
     await_readyz(metrics, 200).await;
     println!("broker restart: /readyz went 200 -> 503 while the broker was down -> 200 after it returned");
-    let tickets = tokio::time::timeout(DEADLINE, publishing).await.expect("publishing finishes").expect("task");
+    tickets.extend(tokio::time::timeout(DEADLINE, publishing).await.expect("publishing finishes").expect("task"));
     let mut ids = std::collections::HashSet::new();
     for t in tickets {
         let r = t.wait(DEADLINE).await.expect("every job answers after the restart");

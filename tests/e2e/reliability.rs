@@ -355,8 +355,9 @@ async fn a_producer_whose_connection_is_killed_reconnects_and_gets_its_results(v
     // Results that come while the producer is away wait in its reply queue.
     let slow = producer.publish(&Job::Fault(FaultJob { busy_ms: 1500, ..fault_spec() }), &want_result()).await;
     let slow = slow.expect("publish");
+    // Both of the producer's connections: the publishing one and the reply consumer's.
     let closed = tokio::task::block_in_place(|| vhost.close_connections("producer"));
-    assert_eq!(closed, 1, "the producer's connection");
+    assert_eq!(closed, 2, "the producer's connections");
     let mut tickets = vec![slow];
     for _ in 0..10 {
         // The first of these finds the connection dead, reconnects and publishes again.
