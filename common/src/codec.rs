@@ -52,26 +52,6 @@ impl Encoding {
     }
 }
 
-impl std::fmt::Display for Encoding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Json => "json",
-            Self::Bincode => "bincode",
-        })
-    }
-}
-
-impl std::str::FromStr for Encoding {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "json" => Ok(Self::Json),
-            "bincode" => Ok(Self::Bincode),
-            other => Err(format!("unknown encoding {other:?} (json or bincode)")),
-        }
-    }
-}
-
 /// Bincode's standard configuration with a cap on any single allocation a length prefix can ask
 /// for, so a hostile prefix cannot make the decoder reserve gigabytes.
 pub(crate) fn bincode_config() -> bincode::config::Configuration<

@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -30,22 +29,22 @@ use crate::onnx::OrtClassifier;
 use crate::pool::WorkerPool;
 use crate::session::{Session, Shared};
 
-/// What the outside (health endpoints, tests) can see of a running worker.
-#[derive(Debug, Default)]
+/// What the outside (health endpoints, tests) can see of a running worker: a view of the
+/// connection metrics, which are the one record of that state.
+#[derive(Debug, Clone)]
 pub struct Health {
-    ready: AtomicBool,
-    reconnects: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Health {
     /// Connected to the broker and consuming.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.metrics.is_connected()
     }
 
     /// Connections re-established after a loss.
     pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Acquire)
+        self.metrics.reconnects()
     }
 }
 
@@ -141,7 +140,7 @@ impl Application {
             batcher,
         };
         let session = Session::open(&shared).await?;
-        let health: Arc<Health> = Arc::default();
+        let health = Arc::new(Health { metrics: metrics.clone() });
         let metrics_addr = match settings.telemetry.metrics_addr.as_str() {
             "" => None,
             addr => {
@@ -168,10 +167,6 @@ impl Application {
         self.shared.prefetch
     }
 
-    pub fn worker_id(&self) -> &str {
-        &self.shared.worker_id
-    }
-
     pub fn health(&self) -> Arc<Health> {
         self.health.clone()
     }
@@ -185,7 +180,7 @@ impl Application {
     /// re-established with capped, jittered backoff, the topology re-declared and consuming
     /// resumed, for as long as it takes.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { shared, session, health, .. } = self;
+        let Self { shared, session, .. } = self;
         let broker = &shared.settings.broker;
         let mut backoff = Backoff::new(
             Duration::from_millis(broker.reconnect_min_ms),
@@ -200,19 +195,16 @@ impl Application {
                 Some(s) => s,
                 None => match reconnect(&shared, &mut backoff, &mut shutdown).await {
                     Some(s) => {
-                        health.reconnects.fetch_add(1, Ordering::AcqRel);
-                        shared.metrics.connection(true, true);
+                        shared.metrics.reconnected();
                         tracing::info!("reconnected; consuming again");
                         s
                     }
                     None => break,
                 },
             };
-            health.ready.store(true, Ordering::Release);
-            shared.metrics.connection(true, false);
+            shared.metrics.connected(true);
             let lost = consume(&session, &tracker, &stop, &mut shutdown).await;
-            health.ready.store(false, Ordering::Release);
-            shared.metrics.connection(false, false);
+            shared.metrics.connected(false);
             match lost {
                 None => {
                     drain(&shared, &session, &tracker, &stop).await;

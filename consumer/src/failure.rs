@@ -14,7 +14,6 @@ use warren_common::{ErrorClass, JobError};
 use warren_infra::{PublishError, fields};
 
 use crate::handler::{Served, Worker};
-use crate::metrics::publish_outcome;
 use crate::pool::now_us;
 
 /// The longest error message kept in a header; the rest is cut (headers are not for essays).
@@ -63,7 +62,7 @@ pub async fn dispose(
             .with_expiration(ttl.as_millis().max(1).to_string().into());
         let queue = worker.settings.retry_queue(&served.queue, nominal);
         let published = worker.publisher.publish("", &queue, &delivery.data, props, true).await;
-        worker.metrics.published("retry", publish_outcome(&published));
+        worker.metrics.published("retry", PublishError::outcome(&published));
         published?;
         tracing::info!(next_attempt = next, delay_ms = ttl.as_millis() as u64, error = %error, "transient failure; retrying later");
         return Ok(Disposition::Retried);
@@ -74,7 +73,7 @@ pub async fn dispose(
     let props: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
     let dlx = &worker.settings.topology.dead_letter_exchange;
     let published = worker.publisher.publish(dlx, &served.queue, &delivery.data, props, true).await;
-    worker.metrics.published("dead_letter", publish_outcome(&published));
+    worker.metrics.published("dead_letter", PublishError::outcome(&published));
     published?;
     tracing::warn!(
         reason = reason(error),
@@ -114,8 +113,12 @@ fn record_failure(
     if fields::get(Some(headers), h::FIRST_FAILED_AT).is_none() {
         fields::set_u64(headers, h::FIRST_FAILED_AT, now_ms);
     }
-    // After a retry the job arrives from the delay queue through the default exchange; where it
-    // was first published is what a replay needs, so the first value stays.
+    keep_origin(headers, delivery);
+}
+
+/// Records where the job was published, once. Copies Warren republishes (retries, requeued
+/// redeliveries) travel through the default exchange; a replay needs the first origin.
+pub(crate) fn keep_origin(headers: &mut FieldTable, delivery: &Delivery) {
     if fields::get(Some(headers), h::ORIGINAL_EXCHANGE).is_none() {
         fields::set_str(headers, h::ORIGINAL_EXCHANGE, delivery.exchange.as_str());
         fields::set_str(headers, h::ORIGINAL_ROUTING_KEY, delivery.routing_key.as_str());

@@ -22,7 +22,7 @@ use warren_infra::{PublishError, Publisher, Settings, fields};
 
 use crate::batcher::Batcher;
 use crate::failure::{self, Disposition};
-use crate::metrics::{Metrics, Outcome, publish_outcome};
+use crate::metrics::{Metrics, Outcome};
 use crate::pool::{WorkerPool, now_us};
 use crate::redelivery;
 
@@ -105,8 +105,9 @@ pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery
 }
 
 async fn process(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, job_id: String, attempt: u32) {
-    let encoding = Encoding::from_content_type(delivery.properties.content_type().as_ref().map(|s| s.as_str()));
-    let (outcome, timing, kind) = match parse(&delivery.data, encoding, worker) {
+    let content_type = delivery.properties.content_type().as_ref().map(|s| s.as_str());
+    let encoding = Encoding::from_content_type(content_type);
+    let (outcome, timing, kind) = match parse(&delivery.data, content_type, encoding, worker) {
         Ok(job) => {
             let kind = job.kind().as_str().to_owned();
             tracing::Span::current().record("kind", kind.as_str());
@@ -170,24 +171,23 @@ async fn process(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, job
             }
         }
         Err(error) => {
-            let error = match error {
-                JobError::UnsupportedContentType(_) => JobError::UnsupportedContentType(
-                    delivery.properties.content_type().as_ref().map(|s| s.to_string()).unwrap_or_default(),
-                ),
-                other => other,
-            };
             fail(worker, served, delivery, job_id, kind, &error, attempt, timing, encoding).await;
         }
     }
 }
 
-fn parse(body: &[u8], encoding: Option<Encoding>, worker: &Worker) -> Result<Job, JobError> {
+fn parse(
+    body: &[u8],
+    content_type: Option<&str>,
+    encoding: Option<Encoding>,
+    worker: &Worker,
+) -> Result<Job, JobError> {
     let limits = &worker.settings.limits;
     if body.len() > limits.max_body_bytes {
         return Err(JobError::BodyTooLarge { size: body.len(), limit: limits.max_body_bytes });
     }
     let Some(encoding) = encoding else {
-        return Err(JobError::UnsupportedContentType("(unrecognised)".into()));
+        return Err(JobError::UnsupportedContentType(content_type.unwrap_or_default().to_owned()));
     };
     let job = JobEnvelope::decode(body, encoding)?;
     if !worker.kinds.contains(&job.kind()) {
@@ -272,7 +272,7 @@ async fn publish_result(
         None => (worker.settings.topology.results_exchange.as_str(), result.kind.as_str()),
     };
     let published = worker.publisher.publish(exchange, routing_key, &body, props, true).await;
-    worker.metrics.published("result", publish_outcome(&published));
+    worker.metrics.published("result", PublishError::outcome(&published));
     if let Err(e) = &published {
         worker.observe(e);
     }

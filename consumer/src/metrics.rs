@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use warren_infra::metrics::{counter, counter_vec, gauge, histogram_vec, int_gauge, int_gauge_vec};
 
 /// Buckets for job durations: 1 ms to ~2 min.
 const JOB_SECONDS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0];
@@ -56,92 +55,64 @@ impl Outcome {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
-    c
-}
-
-fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
-        .expect("valid metric definition");
-    registry.register(Box::new(h.clone())).expect("metric registered once");
-    h
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric definition");
-    registry.register(Box::new(g.clone())).expect("metric registered once");
-    g
-}
-
 impl Metrics {
-    /// Creates and registers every metric. The definitions are constants, so the `expect`s can
-    /// only fail on a programming error, at start-up.
+    /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = warren_infra::serve::registry();
         let r = &registry;
         let q = ["queue", "kind"];
-        let model_load_seconds =
-            Gauge::new("warren_model_load_seconds", "Time the ONNX model took to load").expect("valid");
-        r.register(Box::new(model_load_seconds.clone())).expect("registered once");
-        let prefetch = IntGaugeVec::new(
-            Opts::new("warren_prefetch", "Prefetch (unacked deliveries) per queue consumer"),
-            &["queue"],
-        )
-        .expect("valid");
-        r.register(Box::new(prefetch.clone())).expect("registered once");
-        let reconnects = IntCounter::new("warren_reconnects_total", "Broker connections re-established after a loss")
-            .expect("valid");
-        r.register(Box::new(reconnects.clone())).expect("registered once");
+        let model_load_seconds = gauge(r, "warren_model_load_seconds", "Time the ONNX model took to load");
+        let prefetch =
+            int_gauge_vec(r, "warren_prefetch", "Prefetch (unacked deliveries) per queue consumer", &["queue"]);
+        let reconnects = counter(r, "warren_reconnects_total", "Broker connections re-established after a loss");
         Self {
-            received: counter(r, "warren_jobs_received_total", "Deliveries taken from a work queue", &q),
-            completed: counter(
+            received: counter_vec(r, "warren_jobs_received_total", "Deliveries taken from a work queue", &q),
+            completed: counter_vec(
                 r,
                 "warren_jobs_completed_total",
                 "Jobs settled, by outcome",
                 &["queue", "kind", "outcome"],
             ),
-            errors: counter(
+            errors: counter_vec(
                 r,
                 "warren_job_errors_total",
                 "Job failures, by fixed error type",
                 &["queue", "kind", "error_type"],
             ),
-            run_seconds: histogram(r, "warren_job_run_seconds", "Time a job ran on the pool", &q, &JOB_SECONDS),
-            queue_wait_seconds: histogram(
+            run_seconds: histogram_vec(r, "warren_job_run_seconds", "Time a job ran on the pool", &q, &JOB_SECONDS),
+            queue_wait_seconds: histogram_vec(
                 r,
                 "warren_job_queue_wait_seconds",
                 "From the job's timestamp property to the start of its run (1 s resolution)",
                 &q,
                 &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
             ),
-            end_to_end_seconds: histogram(
+            end_to_end_seconds: histogram_vec(
                 r,
                 "warren_job_end_to_end_seconds",
                 "From the job's timestamp property to its result being confirmed (1 s resolution)",
                 &q,
                 &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
             ),
-            in_flight: gauge(r, "warren_jobs_in_flight", "Jobs running on the pool now"),
-            pool_capacity: gauge(r, "warren_pool_capacity", "Slots of the blocking pool"),
-            abandoned: gauge(r, "warren_jobs_abandoned", "Threads still running jobs given up at their time limit"),
-            publishes: counter(
+            in_flight: int_gauge(r, "warren_jobs_in_flight", "Jobs running on the pool now"),
+            pool_capacity: int_gauge(r, "warren_pool_capacity", "Slots of the blocking pool"),
+            abandoned: int_gauge(r, "warren_jobs_abandoned", "Threads still running jobs given up at their time limit"),
+            publishes: counter_vec(
                 r,
                 "warren_publishes_total",
                 "Publishes by what was published and how the broker answered",
                 &["target", "outcome"],
             ),
-            redeliveries: counter(r, "warren_redeliveries_total", "Jobs that came back unanswered", &["queue"]),
-            connected: gauge(r, "warren_connected", "1 when connected to the broker and consuming"),
-            inference_seconds: histogram(
+            redeliveries: counter_vec(r, "warren_redeliveries_total", "Jobs that came back unanswered", &["queue"]),
+            connected: int_gauge(r, "warren_connected", "1 when connected to the broker and consuming"),
+            inference_seconds: histogram_vec(
                 r,
                 "warren_inference_seconds",
                 "Time of one model run",
                 &["model"],
                 &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             ),
-            batch_size: histogram(
+            batch_size: histogram_vec(
                 r,
                 "warren_batch_size",
                 "Jobs per model run (micro-batching)",
@@ -197,11 +168,20 @@ impl Metrics {
         self.redeliveries.with_label_values(&[queue]).inc();
     }
 
-    pub fn connection(&self, up: bool, reconnected: bool) {
+    pub fn connected(&self, up: bool) {
         self.connected.set(i64::from(up));
-        if reconnected {
-            self.reconnects.inc();
-        }
+    }
+
+    pub fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.get() == 1
+    }
+
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.get()
     }
 
     pub fn model_loaded(&self, took: Duration) {
@@ -227,17 +207,5 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// The publish outcome label of a publish result.
-pub fn publish_outcome(r: &Result<(), warren_infra::PublishError>) -> &'static str {
-    use warren_infra::PublishError as E;
-    match r {
-        Ok(()) => "acked",
-        Err(E::Unroutable { .. }) => "unroutable",
-        Err(E::Nacked { .. }) => "nacked",
-        Err(E::ConfirmTimeout(_)) => "timeout",
-        Err(E::Amqp(_)) => "error",
     }
 }

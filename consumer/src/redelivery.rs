@@ -8,8 +8,9 @@
 use lapin::message::Delivery;
 use warren_common::headers as h;
 use warren_common::{Encoding, JobEnvelope, JobError, Timing};
-use warren_infra::fields;
+use warren_infra::{PublishError, fields};
 
+use crate::failure::keep_origin;
 use crate::handler::{Served, Worker, ack, fail, nack_requeue};
 use crate::pool::now_us;
 
@@ -33,14 +34,10 @@ pub async fn intercept(worker: &Worker, served: &Served, delivery: &Delivery) ->
     }
     let mut headers = props.headers().clone().unwrap_or_default();
     fields::set_u64(&mut headers, h::REDELIVERIES, u64::from(returns));
-    // The copy travels through the default exchange; keep where the job first came from.
-    if fields::get(Some(&headers), h::ORIGINAL_EXCHANGE).is_none() {
-        fields::set_str(&mut headers, h::ORIGINAL_EXCHANGE, delivery.exchange.as_str());
-        fields::set_str(&mut headers, h::ORIGINAL_ROUTING_KEY, delivery.routing_key.as_str());
-    }
+    keep_origin(&mut headers, delivery);
     let copy = props.clone().with_headers(headers).with_delivery_mode(2);
     let published = worker.publisher.publish("", &served.queue, &delivery.data, copy, true).await;
-    worker.metrics.published("requeue_copy", crate::metrics::publish_outcome(&published));
+    worker.metrics.published("requeue_copy", PublishError::outcome(&published));
     match published {
         Ok(()) => {
             tracing::warn!(redeliveries = returns, "job came back unanswered; requeued at the back with its count");

@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod broker;
 pub mod fields;
+pub mod metrics;
 pub mod publish;
 pub mod serve;
 pub mod settings;

@@ -23,6 +23,20 @@ pub enum PublishError {
     Amqp(#[from] lapin::Error),
 }
 
+impl PublishError {
+    /// How a publish ended, as a fixed metric label: `acked` (for `Ok`), `unroutable`, `nacked`,
+    /// `timeout` or `error`.
+    pub fn outcome(result: &Result<(), PublishError>) -> &'static str {
+        match result {
+            Ok(()) => "acked",
+            Err(Self::Unroutable { .. }) => "unroutable",
+            Err(Self::Nacked { .. }) => "nacked",
+            Err(Self::ConfirmTimeout(_)) => "timeout",
+            Err(Self::Amqp(_)) => "error",
+        }
+    }
+}
+
 /// A channel in confirm mode.
 #[derive(Clone, Debug)]
 pub struct Publisher {

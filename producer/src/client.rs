@@ -88,10 +88,6 @@ impl Producer {
         Ok(Self { link: tokio::sync::RwLock::new(link), settings: Arc::new(settings), replies: None, metrics })
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     pub fn metrics(&self) -> &ProducerMetrics {
         &self.metrics
     }
@@ -168,7 +164,7 @@ impl Producer {
             };
             let started = Instant::now();
             let published = publisher.publish(&exchange, routing_key, body, props.clone(), true).await;
-            self.metrics.published(routing_key, outcome_label(&published), started.elapsed());
+            self.metrics.published(routing_key, PublishError::outcome(&published), started.elapsed());
             match published {
                 Ok(()) => {
                     let metrics = self.metrics.clone();
@@ -236,16 +232,6 @@ async fn open_link(settings: &Settings, generation: u64) -> anyhow::Result<Link>
     let timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
     let publisher = Publisher::open(&connection, timeout).await.context("open publishing channel")?;
     Ok(Link { connection, publisher, generation })
-}
-
-fn outcome_label(r: &Result<(), PublishError>) -> &'static str {
-    match r {
-        Ok(()) => "acked",
-        Err(PublishError::Unroutable { .. }) => "unroutable",
-        Err(PublishError::Nacked { .. }) => "nacked",
-        Err(PublishError::ConfirmTimeout(_)) => "timeout",
-        Err(PublishError::Amqp(_)) => "error",
-    }
 }
 
 /// A fresh W3C trace context: version 00, random trace and span ids, sampled.

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use warren_infra::metrics::{counter, counter_vec, histogram_vec, int_gauge};
 
 #[derive(Debug, Clone)]
 pub struct ProducerMetrics {
@@ -16,36 +17,26 @@ pub struct ProducerMetrics {
 }
 
 impl ProducerMetrics {
-    /// Registers every metric; the definitions are constants, so the `expect`s cannot fail at
-    /// run time.
+    /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = warren_infra::serve::registry();
-        let published = IntCounterVec::new(
-            Opts::new("warren_producer_published_total", "Jobs published, by kind and outcome"),
+        let r = &registry;
+        let published = counter_vec(
+            r,
+            "warren_producer_published_total",
+            "Jobs published, by kind and outcome",
             &["kind", "outcome"],
-        )
-        .expect("valid");
-        let confirm_seconds = HistogramVec::new(
-            HistogramOpts::new("warren_producer_confirm_seconds", "From publish to the broker's confirm")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+        );
+        let confirm_seconds = histogram_vec(
+            r,
+            "warren_producer_confirm_seconds",
+            "From publish to the broker's confirm",
             &["kind"],
-        )
-        .expect("valid");
-        let results =
-            IntCounterVec::new(Opts::new("warren_producer_results_total", "Results received, by status"), &["status"])
-                .expect("valid");
-        let reconnects =
-            IntCounter::new("warren_producer_reconnects_total", "Connections re-established").expect("valid");
-        let connected = IntGauge::new("warren_producer_connected", "1 while connected to the broker").expect("valid");
-        for c in [
-            Box::new(published.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(confirm_seconds.clone()),
-            Box::new(results.clone()),
-            Box::new(reconnects.clone()),
-            Box::new(connected.clone()),
-        ] {
-            registry.register(c).expect("registered once");
-        }
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0],
+        );
+        let results = counter_vec(r, "warren_producer_results_total", "Results received, by status", &["status"]);
+        let reconnects = counter(r, "warren_producer_reconnects_total", "Connections re-established");
+        let connected = int_gauge(r, "warren_producer_connected", "1 while connected to the broker");
         connected.set(1);
         Self { registry, published, confirm_seconds, results, reconnects, connected }
     }

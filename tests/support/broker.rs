@@ -111,20 +111,6 @@ impl Vhost {
         }
         closed
     }
-
-    /// Queue names as the management API reports them.
-    pub fn queue_names(&self) -> Vec<String> {
-        let base = management_url();
-        let body: serde_json::Value = agent()
-            .get(&format!("{base}/api/queues/{}", self.name))
-            .header("Authorization", &auth())
-            .call()
-            .and_then(|mut r| r.body_mut().read_json())
-            .unwrap_or_else(|e| panic!("listing queues of {}: {e}", self.name));
-        body.as_array()
-            .map(|qs| qs.iter().filter_map(|q| q["name"].as_str().map(str::to_owned)).collect())
-            .unwrap_or_default()
-    }
 }
 
 /// rstest fixture: a fresh vhost named after the running test (cargo names each test's thread
