@@ -34,8 +34,8 @@ struct Cli {
     /// Baseline/fleet pairs per scenario.
     #[arg(long, default_value_t = 3)]
     pairs: usize,
-    /// Comma-separated: relay, image, ml, latency.
-    #[arg(long, default_value = "relay,image,ml,latency")]
+    /// Comma-separated: relay, prefetch, image, ml, latency.
+    #[arg(long, default_value = "relay,prefetch,image,ml,latency")]
     scenarios: String,
     /// Jobs per run of the relay and latency scenarios.
     #[arg(long, default_value_t = 3000)]
@@ -49,6 +49,10 @@ struct Cli {
     /// Write the JSON report here.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -74,9 +78,21 @@ async fn drive(settings: &Settings, job: &Job, plan: &LoadPlan) -> anyhow::Resul
 }
 
 async fn fleet_run(label: &str, kinds: &[&str], job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
+    fleet_run_with(label, kinds, job, plan, |_| ()).await
+}
+
+/// A fleet run whose settings `tune` adjusts first.
+async fn fleet_run_with(
+    label: &str,
+    kinds: &[&str],
+    job: &Job,
+    plan: &LoadPlan,
+    tune: impl FnOnce(&mut Settings),
+) -> anyhow::Result<LoadReport> {
     let v = vhost(label);
     let mut settings = settings_for(&v);
     settings.consumer.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
+    tune(&mut settings);
     let fleet = Fleet::start(settings.clone()).await;
     let report = drive(&settings, job, plan).await;
     fleet.stop().await;
@@ -89,8 +105,8 @@ async fn relay_run(job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
     let producer = Producer::connect(settings.clone()).await?;
     producer.declare_topology().await?;
     producer.close().await;
-    // The same prefetch the fleet uses by default: the pool size, one per core.
-    let prefetch = std::thread::available_parallelism().map(usize::from).unwrap_or(1) as u16;
+    // The same prefetch the fleet uses by default (its pool has one slot per core).
+    let prefetch = warren_consumer::app::default_prefetch(&settings, cores());
     let relay = relay::Relay::start(&settings, "warren.checksum", prefetch).await?;
     let report = drive(&settings, job, plan).await;
     relay.stop().await;
@@ -131,9 +147,39 @@ async fn scenario_relay(cli: &Cli) -> anyhow::Result<Value> {
     )
 }
 
+/// Throughput by prefetch, per pool slot: for trivial `checksum` jobs, whose delivery is held
+/// mostly while the result's confirm comes back, and for `image.resize` jobs, which hold a slot
+/// for milliseconds. Shows what [`warren_consumer::app::PREFETCH_PER_SLOT`] buys and costs.
+async fn scenario_prefetch(cli: &Cli) -> anyhow::Result<Value> {
+    let image = resize_job()?;
+    let cases: [(&str, &str, Job, u64); 2] =
+        [("checksum", "checksum", checksum_job(), cli.messages), ("image", "image.resize", image, cli.heavy_messages)];
+    let per_slot = [1usize, 2, 4, 8];
+    let mut out = serde_json::Map::new();
+    for (name, kind, job, count) in cases {
+        let p = plan(count, cli.concurrency, 0.0);
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); per_slot.len()];
+        for _ in 0..cli.pairs {
+            for (i, k) in per_slot.iter().enumerate() {
+                let prefetch = u16::try_from(k * cores()).unwrap_or(u16::MAX);
+                let r = fleet_run_with("bench-prefetch", &[kind], &job, &p, |s| s.consumer.prefetch = prefetch).await?;
+                runs[i].push(r.rate());
+            }
+        }
+        let mut row = serde_json::Map::new();
+        for (k, rates) in per_slot.iter().zip(runs) {
+            let m = median(rates.clone());
+            println!("prefetch: {name}, {k} per slot ({} in all): median {m:.0} jobs/s {rates:.0?}", k * cores());
+            row.insert(k.to_string(), json!({"prefetch": k * cores(), "jobs_per_s": rates, "median": m}));
+        }
+        out.insert(name.to_owned(), Value::Object(row));
+    }
+    Ok(Value::Object(out))
+}
+
 fn in_process_resize(job: &Job, n: u64) -> anyhow::Result<f64> {
     let Job::Resize(job) = job else { anyhow::bail!("not a resize job") };
-    let threads = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let threads = cores();
     let limits = Limits::default();
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -265,7 +311,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let wanted: Vec<&str> = cli.scenarios.split(',').map(str::trim).collect();
     let mut report = json!({
-        "machine": {"cores": std::thread::available_parallelism().map(usize::from).unwrap_or(1)},
+        "machine": {"cores": cores()},
         "pairs": cli.pairs,
     });
     let mut relay_max = None;
@@ -273,6 +319,9 @@ async fn main() -> anyhow::Result<()> {
         let r = scenario_relay(&cli).await?;
         relay_max = r["median_relay"].as_f64();
         report["relay"] = r;
+    }
+    if wanted.contains(&"prefetch") {
+        report["prefetch"] = scenario_prefetch(&cli).await?;
     }
     if wanted.contains(&"image") {
         report["image"] = scenario_image(&cli).await?;

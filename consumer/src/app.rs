@@ -71,19 +71,9 @@ impl Application {
         let kinds = routes.iter().map(|r| JobKind::parse(&r.kind)).collect::<Result<Vec<_>, _>>()?;
         let metrics = Arc::new(Metrics::new());
         let pool = WorkerPool::new(settings.consumer.pool_size).with_gauge(metrics.in_flight_gauge());
-        let prefetch = match settings.consumer.prefetch {
-            0 => u16::try_from(pool.size()).unwrap_or(u16::MAX),
-            n => n,
-        };
+        let prefetch = default_prefetch(&settings, pool.size());
         let batch = settings.model.max_batch.max(1);
-        // Batches can only fill if the queue lets that many jobs in at once.
-        let prefetch_of = |r: &Route| -> u16 {
-            if r.kind == JobKind::MlClassify.as_str() && batch > 1 {
-                prefetch.max(u16::try_from(batch * pool.size()).unwrap_or(u16::MAX))
-            } else {
-                prefetch
-            }
-        };
+        let prefetch_of = |r: &Route| prefetch_for(&settings, r, pool.size());
         check_time_limits(&settings, &routes, pool.size(), &prefetch_of, batch)?;
 
         // A worker that cannot load its model must not take classify jobs only to fail them,
@@ -290,6 +280,38 @@ async fn drain(shared: &Shared, session: &Session, tracker: &TaskTracker, stop: 
     }
 }
 
+/// Unacked deliveries per consumer, per pool slot, when neither the route nor `consumer.prefetch`
+/// sets a prefetch. A job is done when it has run, but its delivery stays unacked until its result
+/// is published and confirmed; with one delivery per slot, the slot idles through that round trip
+/// and through the next delivery's arrival. Measured with `warren-bench --scenarios prefetch`
+/// (docs/benchmarks.md), 2 slots: trivial jobs 1183 jobs/s at 1 per slot, 1822 at 2, 2514 at 4;
+/// image jobs 114, 129, 141 (and no better at 8). Four per slot keep the pool fed while bounding
+/// what one replica holds back from the others (and its memory: prefetch x `max_body_bytes`).
+pub const PREFETCH_PER_SLOT: usize = 4;
+
+/// The prefetch a worker with `pool` slots uses for queues without one of their own.
+pub fn default_prefetch(settings: &Settings, pool: usize) -> u16 {
+    match settings.consumer.prefetch {
+        0 => u16::try_from(pool * PREFETCH_PER_SLOT).unwrap_or(u16::MAX),
+        n => n,
+    }
+}
+
+/// The prefetch of one route's queue: the route's own, else [`default_prefetch`]. A classify
+/// queue served with micro-batching gets at least `max_batch x pool`, or batches could not fill.
+pub fn prefetch_for(settings: &Settings, route: &Route, pool: usize) -> u16 {
+    let base = match route.prefetch {
+        0 => default_prefetch(settings, pool),
+        n => n,
+    };
+    let batch = settings.model.max_batch.max(1);
+    if route.kind == JobKind::MlClassify.as_str() && batch > 1 {
+        base.max(u16::try_from(batch * pool).unwrap_or(u16::MAX))
+    } else {
+        base
+    }
+}
+
 /// Refuses a configuration in which a delivery could stay unacked past the broker's
 /// `consumer_timeout` (the broker would then close the channel and redeliver everything on it):
 /// a job may wait for every other prefetched delivery of this worker to take a slot, then run
@@ -335,4 +357,37 @@ fn worker_id(configured: &str) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "warren".to_owned());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        Settings::load(&dir).expect("the shipped configuration loads")
+    }
+
+    #[test]
+    fn prefetch_is_four_per_slot_unless_set() {
+        let mut s = settings();
+        s.consumer.prefetch = 0;
+        let image = Route::new("image.resize", "q");
+        assert_eq!(prefetch_for(&s, &image, 2), 8);
+        s.consumer.prefetch = 3;
+        assert_eq!(prefetch_for(&s, &image, 2), 3);
+        let own = Route { prefetch: 32, ..Route::new("checksum", "q") };
+        assert_eq!(prefetch_for(&s, &own, 2), 32, "a route's own prefetch wins");
+    }
+
+    #[test]
+    fn a_batching_classify_queue_gets_room_for_full_batches() {
+        let mut s = settings();
+        s.consumer.prefetch = 2;
+        s.model.max_batch = 8;
+        let classify = Route::new("ml.classify", "q");
+        assert_eq!(prefetch_for(&s, &classify, 3), 24);
+        s.model.max_batch = 1;
+        assert_eq!(prefetch_for(&s, &classify, 3), 2, "no batching, no raise");
+    }
 }

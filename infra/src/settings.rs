@@ -99,6 +99,9 @@ pub struct Route {
     /// This kind's retry policy, replacing `[retry]` when given.
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
+    /// Unacked deliveries per consumer of this queue; 0 = `consumer.prefetch`.
+    #[serde(default)]
+    pub prefetch: u16,
 }
 
 fn default_time_limit_ms() -> u64 {
@@ -107,7 +110,13 @@ fn default_time_limit_ms() -> u64 {
 
 impl Route {
     pub fn new(kind: &str, queue: &str) -> Self {
-        Self { kind: kind.to_owned(), queue: queue.to_owned(), time_limit_ms: default_time_limit_ms(), retry: None }
+        Self {
+            kind: kind.to_owned(),
+            queue: queue.to_owned(),
+            time_limit_ms: default_time_limit_ms(),
+            retry: None,
+            prefetch: 0,
+        }
     }
 }
 

@@ -69,7 +69,7 @@ async fn classify_jobs_share_model_runs_and_keep_their_own_outcomes(vhost: Vhost
     settings.model.max_batch = 8;
     settings.model.max_batch_wait_ms = 50;
     let (fleet, producer) = fleet_and_producer(&settings).await;
-    assert_eq!(fleet.prefetch, 1, "the default prefetch (pool size) ...");
+    assert_eq!(fleet.prefetch, 4, "the default prefetch (4 per pool slot) ...");
     let addr = fleet.metrics_addr.expect("metrics");
     let scrape = || tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(addr));
     assert_eq!(
