@@ -67,6 +67,75 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, JobError> {
 
 /// Decodes an untrusted image, enforcing `limits`. Returns the image and its source format.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(DynamicImage, Format), JobError> {
+    let (format, _) = check(bytes, limits)?;
+    Ok((decode_checked(bytes, format, limits)?, format))
+}
+
+/// An image decoded for a known output size, perhaps smaller than it is.
+#[derive(Debug)]
+pub struct Decoded {
+    pub image: DynamicImage,
+    pub format: Format,
+    /// The size the image declares, whatever size it was decoded at.
+    pub source: (u32, u32),
+}
+
+/// Decodes like [`decode`], but asks first for the size the caller will produce (`target` gives
+/// the output size from the source size): a JPEG that will be shrunk to half its size or less
+/// is decoded at 1/2, 1/4 or 1/8 scale, never below that output size. The decoder then computes
+/// a smaller inverse DCT per block, skipping most of the decoding work and the full-size buffer;
+/// the result is a box-filtered image, which the caller's resampling finishes. Other formats,
+/// and JPEGs shrunk by less than half, decode at full size.
+pub fn decode_for(
+    bytes: &[u8],
+    limits: &Limits,
+    target: impl FnOnce(u32, u32) -> (u32, u32),
+) -> Result<Decoded, JobError> {
+    let (format, (w, h)) = check(bytes, limits)?;
+    let (tw, th) = target(w, h);
+    if format == Format::Jpeg
+        && tw.saturating_mul(2) <= w
+        && th.saturating_mul(2) <= h
+        && let Some(image) = decode_jpeg_scaled(bytes, (tw, th), limits)?
+    {
+        return Ok(Decoded { image, format, source: (w, h) });
+    }
+    Ok(Decoded { image: decode_checked(bytes, format, limits)?, format, source: (w, h) })
+}
+
+/// The scaled-IDCT JPEG decode of [`decode_for`]; `None` for what it does not handle (CMYK),
+/// which the full decoder then takes.
+fn decode_jpeg_scaled(bytes: &[u8], at_least: (u32, u32), limits: &Limits) -> Result<Option<DynamicImage>, JobError> {
+    use jpeg_decoder::PixelFormat;
+    let corrupt = |e: jpeg_decoder::Error| JobError::CorruptImage(format!("decoding: {e}"));
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.set_max_decoding_buffer_size(usize::try_from(alloc_cap(limits)).unwrap_or(usize::MAX));
+    // The checked limits keep both sides within u16 (8192 by default); beyond that, decode in full.
+    let (Ok(rw), Ok(rh)) = (u16::try_from(at_least.0), u16::try_from(at_least.1)) else { return Ok(None) };
+    let (ow, oh) = decoder.scale(rw, rh).map_err(corrupt)?;
+    let info = decoder.info().ok_or_else(|| JobError::CorruptImage("decoding: no frame header".into()))?;
+    let image = match info.pixel_format {
+        PixelFormat::RGB24 => {
+            let pixels = decoder.decode().map_err(corrupt)?;
+            image::RgbImage::from_raw(ow.into(), oh.into(), pixels).map(DynamicImage::ImageRgb8)
+        }
+        PixelFormat::L8 => {
+            let pixels = decoder.decode().map_err(corrupt)?;
+            image::GrayImage::from_raw(ow.into(), oh.into(), pixels).map(DynamicImage::ImageLuma8)
+        }
+        PixelFormat::L16 | PixelFormat::CMYK32 => return Ok(None),
+    };
+    image.map(Some).ok_or_else(|| JobError::CorruptImage("decoding: the decoder returned too few pixels".into()))
+}
+
+/// Room for the widest pixel type (RGBA, 16 bits a channel) of the largest allowed image.
+fn alloc_cap(limits: &Limits) -> u64 {
+    limits.max_image_pixels.saturating_mul(8).max(1 << 20)
+}
+
+/// Every check made before decoding: format sniffed and allowed, dimensions from the header
+/// within limits, JPEG complete. Returns the format and the declared size.
+fn check(bytes: &[u8], limits: &Limits) -> Result<(Format, (u32, u32)), JobError> {
     let format = sniff(bytes)?;
     if !limits.allowed_formats.iter().any(|f| f == format.as_str()) {
         return Err(JobError::UnsupportedFormat(format!(
@@ -84,16 +153,17 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(DynamicImage, Format), J
         // upload must be refused, not turned into a half-grey result.
         return Err(JobError::CorruptImage("truncated JPEG: no end-of-image marker after the last scan".into()));
     }
+    Ok((format, (w, h)))
+}
 
+fn decode_checked(bytes: &[u8], format: Format, limits: &Limits) -> Result<DynamicImage, JobError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
     let mut caps = image::Limits::default();
     caps.max_image_width = Some(limits.max_image_width);
     caps.max_image_height = Some(limits.max_image_height);
-    // Room for the widest pixel type (RGBA, 16 bits a channel) of the largest allowed image.
-    caps.max_alloc = Some(limits.max_image_pixels.saturating_mul(8).max(1 << 20));
+    caps.max_alloc = Some(alloc_cap(limits));
     reader.limits(caps);
-    let img = reader.decode().map_err(|e| map_image_error(e, "decoding"))?;
-    Ok((img, format))
+    reader.decode().map_err(|e| map_image_error(e, "decoding"))
 }
 
 /// True when an end-of-image marker (FF D9) follows the last start-of-scan marker (FF DA).
