@@ -8,6 +8,7 @@
 //! sizes 1..32 vs the fleet's `ml.classify`), `latency` (p50/p95/p99 at 50% of the relay's
 //! maximum rate, fleet vs relay).
 
+mod procfs;
 mod relay;
 
 use std::path::PathBuf;
@@ -18,15 +19,19 @@ use clap::Parser;
 use serde_json::{Value, json};
 use warren_common::checksum::ChecksumJob;
 use warren_common::classify::ClassifyJob;
-use warren_common::resize::{Filter, ResizeJob, ResizeMode};
+use warren_common::image_io::Format;
+use warren_common::resize::{Filter, Pipeline, ResizeJob, ResizeMode, resize, resize_with};
 use warren_common::{Job, Limits};
-use warren_e2e::{Fleet, Vhost, repo_root, settings_for};
+use warren_consumer::onnx::OrtClassifier;
+use warren_e2e::{ConsumerProcess, Fleet, Vhost, repo_root, settings_for};
 use warren_infra::Settings;
 use warren_producer::load::{self, LoadPlan, LoadReport};
 use warren_producer::{Producer, PublishOptions};
 
+use crate::procfs::{CpuMeter, CpuUsed};
+
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: warren_infra::alloc::Switchable = warren_infra::alloc::Switchable;
 
 #[derive(Parser, Debug)]
 #[command(about = "Side-by-side benchmarks of the Warren fleet against its baselines")]
@@ -34,8 +39,8 @@ struct Cli {
     /// Baseline/fleet pairs per scenario.
     #[arg(long, default_value_t = 3)]
     pairs: usize,
-    /// Comma-separated: relay, prefetch, image, ml, latency.
-    #[arg(long, default_value = "relay,prefetch,image,ml,latency")]
+    /// Comma-separated: relay, prefetch, image, ml, latency, memory.
+    #[arg(long, default_value = "relay,prefetch,image,ml,latency,memory")]
     scenarios: String,
     /// Jobs per run of the relay and latency scenarios.
     #[arg(long, default_value_t = 3000)]
@@ -46,6 +51,12 @@ struct Cli {
     /// Jobs in flight from the load generator.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// How long the memory scenario waits after a load before reading RSS.
+    #[arg(long, default_value_t = 30)]
+    settle_secs: u64,
+    /// Shortest measurement of each in-process rate (pipelines, ML batch sizes), in ms.
+    #[arg(long, default_value_t = 1500)]
+    measure_ms: u64,
     /// Write the JSON report here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -78,7 +89,7 @@ async fn drive(settings: &Settings, job: &Job, plan: &LoadPlan) -> anyhow::Resul
 }
 
 async fn fleet_run(label: &str, kinds: &[&str], job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
-    fleet_run_with(label, kinds, job, plan, |_| ()).await
+    Ok(fleet_run_with(label, kinds, job, plan, |_| ()).await?.0)
 }
 
 /// A fleet run whose settings `tune` adjusts first.
@@ -88,15 +99,17 @@ async fn fleet_run_with(
     job: &Job,
     plan: &LoadPlan,
     tune: impl FnOnce(&mut Settings),
-) -> anyhow::Result<LoadReport> {
+) -> anyhow::Result<(LoadReport, CpuUsed)> {
     let v = vhost(label);
     let mut settings = settings_for(&v);
     settings.consumer.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
     tune(&mut settings);
     let fleet = Fleet::start(settings.clone()).await;
+    let cpu = CpuMeter::start();
     let report = drive(&settings, job, plan).await;
+    let cpu = cpu.stop();
     fleet.stop().await;
-    report
+    Ok((report?, cpu))
 }
 
 async fn relay_run(job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
@@ -162,7 +175,8 @@ async fn scenario_prefetch(cli: &Cli) -> anyhow::Result<Value> {
         for _ in 0..cli.pairs {
             for (i, k) in per_slot.iter().enumerate() {
                 let prefetch = u16::try_from(k * cores()).unwrap_or(u16::MAX);
-                let r = fleet_run_with("bench-prefetch", &[kind], &job, &p, |s| s.consumer.prefetch = prefetch).await?;
+                let (r, _) =
+                    fleet_run_with("bench-prefetch", &[kind], &job, &p, |s| s.consumer.prefetch = prefetch).await?;
                 runs[i].push(r.rate());
             }
         }
@@ -177,10 +191,12 @@ async fn scenario_prefetch(cli: &Cli) -> anyhow::Result<Value> {
     Ok(Value::Object(out))
 }
 
-fn in_process_resize(job: &Job, n: u64) -> anyhow::Result<f64> {
+/// `job` run on every core in-process, as fast as it goes: (jobs/s, CPU seconds per job).
+fn in_process_resize(job: &Job, n: u64) -> anyhow::Result<(f64, f64)> {
     let Job::Resize(job) = job else { anyhow::bail!("not a resize job") };
     let threads = cores();
     let limits = Limits::default();
+    let cpu = CpuMeter::start();
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -188,84 +204,299 @@ fn in_process_resize(job: &Job, n: u64) -> anyhow::Result<f64> {
             s.spawn(move || {
                 let mine = n / threads as u64 + u64::from((t as u64) < n % threads as u64);
                 for _ in 0..mine {
-                    let _ = warren_common::resize::resize(job, limits);
+                    let _ = resize(job, limits);
                 }
             });
         }
     });
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    Ok((rate, cpu.stop().own / n as f64))
+}
+
+/// One thread's rate of a resize pipeline, measured for at least `min`.
+fn pipeline_rate(job: &ResizeJob, pipeline: Pipeline, min: Duration) -> f64 {
+    let limits = Limits::default();
+    let (start, mut n) = (Instant::now(), 0u32);
+    while start.elapsed() < min || n < 3 {
+        let _ = resize_with(job, &limits, pipeline);
+        n += 1;
+    }
+    f64::from(n) / start.elapsed().as_secs_f64()
+}
+
+/// A camera-sized JPEG (the sample photo enlarged 4x with Lanczos3, quality 90), for the
+/// decoders: thumbnails of large photos are where a scaled decode pays.
+fn large_photo() -> anyhow::Result<Vec<u8>> {
+    let photo = std::fs::read(repo_root().join("samples/images/china.jpg")).context("sample photo")?;
+    let img = image::load_from_memory(&photo)?;
+    let big = img.resize_exact(img.width() * 4, img.height() * 4, image::imageops::FilterType::Lanczos3);
+    Ok(warren_common::image_io::encode(&big, Format::Jpeg, Some(90))?)
+}
+
+/// The resize pipelines side by side, one thread each: the `image` crate's resampling against
+/// `fast_image_resize`, and full against scaled JPEG decoding.
+fn resize_pipelines(min: Duration) -> anyhow::Result<Value> {
+    let Job::Resize(small) = resize_job()? else { anyhow::bail!("not a resize job") };
+    let large = ResizeJob { image: large_photo()?, ..small.clone() };
+    let variants = [
+        ("image_crate", Pipeline::REFERENCE),
+        ("fast_image_resize", Pipeline::WORKER),
+        ("fast_image_resize_scaled_decode", Pipeline::SCALED),
+    ];
+    let mut out = serde_json::Map::new();
+    for (photo, job) in [("640x427", &small), ("2560x1708", &large)] {
+        let mut row = serde_json::Map::new();
+        let base = pipeline_rate(job, Pipeline::REFERENCE, min);
+        for (name, pipeline) in variants {
+            let rate = if pipeline == Pipeline::REFERENCE { base } else { pipeline_rate(job, pipeline, min) };
+            println!(
+                "image pipeline, {photo} JPEG to 256 px, one thread: {name} {rate:.1} jobs/s ({:.2}x)",
+                rate / base
+            );
+            row.insert(name.to_owned(), json!({"jobs_per_s": rate, "vs_image_crate": rate / base}));
+        }
+        out.insert(photo.to_owned(), Value::Object(row));
+    }
+    Ok(Value::Object(out))
+}
+
+/// A fleet run with the worker as its own process (the release binary), so that its CPU time
+/// is measured apart from the load generator's and the broker's.
+async fn process_run(
+    label: &str,
+    kind: &str,
+    job: &Job,
+    plan: &LoadPlan,
+    tune: impl FnOnce(&mut Settings),
+) -> anyhow::Result<(LoadReport, CpuUsed)> {
+    let v = vhost(label);
+    let mut settings = settings_for(&v);
+    tune(&mut settings);
+    let worker = ConsumerProcess::start(&v, &[("WARREN__CONSUMER__KINDS", kind)]).await;
+    let cpu = CpuMeter::with_worker(worker.pid().parse().ok());
+    let report = drive(&settings, job, plan).await;
+    let cpu = cpu.stop();
+    drop(worker);
+    Ok((report?, cpu))
 }
 
 async fn scenario_image(cli: &Cli) -> anyhow::Result<Value> {
+    let pipelines = tokio::task::block_in_place(|| resize_pipelines(Duration::from_millis(cli.measure_ms)))?;
     let job = resize_job()?;
-    let (mut local, mut fleet) = (Vec::new(), Vec::new());
+    let (mut local, mut fleet, mut fleet_bincode) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu: Vec<[f64; 5]> = Vec::new();
     let p = plan(cli.heavy_messages, cli.concurrency.min(32), 0.0);
+    let n = cli.heavy_messages as f64;
     for i in 0..cli.pairs {
-        let l = tokio::task::block_in_place(|| in_process_resize(&job, cli.heavy_messages))?;
-        let f = fleet_run("bench-image", &["image.resize"], &job, &p).await?;
-        println!("image pair {}: in-process {l:.1} jobs/s, fleet {:.1} jobs/s", i + 1, f.rate());
+        let (l, l_cpu) = tokio::task::block_in_place(|| in_process_resize(&job, cli.heavy_messages))?;
+        let (f, f_cpu) = process_run("bench-image", "image.resize", &job, &p, |_| ()).await?;
+        let (b, _) = process_run("bench-image", "image.resize", &job, &p, |s| {
+            s.producer.encoding = warren_common::Encoding::Bincode;
+        })
+        .await?;
+        let ms = |x: f64| x / n * 1e3;
+        println!(
+            "image pair {}: in-process {l:.1} jobs/s ({:.1} ms CPU/job); fleet {:.1} jobs/s (bincode jobs: {:.1}), \
+             CPU/job {:.1} ms: worker {:.1}, load generator {:.1}, broker {:.1}",
+            i + 1,
+            l_cpu * 1e3,
+            f.rate(),
+            b.rate(),
+            ms(f_cpu.total()),
+            ms(f_cpu.worker),
+            ms(f_cpu.own),
+            ms(f_cpu.broker)
+        );
         local.push(l);
         fleet.push(f.rate());
+        fleet_bincode.push(b.rate());
+        cpu.push([l_cpu, f_cpu.total() / n, f_cpu.worker / n, f_cpu.own / n, f_cpu.broker / n]);
     }
     let (l, f) = (median(local.clone()), median(fleet.clone()));
-    println!("image: median in-process {l:.1} jobs/s, fleet {f:.1} jobs/s, ratio {:.2} (target >= 0.85)", f / l);
-    Ok(
-        json!({"in_process_jobs_per_s": local, "fleet_jobs_per_s": fleet, "median_in_process": l, "median_fleet": f, "ratio": f / l}),
-    )
+    let col = |i: usize| median(cpu.iter().map(|c| c[i]).collect());
+    println!(
+        "image: median in-process {l:.1} jobs/s, fleet {f:.1} jobs/s, ratio {:.2} (target >= 0.85); bincode jobs \
+         {:.1} jobs/s, ratio {:.2}",
+        f / l,
+        median(fleet_bincode.clone()),
+        median(fleet_bincode.clone()) / l
+    );
+    Ok(json!({
+        "pipelines_one_thread": pipelines,
+        "in_process_jobs_per_s": local, "fleet_jobs_per_s": fleet, "fleet_bincode_jobs_per_s": fleet_bincode,
+        "median_in_process": l, "median_fleet": f, "ratio": f / l,
+        "median_fleet_bincode": median(fleet_bincode.clone()), "ratio_bincode": median(fleet_bincode) / l,
+        "cpu_s_per_job": {"in_process": col(0), "fleet_total": col(1), "fleet_worker": col(2),
+                          "fleet_load_generator": col(3), "fleet_broker": col(4)},
+    }))
 }
 
-async fn scenario_ml(cli: &Cli) -> anyhow::Result<Value> {
-    use warren_common::classify::{Classifier as _, preprocess_batch};
-    let settings = Settings::load(&repo_root().join("config"))?;
-    let model = tokio::task::block_in_place(|| warren_consumer::onnx::OrtClassifier::load(&settings.model, None))?;
-    let png = std::fs::read(repo_root().join("models/digits/samples/001_label4.png"))?;
-    let img = warren_common::image_io::decode(&png, &Limits::default())?.0;
-    let mut by_batch = serde_json::Map::new();
-    let mut full_by_batch = serde_json::Map::new();
-    let mut best = 0.0f64;
+/// A model for the ML scenario: the settings that select it, and the image its jobs carry.
+struct MlModel {
+    name: &'static str,
+    tune: fn(&mut Settings),
+    image: &'static str,
+    jobs: u64,
+}
+
+fn digits(_: &mut Settings) {}
+
+/// SqueezeNet 1.1 (models/squeezenet, random weights): a real CNN, ~5 ms per image on one core.
+fn squeezenet(s: &mut Settings) {
+    let dir = repo_root().join("models/squeezenet");
+    let m = &mut s.model;
+    m.name = "squeezenet".into();
+    m.path = dir.join("squeezenet1_1_f32.onnx");
+    m.labels_path = dir.join("labels.txt");
+    m.mean = vec![0.485, 0.456, 0.406];
+    m.std = vec![0.229, 0.224, 0.225];
+    m.resize_filter = Filter::Triangle;
+}
+
+/// In-process on every core: `cores()` threads, each running whole jobs (decode, preprocess,
+/// infer, top-k) in batches of `batch` on its own session, for at least `min`. Jobs per second.
+fn in_process_classify(model: &OrtClassifier, png: &[u8], batch: usize, min: Duration) -> f64 {
+    use warren_common::classify::classify_batch;
     let limits = Limits::default();
+    let jobs: Vec<ClassifyJob> = (0..batch).map(|_| ClassifyJob { image: png.to_vec(), top_k: Some(1) }).collect();
+    let refs: Vec<&ClassifyJob> = jobs.iter().collect();
+    let start = Instant::now();
+    let done: usize = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..cores())
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0;
+                    while start.elapsed() < min || n < 2 * batch {
+                        let _ = classify_batch(&refs, model, &limits);
+                        n += batch;
+                    }
+                    n
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap_or(0)).sum()
+    });
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn scenario_ml_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
+    let mut settings = Settings::load(&repo_root().join("config"))?;
+    (m.tune)(&mut settings);
+    settings.model.sessions = cores();
+    settings.model.intra_threads = 1;
+    let model = tokio::task::block_in_place(|| OrtClassifier::load(&settings.model, None))?;
+    let png = std::fs::read(repo_root().join(m.image))?;
+    let min = Duration::from_millis(cli.measure_ms);
+    let (mut by_batch, mut best, mut best_batch) = (serde_json::Map::new(), 0.0f64, 0);
     for batch in [1usize, 2, 4, 8, 16, 32] {
-        // Inference alone.
-        let images = vec![img.clone(); batch];
-        let input = preprocess_batch(&images, model.spec())?;
-        let rounds = (4000 / batch).max(50);
-        let start = Instant::now();
-        for _ in 0..rounds {
-            model.infer(input.clone())?;
+        let rate = tokio::task::block_in_place(|| in_process_classify(&model, &png, batch, min));
+        println!("ml {} in-process, {} threads: batch {batch:>2}: {rate:.0} jobs/s", m.name, cores());
+        if rate > best {
+            (best, best_batch) = (rate, batch);
         }
-        let infer_rate = (rounds * batch) as f64 / start.elapsed().as_secs_f64();
-        // The whole job as the fleet does it: decode, check, preprocess, infer, softmax, top-k.
-        let jobs: Vec<ClassifyJob> = (0..batch).map(|_| ClassifyJob { image: png.clone(), top_k: Some(1) }).collect();
-        let refs: Vec<&ClassifyJob> = jobs.iter().collect();
-        let start = Instant::now();
-        for _ in 0..rounds {
-            let _ = warren_common::classify::classify_batch(&refs, &model, &limits);
-        }
-        let full_rate = (rounds * batch) as f64 / start.elapsed().as_secs_f64();
-        println!(
-            "ml in-process: batch {batch:>2}: inference {infer_rate:.0} images/s, whole job {full_rate:.0} jobs/s"
-        );
-        best = best.max(full_rate);
-        by_batch.insert(batch.to_string(), json!(infer_rate));
-        full_by_batch.insert(batch.to_string(), json!(full_rate));
+        by_batch.insert(batch.to_string(), json!(rate));
     }
+    drop(model);
     let job = Job::Classify(ClassifyJob { image: png, top_k: Some(1) });
-    let mut fleet = Vec::new();
+    let (mut fleet, mut p99) = (Vec::new(), Vec::new());
     for _ in 0..cli.pairs {
-        let f =
-            fleet_run("bench-ml", &["ml.classify"], &job, &plan(cli.messages.min(2000), cli.concurrency, 0.0)).await?;
-        println!("ml fleet: {:.0} jobs/s, p99 {:.1} ms", f.rate(), f.latency_ms(0.99).unwrap_or(f64::NAN));
+        let (f, _) =
+            fleet_run_with("bench-ml", &["ml.classify"], &job, &plan(m.jobs, cli.concurrency, 0.0), m.tune).await?;
+        let q = f.latency_ms(0.99).unwrap_or(f64::NAN);
+        println!("ml {} fleet: {:.0} jobs/s, p99 {q:.1} ms", m.name, f.rate());
         fleet.push(f.rate());
+        p99.push(q);
     }
     let f = median(fleet.clone());
     println!(
-        "ml: best in-process {best:.0} jobs/s (whole job, one thread), fleet {f:.0} jobs/s, ratio {:.2} (target >= 0.8)",
-        f / best
+        "ml {}: best in-process {best:.0} jobs/s (batch {best_batch}), fleet {f:.0} jobs/s, ratio {:.2} (target >= 0.8), \
+         p99 {:.1} ms",
+        m.name,
+        f / best,
+        median(p99.clone())
     );
-    Ok(
-        json!({"in_process_inference_images_per_s_by_batch": by_batch, "in_process_whole_job_per_s_by_batch": full_by_batch,
-              "best_in_process": best, "fleet_jobs_per_s": fleet, "median_fleet": f, "ratio": f / best}),
-    )
+    Ok(json!({
+        "in_process_jobs_per_s_by_batch": by_batch, "best_in_process": best, "best_batch": best_batch,
+        "fleet_jobs_per_s": fleet, "median_fleet": f, "ratio": f / best,
+        "fleet_p99_ms": p99, "median_p99_ms": median(p99),
+        "max_batch": settings.model.max_batch, "max_batch_wait_ms": settings.model.max_batch_wait_ms,
+    }))
+}
+
+async fn scenario_ml(cli: &Cli) -> anyhow::Result<Value> {
+    let models = [
+        MlModel {
+            name: "squeezenet",
+            tune: squeezenet,
+            image: "samples/images/china.jpg",
+            jobs: cli.heavy_messages * 2,
+        },
+        MlModel { name: "digits", tune: digits, image: "models/digits/samples/001_label4.png", jobs: cli.messages },
+    ];
+    let mut out = serde_json::Map::new();
+    for m in &models {
+        out.insert(m.name.to_owned(), scenario_ml_model(cli, m).await?);
+    }
+    Ok(Value::Object(out))
+}
+
+/// Peak RSS of a worker process under sustained image load, its RSS 30 s after the load, and
+/// across ten load cycles, with each allocator (one binary, `WARREN_ALLOCATOR`).
+async fn scenario_memory(cli: &Cli) -> anyhow::Result<Value> {
+    let job = resize_job()?;
+    let mut out = serde_json::Map::new();
+    for allocator in ["jemalloc", "system"] {
+        let v = vhost("bench-memory");
+        let settings = settings_for(&v);
+        let worker =
+            ConsumerProcess::start(&v, &[("WARREN__CONSUMER__KINDS", "image.resize"), ("WARREN_ALLOCATOR", allocator)])
+                .await;
+        let pid: u32 = worker.pid().parse()?;
+        let rss = || procfs::rss_mib(pid).unwrap_or(f64::NAN);
+        let idle = rss();
+        let peak = procfs::PeakRss::start(pid);
+        let p = plan(cli.heavy_messages, cli.concurrency.min(32), 0.0);
+        let settle = Duration::from_secs(cli.settle_secs);
+        drive(&settings, &job, &p).await?;
+        let first_peak = peak.peak_mib();
+        tokio::time::sleep(settle).await;
+        let after_first = rss();
+        let mut after_each = vec![rss()];
+        for _ in 1..10 {
+            drive(&settings, &job, &p).await?;
+            after_each.push(rss());
+        }
+        tokio::time::sleep(settle).await;
+        let after_ten = rss();
+        let all_peak = peak.peak_mib();
+        drop(peak);
+        drop(worker);
+        let back = after_first / first_peak;
+        // What the load added and did not give back; the idle process (code, runtime, TLS
+        // roots) is not the load's.
+        let back_above_idle = (after_first - idle) / (first_peak - idle);
+        let growth = after_ten / after_first - 1.0;
+        println!(
+            "memory, {allocator}: idle {idle:.1} MiB, peak {first_peak:.1} MiB under load, {after_first:.1} MiB {}s \
+             after ({:.0} % of peak; of what the load added, {:.0} % kept; target <= 25 %); after 10 cycles \
+             {after_ten:.1} MiB ({:+.1} %, target <= +10 %), peak over all cycles {all_peak:.1} MiB; right after \
+             each cycle {:.1?}",
+            cli.settle_secs,
+            back * 100.0,
+            back_above_idle * 100.0,
+            growth * 100.0,
+            after_each
+        );
+        out.insert(
+            allocator.to_owned(),
+            json!({"idle_mib": idle, "peak_mib": first_peak, "after_settle_mib": after_first, "after_settle_of_peak": back,
+                   "after_settle_of_load_added": back_above_idle, "settle_s": cli.settle_secs,
+                   "after_ten_cycles_settled_mib": after_ten, "growth_over_ten_cycles": growth,
+                   "peak_all_cycles_mib": all_peak, "right_after_each_cycle_mib": after_each,
+                   "jobs_per_cycle": cli.heavy_messages}),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 async fn scenario_latency(cli: &Cli, relay_max: Option<f64>) -> anyhow::Result<Value> {
@@ -274,7 +505,7 @@ async fn scenario_latency(cli: &Cli, relay_max: Option<f64>) -> anyhow::Result<V
         None => relay_run(&checksum_job(), &plan(cli.messages, cli.concurrency, 0.0)).await?.rate(),
     };
     let rate = max / 2.0;
-    let count = ((rate * 10.0) as u64).clamp(200, cli.messages);
+    let count = ((rate * 10.0) as u64).max(200).min(cli.messages);
     let p = plan(count, cli.concurrency, rate);
     let (mut rows, mut out) = (Vec::new(), Vec::new());
     for i in 0..cli.pairs {
@@ -328,6 +559,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted.contains(&"ml") {
         report["ml"] = scenario_ml(&cli).await?;
+    }
+    if wanted.contains(&"memory") {
+        report["memory"] = scenario_memory(&cli).await?;
     }
     if wanted.contains(&"latency") {
         report["latency"] = scenario_latency(&cli, relay_max).await?;

@@ -79,7 +79,10 @@ impl Application {
         // A worker that cannot load its model must not take classify jobs only to fail them,
         // so a model problem stops start-up with the reason instead.
         let classifier: Option<Arc<dyn Classifier>> = if kinds.contains(&JobKind::MlClassify) {
-            let model = settings.model.clone();
+            let mut model = settings.model.clone();
+            if model.sessions == 0 {
+                model.sessions = pool.size();
+            }
             let histogram = metrics.inference_histogram(&model.name);
             let started = std::time::Instant::now();
             let loaded = tokio::task::spawn_blocking(move || OrtClassifier::load(&model, Some(histogram)))

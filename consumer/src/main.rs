@@ -9,7 +9,7 @@ use warren_consumer::Application;
 use warren_infra::{Settings, settings, telemetry};
 
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: warren_infra::alloc::Switchable = warren_infra::alloc::Switchable;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Warren worker: consumes job queues and publishes results")]
@@ -38,6 +38,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(&settings::config_dir(cli.config_dir)).context("loading settings")?;
     telemetry::init(&settings.telemetry);
+    tracing::info!(allocator = %warren_infra::alloc::configure(), "memory allocator");
     // A panic inside a job is caught and dead-lettered; log it as an event (JSON in production)
     // rather than as loose text on stderr.
     std::panic::set_hook(Box::new(|info| {

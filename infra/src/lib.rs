@@ -3,6 +3,7 @@
 //!
 //! `warren-common` defines the contract; this crate is the adapter that puts it on the wire.
 
+pub mod alloc;
 pub mod backoff;
 pub mod broker;
 pub mod fields;

@@ -4,7 +4,7 @@ use clap::Parser;
 use warren_producer::cli::{Cli, run};
 
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: warren_infra::alloc::Switchable = warren_infra::alloc::Switchable;
 
 #[tokio::main]
 async fn main() {

@@ -1,6 +1,7 @@
 //! End-to-end tests against the real RabbitMQ (a private vhost each), the real consumer and
 //! producer, the real ONNX Runtime and real images. Run by `scripts/test.sh`.
 
+mod bench;
 mod binaries;
 mod crash;
 mod digits;

@@ -22,8 +22,9 @@ pub fn repo_root() -> PathBuf {
 /// A built binary of the workspace, next to the test executable's `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
-    let path = dir.join(name);
+    // A test runs from target/<profile>/deps, a binary (warren-bench) from target/<profile>.
+    let dirs = [exe.parent(), exe.parent().and_then(|d| d.parent())];
+    let path = dirs.iter().flatten().map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| name.into());
     assert!(
         path.is_file(),
         "{} is not built; run `cargo build --workspace --bins` first (scripts/test.sh does)",

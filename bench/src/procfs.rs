@@ -1,0 +1,134 @@
+//! CPU time and resident memory of processes, from /proc (Linux).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on Linux nearly always).
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds a process has used so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces; count from after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    Some((utime + stime) / ticks_per_second())
+}
+
+/// The local RabbitMQ node's process (the Erlang VM, `beam.smp`).
+pub fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "beam.smp").then_some(pid)
+    })
+}
+
+/// CPU seconds used between `start` and [`CpuMeter::stop`] by this process, the broker, and
+/// optionally a worker process.
+#[derive(Debug)]
+pub struct CpuMeter {
+    own: f64,
+    broker: Option<(u32, f64)>,
+    worker: Option<(u32, f64)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUsed {
+    /// This process: the load generator, and the worker when it runs in-process.
+    pub own: f64,
+    pub broker: f64,
+    /// The worker process, when there is one (else 0).
+    pub worker: f64,
+}
+
+impl CpuUsed {
+    pub fn total(&self) -> f64 {
+        self.own + self.broker + self.worker
+    }
+}
+
+impl CpuMeter {
+    pub fn start() -> Self {
+        Self::with_worker(None)
+    }
+
+    pub fn with_worker(worker: Option<u32>) -> Self {
+        let at = |pid: u32| Some((pid, cpu_seconds(pid)?));
+        Self {
+            own: cpu_seconds(std::process::id()).unwrap_or(0.0),
+            broker: broker_pid().and_then(at),
+            worker: worker.and_then(at),
+        }
+    }
+
+    pub fn stop(self) -> CpuUsed {
+        let used = |p: Option<(u32, f64)>| p.and_then(|(pid, before)| Some(cpu_seconds(pid)? - before));
+        CpuUsed {
+            own: cpu_seconds(std::process::id()).unwrap_or(0.0) - self.own,
+            broker: used(self.broker).unwrap_or(f64::NAN),
+            worker: used(self.worker).unwrap_or(0.0),
+        }
+    }
+}
+
+/// Resident set size of a process in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0)
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+/// Samples a process's RSS every 20 ms on a thread and keeps the highest.
+#[derive(Debug)]
+pub struct PeakRss {
+    stop: Arc<AtomicBool>,
+    peak_kib: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeakRss {
+    pub fn start(pid: u32) -> Self {
+        let (stop, peak_kib) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let thread = std::thread::spawn({
+            let (stop, peak_kib) = (stop.clone(), peak_kib.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(kib) = status_kib(pid, "VmRSS:") {
+                        peak_kib.fetch_max(kib, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        Self { stop, peak_kib, thread: Some(thread) }
+    }
+
+    /// The highest RSS seen so far, in MiB.
+    pub fn peak_mib(&self) -> f64 {
+        self.peak_kib.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+
+impl Drop for PeakRss {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! warren-bench runs every scenario end to end (tiny counts, so it checks the harness, not the
+//! speed) and writes a report with a finite figure for each.
+
+use warren_e2e::{bin, repo_root};
+
+#[test]
+fn the_benchmark_runs_every_scenario_and_reports_figures() {
+    let out = std::env::temp_dir().join(format!("warren-bench-{}.json", std::process::id()));
+    let status = std::process::Command::new(bin("warren-bench"))
+        .current_dir(repo_root())
+        .args(["--pairs", "1", "--messages", "100", "--heavy-messages", "8", "--concurrency", "8"])
+        .args(["--settle-secs", "1", "--measure-ms", "50", "--out"])
+        .arg(&out)
+        .status()
+        .expect("run warren-bench");
+    assert!(status.success(), "warren-bench failed: {status}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("report written")).expect("report is JSON");
+    let _ = std::fs::remove_file(&out);
+    let figure = |path: &str| {
+        let v = report.pointer(path).and_then(serde_json::Value::as_f64);
+        assert!(v.is_some_and(|v| v.is_finite() && v > 0.0), "{path} = {v:?} in {report:#}");
+    };
+    for path in [
+        "/relay/ratio",
+        "/prefetch/checksum/4/median",
+        "/image/ratio",
+        "/image/pipelines_one_thread/2560x1708/fast_image_resize/vs_image_crate",
+        "/image/cpu_s_per_job/fleet_worker",
+        "/ml/squeezenet/ratio",
+        "/ml/digits/ratio",
+        "/memory/jemalloc/peak_mib",
+        "/memory/system/after_settle_mib",
+        "/latency/fleet_p50_p95_p99_ms/2",
+    ] {
+        figure(path);
+    }
+}
