@@ -209,7 +209,7 @@ pub fn preprocess_batch(images: &[DynamicImage], spec: &ModelSpec) -> Result<Inp
         u32::try_from(h).map_err(|_| JobError::ModelInputMismatch(format!("model height {h} is too large")))?,
     );
     for (n, img) in images.iter().enumerate() {
-        let resized = img.resize_exact(width, height, spec.filter.filter_type());
+        let resized = crate::resize::resample(img, (width, height), spec.filter, None)?;
         let pixels: Vec<u8> = match c {
             1 => resized.to_luma8().into_raw(),
             3 => resized.to_rgb8().into_raw(),

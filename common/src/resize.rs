@@ -191,7 +191,7 @@ pub fn resize_with(job: &ResizeJob, limits: &Limits, pipeline: Pipeline) -> Resu
 
 /// Resamples with `fast_image_resize` to exactly `size` the `crop` (left, top, width, height)
 /// of `img`, or all of it. Alpha is premultiplied while resampling, as `image` does.
-fn resample(
+pub(crate) fn resample(
     img: &DynamicImage,
     size: (u32, u32),
     filter: Filter,
