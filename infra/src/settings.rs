@@ -1,7 +1,8 @@
 //! Layered configuration: `config/default.toml` (every key, commented), then the overlay named
 //! by `WARREN_ENV` (`config/<env>.toml`, optional), then environment variables
 //! `WARREN__SECTION__KEY` (e.g. `WARREN__BROKER__URL`, `WARREN__CONSUMER__POOL_SIZE=2`,
-//! `WARREN__CONSUMER__KINDS=image.resize,checksum`).
+//! `WARREN__CONSUMER__KINDS=image.resize,checksum`; lists are comma-separated, as in
+//! `WARREN__MODEL__MEAN=0.485,0.456,0.406`).
 //!
 //! Relative paths in the configuration are resolved against the parent of the configuration
 //! directory, so `config/` and `models/` sit side by side wherever the tree is.
@@ -152,7 +153,11 @@ pub struct ModelSettings {
     pub name: String,
     pub path: PathBuf,
     pub labels_path: PathBuf,
+    /// One value for every channel, or one per channel (`WARREN__MODEL__MEAN=0.5` or
+    /// `=0.485,0.456,0.406`).
+    #[serde(deserialize_with = "one_or_many")]
     pub mean: Vec<f32>,
+    #[serde(deserialize_with = "one_or_many")]
     pub std: Vec<f32>,
     pub resize_filter: Filter,
     pub max_aspect_ratio: f32,
@@ -166,6 +171,45 @@ pub struct ModelSettings {
     pub sessions: usize,
     pub intra_threads: usize,
     pub onnxruntime_path: PathBuf,
+}
+
+/// `WARREN__SECTION__KEY` variables; the keys below take comma-separated lists.
+fn environment() -> config::Environment {
+    config::Environment::with_prefix("WARREN")
+        .prefix_separator("__")
+        .separator("__")
+        .list_separator(",")
+        .with_list_parse_key("consumer.kinds")
+        .with_list_parse_key("model.mean")
+        .with_list_parse_key("model.std")
+        .try_parsing(true)
+}
+
+/// Numbers given as a list or as one value; from a file they are numbers, from an environment
+/// variable text (`0.5`, or `0.485,0.456,0.406` split into a list of texts).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Float(f32),
+        Text(String),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Number),
+        Many(Vec<Number>),
+    }
+    let number = |n: Number| match n {
+        Number::Float(x) => Ok(x),
+        Number::Text(t) => {
+            t.trim().parse::<f32>().map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number")))
+        }
+    };
+    match OneOrMany::deserialize(d)? {
+        OneOrMany::One(n) => Ok(vec![number(n)?]),
+        OneOrMany::Many(v) => v.into_iter().map(number).collect(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -204,14 +248,7 @@ impl Settings {
         let built = config::Config::builder()
             .add_source(config::File::from(default.clone()))
             .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false))
-            .add_source(
-                config::Environment::with_prefix("WARREN")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("consumer.kinds")
-                    .try_parsing(true),
-            )
+            .add_source(environment())
             .build()
             .with_context(|| format!("reading configuration from {}", dir.display()))?;
         let mut settings: Settings = built
@@ -287,4 +324,43 @@ impl Settings {
 /// The configuration directory: the flag or `WARREN_CONFIG_DIR` when given, else `./config`.
 pub fn config_dir(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(|| PathBuf::from("config"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Doc {
+        model: Norm,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Norm {
+        #[serde(deserialize_with = "one_or_many")]
+        mean: Vec<f32>,
+    }
+
+    /// `[model]` from `toml`, overridden by the environment variables `env`.
+    fn mean(toml: &str, env: &[(&str, &str)]) -> Result<Vec<f32>, config::ConfigError> {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let doc: Doc = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .add_source(environment().source(Some(env)))
+            .build()?
+            .try_deserialize()?;
+        Ok(doc.model.mean)
+    }
+
+    #[test]
+    fn normalisation_is_one_value_or_one_per_channel_from_a_file_or_the_environment() {
+        let file = "[model]\nmean = [0.5]";
+        assert_eq!(mean(file, &[]).unwrap(), vec![0.5]);
+        assert_eq!(mean("[model]\nmean = 0.25", &[]).unwrap(), vec![0.25]);
+        assert_eq!(mean("[model]\nmean = [0.485, 0.456, 0.406]", &[]).unwrap(), vec![0.485, 0.456, 0.406]);
+        assert_eq!(mean(file, &[("WARREN__MODEL__MEAN", "0.25")]).unwrap(), vec![0.25]);
+        assert_eq!(mean(file, &[("WARREN__MODEL__MEAN", "0.485, 0.456,0.406")]).unwrap(), vec![0.485, 0.456, 0.406]);
+        let err = mean(file, &[("WARREN__MODEL__MEAN", "0.5,bright")]).unwrap_err().to_string();
+        assert!(err.contains("\"bright\" is not a number"), "{err}");
+    }
 }
