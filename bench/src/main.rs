@@ -238,10 +238,13 @@ fn large_photo() -> anyhow::Result<Vec<u8>> {
 fn resize_pipelines(min: Duration) -> anyhow::Result<Value> {
     let Job::Resize(small) = resize_job()? else { anyhow::bail!("not a resize job") };
     let large = ResizeJob { image: large_photo()?, ..small.clone() };
+    // Each step's alternative against the `image` crate throughout: resampling, then the JPEG
+    // encoder, then a scaled decode.
     let variants = [
         ("image_crate", Pipeline::REFERENCE),
-        ("fast_image_resize", Pipeline::WORKER),
-        ("fast_image_resize_scaled_decode", Pipeline::SCALED),
+        ("fast_image_resize", Pipeline::IMAGE_JPEG_ENCODER),
+        ("fast_image_resize_jpeg_encoder", Pipeline::WORKER),
+        ("fast_image_resize_jpeg_encoder_scaled_decode", Pipeline::SCALED),
     ];
     let mut out = serde_json::Map::new();
     for (photo, job) in [("640x427", &small), ("2560x1708", &large)] {
@@ -265,6 +268,8 @@ fn resize_pipelines(min: Duration) -> anyhow::Result<Value> {
 async fn process_run(
     label: &str,
     kind: &str,
+    env: &[(String, String)],
+    expect_log: Option<&str>,
     job: &Job,
     plan: &LoadPlan,
     tune: impl FnOnce(&mut Settings),
@@ -272,7 +277,12 @@ async fn process_run(
     let v = vhost(label);
     let mut settings = settings_for(&v);
     tune(&mut settings);
-    let worker = ConsumerProcess::start(&v, &[("WARREN__CONSUMER__KINDS", kind)]).await;
+    let mut vars = vec![("WARREN__CONSUMER__KINDS", kind)];
+    vars.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let worker = ConsumerProcess::start(&v, &vars).await;
+    if let Some(needle) = expect_log {
+        worker.wait_for_log(needle).await;
+    }
     let cpu = CpuMeter::with_worker(worker.pid().parse().ok());
     let report = drive(&settings, job, plan).await;
     let cpu = cpu.stop();
@@ -289,8 +299,8 @@ async fn scenario_image(cli: &Cli) -> anyhow::Result<Value> {
     let n = cli.heavy_messages as f64;
     for i in 0..cli.pairs {
         let (l, l_cpu) = tokio::task::block_in_place(|| in_process_resize(&job, cli.heavy_messages))?;
-        let (f, f_cpu) = process_run("bench-image", "image.resize", &job, &p, |_| ()).await?;
-        let (b, _) = process_run("bench-image", "image.resize", &job, &p, |s| {
+        let (f, f_cpu) = process_run("bench-image", "image.resize", &[], None, &job, &p, |_| ()).await?;
+        let (b, _) = process_run("bench-image", "image.resize", &[], None, &job, &p, |s| {
             s.producer.encoding = warren_common::Encoding::Bincode;
         })
         .await?;
@@ -354,12 +364,14 @@ fn squeezenet(s: &mut Settings) {
 }
 
 /// In-process on every core: `cores()` threads, each running whole jobs (decode, preprocess,
-/// infer, top-k) in batches of `batch` on its own session, for at least `min`. Jobs per second.
-fn in_process_classify(model: &OrtClassifier, png: &[u8], batch: usize, min: Duration) -> f64 {
+/// infer, top-k) in batches of `batch` on its own session, for at least `min`. Jobs per second
+/// and CPU seconds per job.
+fn in_process_classify(model: &OrtClassifier, png: &[u8], batch: usize, min: Duration) -> (f64, f64) {
     use warren_common::classify::classify_batch;
     let limits = Limits::default();
     let jobs: Vec<ClassifyJob> = (0..batch).map(|_| ClassifyJob { image: png.to_vec(), top_k: Some(1) }).collect();
     let refs: Vec<&ClassifyJob> = jobs.iter().collect();
+    let cpu = CpuMeter::start();
     let start = Instant::now();
     let done: usize = std::thread::scope(|s| {
         let threads: Vec<_> = (0..cores())
@@ -376,7 +388,25 @@ fn in_process_classify(model: &OrtClassifier, png: &[u8], batch: usize, min: Dur
             .collect();
         threads.into_iter().map(|t| t.join().unwrap_or(0)).sum()
     });
-    done as f64 / start.elapsed().as_secs_f64()
+    let rate = done as f64 / start.elapsed().as_secs_f64();
+    (rate, cpu.stop().own / done.max(1) as f64)
+}
+
+/// The `WARREN__MODEL__*` variables that give a worker process these model settings.
+fn model_env(m: &warren_infra::settings::ModelSettings) -> anyhow::Result<Vec<(String, String)>> {
+    let list = |v: &[f32]| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",");
+    let filter = serde_json::to_value(m.resize_filter)?.as_str().unwrap_or("triangle").to_owned();
+    Ok([
+        ("NAME", m.name.clone()),
+        ("PATH", m.path.display().to_string()),
+        ("LABELS_PATH", m.labels_path.display().to_string()),
+        ("MEAN", list(&m.mean)),
+        ("STD", list(&m.std)),
+        ("RESIZE_FILTER", filter),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("WARREN__MODEL__{k}"), v))
+    .collect())
 }
 
 async fn scenario_ml_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
@@ -387,38 +417,69 @@ async fn scenario_ml_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
     let model = tokio::task::block_in_place(|| OrtClassifier::load(&settings.model, None))?;
     let png = std::fs::read(repo_root().join(m.image))?;
     let min = Duration::from_millis(cli.measure_ms);
-    let (mut by_batch, mut best, mut best_batch) = (serde_json::Map::new(), 0.0f64, 0);
+    let (mut by_batch, mut best, mut best_batch, mut best_cpu) = (serde_json::Map::new(), 0.0f64, 0, 0.0);
     for batch in [1usize, 2, 4, 8, 16, 32] {
-        let rate = tokio::task::block_in_place(|| in_process_classify(&model, &png, batch, min));
-        println!("ml {} in-process, {} threads: batch {batch:>2}: {rate:.0} jobs/s", m.name, cores());
+        let (rate, cpu) = tokio::task::block_in_place(|| in_process_classify(&model, &png, batch, min));
+        println!(
+            "ml {} in-process, {} threads: batch {batch:>2}: {rate:.0} jobs/s, {:.2} ms CPU/job",
+            m.name,
+            cores(),
+            cpu * 1e3
+        );
         if rate > best {
-            (best, best_batch) = (rate, batch);
+            (best, best_batch, best_cpu) = (rate, batch, cpu);
         }
         by_batch.insert(batch.to_string(), json!(rate));
     }
     drop(model);
     let job = Job::Classify(ClassifyJob { image: png, top_k: Some(1) });
-    let (mut fleet, mut p99) = (Vec::new(), Vec::new());
+    // The worker is the release binary with the same model settings, as its own process.
+    let env = model_env(&settings.model)?;
+    let loaded = format!("model={}", m.name);
+    let mut unbatched_env = env.clone();
+    unbatched_env.push(("WARREN__MODEL__MAX_BATCH".into(), "1".into()));
+    let (mut fleet, mut p99, mut cpu, mut unbatched) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let n = m.jobs as f64;
     for _ in 0..cli.pairs {
-        let (f, _) =
-            fleet_run_with("bench-ml", &["ml.classify"], &job, &plan(m.jobs, cli.concurrency, 0.0), m.tune).await?;
+        let p = plan(m.jobs, cli.concurrency, 0.0);
+        let (f, c) = process_run("bench-ml", "ml.classify", &env, Some(&loaded), &job, &p, |_| ()).await?;
+        let (u, _) = process_run("bench-ml", "ml.classify", &unbatched_env, Some(&loaded), &job, &p, |_| ()).await?;
+        unbatched.push(u.rate());
         let q = f.latency_ms(0.99).unwrap_or(f64::NAN);
-        println!("ml {} fleet: {:.0} jobs/s, p99 {q:.1} ms", m.name, f.rate());
+        let ms = |x: f64| x / n * 1e3;
+        println!(
+            "ml {} fleet: {:.0} jobs/s (max batch 1: {:.0}), p99 {q:.1} ms, CPU/job {:.2} ms: worker {:.2}, load \
+             generator {:.2}, broker {:.2}",
+            m.name,
+            f.rate(),
+            u.rate(),
+            ms(c.total()),
+            ms(c.worker),
+            ms(c.own),
+            ms(c.broker)
+        );
         fleet.push(f.rate());
         p99.push(q);
+        cpu.push([c.total() / n, c.worker / n, c.own / n, c.broker / n]);
     }
     let f = median(fleet.clone());
+    let col = |i: usize| median(cpu.iter().map(|c| c[i]).collect());
     println!(
-        "ml {}: best in-process {best:.0} jobs/s (batch {best_batch}), fleet {f:.0} jobs/s, ratio {:.2} (target >= 0.8), \
-         p99 {:.1} ms",
+        "ml {}: best in-process {best:.0} jobs/s (batch {best_batch}, {:.2} ms CPU/job), fleet {f:.0} jobs/s, ratio \
+         {:.2} (target >= 0.8), p99 {:.1} ms; fleet without micro-batching {:.0} jobs/s",
         m.name,
+        best_cpu * 1e3,
         f / best,
-        median(p99.clone())
+        median(p99.clone()),
+        median(unbatched.clone())
     );
     Ok(json!({
         "in_process_jobs_per_s_by_batch": by_batch, "best_in_process": best, "best_batch": best_batch,
         "fleet_jobs_per_s": fleet, "median_fleet": f, "ratio": f / best,
         "fleet_p99_ms": p99, "median_p99_ms": median(p99),
+        "fleet_max_batch_1_jobs_per_s": unbatched.clone(), "median_fleet_max_batch_1": median(unbatched),
+        "cpu_s_per_job": {"in_process": best_cpu, "fleet_total": col(0), "fleet_worker": col(1),
+                          "fleet_load_generator": col(2), "fleet_broker": col(3)},
         "max_batch": settings.model.max_batch, "max_batch_wait_ms": settings.model.max_batch_wait_ms,
     }))
 }
