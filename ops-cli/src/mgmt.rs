@@ -51,10 +51,6 @@ impl Mgmt {
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 
-    pub fn queue(&self, vhost: &str, name: &str) -> Result<Option<Value>> {
-        self.get(&format!("/api/queues/{}/{}", enc(vhost), enc(name)))
-    }
-
     pub fn exchanges(&self, vhost: &str) -> Result<Vec<Value>> {
         Ok(self.get(&format!("/api/exchanges/{}", enc(vhost)))?.and_then(|v| v.as_array().cloned()).unwrap_or_default())
     }

@@ -7,23 +7,12 @@ use std::collections::BTreeMap;
 
 use warren_common::checksum::ChecksumJob;
 use warren_common::headers as h;
-use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 use warren_common::{Encoding, Job, JobEnvelope, ResultStatus};
-use warren_e2e::{DEADLINE, Vhost, collect_messages, fleet_and_producer, repo_root, settings_for, vhost, want_result};
+use warren_e2e::{
+    DEADLINE, Vhost, collect_messages, fleet_and_producer, repo_root, settings_for, small_resize, vhost, want_result,
+};
 use warren_infra::{PublishError, fields};
 use warren_producer::{Producer, ProducerError, PublishOptions};
-
-fn resize_of(image: Vec<u8>) -> Job {
-    Job::Resize(ResizeJob {
-        image,
-        width: 32,
-        height: 32,
-        mode: ResizeMode::Fit,
-        filter: Filter::Triangle,
-        format: None,
-        quality: None,
-    })
-}
 
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +23,7 @@ async fn bad_messages_are_dead_lettered_and_the_next_job_succeeds(vhost: Vhost) 
 
     let mut jpeg = std::fs::read(repo_root().join("samples/images/china.jpg")).expect("photo");
     jpeg.truncate(jpeg.len() / 3);
-    let corrupt = JobEnvelope::encode(&resize_of(jpeg), Encoding::Json).expect("encode");
+    let corrupt = JobEnvelope::encode(&small_resize(jpeg), Encoding::Json).expect("encode");
     let unknown_kind = br#"{"version":1,"kind":"video.transcode","job":{}}"#.to_vec();
     let malformed = b"{ this is not json".to_vec();
     let future_version = br#"{"version":9,"kind":"checksum","job":{}}"#.to_vec();
@@ -110,7 +99,7 @@ async fn nothing_is_lost_every_job_is_a_result_or_a_dead_letter(vhost: Vhost) {
     for i in 0..60u32 {
         let t = if i % 5 == 0 {
             bad += 1;
-            producer.publish(&resize_of(vec![0xFF, 0xD8, 0xFF, 0x00]), &reply).await
+            producer.publish(&small_resize(vec![0xFF, 0xD8, 0xFF, 0x00]), &reply).await
         } else {
             let encoding = Some(if i % 2 == 0 { Encoding::Json } else { Encoding::Bincode });
             let opts = PublishOptions { encoding, ..reply.clone() };

@@ -10,9 +10,10 @@ use rstest::rstest;
 use serde_json::Value;
 use tokio::process::Command;
 use warren_common::checksum::ChecksumJob;
-use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 use warren_common::{Job, JobResult, ResultStatus};
-use warren_e2e::{DEADLINE, Fleet, Vhost, bin, broker, collect_messages, queue_depth, repo_root, settings_for, vhost};
+use warren_e2e::{
+    DEADLINE, Fleet, Vhost, bin, broker, collect_messages, photo_resize, queue_depth, repo_root, settings_for, vhost,
+};
 use warren_infra::Settings;
 use warren_producer::{Producer, PublishOptions};
 
@@ -35,19 +36,6 @@ async fn ctl(vhost: &Vhost, args: &[&str]) -> (i32, String, String) {
 
 fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
-fn photo_resize() -> Job {
-    let image = std::fs::read(repo_root().join("samples/images/china.jpg")).expect("photo");
-    Job::Resize(ResizeJob {
-        image,
-        width: 32,
-        height: 32,
-        mode: ResizeMode::Fit,
-        filter: Filter::Triangle,
-        format: None,
-        quality: None,
-    })
 }
 
 /// Resize jobs a consumer with a tiny pixel limit dead-letters (limit_exceeded): real failures.
@@ -98,6 +86,23 @@ async fn peek_shows_jobs_and_dead_letters_and_leaves_the_queues_as_they_were(vho
     assert!(out.contains("limit_exceeded") && out.contains("warren.jobs/image.resize"), "{out}");
     assert!(out.contains(&dead_ids[0]) && out.contains("marks them redelivered"), "{out}");
     assert_eq!(queue_depth(&settings, "warren.image.resize.dead").await, 2);
+
+    // status counts the backlog and the dead letters from one listing of the vhost's queues; the
+    // management API's figures trail the queues by up to its statistics interval.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let row = loop {
+        let (code, out, _) = ctl(&vhost, &["--json", "status"]).await;
+        assert_eq!(code, 0);
+        let status = json(&out);
+        let row = status["queues"].as_array().expect("queues").iter().find(|r| r["kind"] == "image.resize").cloned();
+        let row = row.expect("an image.resize row");
+        if (row["ready"].as_u64(), row["dead_letters"].as_u64()) == (Some(3), Some(2)) {
+            break row;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "status never showed 3 ready and 2 dead: {row}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!((row["queue"].as_str(), row["retrying"].as_u64()), (Some("warren.image.resize"), Some(0)), "{row}");
 
     let (code, _, err) = ctl(&vhost, &["peek", "no.such.queue"]).await;
     assert_eq!(code, 4, "{err}");

@@ -93,21 +93,12 @@ impl Vhost {
         };
         let mut closed = 0;
         for name in matching {
-            {
-                let encoded: String = name
-                    .bytes()
-                    .map(|b| match b {
-                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-                        _ => format!("%{b:02X}"),
-                    })
-                    .collect();
-                agent()
-                    .delete(&format!("{base}/api/connections/{encoded}"))
-                    .header("Authorization", &auth())
-                    .call()
-                    .unwrap_or_else(|e| panic!("closing connection {name}: {e}"));
-                closed += 1;
-            }
+            agent()
+                .delete(&format!("{base}/api/connections/{}", warrenctl::mgmt::enc(&name)))
+                .header("Authorization", &auth())
+                .call()
+                .unwrap_or_else(|e| panic!("closing connection {name}: {e}"));
+            closed += 1;
         }
         closed
     }

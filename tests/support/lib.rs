@@ -10,6 +10,9 @@ pub mod scrape;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use warren_common::Job;
+use warren_common::resize::{Filter, ResizeJob, ResizeMode};
+
 pub use broker::{Vhost, vhost};
 pub use fleet::{Fleet, collect_messages, fleet_and_producer, queue_depth, settings_for, want_result};
 pub use process::ConsumerProcess;
@@ -35,3 +38,22 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// How long a test waits for something that should happen in well under a second.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// An `image.resize` job of `image` to fit 32x32 in the source's format: cheap to run, and the
+/// job the failure tests corrupt or limit.
+pub fn small_resize(image: Vec<u8>) -> Job {
+    Job::Resize(ResizeJob {
+        image,
+        width: 32,
+        height: 32,
+        mode: ResizeMode::Fit,
+        filter: Filter::Triangle,
+        format: None,
+        quality: None,
+    })
+}
+
+/// `small_resize` of the sample photo (samples/images/china.jpg, 640x427 JPEG).
+pub fn photo_resize() -> Job {
+    small_resize(std::fs::read(repo_root().join("samples/images/china.jpg")).expect("samples/images/china.jpg"))
+}

@@ -48,22 +48,25 @@ impl Row {
 }
 
 pub fn status(ctx: &Ctx) -> Result<()> {
+    // One listing of the vhost's queues (the work queues, their retry tiers and dead letters),
+    // not a request per queue: the management API is the broker's, and status runs in loops.
+    let listed: std::collections::HashMap<String, Value> =
+        ctx.mgmt.queues(&ctx.vhost)?.into_iter().filter_map(|q| Some((q["name"].as_str()?.to_owned(), q))).collect();
+    let messages = |name: &str| listed.get(name).map(|q| q["messages"].as_u64().unwrap_or(0)).unwrap_or(0);
     let mut out = Vec::new();
     for route in &ctx.settings.routes {
-        let Some(q) = ctx.mgmt.queue(&ctx.vhost, &route.queue)? else {
+        let Some(q) = listed.get(&route.queue) else {
             out.push(json!({"kind": route.kind, "queue": route.queue, "missing": true}));
             continue;
         };
-        let row = Row::from_json(&q);
-        let dead = ctx.mgmt.queue(&ctx.vhost, &ctx.settings.dead_queue(&route.queue))?;
-        let dead = dead.map(|d| d["messages"].as_u64().unwrap_or(0)).unwrap_or(0);
+        let row = Row::from_json(q);
+        let dead = messages(&ctx.settings.dead_queue(&route.queue));
         let retrying: u64 = ctx
             .settings
             .retry_policy(route)
             .tiers()
             .into_iter()
-            .filter_map(|t| ctx.mgmt.queue(&ctx.vhost, &ctx.settings.retry_queue(&route.queue, t)).ok().flatten())
-            .map(|q| q["messages"].as_u64().unwrap_or(0))
+            .map(|t| messages(&ctx.settings.retry_queue(&route.queue, t)))
             .sum();
         // Time to empty the backlog at the current completion rate.
         let drain_s = match (row.ready, row.ack_rate) {
