@@ -207,18 +207,46 @@ fn map_image_error(e: ImageError, stage: &str) -> JobError {
     }
 }
 
+/// Which JPEG encoder writes JPEG outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JpegWriter {
+    /// The `image` crate's encoder (scalar code).
+    ImageCrate,
+    /// `jpeg-encoder` with AVX2 where the CPU has it. Same baseline JPEG, quantisation tables
+    /// scaled from the standard ones by quality, and no chroma subsampling (4:4:4), as the
+    /// `image` crate writes it; faster (warren-bench's image pipelines).
+    Simd,
+}
+
+/// JPEG quality when the job gives none.
+const DEFAULT_JPEG_QUALITY: u8 = 85;
+
 /// Encodes `img` as `format`; `quality` (1..=100) applies to JPEG. PNG and WebP are lossless.
 pub fn encode(img: &DynamicImage, format: Format, quality: Option<u8>) -> Result<Vec<u8>, JobError> {
+    encode_with(img, format, quality, JpegWriter::Simd)
+}
+
+/// [`encode`] with a choice of JPEG encoder (to measure one against the other).
+pub fn encode_with(
+    img: &DynamicImage,
+    format: Format,
+    quality: Option<u8>,
+    jpeg: JpegWriter,
+) -> Result<Vec<u8>, JobError> {
     let mut out = Cursor::new(Vec::new());
-    let result = match format {
-        Format::Jpeg => {
+    let quality = quality.unwrap_or(DEFAULT_JPEG_QUALITY);
+    let result = match (format, jpeg) {
+        (Format::Jpeg, JpegWriter::Simd) => {
+            return encode_jpeg(img, quality).map_err(|e| JobError::Encode(format!("jpeg encoding: {e}")));
+        }
+        (Format::Jpeg, JpegWriter::ImageCrate) => {
             // JPEG has no alpha channel; flatten to RGB first.
             let rgb = DynamicImage::ImageRgb8(img.to_rgb8());
-            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.unwrap_or(85));
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
             rgb.write_with_encoder(enc)
         }
-        Format::Png => img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut out)),
-        Format::Webp => {
+        (Format::Png, _) => img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut out)),
+        (Format::Webp, _) => {
             // The WebP encoder takes 8-bit RGB(A) only.
             let img = if img.color().has_alpha() {
                 DynamicImage::ImageRgba8(img.to_rgba8())
@@ -230,6 +258,28 @@ pub fn encode(img: &DynamicImage, format: Format, quality: Option<u8>) -> Result
     };
     result.map_err(|e| JobError::Encode(format!("{} encoding: {e}", format.as_str())))?;
     Ok(out.into_inner())
+}
+
+/// JPEG through `jpeg-encoder`: grey stays one channel, anything else is flattened to RGB (JPEG
+/// has no alpha), without a copy when the pixels are RGB already.
+fn encode_jpeg(img: &DynamicImage, quality: u8) -> Result<Vec<u8>, String> {
+    use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+    let side = |n: u32| u16::try_from(n).map_err(|_| format!("{n} pixels is over JPEG's limit of 65535"));
+    let (w, h) = (side(img.width())?, side(img.height())?);
+    let mut out = Vec::new();
+    let mut encoder = Encoder::new(&mut out, quality.clamp(1, 100));
+    encoder.set_sampling_factor(SamplingFactor::F_1_1);
+    let converted;
+    let (pixels, color): (&[u8], ColorType) = match img {
+        DynamicImage::ImageLuma8(g) => (g.as_raw(), ColorType::Luma),
+        DynamicImage::ImageRgb8(rgb) => (rgb.as_raw(), ColorType::Rgb),
+        other => {
+            converted = other.to_rgb8();
+            (converted.as_raw(), ColorType::Rgb)
+        }
+    };
+    encoder.encode(pixels, w, h, color).map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -274,5 +324,25 @@ mod tests {
     #[test]
     fn empty_input_is_corrupt() {
         assert_eq!(decode(&[], &Limits::default()).unwrap_err().error_type(), "corrupt_image");
+    }
+
+    #[test]
+    fn jpeg_output_keeps_grey_as_grey_and_drops_alpha() {
+        let grey = DynamicImage::ImageLuma8(image::GrayImage::from_fn(40, 30, |x, y| image::Luma([(x * 6 + y) as u8])));
+        let back = image::load_from_memory(&encode(&grey, Format::Jpeg, Some(90)).expect("grey")).expect("decodes");
+        assert_eq!((back.width(), back.height(), back.color()), (40, 30, image::ColorType::L8));
+        let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(17, 9, image::Rgba([200, 40, 10, 128])));
+        let back = image::load_from_memory(&encode(&rgba, Format::Jpeg, None).expect("rgba")).expect("decodes");
+        assert_eq!((back.width(), back.height(), back.color()), (17, 9, image::ColorType::Rgb8));
+        let px = back.to_rgb8().get_pixel(8, 4).0;
+        assert!(px.iter().zip([200u8, 40, 10]).all(|(a, b)| a.abs_diff(b) <= 6), "{px:?}");
+    }
+
+    #[test]
+    fn jpeg_output_over_jpegs_size_limit_is_an_encode_error() {
+        let wide = DynamicImage::ImageLuma8(image::GrayImage::new(70_000, 1));
+        let err = encode(&wide, Format::Jpeg, None).unwrap_err();
+        assert_eq!(err.error_type(), "encode_failed", "{err}");
+        assert!(err.to_string().contains("65535"), "{err}");
     }
 }
