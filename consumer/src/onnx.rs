@@ -4,7 +4,8 @@
 //! else `ORT_DYLIB_PATH`, else the cache `scripts/setup.sh` fills. The model is loaded once per
 //! process into `model.sessions` sessions of `model.intra_threads` threads each; a job borrows
 //! a free session for one run (ort's `Session::run` needs `&mut`), so up to `sessions` runs
-//! overlap and intra-op threads x sessions can be kept within the cores.
+//! overlap and intra-op threads x sessions can be kept within the cores. ONNX Runtime's threads
+//! do not spin while they wait.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -46,9 +47,16 @@ impl OrtClassifier {
         let mut sessions = Vec::with_capacity(settings.sessions);
         for _ in 0..settings.sessions {
             let load = || -> anyhow::Result<Session> {
-                let builder = Session::builder(env)?;
-                let mut builder =
-                    builder.with_intra_threads(settings.intra_threads.max(1)).map_err(|e| anyhow::anyhow!("{e}"))?;
+                // Intra-op threads that spin between operators would burn the cores the worker's
+                // pool and the other sessions need; with 1 thread (the default) there are none.
+                let builder_error = |e: ort::Error<_>| anyhow::anyhow!("{e}");
+                let mut builder = Session::builder(env)?
+                    .with_intra_threads(settings.intra_threads.max(1))
+                    .map_err(builder_error)?
+                    .with_intra_op_spinning(false)
+                    .map_err(builder_error)?
+                    .with_inter_op_spinning(false)
+                    .map_err(builder_error)?;
                 Ok(builder.commit_from_file(&settings.path)?)
             };
             let session = load().with_context(|| format!("loading ONNX model {}", settings.path.display()))?;
