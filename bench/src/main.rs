@@ -43,10 +43,10 @@ struct Cli {
     #[arg(long, default_value = "relay,prefetch,image,ml,latency,memory")]
     scenarios: String,
     /// Jobs per run of the relay and latency scenarios.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 10_000)]
     messages: u64,
     /// Jobs per run of the image and ml scenarios.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 1000)]
     heavy_messages: u64,
     /// Jobs in flight from the load generator.
     #[arg(long, default_value_t = 64)]
@@ -486,12 +486,7 @@ async fn scenario_ml_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
 
 async fn scenario_ml(cli: &Cli) -> anyhow::Result<Value> {
     let models = [
-        MlModel {
-            name: "squeezenet",
-            tune: squeezenet,
-            image: "samples/images/china.jpg",
-            jobs: cli.heavy_messages * 2,
-        },
+        MlModel { name: "squeezenet", tune: squeezenet, image: "samples/images/china.jpg", jobs: cli.heavy_messages },
         MlModel { name: "digits", tune: digits, image: "models/digits/samples/001_label4.png", jobs: cli.messages },
     ];
     let mut out = serde_json::Map::new();
