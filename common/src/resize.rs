@@ -118,7 +118,8 @@ pub struct Pipeline {
 impl Pipeline {
     /// Full decode (zune-jpeg, through `image`), SIMD resampling. Scaled decoding is not used:
     /// jpeg-decoder, the decoder that can scale, is slower at 1/4 scale than zune-jpeg at full
-    /// size (measured by warren-bench: 25.7 against 32.5 thumbnails/s of a 2560x1708 photo).
+    /// size (warren-bench, one thread, thumbnails of a 2560x1708 photo: 47.6 against 48.7 a second,
+    /// 54.8 against 61.0 in another run; docs/benchmarks.md).
     /// JPEG outputs are written by `jpeg-encoder` (SIMD).
     pub const WORKER: Self = Self { scaled_decode: false, resampler: Resampler::Simd, jpeg: JpegWriter::Simd };
     /// The worker's, with the `image` crate's JPEG encoder.
