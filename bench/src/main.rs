@@ -6,7 +6,8 @@
 //! message size vs the fleet running the trivial `checksum` kind), `image` (decode-resize-encode
 //! in-process on all cores vs the fleet's `image.resize`), `ml` (ONNX Runtime in-process at batch
 //! sizes 1..32 vs the fleet's `ml.classify`), `latency` (p50/p95/p99 at 50% of the relay's
-//! maximum rate, fleet vs relay).
+//! maximum rate, fleet vs relay), `prefetch` (the fleet's throughput by prefetch per pool slot)
+//! and `memory` (a worker's RSS under, after and across image loads, with either allocator).
 
 mod procfs;
 mod relay;
@@ -88,28 +89,23 @@ async fn drive(settings: &Settings, job: &Job, plan: &LoadPlan) -> anyhow::Resul
     Ok(report)
 }
 
-async fn fleet_run(label: &str, kinds: &[&str], job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
-    Ok(fleet_run_with(label, kinds, job, plan, |_| ()).await?.0)
-}
-
-/// A fleet run whose settings `tune` adjusts first.
-async fn fleet_run_with(
+/// A run of the fleet in this process (the consumer library serving `kinds`), its settings
+/// adjusted by `tune` first.
+async fn fleet_run(
     label: &str,
     kinds: &[&str],
     job: &Job,
     plan: &LoadPlan,
     tune: impl FnOnce(&mut Settings),
-) -> anyhow::Result<(LoadReport, CpuUsed)> {
+) -> anyhow::Result<LoadReport> {
     let v = vhost(label);
     let mut settings = settings_for(&v);
     settings.consumer.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
     tune(&mut settings);
     let fleet = Fleet::start(settings.clone()).await;
-    let cpu = CpuMeter::start();
     let report = drive(&settings, job, plan).await;
-    let cpu = cpu.stop();
     fleet.stop().await;
-    Ok((report?, cpu))
+    report
 }
 
 async fn relay_run(job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
@@ -148,7 +144,7 @@ async fn scenario_relay(cli: &Cli) -> anyhow::Result<Value> {
     let p = plan(cli.messages, cli.concurrency, 0.0);
     for i in 0..cli.pairs {
         let r = relay_run(&checksum_job(), &p).await?;
-        let f = fleet_run("bench-fleet", &["checksum"], &checksum_job(), &p).await?;
+        let f = fleet_run("bench-fleet", &["checksum"], &checksum_job(), &p, |_| ()).await?;
         println!("relay pair {}: relay {:.0} jobs/s, fleet {:.0} jobs/s", i + 1, r.rate(), f.rate());
         relay.push(r.rate());
         fleet.push(f.rate());
@@ -175,8 +171,7 @@ async fn scenario_prefetch(cli: &Cli) -> anyhow::Result<Value> {
         for _ in 0..cli.pairs {
             for (i, k) in per_slot.iter().enumerate() {
                 let prefetch = u16::try_from(k * cores()).unwrap_or(u16::MAX);
-                let (r, _) =
-                    fleet_run_with("bench-prefetch", &[kind], &job, &p, |s| s.consumer.prefetch = prefetch).await?;
+                let r = fleet_run("bench-prefetch", &[kind], &job, &p, |s| s.consumer.prefetch = prefetch).await?;
                 runs[i].push(r.rate());
             }
         }
@@ -294,9 +289,8 @@ async fn scenario_image(cli: &Cli) -> anyhow::Result<Value> {
     let pipelines = tokio::task::block_in_place(|| resize_pipelines(Duration::from_millis(cli.measure_ms)))?;
     let job = resize_job()?;
     let (mut local, mut fleet, mut fleet_bincode) = (Vec::new(), Vec::new(), Vec::new());
-    let mut cpu: Vec<[f64; 5]> = Vec::new();
+    let (mut local_cpu, mut fleet_cpu) = (Vec::new(), Vec::new());
     let p = plan(cli.heavy_messages, cli.concurrency.min(32), 0.0);
-    let n = cli.heavy_messages as f64;
     for i in 0..cli.pairs {
         let (l, l_cpu) = tokio::task::block_in_place(|| in_process_resize(&job, cli.heavy_messages))?;
         let (f, f_cpu) = process_run("bench-image", "image.resize", &[], None, &job, &p, |_| ()).await?;
@@ -304,26 +298,22 @@ async fn scenario_image(cli: &Cli) -> anyhow::Result<Value> {
             s.producer.encoding = warren_common::Encoding::Bincode;
         })
         .await?;
-        let ms = |x: f64| x / n * 1e3;
+        let f_cpu = f_cpu.per_job(cli.heavy_messages);
         println!(
-            "image pair {}: in-process {l:.1} jobs/s ({:.1} ms CPU/job); fleet {:.1} jobs/s (bincode jobs: {:.1}), \
-             CPU/job {:.1} ms: worker {:.1}, load generator {:.1}, broker {:.1}",
+            "image pair {}: in-process {l:.1} jobs/s ({:.2} ms CPU/job); fleet {:.1} jobs/s (bincode jobs: {:.1}), {}",
             i + 1,
             l_cpu * 1e3,
             f.rate(),
             b.rate(),
-            ms(f_cpu.total()),
-            ms(f_cpu.worker),
-            ms(f_cpu.own),
-            ms(f_cpu.broker)
+            f_cpu.describe()
         );
         local.push(l);
         fleet.push(f.rate());
         fleet_bincode.push(b.rate());
-        cpu.push([l_cpu, f_cpu.total() / n, f_cpu.worker / n, f_cpu.own / n, f_cpu.broker / n]);
+        local_cpu.push(l_cpu);
+        fleet_cpu.push(f_cpu);
     }
     let (l, f) = (median(local.clone()), median(fleet.clone()));
-    let col = |i: usize| median(cpu.iter().map(|c| c[i]).collect());
     println!(
         "image: median in-process {l:.1} jobs/s, fleet {f:.1} jobs/s, ratio {:.2} (target >= 0.85); bincode jobs \
          {:.1} jobs/s, ratio {:.2}",
@@ -336,8 +326,7 @@ async fn scenario_image(cli: &Cli) -> anyhow::Result<Value> {
         "in_process_jobs_per_s": local, "fleet_jobs_per_s": fleet, "fleet_bincode_jobs_per_s": fleet_bincode,
         "median_in_process": l, "median_fleet": f, "ratio": f / l,
         "median_fleet_bincode": median(fleet_bincode.clone()), "ratio_bincode": median(fleet_bincode) / l,
-        "cpu_s_per_job": {"in_process": col(0), "fleet_total": col(1), "fleet_worker": col(2),
-                          "fleet_load_generator": col(3), "fleet_broker": col(4)},
+        "cpu_s_per_job": CpuUsed::median(&fleet_cpu).json(median(local_cpu)),
     }))
 }
 
@@ -351,7 +340,8 @@ struct MlModel {
 
 fn digits(_: &mut Settings) {}
 
-/// SqueezeNet 1.1 (models/squeezenet, random weights): a real CNN, ~5 ms per image on one core.
+/// SqueezeNet 1.1 (models/squeezenet, random weights): a real CNN; a whole job from a 640x427
+/// JPEG takes ~6.6 ms of CPU in-process (docs/benchmarks.md).
 fn squeezenet(s: &mut Settings) {
     let dir = repo_root().join("models/squeezenet");
     let m = &mut s.model;
@@ -395,7 +385,7 @@ fn in_process_classify(model: &OrtClassifier, png: &[u8], batch: usize, min: Dur
 /// The `WARREN__MODEL__*` variables that give a worker process these model settings.
 fn model_env(m: &warren_infra::settings::ModelSettings) -> anyhow::Result<Vec<(String, String)>> {
     let list = |v: &[f32]| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",");
-    let filter = serde_json::to_value(m.resize_filter)?.as_str().unwrap_or("triangle").to_owned();
+    let filter = serde_json::to_value(m.resize_filter)?.as_str().context("a filter serialises as its name")?.to_owned();
     Ok([
         ("NAME", m.name.clone()),
         ("PATH", m.path.display().to_string()),
@@ -439,31 +429,25 @@ async fn scenario_ml_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
     let mut unbatched_env = env.clone();
     unbatched_env.push(("WARREN__MODEL__MAX_BATCH".into(), "1".into()));
     let (mut fleet, mut p99, mut cpu, mut unbatched) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let n = m.jobs as f64;
     for _ in 0..cli.pairs {
         let p = plan(m.jobs, cli.concurrency, 0.0);
         let (f, c) = process_run("bench-ml", "ml.classify", &env, Some(&loaded), &job, &p, |_| ()).await?;
         let (u, _) = process_run("bench-ml", "ml.classify", &unbatched_env, Some(&loaded), &job, &p, |_| ()).await?;
         unbatched.push(u.rate());
         let q = f.latency_ms(0.99).unwrap_or(f64::NAN);
-        let ms = |x: f64| x / n * 1e3;
+        let c = c.per_job(m.jobs);
         println!(
-            "ml {} fleet: {:.0} jobs/s (max batch 1: {:.0}), p99 {q:.1} ms, CPU/job {:.2} ms: worker {:.2}, load \
-             generator {:.2}, broker {:.2}",
+            "ml {} fleet: {:.0} jobs/s (max batch 1: {:.0}), p99 {q:.1} ms, {}",
             m.name,
             f.rate(),
             u.rate(),
-            ms(c.total()),
-            ms(c.worker),
-            ms(c.own),
-            ms(c.broker)
+            c.describe()
         );
         fleet.push(f.rate());
         p99.push(q);
-        cpu.push([c.total() / n, c.worker / n, c.own / n, c.broker / n]);
+        cpu.push(c);
     }
     let f = median(fleet.clone());
-    let col = |i: usize| median(cpu.iter().map(|c| c[i]).collect());
     println!(
         "ml {}: best in-process {best:.0} jobs/s (batch {best_batch}, {:.2} ms CPU/job), fleet {f:.0} jobs/s, ratio \
          {:.2} (target >= 0.8), p99 {:.1} ms; fleet without micro-batching {:.0} jobs/s",
@@ -478,8 +462,7 @@ async fn scenario_ml_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
         "fleet_jobs_per_s": fleet, "median_fleet": f, "ratio": f / best,
         "fleet_p99_ms": p99, "median_p99_ms": median(p99),
         "fleet_max_batch_1_jobs_per_s": unbatched.clone(), "median_fleet_max_batch_1": median(unbatched),
-        "cpu_s_per_job": {"in_process": best_cpu, "fleet_total": col(0), "fleet_worker": col(1),
-                          "fleet_load_generator": col(2), "fleet_broker": col(3)},
+        "cpu_s_per_job": CpuUsed::median(&cpu).json(best_cpu),
         "max_batch": settings.model.max_batch, "max_batch_wait_ms": settings.model.max_batch_wait_ms,
     }))
 }
@@ -517,7 +500,7 @@ async fn scenario_memory(cli: &Cli) -> anyhow::Result<Value> {
         let first_peak = peak.peak_mib();
         tokio::time::sleep(settle).await;
         let after_first = rss();
-        let mut after_each = vec![rss()];
+        let mut after_each = vec![after_first];
         for _ in 1..10 {
             drive(&settings, &job, &p).await?;
             after_each.push(rss());
@@ -528,8 +511,7 @@ async fn scenario_memory(cli: &Cli) -> anyhow::Result<Value> {
         drop(peak);
         drop(worker);
         let back = after_first / first_peak;
-        // What the load added and did not give back; the idle process (code, runtime, TLS
-        // roots) is not the load's.
+        // What the load added and did not give back; what the idle process held is not the load's.
         let back_above_idle = (after_first - idle) / (first_peak - idle);
         let growth = after_ten / after_first - 1.0;
         println!(
@@ -566,7 +548,7 @@ async fn scenario_latency(cli: &Cli, relay_max: Option<f64>) -> anyhow::Result<V
     let (mut rows, mut out) = (Vec::new(), Vec::new());
     for i in 0..cli.pairs {
         let r = relay_run(&checksum_job(), &p).await?;
-        let f = fleet_run("bench-latency", &["checksum"], &checksum_job(), &p).await?;
+        let f = fleet_run("bench-latency", &["checksum"], &checksum_job(), &p, |_| ()).await?;
         let q = |rep: &LoadReport| [0.5, 0.95, 0.99].map(|x| rep.latency_ms(x).unwrap_or(f64::NAN));
         let (rq, fq) = (q(&r), q(&f));
         println!(

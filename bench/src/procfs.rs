@@ -1,19 +1,23 @@
 //! CPU time and resident memory of processes, from /proc (Linux).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on Linux nearly always).
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`, asked once; 100 on Linux
+/// nearly always).
 fn ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// User + system CPU seconds a process has used so far.
@@ -56,6 +60,37 @@ pub struct CpuUsed {
 impl CpuUsed {
     pub fn total(&self) -> f64 {
         self.own + self.broker + self.worker
+    }
+
+    /// The same, per job of a run of `jobs`.
+    pub fn per_job(self, jobs: u64) -> Self {
+        let n = jobs.max(1) as f64;
+        Self { own: self.own / n, broker: self.broker / n, worker: self.worker / n }
+    }
+
+    /// Field by field, the median of runs.
+    pub fn median(runs: &[Self]) -> Self {
+        let m = |f: fn(&Self) -> f64| crate::median(runs.iter().map(f).collect());
+        Self { own: m(|c| c.own), broker: m(|c| c.broker), worker: m(|c| c.worker) }
+    }
+
+    /// "CPU/job 5.03 ms: worker 3.57, load generator 0.45, broker 1.01" (for a per-job figure
+    /// of a run whose worker is its own process).
+    pub fn describe(&self) -> String {
+        let ms = |x: f64| x * 1e3;
+        format!(
+            "CPU/job {:.2} ms: worker {:.2}, load generator {:.2}, broker {:.2}",
+            ms(self.total()),
+            ms(self.worker),
+            ms(self.own),
+            ms(self.broker)
+        )
+    }
+
+    /// The report's `cpu_s_per_job` object: this per-job figure beside the baseline's.
+    pub fn json(&self, in_process: f64) -> serde_json::Value {
+        serde_json::json!({"in_process": in_process, "fleet_total": self.total(), "fleet_worker": self.worker,
+                           "fleet_load_generator": self.own, "fleet_broker": self.broker})
     }
 }
 

@@ -116,11 +116,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Full decode (zune-jpeg, through `image`), SIMD resampling. Scaled decoding is not used:
-    /// jpeg-decoder, the decoder that can scale, is slower at 1/4 scale than zune-jpeg at full
-    /// size (warren-bench, one thread, thumbnails of a 2560x1708 photo: 47.6 against 48.7 a second,
-    /// 54.8 against 61.0 in another run; docs/benchmarks.md).
-    /// JPEG outputs are written by `jpeg-encoder` (SIMD).
+    /// Full decode (zune-jpeg, through `image`), SIMD resampling, JPEG outputs written by
+    /// `jpeg-encoder` (SIMD). Scaled decoding is not used: jpeg-decoder, the decoder that can
+    /// scale, is slower at 1/4 scale than zune-jpeg at full size (warren-bench, one thread,
+    /// thumbnails of a 2560x1708 photo: 47.6 against 48.7 a second, 54.8 against 61.0 in another
+    /// run; docs/benchmarks.md).
     pub const WORKER: Self = Self { scaled_decode: false, resampler: Resampler::Simd, jpeg: JpegWriter::Simd };
     /// The worker's, with the `image` crate's JPEG encoder.
     pub const IMAGE_JPEG_ENCODER: Self = Self { jpeg: JpegWriter::ImageCrate, ..Self::WORKER };

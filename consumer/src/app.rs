@@ -287,9 +287,10 @@ async fn drain(shared: &Shared, session: &Session, tracker: &TaskTracker, stop: 
 /// sets a prefetch. A job is done when it has run, but its delivery stays unacked until its result
 /// is published and confirmed; with one delivery per slot, the slot idles through that round trip
 /// and through the next delivery's arrival. Measured with `warren-bench --scenarios prefetch`
-/// (docs/benchmarks.md), 2 slots: trivial jobs 1183 jobs/s at 1 per slot, 1822 at 2, 2514 at 4;
-/// image jobs 114, 129, 141 (and no better at 8). Four per slot keep the pool fed while bounding
-/// what one replica holds back from the others (and its memory: prefetch x `max_body_bytes`).
+/// (docs/benchmarks.md), 2 slots, 1/2/4/8 per slot: trivial jobs 2823/3791/4201/5790 jobs/s,
+/// image jobs 216/250/264/302 (past 4 the image gain varies between runs). Four per slot keep
+/// the pool fed while bounding what one replica holds back from the others (and its memory:
+/// prefetch x `max_body_bytes`).
 pub const PREFETCH_PER_SLOT: usize = 4;
 
 /// The prefetch a worker with `pool` slots uses for queues without one of their own.

@@ -9,6 +9,9 @@ use std::time::Duration;
 use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use warren_infra::metrics::{counter, counter_vec, gauge, histogram_vec, int_gauge, int_gauge_vec};
 
+/// Buckets for times measured from a job's `timestamp` property (whole seconds): 0.5 s to 1 h.
+const SINCE_PUBLISHED_SECONDS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
 /// Buckets for job durations: 1 ms to ~2 min.
 const JOB_SECONDS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0];
 
@@ -85,14 +88,14 @@ impl Metrics {
                 "warren_job_queue_wait_seconds",
                 "From the job's timestamp property to the start of its run (1 s resolution)",
                 &q,
-                &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+                &SINCE_PUBLISHED_SECONDS,
             ),
             end_to_end_seconds: histogram_vec(
                 r,
                 "warren_job_end_to_end_seconds",
                 "From the job's timestamp property to its result being confirmed (1 s resolution)",
                 &q,
-                &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+                &SINCE_PUBLISHED_SECONDS,
             ),
             in_flight: int_gauge(r, "warren_jobs_in_flight", "Jobs running on the pool now"),
             pool_capacity: int_gauge(r, "warren_pool_capacity", "Slots of the blocking pool"),

@@ -6,7 +6,8 @@
 //! The choice is made at the first allocation, before `main`, and never changes: every block is
 //! freed by the allocator that gave it. With jemalloc, [`configure`] starts its background
 //! purging threads, so a worker that goes idle after a burst hands unused pages back to the
-//! system within seconds instead of at its next allocation.
+//! system after jemalloc's decay time instead of at its next allocation (warren-bench's memory
+//! scenario: back to within 3.4 MiB of idle 30 s after an image load; docs/benchmarks.md).
 
 // A `GlobalAlloc` is unsafe by definition; this module only forwards each call, unchanged, to
 // one of two allocators chosen once.
@@ -83,11 +84,6 @@ unsafe impl GlobalAlloc for Switchable {
             }
         }
     }
-}
-
-/// The allocator in use: "jemalloc" or "system".
-pub fn name() -> &'static str {
-    if choice() == SYSTEM { "system" } else { "jemalloc" }
 }
 
 /// Call early in `main`. With jemalloc, starts its background threads, which purge unused dirty
