@@ -17,13 +17,13 @@ use warren_infra::{Publisher, Settings};
 pub struct Relay {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
-    connection: lapin::Connection,
+    connection: std::sync::Arc<lapin::Connection>,
 }
 
 impl Relay {
     pub async fn start(settings: &Settings, queue: &str, prefetch: u16) -> anyhow::Result<Self> {
-        let connection = warren_infra::connect(&settings.broker, "relay").await?;
-        let publisher = Publisher::open(&connection, Duration::from_secs(30)).await?;
+        let connection = std::sync::Arc::new(warren_infra::connect(&settings.broker, "relay").await?);
+        let publisher = Publisher::open(connection.clone(), Duration::from_secs(30), usize::from(prefetch)).await?;
         let channel = connection.create_channel().await?;
         channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
         let mut consumer = channel

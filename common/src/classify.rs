@@ -136,8 +136,8 @@ pub fn classify(job: &ClassifyJob, model: &dyn Classifier, limits: &Limits) -> R
 }
 
 /// Classifies several jobs with one model run (micro-batching). Each job keeps its own outcome:
-/// an image that cannot be decoded fails its job only; a failed model run fails every job that
-/// reached it.
+/// an image that cannot be decoded fails its job only; when the batch's model run fails, each
+/// image is run again on its own, so that only the image the model cannot take fails.
 pub fn classify_batch(
     jobs: &[&ClassifyJob],
     model: &dyn Classifier,
@@ -160,29 +160,42 @@ pub fn classify_batch(
     if images.is_empty() {
         return outcomes;
     }
-    let scored = preprocess_batch(&images, spec).and_then(|input| model.infer(input)).and_then(|scores| {
-        if scores.nrows() != images.len() || scores.ncols() != spec.labels.len() {
-            return Err(JobError::ModelInputMismatch(format!(
-                "the model returned {}x{} scores, expected {}x{}",
-                scores.nrows(),
-                scores.ncols(),
-                images.len(),
-                spec.labels.len()
-            )));
-        }
-        Ok(scores)
-    });
-    for (row, &i) in slots.iter().enumerate() {
-        outcomes[i] = match &scored {
-            Err(e) => Err(e.clone()),
-            Ok(scores) => {
-                let probs = if spec.outputs_logits { softmax(scores.row(row)) } else { scores.row(row).to_vec() };
-                let k = jobs[i].top_k.unwrap_or(DEFAULT_TOP_K);
-                Ok(ClassifyOutput { model: spec.name.clone(), predictions: top_k(&probs, k, &spec.labels) })
+    let answer = |scores: &Array2<f32>, row: usize, job: &ClassifyJob| {
+        let probs = if spec.outputs_logits { softmax(scores.row(row)) } else { scores.row(row).to_vec() };
+        let k = job.top_k.unwrap_or(DEFAULT_TOP_K);
+        ClassifyOutput { model: spec.name.clone(), predictions: top_k(&probs, k, &spec.labels) }
+    };
+    match score(&images, model) {
+        Ok(scores) => {
+            for (row, &i) in slots.iter().enumerate() {
+                outcomes[i] = Ok(answer(&scores, row, jobs[i]));
             }
-        };
+        }
+        Err(e) if images.len() == 1 => outcomes[slots[0]] = Err(e),
+        // One image may have failed the whole run: each gets a run of its own.
+        Err(_) => {
+            for (img, &i) in images.iter().zip(&slots) {
+                outcomes[i] = score(std::slice::from_ref(img), model).map(|scores| answer(&scores, 0, jobs[i]));
+            }
+        }
     }
     outcomes
+}
+
+/// One model run over `images`, its output checked to be one row of scores per image.
+fn score(images: &[DynamicImage], model: &dyn Classifier) -> Result<Array2<f32>, JobError> {
+    let spec = model.spec();
+    let scores = model.infer(preprocess_batch(images, spec)?)?;
+    if scores.nrows() != images.len() || scores.ncols() != spec.labels.len() {
+        return Err(JobError::ModelInputMismatch(format!(
+            "the model returned {}x{} scores, expected {}x{}",
+            scores.nrows(),
+            scores.ncols(),
+            images.len(),
+            spec.labels.len()
+        )));
+    }
+    Ok(scores)
 }
 
 /// Validates, decodes and checks one job's image against the model.
@@ -349,6 +362,42 @@ mod tests {
         assert_eq!(out[0].as_ref().expect("first ok").predictions[0].label, "a");
         assert_eq!(out[1].as_ref().unwrap_err().error_type(), "unsupported_format");
         assert_eq!(out[2].as_ref().expect("third ok").predictions[0].label, "b", "row 1 of the batch");
+    }
+
+    /// A stand-in model that refuses any batch holding a white image (mean input above 0.5).
+    struct WhiteIntolerant {
+        spec: ModelSpec,
+        runs: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl Classifier for WhiteIntolerant {
+        fn spec(&self) -> &ModelSpec {
+            &self.spec
+        }
+        fn infer(&self, input: InputTensor) -> Result<Array2<f32>, JobError> {
+            let InputTensor::F32(a) = input else { panic!("f32 expected") };
+            let n = a.shape()[0];
+            self.runs.lock().expect("lock").push(n);
+            if a.outer_iter().any(|img| img.mean().unwrap_or(0.0) > 0.5) {
+                return Err(JobError::ModelInputMismatch("a white image".into()));
+            }
+            Ok(Array2::from_shape_fn((n, 3), |(_, c)| if c == 0 { 5.0 } else { 0.0 }))
+        }
+    }
+
+    #[test]
+    fn a_failed_batch_run_is_run_again_image_by_image_so_only_the_guilty_fails() {
+        let model = WhiteIntolerant { spec: spec(ElementType::F32, 1), runs: Default::default() };
+        let png = |v: u8| {
+            let img = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(4, 4, image::Luma([v])));
+            crate::image_io::encode(&img, crate::image_io::Format::Png, None).expect("png")
+        };
+        let black = ClassifyJob { image: png(0), top_k: Some(1) };
+        let white = ClassifyJob { image: png(255), top_k: Some(1) };
+        let out = classify_batch(&[&black, &white, &black], &model, &Limits::default());
+        assert_eq!(*model.runs.lock().expect("lock"), vec![3, 1, 1, 1], "the batch, then each alone");
+        assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
+        assert_eq!(out[1].as_ref().unwrap_err().error_type(), "model_input_mismatch");
     }
 
     #[test]

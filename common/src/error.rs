@@ -65,15 +65,19 @@ pub enum JobError {
     ModelUnavailable(String),
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("the broker did not store the result ({0}); the job is run again later")]
+    ResultNotStored(String),
 }
 
 impl JobError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::TimedOut { retry: false, .. } => ErrorClass::Permanent,
-            Self::TimedOut { retry: true, .. } | Self::ModelUnavailable(_) | Self::Inference(_) | Self::Injected(_) => {
-                ErrorClass::Transient
-            }
+            Self::TimedOut { retry: true, .. }
+            | Self::ModelUnavailable(_)
+            | Self::Inference(_)
+            | Self::Injected(_)
+            | Self::ResultNotStored(_) => ErrorClass::Transient,
             _ => ErrorClass::Permanent,
         }
     }
@@ -99,6 +103,7 @@ impl JobError {
             Self::Injected(_) => "injected_fault",
             Self::ModelUnavailable(_) => "model_unavailable",
             Self::Inference(_) => "inference_failed",
+            Self::ResultNotStored(_) => "result_not_stored",
         }
     }
 }

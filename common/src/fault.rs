@@ -1,6 +1,7 @@
 //! `fault`: fault injection, for drills and tests of the fleet's failure handling. A `fault` job
-//! can fail transiently on its first attempts, panic, or keep its worker busy for a while. It
-//! has no route in the default configuration; add one where drills are wanted.
+//! can fail transiently on its first attempts, panic, keep its worker busy for a while, never
+//! end, abort its whole process, or produce an output that cannot be encoded. It has no route in
+//! the default configuration; add one where drills are wanted.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use crate::error::JobError;
 /// Longest a `fault` job may keep a worker busy.
 pub const MAX_BUSY: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct FaultJob {
     /// Fail with a transient error while the attempt number (from 0) is below this.
     #[serde(default)]
@@ -22,12 +23,32 @@ pub struct FaultJob {
     /// Keep the worker busy this long before answering, in milliseconds.
     #[serde(default)]
     pub busy_ms: u64,
+    /// Never return: the job's thread sleeps until its process ends (a job stuck for good).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hang: bool,
+    /// Abort the whole worker process (a crash in native code, say), after `busy_ms`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub abort: bool,
+    /// Succeed with an output whose encoding fails (a result that cannot be written).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unencodable_output: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultOutput {
     /// The attempt (from 0) that succeeded.
     pub attempt: u32,
+    /// Set by `unencodable_output`: encoding this output fails.
+    #[serde(default, skip_serializing_if = "is_false", serialize_with = "refuse")]
+    pub unencodable: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn refuse<S: serde::Serializer>(_: &bool, _: S) -> Result<S::Ok, S::Error> {
+    Err(serde::ser::Error::custom("the fault job asked for an output that cannot be encoded"))
 }
 
 impl FaultJob {
@@ -45,6 +66,15 @@ pub fn fault(job: &FaultJob, attempt: u32) -> Result<FaultOutput, JobError> {
         // Sleep in short steps: a busy worker that a time limit gave up on still ends soon.
         std::thread::sleep(Duration::from_millis(5).min(until.saturating_duration_since(Instant::now())));
     }
+    if job.abort {
+        std::process::abort();
+    }
+    if job.hang {
+        // On purpose: nothing ends this job but the end of its process.
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
     if job.panic {
         panic!("fault job asked to panic");
     }
@@ -54,5 +84,20 @@ pub fn fault(job: &FaultJob, attempt: u32) -> Result<FaultOutput, JobError> {
             job.transient_failures
         )));
     }
-    Ok(FaultOutput { attempt })
+    Ok(FaultOutput { attempt, unencodable: job.unencodable_output })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Encoding;
+
+    #[test]
+    fn an_unencodable_output_fails_to_encode_in_both_encodings() {
+        let out = fault(&FaultJob { unencodable_output: true, ..FaultJob::default() }, 0).expect("runs");
+        assert!(serde_json::to_vec(&out).is_err());
+        assert!(Encoding::Bincode.encode(&out).is_err());
+        let fine = fault(&FaultJob::default(), 0).expect("runs");
+        assert!(serde_json::to_vec(&fine).is_ok());
+    }
 }

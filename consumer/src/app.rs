@@ -1,18 +1,24 @@
 //! Building the worker and running it until a shutdown future resolves, reconnecting whenever
 //! the broker connection is lost.
 //!
-//! Shutdown order: cancel every consumer (the broker stops sending), let in-flight jobs finish
-//! within `consumer.drain_timeout_ms` (each publishes its result and acks), nack with requeue
-//! whatever is still running then, and close the connection; deliveries that were buffered but
-//! never started are requeued by the broker when the channel closes. Nothing is lost.
+//! Shutdown order: close the gate (jobs not yet started are handed back unstarted), cancel every
+//! consumer (the broker stops sending), let running jobs finish within
+//! `consumer.drain_timeout_ms` (each publishes its result and acks), hand back whatever is still
+//! running then, and close the connection. Nothing is lost.
+//!
+//! A consumer the broker cancels (its queue was deleted, its node went down) is noticed: the
+//! worker reports not ready, declares the topology again and consumes the queue again, with
+//! backoff. A worker whose abandoned job threads (past their time limits, unstoppable) reach
+//! its pool size drains and stops with an error, for its supervisor to start a fresh process.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::StreamExt as _;
-use futures_util::stream::select_all;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream, FuturesUnordered, SelectAll};
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::options::BasicCancelOptions;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,23 +29,34 @@ use warren_infra::backoff::Backoff;
 use warren_infra::settings::Route;
 
 use crate::batcher::{BatchPolicy, Batcher};
-use crate::handler::{Served, handle};
+use crate::decide::{self, Lane};
+use crate::handler::handle;
 use crate::metrics::Metrics;
 use crate::onnx::OrtClassifier;
 use crate::pool::WorkerPool;
-use crate::session::{Session, Shared};
+use crate::session::{self, Session, Shared};
+use crate::worker::{Pause, Served};
 
 /// What the outside (health endpoints, tests) can see of a running worker: a view of the
-/// connection metrics, which are the one record of that state.
+/// connection and consumer metrics, which are the one record of that state, and of the pools.
 #[derive(Debug, Clone)]
 pub struct Health {
     metrics: Arc<Metrics>,
+    queues: Vec<String>,
+    pools: Vec<WorkerPool>,
+    pool_size: usize,
 }
 
 impl Health {
-    /// Connected to the broker and consuming.
+    /// Connected, consuming every queue, and not worn out by abandoned job threads.
     pub fn is_ready(&self) -> bool {
-        self.metrics.is_connected()
+        let abandoned = self.pools.iter().map(WorkerPool::abandoned).sum();
+        decide::ready(
+            self.metrics.is_connected(),
+            &self.metrics.consuming_each(&self.queues),
+            abandoned,
+            self.pool_size,
+        )
     }
 
     /// Connections re-established after a loss.
@@ -108,15 +125,29 @@ impl Application {
             )),
             _ => None,
         };
+        // Each route: its work queue on the pool, and its returned lane, taken one job at a time
+        // and run at once on a slot of its own (so that a job held there is a job running).
         let served: Vec<Arc<Served>> = routes
             .iter()
-            .map(|r| {
-                Arc::new(Served {
+            .flat_map(|r| {
+                let main = Served {
                     queue: r.queue.clone(),
+                    lane: Lane::Main,
+                    work_queue: r.queue.clone(),
+                    returned_queue: settings.returned_queue(&r.queue),
                     prefetch: prefetch_of(r),
                     time_limit: Duration::from_millis(r.time_limit_ms),
                     retry: settings.retry_policy(r).clone(),
-                })
+                    pool: pool.clone(),
+                };
+                let lane = Served {
+                    queue: main.returned_queue.clone(),
+                    lane: Lane::Returned,
+                    prefetch: 1,
+                    pool: WorkerPool::new(1).with_gauge(metrics.in_flight_gauge()),
+                    ..main.clone()
+                };
+                [Arc::new(main), Arc::new(lane)]
             })
             .collect();
         let worker_id = worker_id(&settings.consumer.worker_id);
@@ -131,9 +162,18 @@ impl Application {
             prefetch,
             metrics: metrics.clone(),
             batcher,
+            pause: Arc::new(Pause::new(
+                Duration::from_millis(settings.broker.reconnect_min_ms),
+                Duration::from_millis(settings.broker.reconnect_max_ms),
+            )),
         };
         let session = Session::open(&shared).await?;
-        let health = Arc::new(Health { metrics: metrics.clone() });
+        let health = Arc::new(Health {
+            metrics: metrics.clone(),
+            queues: shared.served.iter().map(|s| s.queue.clone()).collect(),
+            pools: shared.served.iter().map(|s| s.pool.clone()).collect(),
+            pool_size: shared.pool.size(),
+        });
         let metrics_addr = match settings.telemetry.metrics_addr.as_str() {
             "" => None,
             addr => {
@@ -171,7 +211,8 @@ impl Application {
 
     /// Consumes until `shutdown` resolves, then drains and closes. A lost connection is
     /// re-established with capped, jittered backoff, the topology re-declared and consuming
-    /// resumed, for as long as it takes.
+    /// resumed, for as long as it takes. Returns an error, after draining, when the worker is
+    /// worn out by job threads it could not stop.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self { shared, session, .. } = self;
         let broker = &shared.settings.broker;
@@ -196,15 +237,28 @@ impl Application {
                 },
             };
             shared.metrics.connected(true);
-            let lost = consume(&session, &tracker, &stop, &mut shutdown).await;
+            let ended = consume(&shared, &session, &tracker, &stop, &mut shutdown).await;
             shared.metrics.connected(false);
-            match lost {
-                None => {
+            match ended {
+                Ended::Shutdown => {
                     drain(&shared, &session, &tracker, &stop).await;
                     break;
                 }
-                Some(reason) => {
+                Ended::WornOut(abandoned) => {
+                    drain(&shared, &session, &tracker, &stop).await;
+                    anyhow::bail!(
+                        "{abandoned} job threads ran past their time limits and cannot be stopped (pool of {}): \
+                         stopping so that a fresh process takes over",
+                        shared.pool.size()
+                    );
+                }
+                Ended::Lost(reason) => {
                     tracing::warn!(reason = %reason, "lost the broker; reconnecting");
+                    // Its jobs that have not started must not start: the broker requeued them.
+                    session.worker.lost.cancel();
+                    for (served, ..) in &session.consumers {
+                        shared.metrics.consuming(&served.queue, false);
+                    }
                     let _ = session.connection.close(320, "connection lost".into()).await;
                 }
             }
@@ -214,29 +268,108 @@ impl Application {
     }
 }
 
-/// Hands deliveries to handlers until shutdown (None) or until the session is lost (Some(why)).
+/// Why consuming stopped.
+enum Ended {
+    Shutdown,
+    Lost(String),
+    WornOut(usize),
+}
+
+enum Event {
+    Delivery(usize, Box<Result<lapin::message::Delivery, lapin::Error>>),
+    /// The consumer of queue `i` ended: the broker cancelled it, or its channel closed.
+    Ended(usize),
+}
+
+fn events(i: usize, consumer: lapin::Consumer) -> BoxStream<'static, Event> {
+    consumer.map(move |d| Event::Delivery(i, Box::new(d))).chain(stream::once(async move { Event::Ended(i) })).boxed()
+}
+
+/// Hands deliveries to handlers until shutdown, the session's loss, or the worker wearing out;
+/// consumers the broker cancels are subscribed again meanwhile.
 async fn consume(
+    shared: &Shared,
     session: &Session,
     tracker: &TaskTracker,
     stop: &CancellationToken,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Option<String> {
-    let streams = session.consumers.iter().map(|(served, _, consumer)| {
-        let served = served.clone();
-        consumer.clone().map(move |d| (served.clone(), d))
-    });
-    let mut deliveries = select_all(streams);
+) -> Ended {
+    let mut deliveries: SelectAll<BoxStream<'static, Event>> = SelectAll::new();
+    for (i, (_, _, consumer)) in session.consumers.iter().enumerate() {
+        deliveries.push(events(i, consumer.clone()));
+    }
+    let mut resubscribing: FuturesUnordered<BoxFuture<'_, (usize, Result<lapin::Consumer, u32>)>> =
+        FuturesUnordered::new();
+    let mut check = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
-            () = shutdown.as_mut() => return None,
-            () = session.worker.lost.cancelled() => return Some("the publishing channel failed".into()),
-            next = deliveries.next() => match next {
-                Some((served, Ok(delivery))) => {
-                    tracker.spawn(handle(session.worker.clone(), served, delivery, stop.clone()));
+            () = shutdown.as_mut() => return Ended::Shutdown,
+            () = session.worker.lost.cancelled() => return Ended::Lost("the publishing connection failed".into()),
+            _ = check.tick() => {
+                let abandoned = shared.abandoned();
+                shared.metrics.abandoned_now(abandoned);
+                if decide::worn_out(abandoned, shared.pool.size()) {
+                    return Ended::WornOut(abandoned);
                 }
-                Some((served, Err(e))) => return Some(format!("consuming queue {}: {e}", served.queue)),
-                None => return Some("the broker closed the connection".into()),
+            }
+            Some((i, subscribed)) = resubscribing.next() => match subscribed {
+                Ok(consumer) => {
+                    let served: &Served = &session.consumers[i].0;
+                    tracing::info!(queue = %served.queue, "consuming the queue again");
+                    shared.metrics.consuming(&served.queue, true);
+                    deliveries.push(events(i, consumer));
+                }
+                Err(attempt) => resubscribing.push(resubscribe(shared, session, i, attempt).boxed()),
             },
+            next = deliveries.next() => match next {
+                Some(Event::Delivery(i, delivery)) => match *delivery {
+                    Ok(delivery) => {
+                        let served = session.consumers[i].0.clone();
+                        tracker.spawn(handle(session.worker.clone(), served, delivery, stop.clone()));
+                    }
+                    Err(e) => return Ended::Lost(format!("consuming queue {}: {e}", session.consumers[i].0.queue)),
+                },
+                Some(Event::Ended(i)) => {
+                    let (served, channel, _) = &session.consumers[i];
+                    if !channel.status().connected() || !session.connection.status().connected() {
+                        return Ended::Lost(format!("the channel consuming {} closed", served.queue));
+                    }
+                    tracing::warn!(queue = %served.queue, "the broker cancelled our consumer (queue deleted, or its node down); not ready until it is back");
+                    shared.metrics.consuming(&served.queue, false);
+                    shared.metrics.consumer_cancelled(&served.queue);
+                    resubscribing.push(resubscribe(shared, session, i, 0).boxed());
+                }
+                None => return Ended::Lost("the broker closed the connection".into()),
+            },
+        }
+    }
+}
+
+/// After a pause (growing with `attempt`), declares the topology again and consumes queue `i`
+/// again on its channel; `Err(next attempt)` if that failed.
+async fn resubscribe(
+    shared: &Shared,
+    session: &Session,
+    i: usize,
+    attempt: u32,
+) -> (usize, Result<lapin::Consumer, u32>) {
+    let broker = &shared.settings.broker;
+    let ceiling = Duration::from_millis(broker.reconnect_min_ms)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(Duration::from_millis(broker.reconnect_max_ms));
+    tokio::time::sleep(ceiling).await;
+    let (served, channel, _) = &session.consumers[i];
+    let again = async {
+        let setup = session.connection.create_channel().await.context("open channel for topology")?;
+        warren_infra::topology::declare(&setup, &shared.settings).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        session::subscribe(channel, served, &shared.worker_id).await
+    };
+    match again.await {
+        Ok(consumer) => (i, Ok(consumer)),
+        Err(e) => {
+            tracing::warn!(queue = %served.queue, error = format!("{e:#}"), "could not consume the queue again");
+            (i, Err(attempt.saturating_add(1)))
         }
     }
 }
@@ -264,18 +397,25 @@ async fn reconnect(
 }
 
 async fn drain(shared: &Shared, session: &Session, tracker: &TaskTracker, stop: &CancellationToken) {
-    tracing::info!(in_flight = tracker.len(), "stopping: cancelling consumers and draining");
-    for (_, channel, consumer) in &session.consumers {
+    tracing::info!(
+        in_flight = tracker.len(),
+        "stopping: handing back jobs not started, cancelling consumers, draining"
+    );
+    for (served, channel, consumer) in &session.consumers {
+        shared.metrics.consuming(&served.queue, false);
         if let Err(e) = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await {
             tracing::debug!(error = %e, "cancel consumer");
         }
     }
+    // Jobs not started yet are handed back at once (after the cancel, so that their copies
+    // cannot come straight back here); running ones may finish.
+    session.worker.gate.cancel();
     tracker.close();
     let drain = Duration::from_millis(shared.settings.consumer.drain_timeout_ms);
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(unfinished = tracker.len(), ?drain, "drain timeout; handing unfinished jobs back to the broker");
         stop.cancel();
-        // Each handler nacks its job now; give those nacks a moment to reach the broker.
+        // Each handler hands its job back now; give those copies and acks a moment.
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }
     if let Err(e) = session.connection.close(200, "worker stopping".into()).await {

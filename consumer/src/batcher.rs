@@ -5,20 +5,28 @@
 //! them as one job on the pool (one slot, the kind's time limit). Each job still has its own
 //! outcome and each delivery is settled (result, retry or dead letter, then ack) by its own
 //! handler. Prefetch for the queue is raised so that a batch can fill.
+//!
+//! A job whose gate closed (its session was lost, or the worker drains) while it waited is
+//! dropped from its batch unstarted. When a batch panics, each of its jobs is run again alone,
+//! so that only the job that panics fails (a failed model run is split the same way, in
+//! `classify_batch`). A batch past its time limit fails every job in it with `timeout`: running
+//! them again one by one could hold them for several time limits.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use warren_common::classify::{Classifier, ClassifyJob, classify_batch};
 use warren_common::{JobError, JobOutput, Limits, Timing};
 
-use crate::pool::WorkerPool;
+use crate::pool::{Ran, WorkerPool};
 
-type Answer = (Result<JobOutput, JobError>, Timing);
+type Answer = Ran<JobOutput>;
 
 struct Item {
     job: ClassifyJob,
+    gate: CancellationToken,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -74,40 +82,182 @@ impl Batcher {
         Self { tx }
     }
 
-    /// Submits one job and waits for its own outcome.
-    pub async fn submit(&self, job: ClassifyJob) -> Answer {
+    /// Submits one job and waits for its own outcome; it does not start once `gate` is closed.
+    pub async fn submit(&self, job: ClassifyJob, gate: CancellationToken) -> Answer {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Item { job, reply }).await.is_err() {
-            return (Err(JobError::ModelUnavailable("the batcher stopped".into())), Timing::default());
+        if self.tx.send(Item { job, gate, reply }).await.is_err() {
+            return Ran::Done(Err(JobError::ModelUnavailable("the batcher stopped".into())), Timing::default());
         }
-        answer
-            .await
-            .unwrap_or_else(|_| (Err(JobError::ModelUnavailable("the batch was lost".into())), Timing::default()))
+        answer.await.unwrap_or_else(|_| {
+            Ran::Done(Err(JobError::ModelUnavailable("the batch was lost".into())), Timing::default())
+        })
     }
 }
 
 async fn run(batch: Vec<Item>, pool: WorkerPool, model: Arc<dyn Classifier>, limits: Arc<Limits>, policy: BatchPolicy) {
-    let (jobs, replies): (Vec<ClassifyJob>, Vec<oneshot::Sender<Answer>>) =
-        batch.into_iter().map(|i| (i.job, i.reply)).unzip();
+    // The batch waits for a slot whatever its jobs' gates say; once it has one, only the jobs
+    // whose gates are still open start.
+    let Some(slot) = pool.slot(&CancellationToken::new()).await else { return };
+    let (live, closed): (Vec<Item>, Vec<Item>) = batch.into_iter().partition(|i| !i.gate.is_cancelled());
+    for item in closed {
+        let _ = item.reply.send(Ran::NotStarted);
+    }
+    if live.is_empty() {
+        return;
+    }
+    let jobs: Vec<ClassifyJob> = live.iter().map(|i| i.job.clone()).collect();
     let n = jobs.len();
-    let (outcome, timing) = pool
-        .run(policy.time_limit, policy.retry_timeouts, move || {
+    let (outcome, timing) = {
+        let (model, limits) = (model.clone(), limits.clone());
+        slot.run(policy.time_limit, policy.retry_timeouts, move || {
             let refs: Vec<&ClassifyJob> = jobs.iter().collect();
             Ok(classify_batch(&refs, model.as_ref(), &limits))
         })
-        .await;
+        .await
+    };
     match outcome {
         Ok(outcomes) => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send((outcome.map(JobOutput::Classify), timing));
+            for (item, outcome) in live.into_iter().zip(outcomes) {
+                let _ = item.reply.send(Ran::Done(outcome.map(JobOutput::Classify), timing));
             }
         }
-        // A panic or a time limit hits the whole batch: every job gets that error.
+        Err(e @ JobError::Panicked(_)) if n > 1 => {
+            tracing::warn!(error = %e, jobs = n, "batch panicked; running its jobs one by one");
+            for item in live {
+                let (job, model, limits) = (item.job, model.clone(), limits.clone());
+                let ran = pool
+                    .run(policy.time_limit, policy.retry_timeouts, &item.gate, move || {
+                        classify_batch(&[&job], model.as_ref(), &limits)
+                            .pop()
+                            .unwrap_or_else(|| Err(JobError::Inference("empty batch".into())))
+                            .map(JobOutput::Classify)
+                    })
+                    .await;
+                let _ = item.reply.send(ran);
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, jobs = n, "batch failed");
-            for reply in replies {
-                let _ = reply.send((Err(e.clone()), timing));
+            for item in live {
+                let _ = item.reply.send(Ran::Done(Err(e.clone()), timing));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array2;
+    use warren_common::classify::{ElementType, InputTensor, ModelSpec};
+    use warren_common::resize::Filter;
+
+    use super::*;
+
+    /// A stand-in model that panics on any batch holding a white image (mean input above 0.5).
+    #[derive(Debug)]
+    struct PanicsOnWhite(ModelSpec);
+
+    impl Classifier for PanicsOnWhite {
+        fn spec(&self) -> &ModelSpec {
+            &self.0
+        }
+        fn infer(&self, input: InputTensor) -> Result<Array2<f32>, JobError> {
+            let InputTensor::F32(a) = input else { panic!("f32 expected") };
+            if a.outer_iter().any(|img| img.mean().unwrap_or(0.0) > 0.5) {
+                panic!("the model cannot take a white image");
+            }
+            Ok(Array2::from_shape_fn((a.shape()[0], 2), |(_, c)| if c == 0 { 5.0 } else { 0.0 }))
+        }
+    }
+
+    fn png(v: u8) -> Vec<u8> {
+        let img = image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(4, 4, image::Luma([v])));
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).expect("png");
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_batch_is_run_again_job_by_job_so_only_the_guilty_fails() {
+        let spec = ModelSpec {
+            name: "stub".into(),
+            input_type: ElementType::F32,
+            channels: 1,
+            height: 4,
+            width: 4,
+            mean: vec![0.0],
+            std: vec![1.0],
+            filter: Filter::Triangle,
+            labels: vec!["a".into(), "b".into()],
+            outputs_logits: true,
+            max_aspect_ratio: 4.0,
+        };
+        let policy = BatchPolicy {
+            max_batch: 4,
+            max_wait: Duration::from_millis(200),
+            time_limit: Duration::from_secs(30),
+            retry_timeouts: true,
+        };
+        let histogram = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).expect("h");
+        let batcher = Batcher::start(
+            WorkerPool::new(1),
+            Arc::new(PanicsOnWhite(spec)),
+            Arc::new(Limits::default()),
+            policy,
+            histogram.clone(),
+        );
+        let submit = |v: u8| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move {
+                batcher.submit(ClassifyJob { image: png(v), top_k: Some(1) }, CancellationToken::new()).await
+            })
+        };
+        let jobs = [submit(0), submit(255), submit(0)];
+        let mut outcomes = Vec::new();
+        for j in jobs {
+            match j.await.expect("task") {
+                Ran::Done(r, _) => outcomes.push(r),
+                Ran::NotStarted => panic!("every job starts"),
+            }
+        }
+        assert_eq!(histogram.get_sample_count(), 1, "the three formed one batch");
+        let failed: Vec<&str> = outcomes.iter().filter_map(|r| r.as_ref().err()).map(JobError::error_type).collect();
+        assert_eq!(failed, ["panic"], "only the white image fails: {outcomes:?}");
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_gate_closed_before_its_batch_ran_never_starts() {
+        let histogram = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).expect("h");
+        let spec = ModelSpec {
+            name: "stub".into(),
+            input_type: ElementType::F32,
+            channels: 1,
+            height: 4,
+            width: 4,
+            mean: vec![0.0],
+            std: vec![1.0],
+            filter: Filter::Triangle,
+            labels: vec!["a".into(), "b".into()],
+            outputs_logits: true,
+            max_aspect_ratio: 4.0,
+        };
+        let policy = BatchPolicy {
+            max_batch: 4,
+            max_wait: Duration::from_millis(50),
+            time_limit: Duration::from_secs(30),
+            retry_timeouts: true,
+        };
+        let batcher = Batcher::start(
+            WorkerPool::new(1),
+            Arc::new(PanicsOnWhite(spec)),
+            Arc::new(Limits::default()),
+            policy,
+            histogram,
+        );
+        let gate = CancellationToken::new();
+        gate.cancel();
+        let ran = batcher.submit(ClassifyJob { image: png(0), top_k: None }, gate).await;
+        assert!(matches!(ran, Ran::NotStarted));
     }
 }

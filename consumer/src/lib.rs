@@ -4,13 +4,16 @@
 
 pub mod app;
 pub mod batcher;
-pub mod failure;
+pub mod decide;
 pub mod handler;
+pub mod lender;
+pub mod letters;
 pub mod metrics;
 pub mod onnx;
 pub mod pool;
-pub mod redelivery;
 mod session;
+pub mod settle;
+pub mod worker;
 
 pub use app::{Application, Health};
 pub use pool::WorkerPool;

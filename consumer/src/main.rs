@@ -19,20 +19,33 @@ struct Cli {
     config_dir: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
         Err(e) => {
-            // One readable line (with its causes) for operators, whatever RUST_BACKTRACE says.
-            if tracing::dispatcher::has_been_set() {
-                tracing::error!(error = format!("{e:#}"), "warren-consumer failed");
-            } else {
-                eprintln!("warren-consumer: {e:#}");
-            }
-            ExitCode::FAILURE
+            eprintln!("warren-consumer: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    let code = runtime.block_on(async {
+        match run(cli).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // One readable line (with its causes) for operators, whatever RUST_BACKTRACE says.
+                if tracing::dispatcher::has_been_set() {
+                    tracing::error!(error = format!("{e:#}"), "warren-consumer failed");
+                } else {
+                    eprintln!("warren-consumer: {e:#}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // A job thread past its time limit cannot be stopped, and dropping the runtime would wait
+    // for it forever: the drain already handed its job back, so do not wait long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

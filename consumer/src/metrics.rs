@@ -30,32 +30,14 @@ pub struct Metrics {
     abandoned: IntGauge,
     publishes: IntCounterVec,
     redeliveries: IntCounterVec,
+    not_started: IntCounterVec,
+    consuming: IntGaugeVec,
+    cancellations: IntCounterVec,
     reconnects: IntCounter,
     connected: IntGauge,
     model_load_seconds: Gauge,
     inference_seconds: HistogramVec,
     batch_size: HistogramVec,
-}
-
-/// How a job ended, for `warren_jobs_completed_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    Retried,
-    DeadLettered,
-    /// Handed back to the broker (a publish was not confirmed, or shutdown).
-    Requeued,
-}
-
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Retried => "retried",
-            Self::DeadLettered => "dead_lettered",
-            Self::Requeued => "requeued",
-        }
-    }
 }
 
 impl Metrics {
@@ -107,6 +89,19 @@ impl Metrics {
                 &["target", "outcome"],
             ),
             redeliveries: counter_vec(r, "warren_redeliveries_total", "Jobs that came back unanswered", &["queue"]),
+            not_started: counter_vec(
+                r,
+                "warren_jobs_not_started_total",
+                "Jobs dropped before they started, by reason (session_lost: the broker requeued them; draining: handed back)",
+                &["queue", "reason"],
+            ),
+            consuming: int_gauge_vec(r, "warren_consuming", "1 while the queue's consumer is active", &["queue"]),
+            cancellations: counter_vec(
+                r,
+                "warren_consumer_cancellations_total",
+                "Consumers cancelled by the broker (queue deleted, its node down), each then resumed",
+                &["queue"],
+            ),
             connected: int_gauge(r, "warren_connected", "1 when connected to the broker and consuming"),
             inference_seconds: histogram_vec(
                 r,
@@ -152,23 +147,46 @@ impl Metrics {
         self.errors.with_label_values(&[queue, kind, error_type]).inc();
     }
 
-    pub fn job_settled(&self, queue: &str, kind: &str, outcome: Outcome, since_published: Option<Duration>) {
-        self.completed.with_label_values(&[queue, kind, outcome.label()]).inc();
-        if outcome == Outcome::Ok
+    /// `outcome`: ok, retried, dead_lettered, requeued, handed_back or abandoned
+    /// (`decide::counted_outcome`).
+    pub fn job_settled(&self, queue: &str, kind: &str, outcome: &'static str, since_published: Option<Duration>) {
+        self.completed.with_label_values(&[queue, kind, outcome]).inc();
+        if outcome == "ok"
             && let Some(d) = since_published
         {
             self.end_to_end_seconds.with_label_values(&[queue, kind]).observe(d.as_secs_f64());
         }
     }
 
-    /// `target`: result, retry, dead_letter, requeue_copy; `outcome`: acked, nacked, unroutable,
-    /// timeout, error.
+    /// `target`: result, error_result, retry, dead_letter, requeue; `outcome`: acked, nacked,
+    /// unroutable, timeout, error.
     pub fn published(&self, target: &'static str, outcome: &'static str) {
         self.publishes.with_label_values(&[target, outcome]).inc();
     }
 
     pub fn redelivered(&self, queue: &str) {
         self.redeliveries.with_label_values(&[queue]).inc();
+    }
+
+    pub fn not_started(&self, queue: &str, reason: &'static str) {
+        self.not_started.with_label_values(&[queue, reason]).inc();
+    }
+
+    pub fn consuming(&self, queue: &str, active: bool) {
+        self.consuming.with_label_values(&[queue]).set(i64::from(active));
+    }
+
+    /// Whether each of `queues` has an active consumer.
+    pub fn consuming_each(&self, queues: &[String]) -> Vec<bool> {
+        queues.iter().map(|q| self.consuming.with_label_values(&[q.as_str()]).get() == 1).collect()
+    }
+
+    pub fn consumer_cancelled(&self, queue: &str) {
+        self.cancellations.with_label_values(&[queue]).inc();
+    }
+
+    pub fn abandoned_now(&self, abandoned: usize) {
+        self.abandoned.set(abandoned as i64);
     }
 
     pub fn connected(&self, up: bool) {

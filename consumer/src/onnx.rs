@@ -8,7 +8,7 @@
 //! do not spin while they wait.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use anyhow::{Context as _, bail};
 use ndarray::{Array2, Ix2};
@@ -17,6 +17,8 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use warren_common::JobError;
 use warren_common::classify::{Classifier, ElementType, InputTensor, ModelSpec};
 use warren_infra::settings::{ModelOutputs, ModelSettings};
+
+use crate::lender::Lender;
 
 pub const ORT_VERSION: &str = "1.31.1";
 
@@ -27,8 +29,7 @@ pub struct OrtClassifier {
     spec: ModelSpec,
     input_name: String,
     output_name: String,
-    sessions: Mutex<Vec<Session>>,
-    returned: Condvar,
+    sessions: Lender<Session>,
     inference_seconds: Option<prometheus::Histogram>,
 }
 
@@ -62,7 +63,7 @@ impl OrtClassifier {
             let session = load().with_context(|| format!("loading ONNX model {}", settings.path.display()))?;
             sessions.push(session);
         }
-        let first = &sessions[0];
+        let first = sessions.first().context("no session")?;
         let input = first.inputs().first().context("the model declares no input")?;
         let output = first.outputs().first().context("the model declares no output")?;
         let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
@@ -108,30 +109,7 @@ impl OrtClassifier {
         let (input_name, output_name) = (input.name().to_owned(), output.name().to_owned());
         tracing::info!(model = %spec.name, path = %settings.path.display(), ?input_type, channels, height = spec.height,
             width = spec.width, labels = spec.labels.len(), sessions = sessions.len(), "model loaded");
-        Ok(Self {
-            spec,
-            input_name,
-            output_name,
-            sessions: Mutex::new(sessions),
-            returned: Condvar::new(),
-            inference_seconds,
-        })
-    }
-
-    fn checkout(&self) -> Session {
-        // A poisoned lock only means another job panicked while holding it; the Vec is intact.
-        let mut free = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(s) = free.pop() {
-                return s;
-            }
-            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    fn checkin(&self, session: Session) {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).push(session);
-        self.returned.notify_one();
+        Ok(Self { spec, input_name, output_name, sessions: Lender::new(sessions), inference_seconds })
     }
 
     fn run(&self, session: &mut Session, input: &InputTensor) -> Result<Array2<f32>, ort::Error> {
@@ -154,11 +132,11 @@ impl Classifier for OrtClassifier {
     }
 
     fn infer(&self, input: InputTensor) -> Result<Array2<f32>, JobError> {
-        let mut session = self.checkout();
-        let timer = self.inference_seconds.as_ref().map(|h| h.start_timer());
-        let result = self.run(&mut session, &input);
-        drop(timer);
-        self.checkin(session);
+        // The session goes back to the lender even if the run panics.
+        let result = self.sessions.with(|session| {
+            let _timer = self.inference_seconds.as_ref().map(|h| h.start_timer());
+            self.run(session, &input)
+        });
         result.map_err(|e| JobError::Inference(e.to_string()))
     }
 }

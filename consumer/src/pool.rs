@@ -1,6 +1,11 @@
 //! The bounded blocking pool. CPU and ML work runs on tokio's blocking threads, but never more
-//! than `size` jobs at once: a job first takes a semaphore permit, and the permit moves into
-//! the blocking closure, so it is released exactly when the work ends (even by a panic).
+//! than `size` jobs at once within their time limits: a job first takes a slot (a semaphore
+//! permit), and gives it back when its work ends, by a panic too. A job past its time limit gives
+//! its slot back at once, but its thread cannot be stopped from outside and runs on until the
+//! work returns: such threads are counted ([`WorkerPool::abandoned`]), and the worker stops for
+//! good once there are as many as slots (`decide::worn_out`), so at most twice `size` threads
+//! ever run jobs. A job waits for its slot behind a gate: when the gate closes first (its session
+//! was lost, or the worker is draining) the job never starts.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -8,7 +13,8 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tracing::Span;
 use warren_common::{JobError, Timing};
 
@@ -22,6 +28,21 @@ pub struct WorkerPool {
     size: usize,
     abandoned: Arc<AtomicUsize>,
     running: Option<prometheus::IntGauge>,
+}
+
+/// How a job submitted to the pool ended.
+#[derive(Debug)]
+pub enum Ran<T> {
+    /// Its gate closed before it got a slot: it never started.
+    NotStarted,
+    Done(Result<T, JobError>, Timing),
+}
+
+/// A slot taken, for one job.
+#[derive(Debug)]
+pub struct Slot {
+    permit: OwnedSemaphorePermit,
+    pool: WorkerPool,
 }
 
 impl WorkerPool {
@@ -52,25 +73,50 @@ impl WorkerPool {
         self.abandoned.load(Ordering::Acquire)
     }
 
-    /// Runs `work` on a blocking thread once a slot is free, in the caller's tracing span, for at
-    /// most `limit`. A panic inside `work` becomes a permanent [`JobError::Panicked`]; passing the
-    /// limit becomes [`JobError::TimedOut`] (transient when `retry_timeouts`) and frees the slot
-    /// at once, leaving the thread to finish on its own.
-    pub async fn run<T, F>(&self, limit: Duration, retry_timeouts: bool, work: F) -> (Result<T, JobError>, Timing)
+    /// Waits for a free slot; `None` when `gate` is (or gets) cancelled first.
+    pub async fn slot(&self, gate: &CancellationToken) -> Option<Slot> {
+        let permit = tokio::select! {
+            biased;
+            () = gate.cancelled() => return None,
+            // The semaphore is owned by the pool and never closed, so acquiring cannot fail.
+            permit = self.permits.clone().acquire_owned() => permit.ok()?,
+        };
+        Some(Slot { permit, pool: self.clone() })
+    }
+
+    /// Runs `work` once a slot is free, unless `gate` closes first: see [`Slot::run`].
+    pub async fn run<T, F>(&self, limit: Duration, retry_timeouts: bool, gate: &CancellationToken, work: F) -> Ran<T>
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T, JobError> + Send + 'static,
     {
-        // The semaphore is owned by the pool and never closed, so acquiring cannot fail.
-        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
-            return (Err(JobError::ModelUnavailable("worker pool closed".into())), Timing::default());
-        };
-        let _running = self.running.as_ref().map(GaugeGuard::new);
+        match self.slot(gate).await {
+            None => Ran::NotStarted,
+            Some(slot) => {
+                let (result, timing) = slot.run(limit, retry_timeouts, work).await;
+                Ran::Done(result, timing)
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// Runs `work` on a blocking thread in the caller's tracing span, for at most `limit`. A
+    /// panic inside `work` becomes a permanent [`JobError::Panicked`]; passing the limit becomes
+    /// [`JobError::TimedOut`] (transient when `retry_timeouts`) and frees the slot at once,
+    /// leaving the thread to finish on its own, counted as abandoned.
+    pub async fn run<T, F>(self, limit: Duration, retry_timeouts: bool, work: F) -> (Result<T, JobError>, Timing)
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, JobError> + Send + 'static,
+    {
+        let Slot { permit: _permit, pool } = self;
+        let _running = pool.running.as_ref().map(GaugeGuard::new);
         let span = Span::current();
         // RUNNING -> GIVEN_UP (the limit passed first) or RUNNING -> FINISHED; whoever moves
         // second knows the other's move happened, so the abandoned count is exact.
         let state = Arc::new(AtomicU8::new(RUNNING));
-        let (job_state, abandoned) = (state.clone(), self.abandoned.clone());
+        let (job_state, abandoned) = (state.clone(), pool.abandoned.clone());
         let started_at_us = now_us();
         let handle = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
@@ -90,10 +136,10 @@ impl WorkerPool {
             Ok(Err(e)) => (Err(JobError::Panicked(format!("worker thread lost: {e}"))), Timing::default()),
             Err(_) => {
                 // Count first, so the thread can never subtract before we added.
-                self.abandoned.fetch_add(1, Ordering::AcqRel);
+                pool.abandoned.fetch_add(1, Ordering::AcqRel);
                 if state.compare_exchange(RUNNING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire).is_err() {
                     // It finished just now, after the limit: not abandoned after all.
-                    self.abandoned.fetch_sub(1, Ordering::AcqRel);
+                    pool.abandoned.fetch_sub(1, Ordering::AcqRel);
                 }
                 tracing::warn!(?limit, "job passed its time limit; its slot is freed and its thread abandoned");
                 (
@@ -141,6 +187,53 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(60);
 
+    fn open() -> CancellationToken {
+        CancellationToken::new()
+    }
+
+    fn done<T>(ran: Ran<T>) -> (Result<T, JobError>, Timing) {
+        match ran {
+            Ran::Done(r, t) => (r, t),
+            Ran::NotStarted => panic!("the job did not start"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_whose_gate_closes_while_it_waits_never_starts() {
+        let pool = WorkerPool::new(1);
+        let gate = CancellationToken::new();
+        let started = Arc::new(AtomicUsize::new(0));
+        let busy = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.run(LONG, true, &open(), || {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(())
+                })
+                .await
+            })
+        };
+        while pool.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let waiting = {
+            let (pool, gate, started) = (pool.clone(), gate.clone(), started.clone());
+            tokio::spawn(async move {
+                pool.run(LONG, true, &gate, move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await
+            })
+        };
+        gate.cancel();
+        assert!(matches!(waiting.await.expect("task"), Ran::NotStarted));
+        done(busy.await.expect("task")).0.expect("the running job ends normally");
+        assert_eq!(started.load(Ordering::SeqCst), 0);
+        // A closed gate stops a job even when a slot is free.
+        assert!(matches!(pool.run(LONG, true, &gate, || Ok(())).await, Ran::NotStarted));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn never_more_than_size_at_once() {
         let pool = WorkerPool::new(2);
@@ -150,7 +243,7 @@ mod tests {
         for _ in 0..8 {
             let (pool, running, peak) = (pool.clone(), running.clone(), peak.clone());
             tasks.push(tokio::spawn(async move {
-                pool.run(LONG, true, move || {
+                pool.run(LONG, true, &open(), move || {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -161,7 +254,7 @@ mod tests {
             }));
         }
         for t in tasks {
-            t.await.expect("task").0.expect("job");
+            done(t.await.expect("task")).0.expect("job");
         }
         assert_eq!(peak.load(Ordering::SeqCst), 2);
     }
@@ -169,12 +262,12 @@ mod tests {
     #[tokio::test]
     async fn a_panic_is_a_permanent_error_and_frees_the_slot() {
         let pool = WorkerPool::new(1);
-        let (r, _) = pool.run(LONG, true, || -> Result<(), JobError> { panic!("boom") }).await;
+        let (r, _) = done(pool.run(LONG, true, &open(), || -> Result<(), JobError> { panic!("boom") }).await);
         let err = r.unwrap_err();
         assert_eq!(err.error_type(), "panic");
         assert!(err.to_string().contains("boom"));
         assert_eq!(pool.in_flight(), 0);
-        let (r, _) = pool.run(LONG, true, || Ok(7)).await;
+        let (r, _) = done(pool.run(LONG, true, &open(), || Ok(7)).await);
         assert_eq!(r.expect("second job runs"), 7);
     }
 
@@ -185,13 +278,13 @@ mod tests {
             std::thread::sleep(Duration::from_millis(400));
             Ok(())
         };
-        let (r, _) = pool.run(Duration::from_millis(50), false, slow).await;
+        let (r, _) = done(pool.run(Duration::from_millis(50), false, &open(), slow).await);
         let err = r.unwrap_err();
         assert_eq!(err.error_type(), "timeout");
         assert_eq!(err.class(), warren_common::ErrorClass::Permanent);
         assert_eq!((pool.in_flight(), pool.abandoned()), (0, 1));
         // The slot is free while the abandoned thread still sleeps.
-        let (r, _) = pool.run(LONG, true, || Ok(1)).await;
+        let (r, _) = done(pool.run(LONG, true, &open(), || Ok(1)).await);
         assert_eq!(r.expect("runs in the freed slot"), 1);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while pool.abandoned() > 0 {

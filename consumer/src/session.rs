@@ -1,8 +1,8 @@
-//! One connection's worth of work: connect, declare the topology, open the publishing channel
-//! and one consuming channel per queue. When the connection or a channel is lost the session
-//! ends and the application opens a new one; jobs still running from the old session finish
-//! but cannot ack (their channel is gone, and the broker has already requeued them), so nothing
-//! unconfirmed is ever acked.
+//! One connection's worth of work: connect, declare the topology, open the publisher and one
+//! consuming channel per queue (each route's work queue and its returned lane). When the
+//! connection or the publisher's channel is lost the session ends: its jobs that have not
+//! started never start, and its delivery tags are never used on another channel (each delivery
+//! acks through its own channel, and its handler gives up once the session is lost).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,31 +11,41 @@ use anyhow::Context as _;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
-use tokio_util::sync::CancellationToken;
 use warren_common::JobKind;
 use warren_common::classify::Classifier;
 use warren_infra::{Publisher, Settings, topology};
 
 use crate::batcher::Batcher;
-use crate::handler::{Served, Worker};
 use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
+use crate::worker::{Pause, Served, Worker};
 
-/// What outlives sessions: settings, the pool, the model, the queues served.
+/// What outlives sessions: settings, the pools, the model, the queues served.
 pub struct Shared {
     pub settings: Arc<Settings>,
     pub pool: WorkerPool,
     pub classifier: Option<Arc<dyn Classifier>>,
     pub worker_id: String,
     pub kinds: Vec<JobKind>,
+    /// Every queue consumed: each route's work queue, then its returned lane.
     pub served: Vec<Arc<Served>>,
     pub prefetch: u16,
     pub metrics: Arc<Metrics>,
     pub batcher: Option<Batcher>,
+    pub pause: Arc<Pause>,
+}
+
+impl Shared {
+    /// Threads still running jobs given up at their time limit, over every pool.
+    pub fn abandoned(&self) -> usize {
+        let lanes: usize =
+            self.served.iter().filter(|s| s.lane == crate::decide::Lane::Returned).map(|s| s.pool.abandoned()).sum();
+        self.pool.abandoned() + lanes
+    }
 }
 
 pub struct Session {
-    pub connection: Connection,
+    pub connection: Arc<Connection>,
     pub worker: Arc<Worker>,
     pub consumers: Vec<(Arc<Served>, Channel, lapin::Consumer)>,
 }
@@ -43,45 +53,55 @@ pub struct Session {
 impl Session {
     pub async fn open(shared: &Shared) -> anyhow::Result<Self> {
         let settings = &shared.settings;
-        let connection = warren_infra::connect(&settings.broker, "consumer").await?;
+        let connection = Arc::new(warren_infra::connect(&settings.broker, "consumer").await?);
         let setup = connection.create_channel().await.context("open channel for topology")?;
         topology::declare(&setup, settings).await?;
         let _ = setup.close(200, "topology declared".into()).await;
 
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
-        let publisher = Publisher::open(&connection, confirm_timeout).await.context("open publishing channel")?;
+        // Every held delivery may publish one message at a time (plus an error result): one
+        // channel each, so that no publish ever waits for another's confirm.
+        let channels = shared.served.iter().map(|s| usize::from(s.prefetch)).sum::<usize>() + 2;
+        let publisher =
+            Publisher::open(connection.clone(), confirm_timeout, channels).await.context("open publishing channels")?;
         let mut consumers = Vec::with_capacity(shared.served.len());
         for served in &shared.served {
-            let queue = served.queue.as_str();
-            let prefetch = served.prefetch;
             let channel = connection.create_channel().await.context("open consuming channel")?;
-            // Per consumer (global = false): each queue gets `prefetch` unacked deliveries.
-            channel
-                .basic_qos(prefetch, BasicQosOptions { global: false })
-                .await
-                .with_context(|| format!("set prefetch {prefetch} on queue {queue}"))?;
-            let consumer = channel
-                .basic_consume(
-                    ShortString::from(queue),
-                    ShortString::from(format!("{}/{queue}", shared.worker_id)),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("consume queue {queue}"))?;
+            let consumer = subscribe(&channel, served, &shared.worker_id).await?;
+            shared.metrics.consuming(&served.queue, true);
             consumers.push((served.clone(), channel, consumer));
         }
-        let worker = Arc::new(Worker {
-            settings: settings.clone(),
+        let worker = Arc::new(Worker::new(
+            settings.clone(),
+            connection.clone(),
             publisher,
-            pool: shared.pool.clone(),
-            classifier: shared.classifier.clone(),
-            worker_id: shared.worker_id.clone(),
-            kinds: shared.kinds.clone(),
-            metrics: shared.metrics.clone(),
-            batcher: shared.batcher.clone(),
-            lost: CancellationToken::new(),
-        });
+            shared.classifier.clone(),
+            shared.worker_id.clone(),
+            shared.kinds.clone(),
+            shared.metrics.clone(),
+            shared.batcher.clone(),
+            shared.pause.clone(),
+        ));
         Ok(Self { connection, worker, consumers })
     }
+}
+
+/// Sets the queue's prefetch on `channel` and starts consuming it.
+pub async fn subscribe(channel: &Channel, served: &Served, worker_id: &str) -> anyhow::Result<lapin::Consumer> {
+    let queue = served.queue.as_str();
+    let prefetch = served.prefetch;
+    // Per consumer (global = false): each queue gets `prefetch` unacked deliveries.
+    channel
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await
+        .with_context(|| format!("set prefetch {prefetch} on queue {queue}"))?;
+    channel
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(format!("{worker_id}/{queue}")),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consume queue {queue}"))
 }

@@ -76,6 +76,8 @@ pub struct TopologySettings {
     pub results_queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_suffix: String,
+    /// Jobs that came back unanswered wait in `<work queue><returned_suffix>` (the returned lane).
+    pub returned_suffix: String,
     pub queue_type: QueueType,
     /// For quorum work queues: `x-delivery-limit` (0 = none).
     pub delivery_limit: u32,
@@ -129,8 +131,8 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     pub drain_timeout_ms: u64,
     pub worker_id: String,
-    /// Deliveries of one job that ended without an answer (its worker died or lost the broker
-    /// mid-job) before it is dead-lettered as poison.
+    /// Times one job may come back unanswered (its worker died or lost the broker) before the
+    /// next return dead-letters it as poison (`docs/reliability.md` says how returns are counted).
     pub max_redeliveries: u32,
     /// Whether a job past its time limit is retried (transient) or dead-lettered (permanent).
     pub retry_timeouts: bool,
@@ -313,6 +315,11 @@ impl Settings {
             .filter(|r| self.consumer.kinds.is_empty() || self.consumer.kinds.contains(&r.kind))
             .cloned()
             .collect()
+    }
+
+    /// The returned lane of a work queue: jobs that came back unanswered, run one at a time.
+    pub fn returned_queue(&self, queue: &str) -> String {
+        format!("{queue}{}", self.topology.returned_suffix)
     }
 
     /// The dead-letter queue of a work queue.

@@ -6,6 +6,7 @@
 //! jobs exchange (topic) --kind--> <queue>          (x-dead-letter-exchange = DLX, key = <queue>)
 //! DLX (direct)          --<queue>--> <queue>.dead
 //! <queue>.retry.<delay>ms  (per-message TTL; expired jobs go back to <queue> via the default exchange)
+//! <queue>.returned          (jobs that came back unanswered; consumed one at a time per worker)
 //! results exchange (topic) --#--> results queue    (results of jobs that named no reply_to)
 //! ```
 
@@ -49,6 +50,8 @@ impl Plan {
             plan.bindings.push((dead, t.dead_letter_exchange.clone(), route.queue.clone()));
             plan.queues.push((route.queue.clone(), queue_args(settings, Some(&route.queue))));
             plan.bindings.push((route.queue.clone(), t.jobs_exchange.clone(), route.kind.clone()));
+            // The returned lane dead-letters like its work queue (quorum delivery limit included).
+            plan.queues.push((settings.returned_queue(&route.queue), queue_args(settings, Some(&route.queue))));
             // One delay queue per backoff tier. Nothing consumes them: a job waits out its
             // per-message TTL there and the broker dead-letters it through the default exchange
             // back to the work queue. The per-message TTLs within a tier differ only by jitter,

@@ -247,7 +247,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 JobKind::MlClassify => Job::Classify(ClassifyJob { image: Vec::new(), top_k: Some(1) }),
                 JobKind::Checksum => Job::Checksum(ChecksumJob { data: Vec::new(), rounds }),
                 // A fault job with nothing to inject: the fleet's overhead with no payload at all.
-                JobKind::Fault => Job::Fault(FaultJob { transient_failures: 0, panic: false, busy_ms: 0 }),
+                JobKind::Fault => Job::Fault(FaultJob::default()),
             };
             if wait {
                 producer.enable_replies().await?;

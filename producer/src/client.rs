@@ -68,7 +68,7 @@ impl Ticket {
 /// The current connection and its confirm-mode channel; replaced wholesale on reconnection.
 #[derive(Debug)]
 struct Link {
-    connection: lapin::Connection,
+    connection: Arc<lapin::Connection>,
     publisher: Publisher,
     generation: u64,
 }
@@ -228,9 +228,11 @@ impl Producer {
 }
 
 async fn open_link(settings: &Settings, generation: u64) -> anyhow::Result<Link> {
-    let connection = warren_infra::connect(&settings.broker, "producer").await?;
+    let connection = Arc::new(warren_infra::connect(&settings.broker, "producer").await?);
     let timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
-    let publisher = Publisher::open(&connection, timeout).await.context("open publishing channel")?;
+    let publisher = Publisher::open(connection.clone(), timeout, Publisher::DEFAULT_CHANNELS)
+        .await
+        .context("open publishing channels")?;
     Ok(Link { connection, publisher, generation })
 }
 

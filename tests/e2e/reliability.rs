@@ -25,7 +25,7 @@ fn with_fault_route(vhost: &Vhost, time_limit_ms: u64, retry: RetryPolicy) -> Se
 }
 
 fn fault(transient_failures: u32, panic: bool, busy_ms: u64) -> Job {
-    Job::Fault(FaultJob { transient_failures, panic, busy_ms })
+    Job::Fault(FaultJob { transient_failures, panic, busy_ms, ..FaultJob::default() })
 }
 
 fn fast_retries(max_attempts: u32) -> RetryPolicy {
@@ -42,7 +42,10 @@ async fn a_job_that_fails_twice_succeeds_on_its_third_attempt_after_the_delays(v
     let result = ticket.wait(DEADLINE).await.expect("a result");
     assert_eq!(result.status, ResultStatus::Ok, "{:?}", result.error);
     assert_eq!(result.attempt, 2);
-    assert_eq!(result.output, Some(JobOutput::Fault(warren_common::fault::FaultOutput { attempt: 2 })));
+    assert_eq!(
+        result.output,
+        Some(JobOutput::Fault(warren_common::fault::FaultOutput { attempt: 2, unencodable: false }))
+    );
     // Delays of 200 ms then 400 ms, each at least 90% of nominal with 10% jitter.
     let published_us = published_at.duration_since(std::time::UNIX_EPOCH).expect("clock").as_micros() as u64;
     let waited_ms = (result.timing.started_at_us - published_us) / 1000;
@@ -374,7 +377,7 @@ async fn a_producer_whose_connection_is_killed_reconnects_and_gets_its_results(v
 }
 
 fn fault_spec() -> FaultJob {
-    FaultJob { transient_failures: 0, panic: false, busy_ms: 0 }
+    FaultJob::default()
 }
 
 #[rstest]

@@ -15,8 +15,9 @@ pub async fn run(ctx: &Ctx, file: &Path, to: Option<&str>) -> Result<()> {
     let reader = std::io::BufReader::new(std::fs::File::open(file)?);
     let (header, records) =
         dumpfile::read(reader).map_err(|e| CtlError::Usage(format!("{} is not a dump: {e}", file.display())))?;
-    let conn = ctx.connect().await?;
-    let publisher = Publisher::open(&conn, Duration::from_millis(ctx.settings.broker.confirm_timeout_ms)).await?;
+    let conn = std::sync::Arc::new(ctx.connect().await?);
+    let timeout = Duration::from_millis(ctx.settings.broker.confirm_timeout_ms);
+    let publisher = Publisher::open(conn.clone(), timeout, 1).await?;
     let bar = output::progress(Some(records.len() as u64), "loading");
     let (mut ok, mut failed) = (0u64, 0u64);
     for r in &records {

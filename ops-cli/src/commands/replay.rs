@@ -123,10 +123,11 @@ pub async fn run(ctx: &Ctx, dead_queue: &str, opts: Options) -> Result<()> {
         Some((ex, key)) => (ex.to_owned(), Some(key.to_owned())),
         None => (t.to_owned(), None),
     });
-    let conn = ctx.connect().await?;
+    let conn = std::sync::Arc::new(ctx.connect().await?);
     let ready = u64::from(depth(&conn, dead_queue).await?);
     let ch = conn.create_channel().await?;
-    let publisher = Publisher::open(&conn, Duration::from_millis(ctx.settings.broker.confirm_timeout_ms)).await?;
+    let timeout = Duration::from_millis(ctx.settings.broker.confirm_timeout_ms);
+    let publisher = Publisher::open(conn.clone(), timeout, 1).await?;
     let bar = output::progress(Some(opts.limit.unwrap_or(ready).min(ready)), "replaying");
     let (mut replayed, mut skipped, mut failed) = (0u64, 0u64, 0u64);
     let mut plan = Vec::new();

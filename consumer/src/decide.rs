@@ -1,0 +1,309 @@
+//! The delivery path's decisions, as pure functions of plain data: what to do with a delivery
+//! when it arrives, with a failed job, and with the input once a publish for it has ended. The
+//! adapters (handler, settle) only carry these out; every case is unit-tested here.
+
+use std::time::Duration;
+
+use warren_common::retry::RetryPolicy;
+use warren_common::{ErrorClass, JobError};
+
+/// Which of a route's two queues a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// The work queue: many deliveries held per worker.
+    Main,
+    /// The returned lane: jobs that came back unanswered, one held per worker, run as soon as
+    /// they arrive; a worker that dies holding one was running it.
+    Returned,
+}
+
+/// What Warren's headers and the broker's flag say about a delivery, read without trusting
+/// the values: missing or absurd numbers saturate instead of overflowing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// The job id (`message_id`); `None` when missing or empty.
+    pub job_id: Option<String>,
+    /// Attempts made before this one (`warren-attempt`).
+    pub attempt: u32,
+    /// Returns counted so far (`warren-redeliveries`).
+    pub returns: u32,
+    /// The broker delivered it before, and it was not acked.
+    pub redelivered: bool,
+    pub lane: Lane,
+}
+
+impl Facts {
+    pub fn new(
+        message_id: Option<&str>,
+        attempt: Option<u64>,
+        returns: Option<u64>,
+        redelivered: bool,
+        lane: Lane,
+    ) -> Self {
+        let narrow = |v: Option<u64>| u32::try_from(v.unwrap_or(0)).unwrap_or(u32::MAX);
+        Self {
+            job_id: message_id.filter(|id| !id.is_empty()).map(str::to_owned),
+            attempt: narrow(attempt),
+            returns: narrow(returns),
+            redelivered,
+            lane,
+        }
+    }
+}
+
+/// What to do with a delivery as it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// Run it.
+    Process,
+    /// It came back unanswered: republish it to the returned lane with `returns` counted, and
+    /// ack it once that copy is confirmed.
+    ToReturnedLane { returns: u32 },
+    /// It came back once more than `consumer.max_redeliveries` allows: dead-letter it.
+    Poison { returns: u32 },
+}
+
+/// A first delivery runs. A job that comes back unanswered counts one return and moves to the
+/// returned lane (from either queue); past `max_redeliveries` returns it is poison. Since the
+/// lane is taken one job at a time and each is run as it arrives, a return from the lane means
+/// its worker died (or lost the broker) while running it; a return from the work queue may just
+/// as well be a job that waited in a dying worker's prefetch, and is counted once whatever
+/// happens to it there. Warren's own hand-backs are fresh copies, never redeliveries.
+pub fn on_arrival(facts: &Facts, max_redeliveries: u32) -> Arrival {
+    if !facts.redelivered {
+        return Arrival::Process;
+    }
+    let returns = facts.returns.saturating_add(1);
+    if returns > max_redeliveries { Arrival::Poison { returns } } else { Arrival::ToReturnedLane { returns } }
+}
+
+/// What becomes of a failed job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// Another attempt, numbered `next_attempt`, after about `delay` (the tier's nominal delay).
+    Retry { next_attempt: u32, delay: Duration },
+    /// Given up, with this reason (`warren-dead-reason`).
+    DeadLetter { reason: &'static str },
+}
+
+/// Transient failures with attempts left are retried; anything else is dead-lettered.
+pub fn on_failure(error: &JobError, attempt: u32, policy: &RetryPolicy) -> Failure {
+    if error.class() == ErrorClass::Transient && policy.should_retry(attempt) {
+        let next_attempt = attempt.saturating_add(1);
+        return Failure::Retry { next_attempt, delay: policy.nominal_delay(next_attempt) };
+    }
+    Failure::DeadLetter { reason: reason(error) }
+}
+
+/// Why a job was given up.
+pub fn reason(error: &JobError) -> &'static str {
+    match (error, error.class()) {
+        (JobError::RedeliveryLimit { .. }, _) => "redelivery_limit",
+        (_, ErrorClass::Permanent) => "permanent_error",
+        (_, ErrorClass::Transient) => "attempts_exhausted",
+    }
+}
+
+/// What was published for a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The job's result.
+    Result,
+    /// The error result sent to `reply_to` after the dead letter was stored (a courtesy).
+    ErrorResult,
+    /// A copy in a delay queue, for the next attempt.
+    Retry,
+    /// A copy in the dead-letter queue.
+    DeadLetter,
+    /// A copy put back in a work queue or returned lane (a hand-back, or a counted return).
+    Requeue,
+}
+
+/// How the broker answered a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Confirmed and routed: the broker stored it.
+    Stored,
+    /// Confirmed but returned: no queue took it.
+    Unroutable,
+    /// Nacked (or a return that was not this message's): not stored.
+    Refused,
+    /// No confirm in time: it may or may not be stored.
+    TimedOut,
+    /// The channel or connection failed: this session is gone.
+    Lost,
+}
+
+/// What to do with the input once a publish made for it has ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    /// Its outcome is stored: ack it.
+    Ack,
+    /// The job must fail with this error (retried later or dead-lettered), never acked as done.
+    Fail(JobError),
+    /// Nothing it depends on is stored: give it back to the broker, after a pause so that a
+    /// broker refusing publishes is not met with a tight loop.
+    HandBack,
+    /// The session is gone: the broker has requeued the delivery already.
+    Abandon,
+}
+
+/// The table of what a publish outcome means for the input.
+pub fn after_publish(purpose: Purpose, published: Published) -> Settle {
+    use {Published as P, Purpose as U};
+    match (purpose, published) {
+        (_, P::Lost) => Settle::Abandon,
+        (_, P::Stored) => Settle::Ack,
+        // Nobody can receive the result (the requester went away): redoing the job would not
+        // change that. The error result only accompanies a dead letter that is stored.
+        (U::Result, P::Unroutable) | (U::ErrorResult, _) => Settle::Ack,
+        (U::Result, P::Refused) => Settle::Fail(JobError::ResultNotStored("the broker refused it".into())),
+        (U::Result, P::TimedOut) => Settle::Fail(JobError::ResultNotStored("no confirm in time".into())),
+        (U::Retry | U::DeadLetter | U::Requeue, P::Unroutable | P::Refused | P::TimedOut) => Settle::HandBack,
+    }
+}
+
+/// How a settled delivery is counted (`warren_jobs_completed_total{outcome}`): only an ack that
+/// went out settles a job; a failed ack leaves it to the broker, which will redeliver it.
+pub fn counted_outcome(settle: &Settle, what: Purpose, ack_sent: bool) -> &'static str {
+    match (settle, ack_sent) {
+        (Settle::Ack, false) | (Settle::Abandon, _) => "abandoned",
+        (Settle::Ack, true) => match what {
+            Purpose::Result => "ok",
+            Purpose::Retry => "retried",
+            Purpose::DeadLetter | Purpose::ErrorResult => "dead_lettered",
+            Purpose::Requeue => "requeued",
+        },
+        (Settle::HandBack, _) => "handed_back",
+        (Settle::Fail(_), _) => "failed",
+    }
+}
+
+/// Whether a worker is ready for work: connected, consuming every queue it serves, and not
+/// worn down by job threads that ran past their time limits.
+pub fn ready(connected: bool, consuming: &[bool], abandoned: usize, pool: usize) -> bool {
+    connected && consuming.iter().all(|c| *c) && !worn_out(abandoned, pool)
+}
+
+/// Threads abandoned at their time limit keep running and cannot be stopped. Once there are
+/// as many as pool slots, the process holds twice the CPU work it was sized for: it stops and
+/// exits non-zero so that its supervisor starts a fresh one.
+pub fn worn_out(abandoned: usize, pool: usize) -> bool {
+    abandoned >= pool.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(redelivered: bool, returns: u32, lane: Lane) -> Facts {
+        Facts { job_id: Some("j".into()), attempt: 0, returns, redelivered, lane }
+    }
+
+    #[test]
+    fn headers_are_read_without_trusting_them() {
+        let f = Facts::new(Some(""), Some(u64::MAX), Some(u64::from(u32::MAX) + 7), false, Lane::Main);
+        assert_eq!((f.job_id, f.attempt, f.returns), (None, u32::MAX, u32::MAX));
+        let f = Facts::new(Some("id"), None, Some(2), true, Lane::Returned);
+        assert_eq!((f.job_id.as_deref(), f.attempt, f.returns), (Some("id"), 0, 2));
+    }
+
+    #[test]
+    fn first_deliveries_run_and_returns_are_counted_then_stopped() {
+        assert_eq!(on_arrival(&facts(false, 7, Lane::Main), 3), Arrival::Process);
+        assert_eq!(on_arrival(&facts(false, 7, Lane::Returned), 3), Arrival::Process);
+        assert_eq!(on_arrival(&facts(true, 0, Lane::Main), 3), Arrival::ToReturnedLane { returns: 1 });
+        assert_eq!(on_arrival(&facts(true, 1, Lane::Returned), 3), Arrival::ToReturnedLane { returns: 2 });
+        assert_eq!(on_arrival(&facts(true, 2, Lane::Returned), 3), Arrival::ToReturnedLane { returns: 3 });
+        assert_eq!(on_arrival(&facts(true, 3, Lane::Returned), 3), Arrival::Poison { returns: 4 });
+        assert_eq!(on_arrival(&facts(true, 0, Lane::Main), 0), Arrival::Poison { returns: 1 });
+        assert_eq!(on_arrival(&facts(true, u32::MAX, Lane::Main), 3), Arrival::Poison { returns: u32::MAX });
+    }
+
+    #[test]
+    fn a_job_that_kills_every_worker_is_stopped_after_max_plus_one_deaths() {
+        let max = 3;
+        let (mut f, mut deaths) = (facts(false, 0, Lane::Main), 0);
+        loop {
+            match on_arrival(&f, max) {
+                Arrival::Process => {
+                    deaths += 1; // it runs, and its worker dies
+                    f.redelivered = true;
+                }
+                Arrival::ToReturnedLane { returns } => f = facts(false, returns, Lane::Returned),
+                Arrival::Poison { .. } => break,
+            }
+        }
+        assert_eq!(deaths, max + 1);
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy { max_attempts: 3, base_delay_ms: 100, max_delay_ms: 1000, jitter: 0.1 }
+    }
+
+    #[test]
+    fn transient_failures_are_retried_until_the_last_attempt() {
+        let transient = JobError::Injected("x".into());
+        assert_eq!(
+            on_failure(&transient, 0, &policy()),
+            Failure::Retry { next_attempt: 1, delay: Duration::from_millis(100) }
+        );
+        assert_eq!(
+            on_failure(&transient, 1, &policy()),
+            Failure::Retry { next_attempt: 2, delay: Duration::from_millis(200) }
+        );
+        assert_eq!(on_failure(&transient, 2, &policy()), Failure::DeadLetter { reason: "attempts_exhausted" });
+        assert_eq!(on_failure(&transient, u32::MAX, &policy()), Failure::DeadLetter { reason: "attempts_exhausted" });
+    }
+
+    #[test]
+    fn permanent_failures_and_poison_are_dead_lettered_at_once() {
+        let corrupt = JobError::CorruptImage("x".into());
+        assert_eq!(on_failure(&corrupt, 0, &policy()), Failure::DeadLetter { reason: "permanent_error" });
+        let poison = JobError::RedeliveryLimit { deliveries: 4 };
+        assert_eq!(on_failure(&poison, 0, &policy()), Failure::DeadLetter { reason: "redelivery_limit" });
+        let unencodable = JobError::Encode("x".into());
+        assert_eq!(on_failure(&unencodable, 0, &policy()), Failure::DeadLetter { reason: "permanent_error" });
+        let not_stored = JobError::ResultNotStored("x".into());
+        assert!(matches!(on_failure(&not_stored, 0, &policy()), Failure::Retry { .. }));
+    }
+
+    #[test]
+    fn only_what_the_broker_stored_lets_the_input_be_acked() {
+        use {Published as P, Purpose as U};
+        for purpose in [U::Result, U::ErrorResult, U::Retry, U::DeadLetter, U::Requeue] {
+            assert_eq!(after_publish(purpose, P::Stored), Settle::Ack);
+            assert_eq!(after_publish(purpose, P::Lost), Settle::Abandon);
+        }
+        assert_eq!(after_publish(U::Result, P::Unroutable), Settle::Ack, "nobody listens: dropped");
+        assert!(matches!(after_publish(U::Result, P::Refused), Settle::Fail(JobError::ResultNotStored(_))));
+        assert!(matches!(after_publish(U::Result, P::TimedOut), Settle::Fail(JobError::ResultNotStored(_))));
+        for purpose in [U::Retry, U::DeadLetter, U::Requeue] {
+            for outcome in [P::Unroutable, P::Refused, P::TimedOut] {
+                assert_eq!(after_publish(purpose, outcome), Settle::HandBack, "{purpose:?} {outcome:?}");
+            }
+        }
+        for outcome in [P::Unroutable, P::Refused, P::TimedOut] {
+            assert_eq!(after_publish(U::ErrorResult, outcome), Settle::Ack, "the dead letter is the record");
+        }
+    }
+
+    #[test]
+    fn an_ack_that_did_not_go_out_is_not_counted_as_settled() {
+        assert_eq!(counted_outcome(&Settle::Ack, Purpose::Result, true), "ok");
+        assert_eq!(counted_outcome(&Settle::Ack, Purpose::Result, false), "abandoned");
+        assert_eq!(counted_outcome(&Settle::Ack, Purpose::Retry, false), "abandoned");
+        assert_eq!(counted_outcome(&Settle::Ack, Purpose::DeadLetter, true), "dead_lettered");
+        assert_eq!(counted_outcome(&Settle::HandBack, Purpose::Retry, true), "handed_back");
+    }
+
+    #[test]
+    fn readiness_needs_every_queue_and_a_pool_not_worn_out() {
+        assert!(ready(true, &[true, true], 0, 2));
+        assert!(!ready(false, &[true, true], 0, 2));
+        assert!(!ready(true, &[true, false], 0, 2), "one queue not consumed");
+        assert!(ready(true, &[true], 1, 2));
+        assert!(!ready(true, &[true], 2, 2), "as many abandoned threads as slots");
+        assert!(worn_out(1, 0));
+    }
+}

@@ -1,0 +1,172 @@
+//! Settling a delivery: the one place that publishes for a delivery and acks, nacks or leaves
+//! it. "Ack only after confirm" lives here: [`deliver`] publishes a letter, waits for the
+//! broker's answer, asks `decide::after_publish` what that means for the input, and carries it
+//! out. A job is counted as settled only when its ack went out.
+
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use warren_common::JobError;
+use warren_infra::PublishError;
+
+use crate::decide::{self, Published, Purpose, Settle};
+use crate::letters::{Input, Letter};
+use crate::pool::now_us;
+use crate::worker::{Served, Worker};
+
+/// How a delivery ended, for the caller's metrics and logs.
+pub type Label = &'static str;
+
+/// The delivery as the letters need it.
+pub fn input(delivery: &Delivery) -> Input<'_> {
+    Input {
+        exchange: delivery.exchange.as_str(),
+        routing_key: delivery.routing_key.as_str(),
+        body: &delivery.data,
+        properties: &delivery.properties,
+    }
+}
+
+/// Publishes `letter` and waits for the broker's answer. A failed channel ends the session.
+pub async fn publish(worker: &std::sync::Arc<Worker>, letter: &Letter<'_>) -> Published {
+    let result = worker
+        .publisher
+        .publish(&letter.exchange, &letter.routing_key, &letter.body, letter.properties.clone(), true)
+        .await;
+    worker.metrics.published(target(letter.purpose), PublishError::outcome(&result));
+    let published = match &result {
+        Ok(()) => Published::Stored,
+        Err(PublishError::Unroutable { .. }) => Published::Unroutable,
+        Err(PublishError::Nacked { .. } | PublishError::Mispaired(_)) => Published::Refused,
+        Err(PublishError::ConfirmTimeout(_)) => Published::TimedOut,
+        // The channel broke under a publish; if the connection is still up the publisher opens a
+        // new channel next time, else the session is over.
+        Err(PublishError::Amqp(_)) if worker.publisher.is_connected() => Published::TimedOut,
+        Err(PublishError::Amqp(_)) => Published::Lost,
+    };
+    match (&result, letter.purpose) {
+        (Ok(()), _) => {}
+        (Err(e), Purpose::Result | Purpose::ErrorResult) if published == Published::Unroutable => {
+            tracing::warn!(error = %e, "result unroutable: nobody is listening for it; dropping it");
+        }
+        (Err(e), purpose) => {
+            tracing::warn!(error = %e, ?purpose, "publish not stored by the broker");
+            if published == Published::Unroutable {
+                worker.redeclare_topology();
+            }
+        }
+    }
+    if published == Published::Lost {
+        worker.lost.cancel();
+    }
+    published
+}
+
+/// Publishes `letter` for `delivery` and settles the delivery by what the broker answered;
+/// `then` (an error result, say) is published after `letter` is stored and before the ack.
+/// `Err` hands the job back to the caller as a failure to dispose of (a result the broker did
+/// not store), never acked.
+pub async fn deliver(
+    worker: &std::sync::Arc<Worker>,
+    served: &Served,
+    delivery: &Delivery,
+    kind: &'static str,
+    letter: Letter<'_>,
+    then: Option<Letter<'_>>,
+) -> Result<Label, JobError> {
+    let published = publish(worker, &letter).await;
+    let settle = decide::after_publish(letter.purpose, published);
+    if settle == Settle::Ack
+        && let Some(extra) = then
+    {
+        // The dead letter holds the record; this courtesy's outcome changes nothing.
+        let _ = publish(worker, &extra).await;
+    }
+    let label = match &settle {
+        Settle::Fail(e) => return Err(e.clone()),
+        Settle::Ack => {
+            worker.pause.reset();
+            let sent = ack(delivery).await;
+            decide::counted_outcome(&settle, letter.purpose, sent)
+        }
+        Settle::HandBack => return Ok(hand_back(worker, served, delivery, kind, true).await),
+        Settle::Abandon => decide::counted_outcome(&settle, letter.purpose, false),
+    };
+    let since = (label == "ok")
+        .then(|| published_at_us(delivery).map(|p| Duration::from_micros(now_us().saturating_sub(p))))
+        .flatten();
+    worker.metrics.job_settled(&served.queue, kind, label, since);
+    Ok(label)
+}
+
+/// Gives the delivery back to the broker as a fresh copy at the end of its queue, acked once
+/// the copy is confirmed, so that Warren's own hand-backs never look like a worker that died;
+/// if the copy is not stored, a nack with requeue. `after_refusal`: the broker refused what the
+/// job needed, so wait first (growing pauses), or the job would come straight back to the same.
+pub async fn hand_back(
+    worker: &std::sync::Arc<Worker>,
+    served: &Served,
+    delivery: &Delivery,
+    kind: &'static str,
+    after_refusal: bool,
+) -> Label {
+    if after_refusal {
+        let pause = worker.pause.next();
+        tracing::warn!(?pause, "handing the job back after a pause");
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = worker.lost.cancelled() => {}
+        }
+    }
+    let label = if worker.lost.is_cancelled() {
+        "abandoned"
+    } else {
+        let copy = crate::letters::requeue(input(delivery), &served.queue, None);
+        match publish(worker, &copy).await {
+            Published::Stored if ack(delivery).await => "handed_back",
+            Published::Stored | Published::Lost => "abandoned",
+            _ if nack_requeue(delivery).await => "handed_back",
+            _ => "abandoned",
+        }
+    };
+    worker.metrics.job_settled(&served.queue, kind, label, None);
+    label
+}
+
+/// Metric label of a publish's purpose.
+fn target(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::Result => "result",
+        Purpose::ErrorResult => "error_result",
+        Purpose::Retry => "retry",
+        Purpose::DeadLetter => "dead_letter",
+        Purpose::Requeue => "requeue",
+    }
+}
+
+/// The job's `timestamp` property (seconds) in microseconds, when it has one.
+pub fn published_at_us(delivery: &Delivery) -> Option<u64> {
+    delivery.properties.timestamp().map(|s| s.saturating_mul(1_000_000))
+}
+
+/// Whether the ack went out; when it did not, the channel is gone and the broker redelivers.
+async fn ack(delivery: &Delivery) -> bool {
+    match delivery.ack(BasicAckOptions::default()).await {
+        Ok(sent) => sent,
+        Err(e) => {
+            tracing::warn!(error = %e, "ack failed; the broker will redeliver the job");
+            false
+        }
+    }
+}
+
+async fn nack_requeue(delivery: &Delivery) -> bool {
+    match delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await {
+        Ok(sent) => sent,
+        Err(e) => {
+            tracing::warn!(error = %e, "nack failed; the broker requeues the job when the channel closes");
+            false
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! What the handlers of one session share (the worker), and what each consumed queue brings
+//! (served). The delivery path's modules import these types; nothing here imports them back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+use warren_common::JobKind;
+use warren_common::classify::Classifier;
+use warren_common::retry::RetryPolicy;
+use warren_infra::backoff::Backoff;
+use warren_infra::{Publisher, Settings};
+
+use crate::batcher::Batcher;
+use crate::decide::Lane;
+use crate::metrics::Metrics;
+use crate::pool::WorkerPool;
+
+/// One session's worth of shared state: the connection, its publisher, and what outlives it.
+pub struct Worker {
+    pub settings: Arc<Settings>,
+    pub connection: Arc<Connection>,
+    pub publisher: Publisher,
+    pub classifier: Option<Arc<dyn Classifier>>,
+    pub worker_id: String,
+    /// Job kinds this worker runs.
+    pub kinds: Vec<JobKind>,
+    pub metrics: Arc<Metrics>,
+    /// Micro-batching for classify jobs of the work queue, when enabled.
+    pub batcher: Option<Batcher>,
+    /// Cancelled when this session is lost: its deliveries can no longer be acked, and the
+    /// broker has requeued them.
+    pub lost: CancellationToken,
+    /// Cancelled when no job of this session may start any more: the session is lost (a child
+    /// of `lost`), or the worker is draining.
+    pub gate: CancellationToken,
+    /// The pause before handing a job back after the broker refused what it needed (shared by
+    /// every session, so a refusing broker is met with growing pauses, not a tight loop).
+    pub pause: Arc<Pause>,
+    redeclaring: AtomicBool,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Arc<Settings>,
+        connection: Arc<Connection>,
+        publisher: Publisher,
+        classifier: Option<Arc<dyn Classifier>>,
+        worker_id: String,
+        kinds: Vec<JobKind>,
+        metrics: Arc<Metrics>,
+        batcher: Option<Batcher>,
+        pause: Arc<Pause>,
+    ) -> Self {
+        let lost = CancellationToken::new();
+        let gate = lost.child_token();
+        Self {
+            settings,
+            connection,
+            publisher,
+            classifier,
+            worker_id,
+            kinds,
+            metrics,
+            batcher,
+            lost,
+            gate,
+            pause,
+            redeclaring: AtomicBool::new(false),
+        }
+    }
+
+    /// The topology is missing something (a publish to a delay queue or the dead-letter
+    /// exchange came back unroutable): declare it again, once at a time, in the background.
+    pub fn redeclare_topology(self: &Arc<Self>) {
+        if self.redeclaring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let worker = self.clone();
+        tokio::spawn(async move {
+            let declared = async {
+                let channel = worker.connection.create_channel().await?;
+                warren_infra::topology::declare(&channel, &worker.settings).await?;
+                let _ = channel.close(200, "topology declared".into()).await;
+                anyhow::Ok(())
+            };
+            match declared.await {
+                Ok(()) => tracing::warn!("a queue of Warren's topology was missing; declared it again"),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "could not declare the topology again"),
+            }
+            worker.redeclaring.store(false, Ordering::Release);
+        });
+    }
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("worker_id", &self.worker_id).field("kinds", &self.kinds).finish()
+    }
+}
+
+/// A queue this worker consumes, with its route's limits.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The queue consumed: the route's work queue, or its returned lane.
+    pub queue: String,
+    pub lane: Lane,
+    /// The route's work queue: dead letters are keyed by it, retries come back to it.
+    pub work_queue: String,
+    /// The route's returned lane, where jobs that came back unanswered go.
+    pub returned_queue: String,
+    /// Unacked deliveries allowed on this queue's consumer.
+    pub prefetch: u16,
+    pub time_limit: Duration,
+    pub retry: RetryPolicy,
+    /// Where its jobs run: the worker's pool, or the lane's own single slot.
+    pub pool: WorkerPool,
+}
+
+/// Growing, jittered pauses while the broker keeps refusing; back to short after a success.
+#[derive(Debug)]
+pub struct Pause(Mutex<Backoff>);
+
+impl Pause {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self(Mutex::new(Backoff::new(min, max)))
+    }
+
+    pub fn next(&self) -> Duration {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).next_delay().max(Duration::from_millis(50))
+    }
+
+    pub fn reset(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).reset();
+    }
+}
