@@ -301,6 +301,7 @@ async fn consume(
     let mut resubscribing: FuturesUnordered<BoxFuture<'_, (usize, Result<lapin::Consumer, u32>)>> =
         FuturesUnordered::new();
     let mut check = tokio::time::interval(Duration::from_millis(250));
+    let mut worn_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.as_mut() => return Ended::Shutdown,
@@ -308,7 +309,9 @@ async fn consume(
             _ = check.tick() => {
                 let abandoned = shared.abandoned();
                 shared.metrics.abandoned_now(abandoned);
-                if decide::worn_out(abandoned, shared.pool.size()) {
+                if !decide::worn_out(abandoned, shared.pool.size()) {
+                    worn_since = None;
+                } else if decide::must_stop(Some(worn_since.get_or_insert_with(tokio::time::Instant::now).elapsed())) {
                     return Ended::WornOut(abandoned);
                 }
             }

@@ -186,10 +186,19 @@ pub fn ready(connected: bool, consuming: &[bool], abandoned: usize, pool: usize)
 }
 
 /// Threads abandoned at their time limit keep running and cannot be stopped. Once there are
-/// as many as pool slots, the process holds twice the CPU work it was sized for: it stops and
-/// exits non-zero so that its supervisor starts a fresh one.
+/// as many as pool slots, the process holds twice the CPU work it was sized for: it is not
+/// ready, and if that lasts [`WORN_OUT_GRACE`] it stops and exits non-zero, so that its
+/// supervisor starts a fresh one (a job that only overran a little ends within the grace).
 pub fn worn_out(abandoned: usize, pool: usize) -> bool {
     abandoned >= pool.max(1)
+}
+
+/// How long a worker may stay worn out before it stops.
+pub const WORN_OUT_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether a worker worn out for `worn_for` (None: it is not) must stop now.
+pub fn must_stop(worn_for: Option<Duration>) -> bool {
+    worn_for.is_some_and(|d| d >= WORN_OUT_GRACE)
 }
 
 #[cfg(test)]
@@ -305,5 +314,12 @@ mod tests {
         assert!(ready(true, &[true], 1, 2));
         assert!(!ready(true, &[true], 2, 2), "as many abandoned threads as slots");
         assert!(worn_out(1, 0));
+    }
+
+    #[test]
+    fn a_worn_out_worker_stops_only_after_the_grace() {
+        assert!(!must_stop(None));
+        assert!(!must_stop(Some(Duration::from_secs(1))));
+        assert!(must_stop(Some(WORN_OUT_GRACE)));
     }
 }

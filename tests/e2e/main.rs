@@ -4,6 +4,7 @@
 mod bench;
 mod binaries;
 mod crash;
+mod delivery;
 mod digits;
 mod failures;
 mod kinds;
@@ -11,4 +12,5 @@ mod observability;
 mod pool;
 mod python_contract;
 mod reliability;
+mod stuck;
 mod warrenctl;

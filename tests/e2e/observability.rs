@@ -45,8 +45,11 @@ async fn counters_and_histograms_move_by_the_right_amounts_and_readyz_follows_th
     let after = loop {
         let s = tokio::task::block_in_place(|| Scrape::take(addr));
         let settled = s.value("warren_jobs_completed_total", &[]) - before.value("warren_jobs_completed_total", &[]);
-        let results = s.value("warren_publishes_total", &[("target", "result")])
-            - before.value("warren_publishes_total", &[("target", "result")]);
+        let published = |s: &Scrape| {
+            s.value("warren_publishes_total", &[("target", "result")])
+                + s.value("warren_publishes_total", &[("target", "error_result")])
+        };
+        let results = published(&s) - published(&before);
         if settled >= 7.0 && results >= 7.0 {
             break s;
         }
@@ -62,7 +65,8 @@ async fn counters_and_histograms_move_by_the_right_amounts_and_readyz_follows_th
     assert_eq!(delta("warren_job_run_seconds_count", &checksum), 5.0);
     assert_eq!(delta("warren_job_queue_wait_seconds_count", &checksum), 5.0);
     assert_eq!(delta("warren_job_end_to_end_seconds_count", &checksum), 5.0);
-    assert_eq!(delta("warren_publishes_total", &[("target", "result"), ("outcome", "acked")]), 7.0);
+    assert_eq!(delta("warren_publishes_total", &[("target", "result"), ("outcome", "acked")]), 5.0);
+    assert_eq!(delta("warren_publishes_total", &[("target", "error_result"), ("outcome", "acked")]), 2.0);
     assert_eq!(delta("warren_publishes_total", &[("target", "dead_letter"), ("outcome", "acked")]), 2.0);
     assert!(after.value("warren_job_run_seconds_sum", &checksum) > 0.0);
     assert_eq!(after.value("warren_pool_capacity", &[]), fleet.pool_size as f64);

@@ -70,9 +70,24 @@ impl Vhost {
     /// The management API lists a new connection only after its next statistics round (a few
     /// seconds), so this waits, up to a deadline, until there is one to close.
     pub fn close_connections(&self, role: &str) -> usize {
+        let mut closed = 0;
+        for name in self.connections(role) {
+            agent()
+                .delete(&format!("{}/api/connections/{}", management_url(), warrenctl::mgmt::enc(&name)))
+                .header("Authorization", &auth())
+                .call()
+                .unwrap_or_else(|e| panic!("closing connection {name}: {e}"));
+            closed += 1;
+        }
+        closed
+    }
+
+    /// The names of this vhost's connections whose client-given name contains `role`, waiting
+    /// (up to a deadline) until the management API lists at least one.
+    pub fn connections(&self, role: &str) -> Vec<String> {
         let base = management_url();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let matching = loop {
+        loop {
             let conns: serde_json::Value = agent()
                 .get(&format!("{base}/api/vhosts/{}/connections", self.name))
                 .header("Authorization", &auth())
@@ -90,17 +105,7 @@ impl Vhost {
                 break matching;
             }
             std::thread::sleep(Duration::from_millis(250));
-        };
-        let mut closed = 0;
-        for name in matching {
-            agent()
-                .delete(&format!("{base}/api/connections/{}", warrenctl::mgmt::enc(&name)))
-                .header("Authorization", &auth())
-                .call()
-                .unwrap_or_else(|e| panic!("closing connection {name}: {e}"));
-            closed += 1;
         }
-        closed
     }
 }
 

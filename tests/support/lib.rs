@@ -15,7 +15,7 @@ use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 
 pub use broker::{Vhost, vhost};
 pub use fleet::{Fleet, collect_messages, fleet_and_producer, queue_depth, settings_for, want_result};
-pub use process::ConsumerProcess;
+pub use process::{ConfigDir, ConsumerProcess};
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {

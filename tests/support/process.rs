@@ -56,6 +56,11 @@ impl ConsumerProcess {
         process
     }
 
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Waits until the log contains `needle`, or fails the test at the deadline.
     pub async fn wait_for_log(&self, needle: &str) {
         let wait = async {
@@ -90,5 +95,30 @@ impl ConsumerProcess {
         let status = tokio::time::timeout(DEADLINE, self.child.wait()).await.expect("exits in time").expect("status");
         let log = self.log.await.expect("log reader");
         (status.code(), log)
+    }
+}
+
+/// A configuration directory of its own: the repository's `default.toml` and `overlay` as the
+/// `WARREN_ENV=test` overlay; removed when dropped. Pass its path as `WARREN_CONFIG_DIR`.
+#[derive(Debug)]
+pub struct ConfigDir(pub std::path::PathBuf);
+
+impl ConfigDir {
+    pub fn with_overlay(overlay: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("warren-config-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("config dir");
+        std::fs::copy(repo_root().join("config/default.toml"), dir.join("default.toml")).expect("default.toml");
+        std::fs::write(dir.join("test.toml"), overlay).expect("overlay");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
