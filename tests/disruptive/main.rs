@@ -1,7 +1,7 @@
-//! Tests that disturb the whole broker (restart it), so they cannot share it with anything else:
-//! `cargo test` runs test binaries one after another, so nothing else runs meanwhile; keep one
-//! test in this binary (or run it with `--test-threads=1`). Not for `cargo nextest`, which would
-//! run binaries side by side.
+//! Tests that disturb the whole broker (restart it, raise its memory alarm), so they cannot
+//! share it with anything else: `cargo test` runs test binaries one after another, so nothing
+//! else runs meanwhile, and the tests of this binary take turns through [`BROKER`]. Not for
+//! `cargo nextest`, which would run binaries side by side.
 
 use std::time::Duration;
 
@@ -28,9 +28,88 @@ async fn rabbitmqctl(args: &[&str]) {
     assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// One test at a time may disturb the broker.
+static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Raises the broker's memory alarm (a watermark of one byte) until dropped, which restores the
+/// watermark it found, even when the test fails.
+struct MemoryAlarm(String);
+
+impl MemoryAlarm {
+    async fn raise() -> Self {
+        let out = Command::new("rabbitmqctl")
+            .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
+            .output()
+            .await
+            .expect("rabbitmqctl runs");
+        let found = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        // A relative watermark prints as a float, an absolute one as {absolute, N}.
+        let restore = match found.strip_prefix("{absolute,").and_then(|v| v.strip_suffix('}')) {
+            Some(bytes) => format!("absolute {}", bytes.trim()),
+            None if found.parse::<f64>().is_ok() => found,
+            None => "0.4".to_owned(),
+        };
+        rabbitmqctl(&["set_vm_memory_high_watermark", "absolute", "1"]).await;
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while !alarms().await.to_lowercase().contains("memory") {
+            assert!(std::time::Instant::now() < deadline, "the memory alarm never went off");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self(restore)
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let mut args = vec!["set_vm_memory_high_watermark"];
+        args.extend(self.0.split_whitespace());
+        let restored = std::process::Command::new("rabbitmqctl").args(&args).status();
+        assert!(restored.is_ok_and(|s| s.success()), "restoring the memory watermark {}", self.0);
+    }
+}
+
+async fn alarms() -> String {
+    let out = Command::new("rabbitmq-diagnostics").args(["-q", "alarms"]).output().await.expect("diagnostics runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_while_the_broker_blocks_us_fails_within_the_confirm_timeout(vhost: Vhost) {
+    let _turn = BROKER.lock().await;
+    let settings = settings_for(&vhost);
+    let conn = std::sync::Arc::new(warren_infra::connect(&settings.broker, "test-blocked").await.expect("connect"));
+    let timeout = Duration::from_secs(2);
+    let publisher = warren_infra::Publisher::open(conn.clone(), timeout, 2).await.expect("publisher");
+    let raw = conn.create_channel().await.expect("channel");
+    raw.confirm_select(Default::default()).await.expect("confirms");
+    let alarm = MemoryAlarm::raise().await;
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    // What a caller that bounds only the confirm would see: does sending alone return?
+    let send = raw.basic_publish("".into(), "nowhere".into(), Default::default(), b"x", props.clone());
+    let sent = tokio::time::timeout(Duration::from_secs(3), send).await.is_ok();
+    println!("blocked connection: lapin's basic_publish alone returned within 3 s: {sent}");
+    let start = std::time::Instant::now();
+    let published = tokio::time::timeout(DEADLINE, publisher.publish("", "nowhere", b"x", props, true))
+        .await
+        .expect("the publish must not hang while the broker blocks the connection");
+    let took = start.elapsed();
+    drop(alarm);
+    println!("blocked connection: publish ended after {took:?} with {published:?} (confirm timeout {timeout:?})");
+    assert!(matches!(published, Err(warren_infra::PublishError::ConfirmTimeout(_))), "{published:?}");
+    assert!(took < timeout + Duration::from_secs(2), "{took:?}");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while alarms().await.to_lowercase().contains("memory alarm on") {
+        assert!(std::time::Instant::now() < deadline, "the memory alarm did not clear");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "done".into())).await;
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_run_loses_nothing(vhost: Vhost) {
+    let _turn = BROKER.lock().await;
     const N: usize = 30;
     let mut settings = settings_for(&vhost);
     settings.broker.reconnect_min_ms = 100;
