@@ -61,6 +61,7 @@ pub fn status(ctx: &Ctx) -> Result<()> {
         };
         let row = Row::from_json(q);
         let dead = messages(&ctx.settings.dead_queue(&route.queue));
+        let returned = messages(&ctx.settings.returned_queue(&route.queue));
         let retrying: u64 = ctx
             .settings
             .retry_policy(route)
@@ -78,6 +79,7 @@ pub fn status(ctx: &Ctx) -> Result<()> {
         v["kind"] = json!(route.kind);
         v["dead_letters"] = json!(dead);
         v["retrying"] = json!(retrying);
+        v["returned"] = json!(returned);
         v["drain_estimate_s"] = json!(drain_s);
         out.push(v);
     }
