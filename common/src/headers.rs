@@ -12,6 +12,10 @@ pub const ATTEMPT: &str = "warren-attempt";
 /// How many times the job came back unanswered (its worker died or lost the broker mid-job).
 pub const REDELIVERIES: &str = "warren-redeliveries";
 
+/// How many times Warren handed the job back because the broker refused what it needed (a
+/// retry copy or dead letter not stored); each hand-back waits longer.
+pub const HANDBACKS: &str = "warren-handbacks";
+
 /// Dead letters: attempts made in all.
 pub const ATTEMPTS: &str = "warren-attempts";
 /// Dead letters: why the job was given up.

@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::onnx::OrtClassifier;
 use crate::pool::WorkerPool;
 use crate::session::{self, Session, Shared};
-use crate::worker::{Pause, Served};
+use crate::worker::Served;
 
 /// What the outside (health endpoints, tests) can see of a running worker: a view of the
 /// connection and consumer metrics, which are the one record of that state, and of the pools.
@@ -162,10 +162,6 @@ impl Application {
             prefetch,
             metrics: metrics.clone(),
             batcher,
-            pause: Arc::new(Pause::new(
-                Duration::from_millis(settings.broker.reconnect_min_ms),
-                Duration::from_millis(settings.broker.reconnect_max_ms),
-            )),
         };
         let session = Session::open(&shared).await?;
         let health = Arc::new(Health {
@@ -237,15 +233,19 @@ impl Application {
                 },
             };
             shared.metrics.connected(true);
-            let ended = consume(&shared, &session, &tracker, &stop, &mut shutdown).await;
+            let mut deliveries = Deliveries::new();
+            for (i, (_, _, consumer)) in session.consumers.iter().enumerate() {
+                deliveries.push(events(i, consumer.clone()));
+            }
+            let ended = consume(&shared, &session, &mut deliveries, &tracker, &stop, &mut shutdown).await;
             shared.metrics.connected(false);
             match ended {
                 Ended::Shutdown => {
-                    drain(&shared, &session, &tracker, &stop).await;
+                    drain(&shared, &session, deliveries, &tracker, &stop).await;
                     break;
                 }
                 Ended::WornOut(abandoned) => {
-                    drain(&shared, &session, &tracker, &stop).await;
+                    drain(&shared, &session, deliveries, &tracker, &stop).await;
                     anyhow::bail!(
                         "{abandoned} job threads ran past their time limits and cannot be stopped (pool of {}): \
                          stopping so that a fresh process takes over",
@@ -259,7 +259,8 @@ impl Application {
                     for (served, ..) in &session.consumers {
                         shared.metrics.consuming(&served.queue, false);
                     }
-                    let _ = session.connection.close(320, "connection lost".into()).await;
+                    let _ = tokio::time::timeout(BROKER_REPLY, session.connection.close(320, "connection lost".into()))
+                        .await;
                 }
             }
         }
@@ -274,6 +275,11 @@ enum Ended {
     Lost(String),
     WornOut(usize),
 }
+
+/// How long a shutdown step waits for the broker's reply (it may be blocking our connection).
+const BROKER_REPLY: Duration = Duration::from_secs(2);
+
+type Deliveries = SelectAll<BoxStream<'static, Event>>;
 
 enum Event {
     Delivery(usize, Box<Result<lapin::message::Delivery, lapin::Error>>),
@@ -290,14 +296,11 @@ fn events(i: usize, consumer: lapin::Consumer) -> BoxStream<'static, Event> {
 async fn consume(
     shared: &Shared,
     session: &Session,
+    deliveries: &mut Deliveries,
     tracker: &TaskTracker,
     stop: &CancellationToken,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Ended {
-    let mut deliveries: SelectAll<BoxStream<'static, Event>> = SelectAll::new();
-    for (i, (_, _, consumer)) in session.consumers.iter().enumerate() {
-        deliveries.push(events(i, consumer.clone()));
-    }
     let mut resubscribing: FuturesUnordered<BoxFuture<'_, (usize, Result<lapin::Consumer, u32>)>> =
         FuturesUnordered::new();
     let mut check = tokio::time::interval(Duration::from_millis(250));
@@ -324,7 +327,8 @@ async fn consume(
                 }
                 Err(attempt) => resubscribing.push(resubscribe(shared, session, i, attempt).boxed()),
             },
-            next = deliveries.next() => match next {
+            // Empty while every consumer waits to be subscribed again: not a lost connection.
+            next = deliveries.next(), if !deliveries.is_empty() => match next {
                 Some(Event::Delivery(i, delivery)) => match *delivery {
                     Ok(delivery) => {
                         let served = session.consumers[i].0.clone();
@@ -399,20 +403,42 @@ async fn reconnect(
     }
 }
 
-async fn drain(shared: &Shared, session: &Session, tracker: &TaskTracker, stop: &CancellationToken) {
+async fn drain(
+    shared: &Shared,
+    session: &Session,
+    mut deliveries: Deliveries,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) {
     tracing::info!(
         in_flight = tracker.len(),
-        "stopping: handing back jobs not started, cancelling consumers, draining"
+        "stopping: cancelling consumers, handing back jobs not started, draining"
     );
-    for (served, channel, consumer) in &session.consumers {
+    for (served, channel, _) in &session.consumers {
         shared.metrics.consuming(&served.queue, false);
-        if let Err(e) = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await {
+        // The tag of the first subscription and of any later one (see session::subscribe).
+        let tag = format!("{}/{}", shared.worker_id, served.queue);
+        let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+        if let Ok(Err(e)) = tokio::time::timeout(BROKER_REPLY, cancel).await {
             tracing::debug!(error = %e, "cancel consumer");
         }
     }
     // Jobs not started yet are handed back at once (after the cancel, so that their copies
-    // cannot come straight back here); running ones may finish.
+    // cannot come straight back here), and so are deliveries still buffered in the consumers:
+    // handed back as fresh copies, they do not come back marked redelivered. Running jobs may
+    // finish.
     session.worker.gate.cancel();
+    let leftovers = async {
+        while let Some(event) = deliveries.next().await {
+            if let Event::Delivery(i, delivery) = event
+                && let Ok(delivery) = *delivery
+            {
+                let served = session.consumers[i].0.clone();
+                tracker.spawn(handle(session.worker.clone(), served, delivery, stop.clone()));
+            }
+        }
+    };
+    let _ = tokio::time::timeout(BROKER_REPLY, leftovers).await;
     tracker.close();
     let drain = Duration::from_millis(shared.settings.consumer.drain_timeout_ms);
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
@@ -421,7 +447,9 @@ async fn drain(shared: &Shared, session: &Session, tracker: &TaskTracker, stop: 
         // Each handler hands its job back now; give those copies and acks a moment.
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }
-    if let Err(e) = session.connection.close(200, "worker stopping".into()).await {
+    if let Ok(Err(e)) =
+        tokio::time::timeout(BROKER_REPLY, session.connection.close(200, "worker stopping".into())).await
+    {
         tracing::debug!(error = %e, "close connection");
     }
 }
@@ -462,7 +490,8 @@ pub fn prefetch_for(settings: &Settings, route: &Route, pool: usize) -> u16 {
 /// Refuses a configuration in which a delivery could stay unacked past the broker's
 /// `consumer_timeout` (the broker would then close the channel and redeliver everything on it):
 /// a job may wait for every other prefetched delivery of this worker to take a slot, then run
-/// for its time limit, then wait for two confirms (result or retry, and error result).
+/// for its time limit, then wait for its result's confirm and its retry's (or its dead letter's
+/// and error result's), then, if the broker refused that, for three hand-back pauses and copies.
 fn check_time_limits(
     settings: &Settings,
     routes: &[Route],
@@ -480,12 +509,13 @@ fn check_time_limits(
         .sum();
     let rounds = held.div_ceil(pool.max(1)) as u64;
     let longest = routes.iter().map(|r| r.time_limit_ms).max().unwrap_or(0);
-    let worst_ms = longest.saturating_mul(rounds) + 2 * settings.broker.confirm_timeout_ms;
+    let broker = &settings.broker;
+    let worst_ms = longest.saturating_mul(rounds) + 6 * broker.confirm_timeout_ms + 3 * broker.reconnect_max_ms;
     let budget_ms = settings.broker.consumer_timeout_ms / 10 * 9;
     anyhow::ensure!(
         worst_ms <= budget_ms,
         "a job could stay unacked for {worst_ms} ms (time limit {longest} ms x {rounds} rounds of the {held} runs \
-         the prefetched jobs need on {pool} slots, plus 2 confirm timeouts), over 90% of \
+         the prefetched jobs need on {pool} slots, plus 6 confirm timeouts and 3 reconnect_max_ms pauses), over 90% of \
          broker.consumer_timeout_ms = {}: lower time_limit_ms or consumer.prefetch, raise consumer.pool_size, \
          or raise the broker's consumer_timeout and broker.consumer_timeout_ms with it",
         settings.broker.consumer_timeout_ms

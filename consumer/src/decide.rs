@@ -27,24 +27,23 @@ pub struct Facts {
     pub attempt: u32,
     /// Returns counted so far (`warren-redeliveries`).
     pub returns: u32,
+    /// Hand-backs after a refused publish so far (`warren-handbacks`).
+    pub handbacks: u32,
     /// The broker delivered it before, and it was not acked.
     pub redelivered: bool,
     pub lane: Lane,
 }
 
 impl Facts {
-    pub fn new(
-        message_id: Option<&str>,
-        attempt: Option<u64>,
-        returns: Option<u64>,
-        redelivered: bool,
-        lane: Lane,
-    ) -> Self {
+    /// `counts`: the `warren-attempt`, `warren-redeliveries` and `warren-handbacks` headers.
+    pub fn new(message_id: Option<&str>, counts: [Option<u64>; 3], redelivered: bool, lane: Lane) -> Self {
         let narrow = |v: Option<u64>| u32::try_from(v.unwrap_or(0)).unwrap_or(u32::MAX);
+        let [attempt, returns, handbacks] = counts;
         Self {
             job_id: message_id.filter(|id| !id.is_empty()).map(str::to_owned),
             attempt: narrow(attempt),
             returns: narrow(returns),
+            handbacks: narrow(handbacks),
             redelivered,
             lane,
         }
@@ -107,8 +106,9 @@ pub fn reason(error: &JobError) -> &'static str {
 /// What was published for a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// The job's result.
-    Result,
+    /// The job's result; `must_route`: it goes to the results exchange, which has a results
+    /// queue, so a return means that queue is missing (not that nobody is listening).
+    Result { must_route: bool },
     /// The error result sent to `reply_to` after the dead letter was stored (a courtesy).
     ErrorResult,
     /// A copy in a delay queue, for the next attempt.
@@ -156,9 +156,12 @@ pub fn after_publish(purpose: Purpose, published: Published) -> Settle {
         (_, P::Stored) => Settle::Ack,
         // Nobody can receive the result (the requester went away): redoing the job would not
         // change that. The error result only accompanies a dead letter that is stored.
-        (U::Result, P::Unroutable) | (U::ErrorResult, _) => Settle::Ack,
-        (U::Result, P::Refused) => Settle::Fail(JobError::ResultNotStored("the broker refused it".into())),
-        (U::Result, P::TimedOut) => Settle::Fail(JobError::ResultNotStored("no confirm in time".into())),
+        (U::Result { must_route: false }, P::Unroutable) | (U::ErrorResult, _) => Settle::Ack,
+        (U::Result { must_route: true }, P::Unroutable) => {
+            Settle::Fail(JobError::ResultNotStored("no queue took it from the results exchange".into()))
+        }
+        (U::Result { .. }, P::Refused) => Settle::Fail(JobError::ResultNotStored("the broker refused it".into())),
+        (U::Result { .. }, P::TimedOut) => Settle::Fail(JobError::ResultNotStored("no confirm in time".into())),
         (U::Retry | U::DeadLetter | U::Requeue, P::Unroutable | P::Refused | P::TimedOut) => Settle::HandBack,
     }
 }
@@ -169,7 +172,7 @@ pub fn counted_outcome(settle: &Settle, what: Purpose, ack_sent: bool) -> &'stat
     match (settle, ack_sent) {
         (Settle::Ack, false) | (Settle::Abandon, _) => "abandoned",
         (Settle::Ack, true) => match what {
-            Purpose::Result => "ok",
+            Purpose::Result { .. } => "ok",
             Purpose::Retry => "retried",
             Purpose::DeadLetter | Purpose::ErrorResult => "dead_lettered",
             Purpose::Requeue => "requeued",
@@ -177,6 +180,16 @@ pub fn counted_outcome(settle: &Settle, what: Purpose, ack_sent: bool) -> &'stat
         (Settle::HandBack, _) => "handed_back",
         (Settle::Fail(_), _) => "failed",
     }
+}
+
+/// How long to wait before handing back a job whose needed publish the broker refused, after
+/// `handbacks` such hand-backs of the same job: from `min`, doubling, up to `max`, drawn in the
+/// upper half (`unit` uniform in [0, 1)) so that it is never near zero. Counted per job (in its
+/// header), so that one job the broker keeps refusing waits longer each time whatever else
+/// succeeds meanwhile.
+pub fn hand_back_pause(handbacks: u32, min: Duration, max: Duration, unit: f64) -> Duration {
+    let ceiling = min.saturating_mul(1u32 << handbacks.min(20)).min(max.max(min));
+    ceiling.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
 /// Whether a worker is ready for work: connected, consuming every queue it serves, and not
@@ -206,15 +219,24 @@ mod tests {
     use super::*;
 
     fn facts(redelivered: bool, returns: u32, lane: Lane) -> Facts {
-        Facts { job_id: Some("j".into()), attempt: 0, returns, redelivered, lane }
+        Facts { job_id: Some("j".into()), attempt: 0, returns, handbacks: 0, redelivered, lane }
     }
 
     #[test]
     fn headers_are_read_without_trusting_them() {
-        let f = Facts::new(Some(""), Some(u64::MAX), Some(u64::from(u32::MAX) + 7), false, Lane::Main);
-        assert_eq!((f.job_id, f.attempt, f.returns), (None, u32::MAX, u32::MAX));
-        let f = Facts::new(Some("id"), None, Some(2), true, Lane::Returned);
-        assert_eq!((f.job_id.as_deref(), f.attempt, f.returns), (Some("id"), 0, 2));
+        let f = Facts::new(Some(""), [Some(u64::MAX), Some(u64::from(u32::MAX) + 7), Some(3)], false, Lane::Main);
+        assert_eq!((f.job_id, f.attempt, f.returns, f.handbacks), (None, u32::MAX, u32::MAX, 3));
+        let f = Facts::new(Some("id"), [None, Some(2), None], true, Lane::Returned);
+        assert_eq!((f.job_id.as_deref(), f.attempt, f.returns, f.handbacks), (Some("id"), 0, 2, 0));
+    }
+
+    #[test]
+    fn hand_back_pauses_grow_per_job_and_are_never_near_zero() {
+        let (min, max) = (Duration::from_millis(200), Duration::from_secs(30));
+        assert_eq!(hand_back_pause(0, min, max, 0.0), Duration::from_millis(100));
+        assert_eq!(hand_back_pause(0, min, max, 1.0), Duration::from_millis(200));
+        assert_eq!(hand_back_pause(3, min, max, 1.0), Duration::from_millis(1600));
+        assert_eq!(hand_back_pause(u32::MAX, min, max, 1.0), max, "capped, no overflow");
     }
 
     #[test]
@@ -280,13 +302,18 @@ mod tests {
     #[test]
     fn only_what_the_broker_stored_lets_the_input_be_acked() {
         use {Published as P, Purpose as U};
-        for purpose in [U::Result, U::ErrorResult, U::Retry, U::DeadLetter, U::Requeue] {
+        let (reply, record) = (U::Result { must_route: false }, U::Result { must_route: true });
+        for purpose in [reply, record, U::ErrorResult, U::Retry, U::DeadLetter, U::Requeue] {
             assert_eq!(after_publish(purpose, P::Stored), Settle::Ack);
             assert_eq!(after_publish(purpose, P::Lost), Settle::Abandon);
         }
-        assert_eq!(after_publish(U::Result, P::Unroutable), Settle::Ack, "nobody listens: dropped");
-        assert!(matches!(after_publish(U::Result, P::Refused), Settle::Fail(JobError::ResultNotStored(_))));
-        assert!(matches!(after_publish(U::Result, P::TimedOut), Settle::Fail(JobError::ResultNotStored(_))));
+        assert_eq!(after_publish(reply, P::Unroutable), Settle::Ack, "the requester went away: dropped");
+        let missing_queue = after_publish(record, P::Unroutable);
+        assert!(matches!(missing_queue, Settle::Fail(JobError::ResultNotStored(_))), "{missing_queue:?}");
+        for result in [reply, record] {
+            assert!(matches!(after_publish(result, P::Refused), Settle::Fail(JobError::ResultNotStored(_))));
+            assert!(matches!(after_publish(result, P::TimedOut), Settle::Fail(JobError::ResultNotStored(_))));
+        }
         for purpose in [U::Retry, U::DeadLetter, U::Requeue] {
             for outcome in [P::Unroutable, P::Refused, P::TimedOut] {
                 assert_eq!(after_publish(purpose, outcome), Settle::HandBack, "{purpose:?} {outcome:?}");
@@ -299,8 +326,9 @@ mod tests {
 
     #[test]
     fn an_ack_that_did_not_go_out_is_not_counted_as_settled() {
-        assert_eq!(counted_outcome(&Settle::Ack, Purpose::Result, true), "ok");
-        assert_eq!(counted_outcome(&Settle::Ack, Purpose::Result, false), "abandoned");
+        let result = Purpose::Result { must_route: false };
+        assert_eq!(counted_outcome(&Settle::Ack, result, true), "ok");
+        assert_eq!(counted_outcome(&Settle::Ack, result, false), "abandoned");
         assert_eq!(counted_outcome(&Settle::Ack, Purpose::Retry, false), "abandoned");
         assert_eq!(counted_outcome(&Settle::Ack, Purpose::DeadLetter, true), "dead_lettered");
         assert_eq!(counted_outcome(&Settle::HandBack, Purpose::Retry, true), "handed_back");

@@ -23,9 +23,9 @@ use warren_common::{Encoding, Job, JobEnvelope, JobError, JobKind, JobResult, Ti
 use warren_infra::fields;
 
 use crate::decide::{self, Arrival, Facts, Failure};
-use crate::letters::{self, FailureRecord};
+use crate::letters::{self, FailureRecord, Recount};
 use crate::pool::{Ran, now_us};
-use crate::settle;
+use crate::settle::{self, Why};
 use crate::worker::{Served, Worker};
 
 /// Handles one delivery. `stop` is cancelled when the drain timeout passes: a job still running
@@ -33,13 +33,8 @@ use crate::worker::{Served, Worker};
 pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery, stop: CancellationToken) {
     let props = &delivery.properties;
     let headers = props.headers().as_ref();
-    let facts = Facts::new(
-        props.message_id().as_ref().map(|s| s.as_str()),
-        fields::get_u64(headers, h::ATTEMPT),
-        fields::get_u64(headers, h::REDELIVERIES),
-        delivery.redelivered,
-        served.lane,
-    );
+    let counts = [h::ATTEMPT, h::REDELIVERIES, h::HANDBACKS].map(|name| fields::get_u64(headers, name));
+    let facts = Facts::new(props.message_id().as_ref().map(|s| s.as_str()), counts, delivery.redelivered, served.lane);
     // The W3C trace id the producer started; it is copied onto the result, so logs of producer,
     // worker and result consumer share it.
     let traceparent = fields::get_str(headers, h::TRACEPARENT);
@@ -59,7 +54,7 @@ pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery
             () = story(&worker, &served, &delivery, &facts) => {}
             () = stop.cancelled() => {
                 tracing::warn!("drain timeout: handing the job back to the broker");
-                settle::hand_back(&worker, &served, &delivery, peeked_kind(&delivery), false).await;
+                settle::hand_back(&worker, &served, &delivery, &facts, peeked_kind(&delivery), Why::Draining).await;
             }
         }
     };
@@ -72,8 +67,8 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
         Arrival::ToReturnedLane { returns } => {
             worker.metrics.redelivered(&served.queue);
             tracing::warn!(returns, "job came back unanswered; moving it to the returned lane");
-            let copy = letters::requeue(settle::input(delivery), &served.returned_queue, Some(returns));
-            let _ = settle::deliver(worker, served, delivery, peeked_kind(delivery), copy, None).await;
+            let copy = letters::requeue(settle::input(delivery), &served.returned_queue, Recount::Returns(returns));
+            let _ = settle::deliver(worker, served, delivery, facts, peeked_kind(delivery), copy, None).await;
             return;
         }
         Arrival::Poison { returns } => {
@@ -108,7 +103,7 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
         }
         Ran::NotStarted => {
             worker.metrics.not_started(&served.queue, "draining");
-            settle::hand_back(worker, served, delivery, kind, false).await;
+            settle::hand_back(worker, served, delivery, facts, kind, Why::Draining).await;
             return;
         }
     };
@@ -121,17 +116,11 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
             let job_id = facts.job_id.clone().unwrap_or_default();
             let result =
                 JobResult::ok(job_id, kind.to_owned(), output, facts.attempt, worker.worker_id.clone(), timing);
-            let topology = &worker.settings.topology;
-            let sent = match letters::result(
-                &delivery.properties,
-                &result,
-                encoding(delivery),
-                &topology.results_exchange,
-                now_us(),
-            ) {
-                Ok(letter) => settle::deliver(worker, served, delivery, kind, letter, None).await,
-                Err(e) => Err(e),
-            };
+            let sent =
+                match letters::result(&delivery.properties, &result, encoding(delivery), results(worker), now_us()) {
+                    Ok(letter) => settle::deliver(worker, served, delivery, facts, kind, letter, None).await,
+                    Err(e) => Err(e),
+                };
             match sent {
                 Ok(_) => {
                     tracing::info!(run_ms = ran_for.as_millis() as u64, "job done");
@@ -186,7 +175,7 @@ async fn fail(
             let queue = worker.settings.retry_queue(&served.work_queue, delay);
             tracing::info!(next_attempt, delay_ms = ttl.as_millis() as u64, error = %error, "transient failure; retrying later");
             let letter = letters::retry(input, record, next_attempt, &queue, ttl);
-            settle::deliver(worker, served, delivery, label, letter, None).await
+            settle::deliver(worker, served, delivery, facts, label, letter, None).await
         }
         Failure::DeadLetter { reason } => {
             tracing::warn!(reason, error_type = error.error_type(), error = %error,
@@ -196,17 +185,16 @@ async fn fail(
             let job_id = facts.job_id.clone().unwrap_or_default();
             let result =
                 JobResult::failed(job_id, kind.to_owned(), error, facts.attempt, worker.worker_id.clone(), timing);
-            let courtesy =
-                delivery.properties.reply_to().as_ref().and_then(|_| {
-                    letters::result(&delivery.properties, &result, encoding(delivery), "", now_us()).ok()
-                });
-            settle::deliver(worker, served, delivery, label, letter, courtesy).await
+            let courtesy = delivery.properties.reply_to().as_ref().and_then(|_| {
+                letters::result(&delivery.properties, &result, encoding(delivery), results(worker), now_us()).ok()
+            });
+            settle::deliver(worker, served, delivery, facts, label, letter, courtesy).await
         }
     };
     if let Err(e) = settled {
         // Only a result can come back as a failure, and this is a retry or dead letter.
         tracing::error!(error = %e, "a failure's own publish came back as a failure; handing the job back");
-        settle::hand_back(worker, served, delivery, label, true).await;
+        settle::hand_back(worker, served, delivery, facts, label, Why::Refused).await;
     }
 }
 
@@ -229,6 +217,11 @@ fn parse(body: &[u8], content_type: Option<&str>, facts: &Facts, worker: &Worker
     }
     job.validate(limits)?;
     Ok(job)
+}
+
+fn results(worker: &Worker) -> letters::ResultsRoute<'_> {
+    let topology = &worker.settings.topology;
+    letters::ResultsRoute { exchange: &topology.results_exchange, has_queue: !topology.results_queue.is_empty() }
 }
 
 /// Results travel in the job's encoding; JSON when the job's could not be understood.

@@ -50,13 +50,21 @@ pub struct FailureRecord<'a> {
     pub now_ms: u64,
 }
 
+/// Where results of jobs without `reply_to` go.
+#[derive(Debug, Clone, Copy)]
+pub struct ResultsRoute<'a> {
+    pub exchange: &'a str,
+    /// A results queue is declared: a result the exchange cannot route means it is missing.
+    pub has_queue: bool,
+}
+
 /// The result message, to `reply_to` or to the results exchange with routing key = kind. An
 /// output that cannot be encoded is the job's failure ([`JobError::Encode`]), never a silent drop.
 pub fn result<'a>(
     input: &BasicProperties,
     result: &JobResult,
     encoding: Encoding,
-    results_exchange: &str,
+    results: ResultsRoute<'_>,
     now_us: u64,
 ) -> Result<Letter<'a>, JobError> {
     let body = result.encode(encoding)?;
@@ -77,11 +85,11 @@ pub fn result<'a>(
         .with_timestamp(now_us / 1_000_000)
         .with_type("warren.result".into())
         .with_headers(headers);
-    let (exchange, routing_key) = match input.reply_to() {
-        Some(reply_to) => (String::new(), reply_to.to_string()),
-        None => (results_exchange.to_owned(), result.kind.clone()),
+    let (exchange, routing_key, must_route) = match input.reply_to() {
+        Some(reply_to) => (String::new(), reply_to.to_string(), false),
+        None => (results.exchange.to_owned(), result.kind.clone(), results.has_queue),
     };
-    let purpose = if result.error.is_some() { Purpose::ErrorResult } else { Purpose::Result };
+    let purpose = if result.error.is_some() { Purpose::ErrorResult } else { Purpose::Result { must_route } };
     Ok(Letter { purpose, exchange, routing_key, body: Cow::Owned(body), properties })
 }
 
@@ -127,12 +135,25 @@ pub fn dead_letter<'a>(
     }
 }
 
-/// The job put back at the end of `queue` (a work queue or a returned lane), with `returns`
-/// recorded when it came back unanswered, unchanged when Warren hands it back itself.
-pub fn requeue<'a>(input: Input<'a>, queue: &str, returns: Option<u32>) -> Letter<'a> {
+/// A count a requeued copy records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recount {
+    /// Unchanged (a hand-back on drain).
+    Nothing,
+    /// It came back unanswered: `warren-redeliveries` = n.
+    Returns(u32),
+    /// Handed back after a refused publish: `warren-handbacks` = n.
+    HandBacks(u32),
+}
+
+/// The job put back at the end of `queue` (a work queue or a returned lane), with `count`
+/// recorded.
+pub fn requeue<'a>(input: Input<'a>, queue: &str, count: Recount) -> Letter<'a> {
     let mut headers = input.properties.headers().clone().unwrap_or_default();
-    if let Some(n) = returns {
-        fields::set_u64(&mut headers, h::REDELIVERIES, u64::from(n));
+    match count {
+        Recount::Nothing => {}
+        Recount::Returns(n) => fields::set_u64(&mut headers, h::REDELIVERIES, u64::from(n)),
+        Recount::HandBacks(n) => fields::set_u64(&mut headers, h::HANDBACKS, u64::from(n)),
     }
     keep_origin(&mut headers, input);
     Letter {
@@ -259,11 +280,13 @@ mod tests {
     #[test]
     fn a_requeued_copy_counts_returns_only_when_asked() {
         let props = input_props();
-        let lane = requeue(input(&props), "warren.fault.returned", Some(2));
+        let lane = requeue(input(&props), "warren.fault.returned", Recount::Returns(2));
         assert_eq!(fields::get_u64(lane.properties.headers().as_ref(), h::REDELIVERIES), Some(2));
-        let back = requeue(input(&props), "warren.fault", None);
+        let back = requeue(input(&props), "warren.fault", Recount::Nothing);
         assert_eq!(fields::get_u64(back.properties.headers().as_ref(), h::REDELIVERIES), None);
         assert_eq!(back.properties.user_id(), &None);
+        let refused = requeue(input(&props), "warren.fault", Recount::HandBacks(3));
+        assert_eq!(fields::get_u64(refused.properties.headers().as_ref(), h::HANDBACKS), Some(3));
     }
 
     #[test]
@@ -271,10 +294,11 @@ mod tests {
         use warren_common::fault::FaultOutput;
         let output = warren_common::JobOutput::Fault(FaultOutput { attempt: 0, unencodable: true });
         let r = JobResult::ok("job-1".into(), "fault".into(), output, 0, "w".into(), Default::default());
-        let e = result(&input_props(), &r, Encoding::Json, "warren.results", 0).unwrap_err();
+        let results = ResultsRoute { exchange: "warren.results", has_queue: true };
+        let e = result(&input_props(), &r, Encoding::Json, results, 0).unwrap_err();
         assert_eq!(e.error_type(), "encode_failed");
         let ok = JobResult::failed("job-1".into(), "fault".into(), &e, 0, "w".into(), Default::default());
-        let letter = result(&input_props(), &ok, Encoding::Json, "warren.results", 0).expect("error result encodes");
+        let letter = result(&input_props(), &ok, Encoding::Json, results, 0).expect("error result encodes");
         assert_eq!((letter.purpose, letter.routing_key.as_str()), (Purpose::ErrorResult, "replies"));
     }
 }

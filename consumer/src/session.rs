@@ -18,7 +18,7 @@ use warren_infra::{Publisher, Settings, topology};
 use crate::batcher::Batcher;
 use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
-use crate::worker::{Pause, Served, Worker};
+use crate::worker::{Served, Worker};
 
 /// What outlives sessions: settings, the pools, the model, the queues served.
 pub struct Shared {
@@ -32,7 +32,6 @@ pub struct Shared {
     pub prefetch: u16,
     pub metrics: Arc<Metrics>,
     pub batcher: Option<Batcher>,
-    pub pause: Arc<Pause>,
 }
 
 impl Shared {
@@ -80,7 +79,6 @@ impl Session {
             shared.kinds.clone(),
             shared.metrics.clone(),
             shared.batcher.clone(),
-            shared.pause.clone(),
         ));
         Ok(Self { connection, worker, consumers })
     }

@@ -10,8 +10,10 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use warren_common::JobError;
 use warren_infra::PublishError;
 
-use crate::decide::{self, Published, Purpose, Settle};
-use crate::letters::{Input, Letter};
+use std::sync::Arc;
+
+use crate::decide::{self, Facts, Published, Purpose, Settle};
+use crate::letters::{Input, Letter, Recount};
 use crate::pool::now_us;
 use crate::worker::{Served, Worker};
 
@@ -29,7 +31,7 @@ pub fn input(delivery: &Delivery) -> Input<'_> {
 }
 
 /// Publishes `letter` and waits for the broker's answer. A failed channel ends the session.
-pub async fn publish(worker: &std::sync::Arc<Worker>, letter: &Letter<'_>) -> Published {
+pub async fn publish(worker: &Arc<Worker>, letter: &Letter<'_>) -> Published {
     let result = worker
         .publisher
         .publish(&letter.exchange, &letter.routing_key, &letter.body, letter.properties.clone(), true)
@@ -47,7 +49,9 @@ pub async fn publish(worker: &std::sync::Arc<Worker>, letter: &Letter<'_>) -> Pu
     };
     match (&result, letter.purpose) {
         (Ok(()), _) => {}
-        (Err(e), Purpose::Result | Purpose::ErrorResult) if published == Published::Unroutable => {
+        (Err(e), Purpose::Result { must_route: false } | Purpose::ErrorResult)
+            if published == Published::Unroutable =>
+        {
             tracing::warn!(error = %e, "result unroutable: nobody is listening for it; dropping it");
         }
         (Err(e), purpose) => {
@@ -68,9 +72,10 @@ pub async fn publish(worker: &std::sync::Arc<Worker>, letter: &Letter<'_>) -> Pu
 /// `Err` hands the job back to the caller as a failure to dispose of (a result the broker did
 /// not store), never acked.
 pub async fn deliver(
-    worker: &std::sync::Arc<Worker>,
+    worker: &Arc<Worker>,
     served: &Served,
     delivery: &Delivery,
+    facts: &Facts,
     kind: &'static str,
     letter: Letter<'_>,
     then: Option<Letter<'_>>,
@@ -86,11 +91,16 @@ pub async fn deliver(
     let label = match &settle {
         Settle::Fail(e) => return Err(e.clone()),
         Settle::Ack => {
-            worker.pause.reset();
             let sent = ack(delivery).await;
             decide::counted_outcome(&settle, letter.purpose, sent)
         }
-        Settle::HandBack => return Ok(hand_back(worker, served, delivery, kind, true).await),
+        // A move to the returned lane that failed: nack, so that its return is counted again
+        // from the same header when it comes back (a copy would forget it).
+        Settle::HandBack if letter.purpose == Purpose::Requeue => {
+            pause(worker, facts.handbacks).await;
+            if !worker.lost.is_cancelled() && nack_requeue(delivery).await { "handed_back" } else { "abandoned" }
+        }
+        Settle::HandBack => return Ok(hand_back(worker, served, delivery, facts, kind, Why::Refused).await),
         Settle::Abandon => decide::counted_outcome(&settle, letter.purpose, false),
     };
     let since = (label == "ok")
@@ -100,44 +110,78 @@ pub async fn deliver(
     Ok(label)
 }
 
-/// Gives the delivery back to the broker as a fresh copy at the end of its queue, acked once
-/// the copy is confirmed, so that Warren's own hand-backs never look like a worker that died;
-/// if the copy is not stored, a nack with requeue. `after_refusal`: the broker refused what the
-/// job needed, so wait first (growing pauses), or the job would come straight back to the same.
+/// Why Warren hands a job back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The worker drains (or the job never started before it did).
+    Draining,
+    /// The broker did not store a publish the job needed (its retry copy or dead letter).
+    Refused,
+}
+
+/// Gives the delivery back to the broker as a fresh copy at the end of its queue, acked once the
+/// copy is confirmed, so that Warren's own hand-backs never look like a worker that died. After
+/// a refusal it first waits, longer each time the same job is handed back (`warren-handbacks`),
+/// so that a broker refusing it is not met with a tight loop, and tries the copy a few times;
+/// only when no copy can be stored is the delivery nacked with requeue (that return counts).
 pub async fn hand_back(
-    worker: &std::sync::Arc<Worker>,
+    worker: &Arc<Worker>,
     served: &Served,
     delivery: &Delivery,
+    facts: &Facts,
     kind: &'static str,
-    after_refusal: bool,
+    why: Why,
 ) -> Label {
-    if after_refusal {
-        let pause = worker.pause.next();
-        tracing::warn!(?pause, "handing the job back after a pause");
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = worker.lost.cancelled() => {}
+    const TRIES: u32 = 3;
+    let (count, tries) = match why {
+        Why::Draining => (Recount::Nothing, 1),
+        Why::Refused => (Recount::HandBacks(facts.handbacks.saturating_add(1)), TRIES),
+    };
+    let mut label = "abandoned";
+    for i in 0..tries {
+        if why == Why::Refused {
+            pause(worker, facts.handbacks.saturating_add(i)).await;
+        }
+        if worker.lost.is_cancelled() {
+            break;
+        }
+        let copy = crate::letters::requeue(input(delivery), &served.queue, count);
+        match publish(worker, &copy).await {
+            Published::Stored => {
+                label = if ack(delivery).await { "handed_back" } else { "abandoned" };
+                break;
+            }
+            Published::Lost => break,
+            _ if i + 1 == tries => {
+                label = if nack_requeue(delivery).await { "handed_back" } else { "abandoned" };
+            }
+            _ => {}
         }
     }
-    let label = if worker.lost.is_cancelled() {
-        "abandoned"
-    } else {
-        let copy = crate::letters::requeue(input(delivery), &served.queue, None);
-        match publish(worker, &copy).await {
-            Published::Stored if ack(delivery).await => "handed_back",
-            Published::Stored | Published::Lost => "abandoned",
-            _ if nack_requeue(delivery).await => "handed_back",
-            _ => "abandoned",
-        }
-    };
     worker.metrics.job_settled(&served.queue, kind, label, None);
     label
+}
+
+/// Waits before a hand-back (`decide::hand_back_pause`), unless the session goes first.
+async fn pause(worker: &Worker, handbacks: u32) {
+    let broker = &worker.settings.broker;
+    let pause = decide::hand_back_pause(
+        handbacks,
+        Duration::from_millis(broker.reconnect_min_ms),
+        Duration::from_millis(broker.reconnect_max_ms),
+        rand::random::<f64>(),
+    );
+    tracing::warn!(?pause, handbacks, "the broker refused what the job needs; handing it back after a pause");
+    tokio::select! {
+        () = tokio::time::sleep(pause) => {}
+        () = worker.lost.cancelled() => {}
+    }
 }
 
 /// Metric label of a publish's purpose.
 fn target(purpose: Purpose) -> &'static str {
     match purpose {
-        Purpose::Result => "result",
+        Purpose::Result { .. } => "result",
         Purpose::ErrorResult => "error_result",
         Purpose::Retry => "retry",
         Purpose::DeadLetter => "dead_letter",

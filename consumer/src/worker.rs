@@ -1,8 +1,8 @@
 //! What the handlers of one session share (the worker), and what each consumed queue brings
 //! (served). The delivery path's modules import these types; nothing here imports them back.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::Connection;
@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use warren_common::JobKind;
 use warren_common::classify::Classifier;
 use warren_common::retry::RetryPolicy;
-use warren_infra::backoff::Backoff;
 use warren_infra::{Publisher, Settings};
 
 use crate::batcher::Batcher;
@@ -36,9 +35,6 @@ pub struct Worker {
     /// Cancelled when no job of this session may start any more: the session is lost (a child
     /// of `lost`), or the worker is draining.
     pub gate: CancellationToken,
-    /// The pause before handing a job back after the broker refused what it needed (shared by
-    /// every session, so a refusing broker is met with growing pauses, not a tight loop).
-    pub pause: Arc<Pause>,
     redeclaring: AtomicBool,
 }
 
@@ -53,7 +49,6 @@ impl Worker {
         kinds: Vec<JobKind>,
         metrics: Arc<Metrics>,
         batcher: Option<Batcher>,
-        pause: Arc<Pause>,
     ) -> Self {
         let lost = CancellationToken::new();
         let gate = lost.child_token();
@@ -68,7 +63,6 @@ impl Worker {
             batcher,
             lost,
             gate,
-            pause,
             redeclaring: AtomicBool::new(false),
         }
     }
@@ -118,22 +112,4 @@ pub struct Served {
     pub retry: RetryPolicy,
     /// Where its jobs run: the worker's pool, or the lane's own single slot.
     pub pool: WorkerPool,
-}
-
-/// Growing, jittered pauses while the broker keeps refusing; back to short after a success.
-#[derive(Debug)]
-pub struct Pause(Mutex<Backoff>);
-
-impl Pause {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self(Mutex::new(Backoff::new(min, max)))
-    }
-
-    pub fn next(&self) -> Duration {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).next_delay().max(Duration::from_millis(50))
-    }
-
-    pub fn reset(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).reset();
-    }
 }

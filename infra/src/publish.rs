@@ -110,11 +110,12 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let inner = &self.inner;
         let timeout = inner.confirm_timeout;
-        // The semaphore lives as long as the publisher and is never closed.
-        let Ok(_slot) = inner.slots.acquire().await else {
-            return Err(PublishError::ConfirmTimeout(Duration::ZERO));
-        };
         let deadline = tokio::time::Instant::now() + timeout;
+        // The semaphore lives as long as the publisher and is never closed.
+        let _slot = match tokio::time::timeout_at(deadline, inner.slots.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return Err(PublishError::ConfirmTimeout(timeout)),
+        };
         let idle = inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let channel = match idle {
             Some(c) if c.status().connected() => c,

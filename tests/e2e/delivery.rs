@@ -19,6 +19,7 @@ use warren_e2e::{
 };
 use warren_infra::settings::Route;
 use warren_infra::{PublishError, Publisher, Settings, fields};
+use warren_producer::Producer;
 
 fn with_fault_route(vhost: &Vhost, retry: RetryPolicy) -> Settings {
     let mut s = settings_for(vhost);
@@ -98,7 +99,10 @@ async fn a_result_the_broker_refuses_is_retried_then_dead_lettered_never_acked_a
     assert_eq!(dead[0].properties.message_id().as_ref().map(|s| s.to_string()), Some(id));
     assert_eq!(fields::get_str(headers, h::ERROR_TYPE).as_deref(), Some("result_not_stored"));
     assert_eq!(fields::get_str(headers, h::DEAD_REASON).as_deref(), Some("attempts_exhausted"));
-    assert_eq!(fields::get_u64(headers, h::ATTEMPTS), Some(3), "retried with backoff, not in a tight loop");
+    assert_eq!(fields::get_u64(headers, h::ATTEMPTS), Some(3), "three attempts, each result refused");
+    let first = fields::get_u64(headers, h::FIRST_FAILED_AT).expect("first failure");
+    let last = fields::get_u64(headers, h::FAILED_AT).expect("last failure");
+    assert!(last - first >= 270, "the retries waited out their delays (100 + 200 ms), took {} ms", last - first);
     let scrape = Scrape::take(fleet.metrics_addr.expect("metrics"));
     let nacked = scrape.value("warren_publishes_total", &[("target", "result"), ("outcome", "nacked")]);
     assert_eq!(nacked, 3.0, "one refused result per attempt");
@@ -161,7 +165,7 @@ async fn jobs_of_a_lost_session_never_start(vhost: Vhost) {
     assert_eq!(tokio::task::block_in_place(|| vhost.connections("consumer")).len(), 1);
     let mut ids = Vec::new();
     for _ in 0..4 {
-        let job = fault(FaultJob { busy_ms: 2000, ..FaultJob::default() });
+        let job = fault(FaultJob { busy_ms: 3000, ..FaultJob::default() });
         ids.push(producer.publish(&job, &Default::default()).await.expect("publish").job_id);
     }
     // One job runs; the other three wait in the worker's prefetch for the single slot.
@@ -240,8 +244,22 @@ async fn a_deleted_work_queue_is_noticed_declared_again_and_consumed_again(vhost
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_ids_expirations_and_hostile_headers_end_as_dead_letters_never_stalls(vhost: Vhost) {
     let settings = with_fault_route(&vhost, fast_retries(3));
-    let (fleet, producer) = fleet_and_producer(&settings).await;
     let base = || BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2);
+    // 4. A job whose return count no producer could have made, bounced back to its queue (as a
+    //    dying worker would) before the consumer starts: it must come back as poison.
+    let topology = Producer::connect(settings.clone()).await.expect("producer");
+    topology.declare_topology().await.expect("topology");
+    topology.close().await;
+    let mut headers = FieldTable::default();
+    headers.insert(h::REDELIVERIES.into(), AMQPValue::Timestamp(u64::MAX));
+    let bounced = base().with_message_id("bounced".into()).with_headers(headers);
+    publish_props(&settings, "warren.jobs", "fault", &fault_body(FaultJob::default()), bounced).await;
+    let conn = warren_infra::connect(&settings.broker, "test-bouncer").await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let got = ch.basic_get("warren.fault".into(), Default::default()).await.expect("get").expect("the job");
+    got.delivery.nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
+    let _ = conn.close(200, "done".into()).await;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
     // 1. No message_id: its duplicates could never be recognised.
     publish_props(&settings, "warren.jobs", "fault", &fault_body(FaultJob::default()), base()).await;
     // 2. A job that expires in a minute and fails at once: its dead letter must not expire.
@@ -261,7 +279,7 @@ async fn missing_ids_expirations_and_hostile_headers_end_as_dead_letters_never_s
     let hostile = base().with_message_id("hostile".into()).with_timestamp(u64::MAX).with_headers(headers);
     publish_props(&settings, "warren.jobs", "fault", &panics, hostile).await;
 
-    let dead = collect_messages(&settings, "warren.fault.dead", 3, DEADLINE).await;
+    let dead = collect_messages(&settings, "warren.fault.dead", 4, DEADLINE).await;
     let by_id = |id: Option<&str>| {
         dead.iter().find(|d| d.properties.message_id().as_ref().map(|s| s.as_str()) == id).expect("its dead letter")
     };
@@ -278,11 +296,58 @@ async fn missing_ids_expirations_and_hostile_headers_end_as_dead_letters_never_s
     let hs = hostile.properties.headers().as_ref();
     assert_eq!(fields::get_u64(hs, h::ATTEMPTS), Some(u64::from(u32::MAX) + 1));
     assert_eq!(fields::get_str(hs, h::ERROR_TYPE).as_deref(), Some("panic"));
-    println!("no message_id -> {msg}; expiring dead letter kept; hostile headers -> dead letter, attempts saturated");
+    let poison = by_id(Some("bounced"));
+    let ps = poison.properties.headers().as_ref();
+    assert_eq!(fields::get_str(ps, h::DEAD_REASON).as_deref(), Some("redelivery_limit"));
+    println!("no message_id -> {msg}; expiring dead letter kept; hostile headers -> dead letters, counts saturated");
     let ok = producer.publish(&fault(FaultJob::default()), &want_result()).await.expect("publish");
     assert_eq!(ok.wait(DEADLINE).await.expect("result").status, ResultStatus::Ok, "the consumer goes on");
     producer.close().await;
     fleet.stop().await;
     // Nothing was left unacked: after the consumer's channel closed, nothing came back.
+    assert_eq!(queue_depth(&settings, "warren.fault").await, 0);
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_the_broker_refuses_is_handed_back_with_growing_pauses_then_stored(vhost: Vhost) {
+    let mut settings = with_fault_route(&vhost, fast_retries(3));
+    settings.broker.reconnect_min_ms = 200;
+    settings.broker.reconnect_max_ms = 5000;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let addr = fleet.metrics_addr.expect("metrics");
+    // An operator's policy makes the dead-letter queue refuse every message.
+    let refuse = serde_json::json!({"max-length": 0, "overflow": "reject-publish"});
+    tokio::task::block_in_place(|| vhost.set_policy("refuse-dead", "^warren\\.fault\\.dead$", refuse));
+    let conn = std::sync::Arc::new(warren_infra::connect(&settings.broker, "test-probe").await.expect("connect"));
+    let probe = Publisher::open(conn.clone(), Duration::from_secs(10), 1).await.expect("publisher");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while probe.publish("", "warren.fault.dead", b"probe", BasicProperties::default(), true).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the policy never applied");
+        let _ = collect_messages(&settings, "warren.fault.dead", 1, DEADLINE).await;
+    }
+    let start = std::time::Instant::now();
+    let job = fault(FaultJob { panic: true, ..FaultJob::default() });
+    let id = producer.publish(&job, &Default::default()).await.expect("publish").job_id;
+    let handed_back = || Scrape::take(addr).value("warren_jobs_completed_total", &[("outcome", "handed_back")]);
+    while handed_back() < 4.0 {
+        assert!(start.elapsed() < DEADLINE, "never handed back four times");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = start.elapsed();
+    let nacked =
+        Scrape::take(addr).value("warren_publishes_total", &[("target", "dead_letter"), ("outcome", "nacked")]);
+    println!(
+        "refused dead letter: 4 hand-backs took {took:?} ({nacked} dead letters refused); pauses of at least 100 + 200 + 400 + 800 ms"
+    );
+    assert!(took >= Duration::from_millis(1500), "hand-backs came too fast: {took:?}");
+    tokio::task::block_in_place(|| vhost.clear_policy("refuse-dead"));
+    let dead = collect_messages(&settings, "warren.fault.dead", 1, DEADLINE).await;
+    assert_eq!(dead[0].properties.message_id().as_ref().map(|s| s.to_string()), Some(id));
+    let handbacks = fields::get_u64(dead[0].properties.headers().as_ref(), h::HANDBACKS).unwrap_or(0);
+    assert!(handbacks >= 4, "the dead letter records its hand-backs: {handbacks}");
+    let _ = conn.close(200, "done".into()).await;
+    producer.close().await;
+    fleet.stop().await;
     assert_eq!(queue_depth(&settings, "warren.fault").await, 0);
 }

@@ -82,6 +82,28 @@ impl Vhost {
         closed
     }
 
+    /// Applies a policy (`definition`, e.g. `{"max-length": 0}`) to this vhost's queues matching
+    /// `pattern`, as an operator would.
+    pub fn set_policy(&self, name: &str, pattern: &str, definition: serde_json::Value) {
+        let url = format!("{}/api/policies/{}/{name}", management_url(), self.name);
+        agent()
+            .put(&url)
+            .header("Authorization", &auth())
+            .send_json(
+                serde_json::json!({"pattern": pattern, "definition": definition, "apply-to": "queues", "priority": 10}),
+            )
+            .unwrap_or_else(|e| panic!("setting policy {name}: {e}"));
+    }
+
+    pub fn clear_policy(&self, name: &str) {
+        let url = format!("{}/api/policies/{}/{name}", management_url(), self.name);
+        agent()
+            .delete(&url)
+            .header("Authorization", &auth())
+            .call()
+            .unwrap_or_else(|e| panic!("clearing policy {name}: {e}"));
+    }
+
     /// The names of this vhost's connections whose client-given name contains `role`, waiting
     /// (up to a deadline) until the management API lists at least one.
     pub fn connections(&self, role: &str) -> Vec<String> {
