@@ -7,9 +7,11 @@
 //! in-process on all cores vs the fleet's `image.resize`), `ml` (ONNX Runtime in-process at batch
 //! sizes 1..32 vs the fleet's `ml.classify`), `latency` (p50/p95/p99 at 50% of the relay's
 //! maximum rate, fleet vs relay), `prefetch` (the fleet's throughput by prefetch per pool slot)
-//! and `memory` (a worker's RSS under, after and across image loads, with either allocator).
+//! and `memory` (a worker's RSS under, after and across image loads, with either allocator),
+//! `publish` (the channel-pool publisher vs all publishes on one confirm channel).
 
 mod procfs;
+mod publish;
 mod relay;
 
 use std::path::PathBuf;
@@ -40,8 +42,8 @@ struct Cli {
     /// Baseline/fleet pairs per scenario.
     #[arg(long, default_value_t = 3)]
     pairs: usize,
-    /// Comma-separated: relay, prefetch, image, ml, latency, memory.
-    #[arg(long, default_value = "relay,prefetch,image,ml,latency,memory")]
+    /// Comma-separated: relay, prefetch, image, ml, latency, memory, publish.
+    #[arg(long, default_value = "relay,prefetch,image,ml,latency,memory,publish")]
     scenarios: String,
     /// Jobs per run of the relay and latency scenarios.
     #[arg(long, default_value_t = 10_000)]
@@ -120,6 +122,30 @@ async fn relay_run(job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
     let report = drive(&settings, job, plan).await;
     relay.stop().await;
     report
+}
+
+/// One confirm channel for all publishes (baseline) vs one publish per channel (the publisher).
+async fn scenario_publish(cli: &Cli) -> anyhow::Result<Value> {
+    let (mut shared, mut pooled) = (Vec::new(), Vec::new());
+    for pair in 1..=cli.pairs {
+        let v = vhost("bench-publish");
+        let one = publish::run(&v, cli.messages, cli.concurrency, false).await?;
+        let many = publish::run(&v, cli.messages, cli.concurrency, true).await?;
+        println!("publish pair {pair}: one confirm channel {one:.0} msg/s, one publish per channel {many:.0} msg/s");
+        shared.push(one);
+        pooled.push(many);
+    }
+    let (one, many) = (median(shared.clone()), median(pooled.clone()));
+    println!(
+        "publish: {} persistent 1 KiB messages, {} in flight: one confirm channel {one:.0} msg/s, \
+         one publish per channel {many:.0} msg/s, ratio {:.2}",
+        cli.messages,
+        cli.concurrency,
+        many / one
+    );
+    Ok(
+        json!({"shared_channel": shared, "channel_per_publish": pooled, "median_shared": one, "median_pooled": many, "ratio": many / one}),
+    )
 }
 
 fn checksum_job() -> Job {
@@ -600,6 +626,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted.contains(&"memory") {
         report["memory"] = scenario_memory(&cli).await?;
+    }
+    if wanted.contains(&"publish") {
+        report["publish"] = scenario_publish(&cli).await?;
     }
     if wanted.contains(&"latency") {
         report["latency"] = scenario_latency(&cli, relay_max).await?;

@@ -48,7 +48,7 @@ impl Relay {
                         .with_delivery_mode(2)
                         .with_correlation_id(props.correlation_id().clone().unwrap_or_default());
                     let to = props.reply_to().as_ref().map(|s| s.to_string()).unwrap_or_default();
-                    if publisher.publish("", &to, &body, reply, true).await.is_ok() {
+                    if publisher.publish_either_way("", &to, &body, reply).await.is_ok() {
                         let _ = delivery.ack(BasicAckOptions::default()).await;
                     }
                 });

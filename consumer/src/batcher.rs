@@ -170,15 +170,8 @@ mod tests {
         }
     }
 
-    fn png(v: u8) -> Vec<u8> {
-        let img = image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(4, 4, image::Luma([v])));
-        let mut out = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).expect("png");
-        out
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_batch_is_run_again_job_by_job_so_only_the_guilty_fails() {
+    /// A batcher of up to 4 jobs waiting `max_wait` over the stand-in model, on a pool of one.
+    fn stub_batcher(max_wait: Duration) -> (Batcher, prometheus::Histogram) {
         let spec = ModelSpec {
             name: "stub".into(),
             input_type: ElementType::F32,
@@ -192,20 +185,23 @@ mod tests {
             outputs_logits: true,
             max_aspect_ratio: 4.0,
         };
-        let policy = BatchPolicy {
-            max_batch: 4,
-            max_wait: Duration::from_millis(200),
-            time_limit: Duration::from_secs(30),
-            retry_timeouts: true,
-        };
+        let policy = BatchPolicy { max_batch: 4, max_wait, time_limit: Duration::from_secs(30), retry_timeouts: true };
         let histogram = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).expect("h");
-        let batcher = Batcher::start(
-            WorkerPool::new(1),
-            Arc::new(PanicsOnWhite(spec)),
-            Arc::new(Limits::default()),
-            policy,
-            histogram.clone(),
-        );
+        let model = Arc::new(PanicsOnWhite(spec));
+        let batcher = Batcher::start(WorkerPool::new(1), model, Arc::new(Limits::default()), policy, histogram.clone());
+        (batcher, histogram)
+    }
+
+    fn png(v: u8) -> Vec<u8> {
+        let img = image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(4, 4, image::Luma([v])));
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).expect("png");
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_batch_is_run_again_job_by_job_so_only_the_guilty_fails() {
+        let (batcher, histogram) = stub_batcher(Duration::from_millis(200));
         let submit = |v: u8| {
             let batcher = batcher.clone();
             tokio::spawn(async move {
@@ -228,33 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_whose_gate_closed_before_its_batch_ran_never_starts() {
-        let histogram = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).expect("h");
-        let spec = ModelSpec {
-            name: "stub".into(),
-            input_type: ElementType::F32,
-            channels: 1,
-            height: 4,
-            width: 4,
-            mean: vec![0.0],
-            std: vec![1.0],
-            filter: Filter::Triangle,
-            labels: vec!["a".into(), "b".into()],
-            outputs_logits: true,
-            max_aspect_ratio: 4.0,
-        };
-        let policy = BatchPolicy {
-            max_batch: 4,
-            max_wait: Duration::from_millis(50),
-            time_limit: Duration::from_secs(30),
-            retry_timeouts: true,
-        };
-        let batcher = Batcher::start(
-            WorkerPool::new(1),
-            Arc::new(PanicsOnWhite(spec)),
-            Arc::new(Limits::default()),
-            policy,
-            histogram,
-        );
+        let (batcher, _) = stub_batcher(Duration::from_millis(50));
         let gate = CancellationToken::new();
         gate.cancel();
         let ran = batcher.submit(ClassifyJob { image: png(0), top_k: None }, gate).await;

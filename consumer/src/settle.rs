@@ -32,10 +32,14 @@ pub fn input(delivery: &Delivery) -> Input<'_> {
 
 /// Publishes `letter` and waits for the broker's answer. A failed channel ends the session.
 pub async fn publish(worker: &Arc<Worker>, letter: &Letter<'_>) -> Published {
-    let result = worker
-        .publisher
-        .publish(&letter.exchange, &letter.routing_key, &letter.body, letter.properties.clone(), true)
-        .await;
+    let (exchange, key, body, props) = (&letter.exchange, &letter.routing_key, &letter.body, letter.properties.clone());
+    let result = match letter.purpose {
+        // Routed or returned, these are acked alike: they may share a pipelined channel.
+        Purpose::Result { must_route: false } | Purpose::ErrorResult => {
+            worker.publisher.publish_either_way(exchange, key, body, props).await
+        }
+        _ => worker.publisher.publish(exchange, key, body, props, true).await,
+    };
     worker.metrics.published(target(letter.purpose), PublishError::outcome(&result));
     let published = match &result {
         Ok(()) => Published::Stored,

@@ -43,6 +43,14 @@ async fn publish_props(settings: &Settings, exchange: &str, key: &str, body: &[u
     let _ = conn.close(200, "done".into()).await;
 }
 
+/// Stops producer and consumer, then checks that nothing was left unacked in the fault queue:
+/// once the consumer's channel closed, nothing came back to it.
+async fn finish_with_nothing_unacked(settings: &Settings, producer: Producer, fleet: warren_e2e::Fleet) {
+    producer.close().await;
+    fleet.stop().await;
+    assert_eq!(queue_depth(settings, "warren.fault").await, 0, "nothing left unacked");
+}
+
 fn fault_body(job: FaultJob) -> Vec<u8> {
     JobEnvelope::encode(&fault(job), Encoding::Json).expect("encode")
 }
@@ -64,9 +72,7 @@ async fn a_result_that_cannot_be_encoded_is_dead_lettered_with_its_reason(vhost:
     let headers = dead[0].properties.headers().as_ref();
     assert_eq!(fields::get_str(headers, h::ERROR_TYPE).as_deref(), Some("encode_failed"));
     assert_eq!(fields::get_str(headers, h::DEAD_REASON).as_deref(), Some("permanent_error"));
-    producer.close().await;
-    fleet.stop().await;
-    assert_eq!(queue_depth(&settings, "warren.fault").await, 0, "acked once the dead letter was stored");
+    finish_with_nothing_unacked(&settings, producer, fleet).await;
 }
 
 #[rstest]
@@ -108,9 +114,7 @@ async fn a_result_the_broker_refuses_is_retried_then_dead_lettered_never_acked_a
     assert_eq!(nacked, 3.0, "one refused result per attempt");
     assert_eq!(scrape.value("warren_jobs_completed_total", &[("outcome", "ok")]), 0.0, "never counted done");
     let _ = conn.close(200, "done".into()).await;
-    producer.close().await;
-    fleet.stop().await;
-    assert_eq!(queue_depth(&settings, "warren.fault").await, 0);
+    finish_with_nothing_unacked(&settings, producer, fleet).await;
 }
 
 #[rstest]
@@ -302,10 +306,7 @@ async fn missing_ids_expirations_and_hostile_headers_end_as_dead_letters_never_s
     println!("no message_id -> {msg}; expiring dead letter kept; hostile headers -> dead letters, counts saturated");
     let ok = producer.publish(&fault(FaultJob::default()), &want_result()).await.expect("publish");
     assert_eq!(ok.wait(DEADLINE).await.expect("result").status, ResultStatus::Ok, "the consumer goes on");
-    producer.close().await;
-    fleet.stop().await;
-    // Nothing was left unacked: after the consumer's channel closed, nothing came back.
-    assert_eq!(queue_depth(&settings, "warren.fault").await, 0);
+    finish_with_nothing_unacked(&settings, producer, fleet).await;
 }
 
 #[rstest]
@@ -347,7 +348,5 @@ async fn a_dead_letter_the_broker_refuses_is_handed_back_with_growing_pauses_the
     let handbacks = fields::get_u64(dead[0].properties.headers().as_ref(), h::HANDBACKS).unwrap_or(0);
     assert!(handbacks >= 4, "the dead letter records its hand-backs: {handbacks}");
     let _ = conn.close(200, "done".into()).await;
-    producer.close().await;
-    fleet.stop().await;
-    assert_eq!(queue_depth(&settings, "warren.fault").await, 0);
+    finish_with_nothing_unacked(&settings, producer, fleet).await;
 }
