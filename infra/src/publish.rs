@@ -79,7 +79,7 @@ struct Inner {
 impl Publisher {
     /// Default number of publishes in flight at once (channels opened lazily up to it): the
     /// load generator's default concurrency, since a publish holds its channel for a whole
-    /// confirm round trip (with 16, `warren-bench` measured a third less throughput).
+    /// confirm round trip. (16 and 64 measured the same in the relay scenario, within noise.)
     pub const DEFAULT_CHANNELS: usize = 64;
 
     /// A publisher on `connection` with up to `channels` publishes in flight.

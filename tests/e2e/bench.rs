@@ -37,6 +37,7 @@ fn the_benchmark_runs_every_scenario_and_reports_figures() {
         "/memory/jemalloc/peak_mib",
         "/memory/system/after_settle_mib",
         "/latency/fleet_p50_p95_p99_ms/2",
+        "/publish/ratio",
     ] {
         figure(path);
     }
