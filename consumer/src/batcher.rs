@@ -122,19 +122,25 @@ async fn run(batch: Vec<Item>, pool: WorkerPool, model: Arc<dyn Classifier>, lim
             }
         }
         Err(e @ JobError::Panicked(_)) if n > 1 => {
-            tracing::warn!(error = %e, jobs = n, "batch panicked; running its jobs one by one");
-            for item in live {
-                let (job, model, limits) = (item.job, model.clone(), limits.clone());
-                let ran = pool
-                    .run(policy.time_limit, policy.retry_timeouts, &item.gate, move || {
-                        classify_batch(&[&job], model.as_ref(), &limits)
-                            .pop()
-                            .unwrap_or_else(|| Err(JobError::Inference("empty batch".into())))
-                            .map(JobOutput::Classify)
-                    })
-                    .await;
-                let _ = item.reply.send(ran);
-            }
+            tracing::warn!(error = %e, jobs = n, "batch panicked; running each of its jobs alone");
+            // All at once, each on a slot of its own as slots free up (the pool bounds them). A
+            // panic usually comes early; at worst this adds max_batch / pool time limits.
+            let solo = live.into_iter().map(|item| {
+                let (pool, model, limits, policy) = (pool.clone(), model.clone(), limits.clone(), policy.clone());
+                async move {
+                    let job = item.job;
+                    let ran = pool
+                        .run(policy.time_limit, policy.retry_timeouts, &item.gate, move || {
+                            classify_batch(&[&job], model.as_ref(), &limits)
+                                .pop()
+                                .unwrap_or_else(|| Err(JobError::Inference("empty batch".into())))
+                                .map(JobOutput::Classify)
+                        })
+                        .await;
+                    let _ = item.reply.send(ran);
+                }
+            });
+            futures_util::future::join_all(solo).await;
         }
         Err(e) => {
             tracing::warn!(error = %e, jobs = n, "batch failed");
