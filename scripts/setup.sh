@@ -2,7 +2,11 @@
 # Prepares this machine for Warren, idempotently and with a cache:
 #   1. ONNX Runtime 1.31.1 (the shared library ort loads at run time), from PyPI's wheel;
 #   2. a running RabbitMQ with the management and prometheus plugins;
-#   3. the Python packages the contract example and its test use (pika).
+#   3. the tools the build needs: cmake and nasm (the turbojpeg crate builds libjpeg-turbo 3.1
+#      statically, with its SIMD code, because Debian 12 ships 2.1 without the scaled-decode API
+#      the crate's pkg-config path needs);
+#   4. the Python packages the contract example, the imaging quality test and the Pillow
+#      baseline of warren-bench use (pika, Pillow).
 # Prints nothing but progress; `source <(scripts/setup.sh --env)` exports ORT_DYLIB_PATH.
 set -euo pipefail
 
@@ -79,13 +83,32 @@ urllib.request.urlopen(req, timeout=5).read()'
   log "RabbitMQ is up (AMQP :5672, management :15672, prometheus :15692)"
 }
 
+build_tools() {
+  local missing=()
+  command -v cmake >/dev/null || missing+=(cmake)
+  command -v nasm >/dev/null || missing+=(nasm)
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]} (to build libjpeg-turbo with its SIMD code)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+PILLOW_VERSION=12.0.0
+
 python_deps() {
   if ! "$PYTHON" -c "import pika" 2>/dev/null; then
     log "installing pika (the contract's Python example)"
     "$PYTHON" -m pip install --quiet pika
   fi
+  # Pinned: the imaging quality test compares Warren with Pillow's draft mode, and the bench's
+  # baseline is Pillow; a different Pillow (or its bundled libjpeg-turbo) moves both.
+  if [[ "$("$PYTHON" -c 'import PIL; print(PIL.__version__)' 2>/dev/null)" != "$PILLOW_VERSION" ]]; then
+    log "installing Pillow $PILLOW_VERSION (the imaging test's and the bench's baseline)"
+    "$PYTHON" -m pip install --quiet "Pillow==$PILLOW_VERSION"
+  fi
 }
 
+build_tools
 fetch_onnxruntime
 start_broker
 python_deps

@@ -67,8 +67,8 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, JobError> {
 
 /// Decodes an untrusted image, enforcing `limits`. Returns the image and its source format.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(DynamicImage, Format), JobError> {
-    let (format, _) = check(bytes, limits)?;
-    Ok((decode_checked(bytes, format, limits)?, format))
+    let decoded = decode_for(bytes, limits, |w, h| (w, h))?;
+    Ok((decoded.image, decoded.format))
 }
 
 /// An image decoded for a known output size, perhaps smaller than it is.
@@ -80,52 +80,115 @@ pub struct Decoded {
     pub source: (u32, u32),
 }
 
-/// Decodes like [`decode`], but asks first for the size the caller will produce (`target` gives
-/// the output size from the source size): a JPEG that will be shrunk to half its size or less
-/// is decoded at 1/2, 1/4 or 1/8 scale, never below that output size. The decoder then computes
-/// a smaller inverse DCT per block, skipping most of the decoding work and the full-size buffer;
-/// the result is a box-filtered image, which the caller's resampling finishes. Other formats,
-/// and JPEGs shrunk by less than half, decode at full size.
+/// Decodes like [`decode`], but asks first for the smallest size the caller can use (`at_least`
+/// gives it from the source size): a JPEG is then decoded by libjpeg-turbo at the smallest of
+/// 1/8, 1/4 or 1/2 scale that is still at least that large on both sides, as Pillow's `draft()`
+/// does. The scaled inverse DCT computes a smaller block per 8x8 of coefficients, skipping most
+/// of the decoding work and the full-size buffer; the result is close to a box-filtered image,
+/// which the caller's resampling finishes. Other formats decode at full size.
 pub fn decode_for(
     bytes: &[u8],
     limits: &Limits,
-    target: impl FnOnce(u32, u32) -> (u32, u32),
+    at_least: impl FnOnce(u32, u32) -> (u32, u32),
 ) -> Result<Decoded, JobError> {
-    let (format, (w, h)) = check(bytes, limits)?;
-    let (tw, th) = target(w, h);
+    let (format, source) = check(bytes, limits)?;
     if format == Format::Jpeg
-        && tw.saturating_mul(2) <= w
-        && th.saturating_mul(2) <= h
-        && let Some(image) = decode_jpeg_scaled(bytes, (tw, th), limits)?
+        && let Some(image) = turbo::decode(bytes, source, at_least(source.0, source.1))?
     {
-        return Ok(Decoded { image, format, source: (w, h) });
+        return Ok(Decoded { image, format, source });
     }
-    Ok(Decoded { image: decode_checked(bytes, format, limits)?, format, source: (w, h) })
+    Ok(Decoded { image: decode_checked(bytes, format, limits)?, format, source })
 }
 
-/// The scaled-IDCT JPEG decode of [`decode_for`]; `None` for what it does not handle (CMYK),
-/// which the full decoder then takes.
-fn decode_jpeg_scaled(bytes: &[u8], at_least: (u32, u32), limits: &Limits) -> Result<Option<DynamicImage>, JobError> {
-    use jpeg_decoder::PixelFormat;
-    let corrupt = |e: jpeg_decoder::Error| JobError::CorruptImage(format!("decoding: {e}"));
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    decoder.set_max_decoding_buffer_size(usize::try_from(alloc_cap(limits)).unwrap_or(usize::MAX));
-    // The checked limits keep both sides within u16 (8192 by default); beyond that, decode in full.
-    let (Ok(rw), Ok(rh)) = (u16::try_from(at_least.0), u16::try_from(at_least.1)) else { return Ok(None) };
-    let (ow, oh) = decoder.scale(rw, rh).map_err(corrupt)?;
-    let info = decoder.info().ok_or_else(|| JobError::CorruptImage("decoding: no frame header".into()))?;
-    let image = match info.pixel_format {
-        PixelFormat::RGB24 => {
-            let pixels = decoder.decode().map_err(corrupt)?;
-            image::RgbImage::from_raw(ow.into(), oh.into(), pixels).map(DynamicImage::ImageRgb8)
+/// JPEG decoding through libjpeg-turbo (the TurboJPEG 3 API, built from the source the
+/// `turbojpeg-sys` crate bundles, with its SIMD code).
+mod turbo {
+    use std::cell::RefCell;
+
+    use image::DynamicImage;
+    use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat, ScalingFactor};
+
+    use crate::error::JobError;
+
+    /// libjpeg-turbo's own ceiling (`TJFLAG_LIMITSCANS`) on progressive scans: every scan
+    /// re-reads the whole coefficient buffer, so a small file with thousands of scans would cost
+    /// minutes of CPU. Encoders write about 10.
+    pub const MAX_SCANS: u32 = 500;
+
+    thread_local! {
+        /// One decompressor per pool thread, made on first use.
+        static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+    }
+
+    /// The scale denominator (1, 2, 4 or 8) that shrinks `size` the most while it stays at least
+    /// `at_least` on both sides. libjpeg-turbo rounds scaled sides up.
+    pub fn scale_for(size: (u32, u32), at_least: (u32, u32)) -> u32 {
+        [8, 4, 2]
+            .into_iter()
+            .find(|&d| size.0.div_ceil(d) >= at_least.0 && size.1.div_ceil(d) >= at_least.1)
+            .unwrap_or(1)
+    }
+
+    /// Decodes a checked JPEG of `size` pixels at the scale [`scale_for`] picks. `None` for what
+    /// this path leaves to the `image` crate's decoder: CMYK and YCCK, 12- and 16-bit samples,
+    /// and any data libjpeg-turbo refuses or warns about (it reports damage zune-jpeg tolerates,
+    /// such as stray bytes between markers; a truncated file was refused before).
+    pub fn decode(bytes: &[u8], size: (u32, u32), at_least: (u32, u32)) -> Result<Option<DynamicImage>, JobError> {
+        DECOMPRESSOR.with_borrow_mut(|slot| {
+            let decompressor = match slot {
+                Some(d) => d,
+                None => match Decompressor::new().and_then(|mut d| d.set_scan_limit(MAX_SCANS).map(|()| d)) {
+                    Ok(d) => slot.insert(d),
+                    Err(_) => return Ok(None),
+                },
+            };
+            run(decompressor, bytes, size, at_least)
+        })
+    }
+
+    fn run(
+        d: &mut Decompressor,
+        bytes: &[u8],
+        size: (u32, u32),
+        at_least: (u32, u32),
+    ) -> Result<Option<DynamicImage>, JobError> {
+        let Ok(header) = d.read_header(bytes) else { return Ok(None) };
+        let format = match header.colorspace {
+            Colorspace::Gray => PixelFormat::GRAY,
+            Colorspace::YCbCr | Colorspace::RGB => PixelFormat::RGB,
+            _ => return Ok(None),
+        };
+        if (header.width, header.height) != (size.0 as usize, size.1 as usize) {
+            // The two header readers disagree (a crafted file): only the checked size is trusted.
+            return Ok(None);
         }
-        PixelFormat::L8 => {
-            let pixels = decoder.decode().map_err(corrupt)?;
-            image::GrayImage::from_raw(ow.into(), oh.into(), pixels).map(DynamicImage::ImageLuma8)
+        let scale = if header.is_lossless {
+            ScalingFactor::ONE
+        } else {
+            ScalingFactor::new(1, scale_for(size, at_least) as usize)
+        };
+        if d.set_scaling_factor(scale).is_err() {
+            return Ok(None);
         }
-        PixelFormat::L16 | PixelFormat::CMYK32 => return Ok(None),
-    };
-    image.map(Some).ok_or_else(|| JobError::CorruptImage("decoding: the decoder returned too few pixels".into()))
+        let (w, h) = (scale.scale(header.width), scale.scale(header.height));
+        let mut pixels = vec![0u8; w * h * format.size()];
+        let image = Image { pixels: pixels.as_mut_slice(), width: w, pitch: w * format.size(), height: h, format };
+        if let Err(e) = d.decompress(bytes, image) {
+            let message = e.to_string();
+            if message.contains("more than") && message.contains("scans") {
+                return Err(JobError::LimitExceeded(format!(
+                    "a progressive JPEG with more than {MAX_SCANS} scans is refused (decoding it would take minutes)"
+                )));
+            }
+            return Ok(None);
+        }
+        let (w, h) = (w as u32, h as u32);
+        let image = match format {
+            PixelFormat::GRAY => image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8),
+            _ => image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8),
+        };
+        Ok(image)
+    }
 }
 
 /// Room for the widest pixel type (RGBA, 16 bits a channel) of the largest allowed image.
@@ -210,12 +273,13 @@ fn map_image_error(e: ImageError, stage: &str) -> JobError {
 /// Which JPEG encoder writes JPEG outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JpegWriter {
-    /// The `image` crate's encoder (scalar code).
-    ImageCrate,
     /// `jpeg-encoder` with AVX2 where the CPU has it. Same baseline JPEG, quantisation tables
     /// scaled from the standard ones by quality, and no chroma subsampling (4:4:4), as the
     /// `image` crate writes it; faster (warren-bench's image pipelines).
     Simd,
+    /// The `image` crate's encoder (scalar code): warren-bench's baseline.
+    #[cfg(feature = "pipelines")]
+    ImageCrate,
 }
 
 /// JPEG quality when the job gives none.
@@ -226,7 +290,7 @@ pub fn encode(img: &DynamicImage, format: Format, quality: Option<u8>) -> Result
     encode_with(img, format, quality, JpegWriter::Simd)
 }
 
-/// [`encode`] with a choice of JPEG encoder (to measure one against the other).
+/// [`encode`] with a choice of JPEG encoder (warren-bench measures one against the other).
 pub fn encode_with(
     img: &DynamicImage,
     format: Format,
@@ -239,6 +303,7 @@ pub fn encode_with(
         (Format::Jpeg, JpegWriter::Simd) => {
             return encode_jpeg(img, quality).map_err(|e| JobError::Encode(format!("jpeg encoding: {e}")));
         }
+        #[cfg(feature = "pipelines")]
         (Format::Jpeg, JpegWriter::ImageCrate) => {
             // JPEG has no alpha channel; flatten to RGB first.
             let rgb = DynamicImage::ImageRgb8(img.to_rgb8());
@@ -289,6 +354,20 @@ mod tests {
     fn jpeg() -> Vec<u8> {
         let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
         encode(&DynamicImage::ImageRgb8(img), Format::Jpeg, Some(90)).expect("encode")
+    }
+
+    #[test]
+    fn the_scale_is_the_smallest_that_still_covers_the_target() {
+        use turbo::scale_for;
+        assert_eq!(scale_for((1920, 1080), (256, 144)), 4, "480x270 covers 256x144; 240x135 does not");
+        assert_eq!(scale_for((1920, 1080), (240, 135)), 8, "exactly 1/8 is enough");
+        assert_eq!(scale_for((1920, 1080), (241, 135)), 4);
+        assert_eq!(scale_for((641, 427), (81, 54)), 8, "libjpeg-turbo rounds up: 81x54 at 1/8");
+        assert_eq!(scale_for((640, 427), (400, 300)), 1, "half is 320x214: too small");
+        assert_eq!(scale_for((640, 427), (320, 10)), 2);
+        assert_eq!(scale_for((640, 427), (640, 427)), 1);
+        assert_eq!(scale_for((8, 8), (1, 1)), 8);
+        assert_eq!(scale_for((1, 1), (u32::MAX, u32::MAX)), 1, "an absurd target is a full decode");
     }
 
     #[test]

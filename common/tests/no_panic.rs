@@ -15,7 +15,63 @@ fn sample_images() -> Vec<Vec<u8>> {
     let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(24, 16, |x, y| {
         image::Rgb([(x * 10) as u8, (y * 15) as u8, ((x + y) * 5) as u8])
     }));
-    [Format::Png, Format::Jpeg, Format::Webp].iter().map(|f| image_io::encode(&img, *f, Some(80)).unwrap()).collect()
+    let mut images: Vec<_> = [Format::Png, Format::Jpeg, Format::Webp]
+        .iter()
+        .map(|f| image_io::encode(&img, *f, Some(80)).unwrap())
+        .collect();
+    images.push(progressive_jpeg(64, 48));
+    images
+}
+
+/// A progressive, 4:2:0 JPEG (what cameras and Pillow write), from libjpeg-turbo's encoder: the
+/// paths through the decoder that Warren's own baseline 4:4:4 JPEGs do not walk.
+fn progressive_jpeg(w: usize, h: usize) -> Vec<u8> {
+    let pixels: Vec<u8> = (0..w * h).flat_map(|i| [(i % w * 4) as u8, (i / w * 5) as u8, (i % 97) as u8]).collect();
+    let mut c = turbojpeg::Compressor::new().unwrap();
+    c.set_subsamp(turbojpeg::Subsamp::Sub2x2).unwrap();
+    c.set_progressive(true).unwrap();
+    c.set_quality(80).unwrap();
+    let image = turbojpeg::Image {
+        pixels: pixels.as_slice(),
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    c.compress_to_vec(image).unwrap()
+}
+
+/// `jpeg` with its last scan (SOS segment and its entropy-coded data) repeated `times` times.
+fn with_last_scan_repeated(jpeg: &[u8], times: usize) -> Vec<u8> {
+    let sos = jpeg.windows(2).rposition(|m| m == [0xFF, 0xDA]).unwrap();
+    let eoi = jpeg.len() - 2;
+    let mut out = jpeg[..eoi].to_vec();
+    for _ in 0..times {
+        out.extend_from_slice(&jpeg[sos..eoi]);
+    }
+    out.extend_from_slice(&jpeg[eoi..]);
+    out
+}
+
+#[test]
+fn a_progressive_jpeg_with_too_many_scans_is_refused_not_decoded_for_minutes() {
+    let jpeg = progressive_jpeg(64, 48);
+    assert!(image_io::decode(&jpeg, &small_limits()).is_ok(), "the file itself decodes");
+    let hostile = with_last_scan_repeated(&jpeg, 1_000);
+    let err = image_io::decode(&hostile, &small_limits()).unwrap_err();
+    assert_eq!(err.error_type(), "limit_exceeded", "{err}");
+    let err = image_io::decode_for(&hostile, &small_limits(), |_, _| (8, 6)).unwrap_err();
+    assert_eq!(err.error_type(), "limit_exceeded", "{err}");
+}
+
+#[test]
+fn a_progressive_subsampled_jpeg_decodes_at_every_scale() {
+    let jpeg = progressive_jpeg(64, 48);
+    for (target, expect) in [((64, 48), (64, 48)), ((32, 24), (32, 24)), ((16, 12), (16, 12)), ((1, 1), (8, 6))] {
+        let decoded = image_io::decode_for(&jpeg, &small_limits(), |_, _| target).unwrap();
+        assert_eq!((decoded.image.width(), decoded.image.height()), expect, "for at least {target:?}");
+        assert_eq!(decoded.source, (64, 48));
+    }
 }
 
 proptest! {
@@ -59,7 +115,7 @@ proptest! {
     }
 
     #[test]
-    fn corrupted_real_images(which in 0usize..3, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..12),
+    fn corrupted_real_images(which in 0usize..4, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..12),
                              cut in any::<prop::sample::Index>(), truncate in any::<bool>()) {
         let mut bytes = sample_images()[which].clone();
         for (at, value) in flips {
@@ -71,6 +127,10 @@ proptest! {
         }
         if let Ok((img, _)) = image_io::decode(&bytes, &small_limits()) {
             prop_assert!(u64::from(img.width()) * u64::from(img.height()) <= 100_000);
+        }
+        // The scaled path (libjpeg-turbo at 1/8) on the same damage.
+        if let Ok(decoded) = image_io::decode_for(&bytes, &small_limits(), |w, h| (w / 8, h / 8)) {
+            prop_assert!(decoded.image.width() <= decoded.source.0 && decoded.image.height() <= decoded.source.1);
         }
     }
 }
