@@ -10,12 +10,40 @@ use futures_util::stream::{self, StreamExt as _};
 use lapin::BasicProperties;
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use serde_json::{Value, json};
 use warren_e2e::{Vhost, settings_for};
 use warren_infra::Publisher;
 
+use crate::Cli;
+use crate::fleet::{median, vhost};
+
+/// One confirm channel for all publishes (baseline) vs one publish per channel (the publisher).
+pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
+    let (mut shared, mut pooled) = (Vec::new(), Vec::new());
+    for pair in 1..=cli.pairs {
+        let v = vhost("bench-publish");
+        let one = rate(&v, cli.messages, cli.concurrency, false).await?;
+        let many = rate(&v, cli.messages, cli.concurrency, true).await?;
+        println!("publish pair {pair}: one confirm channel {one:.0} msg/s, one publish per channel {many:.0} msg/s");
+        shared.push(one);
+        pooled.push(many);
+    }
+    let (one, many) = (median(shared.clone()), median(pooled.clone()));
+    println!(
+        "publish: {} persistent 1 KiB messages, {} in flight: one confirm channel {one:.0} msg/s, \
+         one publish per channel {many:.0} msg/s, ratio {:.2}",
+        cli.messages,
+        cli.concurrency,
+        many / one
+    );
+    Ok(
+        json!({"shared_channel": shared, "channel_per_publish": pooled, "median_shared": one, "median_pooled": many, "ratio": many / one}),
+    )
+}
+
 /// Messages per second published with one shared confirm channel (`pooled = false`) or the
 /// channel-pool publisher (`pooled = true`).
-pub async fn run(vhost: &Vhost, count: u64, concurrency: usize, pooled: bool) -> anyhow::Result<f64> {
+async fn rate(vhost: &Vhost, count: u64, concurrency: usize, pooled: bool) -> anyhow::Result<f64> {
     let settings = settings_for(vhost);
     let conn = Arc::new(warren_infra::connect(&settings.broker, "bench-publish").await?);
     let ch = conn.create_channel().await?;

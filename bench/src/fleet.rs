@@ -1,0 +1,119 @@
+//! What the scenarios share: a fresh vhost per run, the load generator, a run of the fleet (in
+//! this process or as a worker process) or of the relay baseline, the jobs they send, medians.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use warren_common::Job;
+use warren_common::checksum::ChecksumJob;
+use warren_common::resize::{Filter, ResizeJob, ResizeMode};
+use warren_e2e::{ConsumerProcess, Fleet, Vhost, repo_root, settings_for};
+use warren_infra::Settings;
+use warren_producer::load::{self, LoadPlan, LoadReport};
+use warren_producer::{Producer, PublishOptions};
+
+use crate::procfs::{CpuMeter, CpuUsed};
+use crate::relay::Relay;
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+pub fn vhost(label: &str) -> Vhost {
+    tokio::task::block_in_place(|| Vhost::create(label))
+}
+
+pub fn plan(count: u64, concurrency: usize, rate: f64) -> LoadPlan {
+    LoadPlan { count, rate, concurrency, wait: true, result_timeout: Duration::from_secs(300) }
+}
+
+pub fn checksum_job() -> Job {
+    Job::Checksum(ChecksumJob { data: vec![7; 1024], rounds: 1 })
+}
+
+pub fn resize_job() -> anyhow::Result<Job> {
+    let image = std::fs::read(repo_root().join("samples/images/china.jpg")).context("sample photo")?;
+    Ok(Job::Resize(ResizeJob {
+        image,
+        width: 256,
+        height: 256,
+        mode: ResizeMode::Fit,
+        filter: Filter::Triangle,
+        format: None,
+        quality: Some(85),
+    }))
+}
+
+pub async fn drive(settings: &Settings, job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
+    let mut producer = Producer::connect(settings.clone()).await?;
+    producer.enable_replies().await?;
+    let report = load::run(&producer, job.clone(), PublishOptions::default(), plan).await;
+    producer.close().await;
+    anyhow::ensure!(report.ok == plan.count, "only {} of {} jobs succeeded", report.ok, plan.count);
+    Ok(report)
+}
+
+/// A run of the fleet in this process (the consumer library serving `kinds`), its settings
+/// adjusted by `tune` first.
+pub async fn fleet_run(
+    label: &str,
+    kinds: &[&str],
+    job: &Job,
+    plan: &LoadPlan,
+    tune: impl FnOnce(&mut Settings),
+) -> anyhow::Result<LoadReport> {
+    let v = vhost(label);
+    let mut settings = settings_for(&v);
+    settings.consumer.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
+    tune(&mut settings);
+    let fleet = Fleet::start(settings.clone()).await;
+    let report = drive(&settings, job, plan).await;
+    fleet.stop().await;
+    report
+}
+
+pub async fn relay_run(job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
+    let v = vhost("bench-relay");
+    let settings = settings_for(&v);
+    let producer = Producer::connect(settings.clone()).await?;
+    producer.declare_topology().await?;
+    producer.close().await;
+    // The same prefetch the fleet uses by default (its pool has one slot per core).
+    let prefetch = warren_consumer::app::default_prefetch(&settings, cores());
+    let relay = Relay::start(&settings, "warren.checksum", prefetch).await?;
+    let report = drive(&settings, job, plan).await;
+    relay.stop().await;
+    report
+}
+
+/// A fleet run with the worker as its own process (the release binary), so that its CPU time
+/// is measured apart from the load generator's and the broker's.
+pub async fn process_run(
+    label: &str,
+    kind: &str,
+    env: &[(String, String)],
+    expect_log: Option<&str>,
+    job: &Job,
+    plan: &LoadPlan,
+    tune: impl FnOnce(&mut Settings),
+) -> anyhow::Result<(LoadReport, CpuUsed)> {
+    let v = vhost(label);
+    let mut settings = settings_for(&v);
+    tune(&mut settings);
+    let mut vars = vec![("WARREN__CONSUMER__KINDS", kind)];
+    vars.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let worker = ConsumerProcess::start(&v, &vars).await;
+    if let Some(needle) = expect_log {
+        worker.wait_for_log(needle).await;
+    }
+    let cpu = CpuMeter::with_worker(worker.pid().parse().ok());
+    let report = drive(&settings, job, plan).await;
+    let cpu = cpu.stop();
+    drop(worker);
+    Ok((report?, cpu))
+}

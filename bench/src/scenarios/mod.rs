@@ -1,0 +1,29 @@
+//! The scenarios, one module each; each returns its part of the report.
+
+pub mod image;
+pub mod latency;
+pub mod memory;
+pub mod ml;
+pub mod prefetch;
+pub mod publish;
+pub mod relay;
+
+/// A scenario: its name on the command line is its key in the report. Declared in the order
+/// they run, whatever the order asked for (`latency` after `relay`, whose median rate it uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// A raw lapin relay vs the fleet running the trivial `checksum` kind.
+    Relay,
+    /// The fleet's throughput by prefetch per pool slot.
+    Prefetch,
+    /// Decode-resize-encode in-process on all cores vs the fleet's `image.resize`.
+    Image,
+    /// ONNX Runtime in-process at batch sizes 1..32 vs the fleet's `ml.classify`.
+    Ml,
+    /// A worker's RSS under, after and across image loads, with either allocator.
+    Memory,
+    /// The channel-pool publisher vs all publishes on one confirm channel.
+    Publish,
+    /// p50/p95/p99 at 50% of the relay's maximum rate, fleet vs relay.
+    Latency,
+}
