@@ -148,21 +148,45 @@ impl Filter {
     }
 }
 
-/// The sizes of `job` for a `w x h` source: the output, and the source scaled (aspect kept) to
-/// fit the output (`Fit`) or cover it (`Fill`, before its centre is cropped) or stretched to it.
-fn sizes(job: &ResizeJob, w: u32, h: u32) -> ((u32, u32), (u32, u32)) {
-    let scaled = |ratio: f64| {
-        let side = |n: u32| ((f64::from(n) * ratio).round() as u32).max(1);
-        (side(w), side(h))
-    };
-    let (wr, hr) = (f64::from(job.width) / f64::from(w), f64::from(job.height) / f64::from(h));
-    match job.mode {
-        ResizeMode::Fit => {
-            let fit = scaled(wr.min(hr));
-            (fit, fit)
+/// Where a resize's output comes from in a `w x h` source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Geometry {
+    /// The output's size.
+    pub output: (u32, u32),
+    /// The whole source scaled (aspect kept) to fit the output (`Fit`) or cover it (`Fill`,
+    /// before its centre is cropped), or stretched to it (`Exact`): the smallest size a
+    /// decode can shrink the source to without losing what the output shows.
+    pub scaled: (u32, u32),
+    /// The region of the source the output is resampled from, in source pixels (left, top,
+    /// width, height): all of it, or for `Fill` its centre, cropped on whole pixels of the
+    /// scaled source as the `image` crate does.
+    pub region: [f64; 4],
+}
+
+impl ResizeJob {
+    pub fn geometry(&self, w: u32, h: u32) -> Geometry {
+        let scaled = |ratio: f64| {
+            let side = |n: u32| ((f64::from(n) * ratio).round() as u32).max(1);
+            (side(w), side(h))
+        };
+        let (wr, hr) = (f64::from(self.width) / f64::from(w), f64::from(self.height) / f64::from(h));
+        let all = [0.0, 0.0, f64::from(w), f64::from(h)];
+        match self.mode {
+            ResizeMode::Fit => {
+                let fit = scaled(wr.min(hr));
+                Geometry { output: fit, scaled: fit, region: all }
+            }
+            ResizeMode::Fill => {
+                let ((ow, oh), (sw, sh)) = ((self.width, self.height), scaled(wr.max(hr)));
+                let (x, y) = (sw.saturating_sub(ow) / 2, sh.saturating_sub(oh) / 2);
+                let (fx, fy) = (f64::from(w) / f64::from(sw), f64::from(h) / f64::from(sh));
+                let region = [f64::from(x) * fx, f64::from(y) * fy, f64::from(ow) * fx, f64::from(oh) * fy];
+                Geometry { output: (ow, oh), scaled: (sw, sh), region }
+            }
+            ResizeMode::Exact => {
+                Geometry { output: (self.width, self.height), scaled: (self.width, self.height), region: all }
+            }
         }
-        ResizeMode::Fill => ((job.width, job.height), scaled(wr.max(hr))),
-        ResizeMode::Exact => ((job.width, job.height), (job.width, job.height)),
     }
 }
 
@@ -174,11 +198,12 @@ pub fn resize(job: &ResizeJob, limits: &Limits) -> Result<ResizeOutput, JobError
 pub fn resize_with(job: &ResizeJob, limits: &Limits, pipeline: Pipeline) -> Result<ResizeOutput, JobError> {
     job.validate(limits)?;
     let decoded = image_io::decode_for(&job.image, limits, |w, h| {
-        let (_, (sw, sh)) = sizes(job, w, h);
+        let (sw, sh) = job.geometry(w, h).scaled;
         let margin = job.filter.decode_margin();
         if pipeline.scaled_decode { (sw.saturating_mul(margin), sh.saturating_mul(margin)) } else { (w, h) }
     })?;
-    let ((ow, oh), scaled_size) = sizes(job, decoded.source.0, decoded.source.1);
+    let (w, h) = decoded.source;
+    let Geometry { output: (ow, oh), region, .. } = job.geometry(w, h);
     let img = &decoded.image;
     let out = match (pipeline.resampler, job.mode) {
         #[cfg(feature = "pipelines")]
@@ -186,13 +211,10 @@ pub fn resize_with(job: &ResizeJob, limits: &Limits, pipeline: Pipeline) -> Resu
         #[cfg(feature = "pipelines")]
         (Resampler::ImageCrate, _) => img.resize_exact(ow, oh, job.filter.filter_type()),
         (Resampler::Simd, ResizeMode::Fill) => {
-            // The centre crop of the scaled source, on whole pixels as `image` does it, mapped
-            // back onto the decoded image.
-            let (sw, sh) = scaled_size;
-            let (x, y) = ((sw - ow) / 2, (sh - oh) / 2);
-            let (fx, fy) = (f64::from(img.width()) / f64::from(sw), f64::from(img.height()) / f64::from(sh));
-            let crop = [f64::from(x) * fx, f64::from(y) * fy, f64::from(ow) * fx, f64::from(oh) * fy];
-            resample(img, (ow, oh), job.filter, Some(crop))?
+            // The region, mapped onto the decoded image (smaller than the source if scaled).
+            let (fx, fy) = (f64::from(img.width()) / f64::from(w), f64::from(img.height()) / f64::from(h));
+            let [left, top, width, height] = region;
+            resample(img, (ow, oh), job.filter, Some([left * fx, top * fy, width * fx, height * fy]))?
         }
         (Resampler::Simd, _) => resample(img, (ow, oh), job.filter, None)?,
     };
@@ -376,6 +398,21 @@ mod tests {
         photo.truncate(photo.len() / 2);
         let err = image_io::decode_for(&photo, &Limits::default(), |_, _| (10, 10)).unwrap_err();
         assert_eq!(err.error_type(), "corrupt_image");
+    }
+
+    #[test]
+    fn geometry_keeps_the_aspect_and_crops_the_centre_on_whole_scaled_pixels() {
+        let at = |mode, (width, height)| ResizeJob { width, height, mode, ..job(mode, None) }.geometry(1920, 1080);
+        let fit = at(ResizeMode::Fit, (256, 256));
+        assert_eq!((fit.output, fit.scaled, fit.region), ((256, 144), (256, 144), [0.0, 0.0, 1920.0, 1080.0]));
+        let fill = at(ResizeMode::Fill, (256, 256));
+        assert_eq!((fill.output, fill.scaled), ((256, 256), (455, 256)));
+        // 455 - 256 = 199 scaled pixels to lose: 99 on the left, in source pixels 99 * 1920 / 455.
+        let [left, top, width, height] = fill.region;
+        assert!((left - 99.0 * 1920.0 / 455.0).abs() < 1e-9 && top == 0.0, "{:?}", fill.region);
+        assert!((width - 256.0 * 1920.0 / 455.0).abs() < 1e-9 && height == 1080.0, "{:?}", fill.region);
+        let exact = at(ResizeMode::Exact, (100, 300));
+        assert_eq!((exact.output, exact.scaled, exact.region), ((100, 300), (100, 300), [0.0, 0.0, 1920.0, 1080.0]));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod crash;
 mod delivery;
 mod digits;
 mod failures;
+mod imaging;
 mod kinds;
 mod observability;
 mod pool;
