@@ -3,6 +3,8 @@
 
 # --- build -----------------------------------------------------------------------------------
 FROM rust:1.92-bookworm AS build
+# libjpeg-turbo 3.1 is built from source into warren-common (static, with its SIMD code).
+RUN apt-get update && apt-get install -y --no-install-recommends cmake nasm && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
