@@ -36,9 +36,18 @@ pub fn checksum_job() -> Job {
     Job::Checksum(ChecksumJob { data: vec![7; 1024], rounds: 1 })
 }
 
+/// The photo of the bench's image job (1920x1080, JPEG q90 4:2:0).
+pub const RESIZE_PHOTO: &str = "samples/images/photo_1920x1080.jpg";
+
+/// The bench's image job: [`RESIZE_PHOTO`] fit into 256x256, bilinear, JPEG quality 85.
 pub fn resize_job() -> anyhow::Result<Job> {
-    let image = std::fs::read(repo_root().join("samples/images/china.jpg")).context("sample photo")?;
-    Ok(Job::Resize(ResizeJob {
+    Ok(Job::Resize(resize_of(RESIZE_PHOTO)?))
+}
+
+/// The same job on another photo (a path from the repository's root).
+pub fn resize_of(photo: &str) -> anyhow::Result<ResizeJob> {
+    let image = std::fs::read(repo_root().join(photo)).with_context(|| format!("reading {photo}"))?;
+    Ok(ResizeJob {
         image,
         width: 256,
         height: 256,
@@ -46,7 +55,7 @@ pub fn resize_job() -> anyhow::Result<Job> {
         filter: Filter::Triangle,
         format: None,
         quality: Some(85),
-    }))
+    })
 }
 
 pub async fn drive(settings: &Settings, job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {

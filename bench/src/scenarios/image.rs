@@ -1,74 +1,310 @@
-//! The `image` scenario: decode-resize-encode in-process on all cores vs the fleet's
-//! `image.resize` (worker as its own process), and the resize pipelines side by side.
+//! The `image` scenario: the bench's image job ([`resize_job`]: the 1920x1080 photo fit into
+//! 256x256, bilinear, JPEG quality 85) done by Pillow (bench/pillow_baseline.py: full and draft
+//! decode, one process and one per core), by Warren in-process (one thread, every core) and by
+//! the fleet end to end through the broker (worker as its own process; JSON and bincode jobs).
+//! Reports the rates, the ratios between them, CPU per job by process, the message sizes, the
+//! outputs' PSNR, and the resize pipelines side by side on one thread.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
+use tokio::task::block_in_place;
 use warren_common::image_io::Format;
-use warren_common::resize::{Pipeline, ResizeJob, resize, resize_with};
-use warren_common::{Job, Limits};
+use warren_common::resize::{Filter, Pipeline, ResizeJob, ResizeMode, resize, resize_with};
+use warren_common::{Encoding, Job, JobEnvelope, Limits};
 use warren_e2e::repo_root;
 
 use crate::Cli;
-use crate::fleet::{cores, median, plan, process_run, resize_job};
+use crate::fleet::{RESIZE_PHOTO, cores, median, plan, process_run, resize_job, resize_of};
 use crate::procfs::{CpuMeter, CpuUsed};
 
+/// The rates measured in each pair, by these names (also their keys in the report).
+const PILLOW_FULL_1: &str = "pillow_full_1core";
+const PILLOW_FULL_ALL: &str = "pillow_full_all_cores";
+const PILLOW_DRAFT_1: &str = "pillow_draft_1core";
+const PILLOW_DRAFT_ALL: &str = "pillow_draft_all_cores";
+const WARREN_1: &str = "warren_in_process_1core";
+const WARREN_ALL: &str = "warren_in_process_all_cores";
+const FLEET: &str = "fleet";
+const FLEET_BINCODE: &str = "fleet_bincode";
+
+/// Goals (the issue's): Warren in-process per core against Pillow-draft, and the fleet end to
+/// end against Pillow-draft in-process on every core.
+const GOAL_PER_CORE: f64 = 2.0;
+const GOAL_FLEET: f64 = 1.0;
+
 pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
-    let pipelines = tokio::task::block_in_place(|| resize_pipelines(Duration::from_millis(cli.measure_ms)))?;
+    let min = Duration::from_millis(cli.measure_ms);
+    let pipelines = block_in_place(|| resize_pipelines(min))?;
     let job = resize_job()?;
-    let (mut local, mut fleet, mut fleet_bincode) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut local_cpu, mut fleet_cpu) = (Vec::new(), Vec::new());
-    let p = plan(cli.heavy_messages, cli.concurrency.min(32), 0.0);
+    let Job::Resize(resize_job) = &job else { anyhow::bail!("not a resize job") };
+    let photo = repo_root().join(RESIZE_PHOTO);
+    let quality = block_in_place(|| output_quality(&photo, resize_job))?;
+    let message_bytes = |e| JobEnvelope::encode(&job, e).map(|b| b.len()).context("encoding the job's envelope");
+    let (json_bytes, bincode_bytes) = (message_bytes(Encoding::Json)?, message_bytes(Encoding::Bincode)?);
+
+    let mut runs = Runs::default();
+    let (mut fleet_cpu, mut bincode_cpu) = (Vec::new(), Vec::new());
     for i in 0..cli.pairs {
-        let (l, l_cpu) = tokio::task::block_in_place(|| in_process_resize(&job, cli.heavy_messages))?;
-        let (f, f_cpu) = process_run("bench-image", "image.resize", &[], None, &job, &p, |_| ()).await?;
-        let (b, _) = process_run("bench-image", "image.resize", &[], None, &job, &p, |s| {
-            s.producer.encoding = warren_common::Encoding::Bincode;
-        })
-        .await?;
-        let f_cpu = f_cpu.per_job(cli.heavy_messages);
+        let (f, b) = pair(cli, &photo, &job, &mut runs).await?;
         println!(
-            "image pair {}: in-process {l:.1} jobs/s ({:.2} ms CPU/job); fleet {:.1} jobs/s (bincode jobs: {:.1}), {}",
+            "image pair {}: Pillow full {:.1} / {:.1} jobs/s (1 / {c} processes), draft {:.1} / {:.1}; Warren \
+             in-process {:.1} / {:.1} (1 / {c} threads); fleet {:.1} jobs/s ({}), bincode jobs {:.1} ({})",
             i + 1,
-            l_cpu * 1e3,
-            f.rate(),
-            b.rate(),
-            f_cpu.describe()
+            runs.last(PILLOW_FULL_1),
+            runs.last(PILLOW_FULL_ALL),
+            runs.last(PILLOW_DRAFT_1),
+            runs.last(PILLOW_DRAFT_ALL),
+            runs.last(WARREN_1),
+            runs.last(WARREN_ALL),
+            runs.last(FLEET),
+            f.describe(),
+            runs.last(FLEET_BINCODE),
+            b.describe(),
+            c = cores(),
         );
-        local.push(l);
-        fleet.push(f.rate());
-        fleet_bincode.push(b.rate());
-        local_cpu.push(l_cpu);
-        fleet_cpu.push(f_cpu);
+        fleet_cpu.push(f);
+        bincode_cpu.push(b);
     }
-    let (l, f) = (median(local.clone()), median(fleet.clone()));
+
+    let (fleet_cpu, bincode_cpu) = (CpuUsed::median(&fleet_cpu), CpuUsed::median(&bincode_cpu));
+    let in_process_cpu = runs.median_cpu(WARREN_ALL);
+    runs.print_medians(cli.pairs, &fleet_cpu, &bincode_cpu);
+    let (ratios, goals) = ratios_and_goals(&runs, &quality);
+    let ms = |x: f64| x * 1e3;
     println!(
-        "image: median in-process {l:.1} jobs/s, fleet {f:.1} jobs/s, ratio {:.2} (target >= 0.85); bincode jobs \
-         {:.1} jobs/s, ratio {:.2}",
-        f / l,
-        median(fleet_bincode.clone()),
-        median(fleet_bincode.clone()) / l
+        "image payload, {RESIZE_PHOTO} ({} bytes) per job: JSON (base64) message {json_bytes} bytes, CPU/job worker \
+         {:.2} ms, producer {:.2}, broker {:.2}; bincode message {bincode_bytes} bytes, CPU/job worker {:.2} ms, \
+         producer {:.2}, broker {:.2}",
+        resize_job.image.len(),
+        ms(fleet_cpu.worker),
+        ms(fleet_cpu.own),
+        ms(fleet_cpu.broker),
+        ms(bincode_cpu.worker),
+        ms(bincode_cpu.own),
+        ms(bincode_cpu.broker),
     );
+
+    let (l, f, b) = (runs.median(WARREN_ALL), runs.median(FLEET), runs.median(FLEET_BINCODE));
     Ok(json!({
+        "job": {"photo": RESIZE_PHOTO, "photo_bytes": resize_job.image.len(), "width": resize_job.width,
+                "height": resize_job.height, "mode": "fit", "filter": "triangle", "quality": resize_job.quality},
         "pipelines_one_thread": pipelines,
-        "in_process_jobs_per_s": local, "fleet_jobs_per_s": fleet, "fleet_bincode_jobs_per_s": fleet_bincode,
+        "jobs_per_s": runs.json(),
+        "ratios": ratios,
+        "goals": goals,
+        "quality": quality,
+        "payload": {
+            "photo_bytes": resize_job.image.len(),
+            "json": {"message_bytes": json_bytes, "cpu_s_per_job": fleet_cpu.json(in_process_cpu)},
+            "bincode": {"message_bytes": bincode_bytes, "cpu_s_per_job": bincode_cpu.json(in_process_cpu)},
+        },
+        // The keys of earlier reports: in-process is Warren on every core, the fleet's jobs JSON.
+        "in_process_jobs_per_s": runs.rates(WARREN_ALL), "fleet_jobs_per_s": runs.rates(FLEET),
+        "fleet_bincode_jobs_per_s": runs.rates(FLEET_BINCODE),
         "median_in_process": l, "median_fleet": f, "ratio": f / l,
-        "median_fleet_bincode": median(fleet_bincode.clone()), "ratio_bincode": median(fleet_bincode) / l,
-        "cpu_s_per_job": CpuUsed::median(&fleet_cpu).json(median(local_cpu)),
+        "median_fleet_bincode": b, "ratio_bincode": b / l,
+        "cpu_s_per_job": fleet_cpu.json(in_process_cpu),
+        "cpu_s_per_job_bincode": bincode_cpu.json(in_process_cpu),
     }))
 }
 
-/// `job` run on every core in-process, as fast as it goes: (jobs/s, CPU seconds per job).
-fn in_process_resize(job: &Job, n: u64) -> anyhow::Result<(f64, f64)> {
-    let Job::Resize(job) = job else { anyhow::bail!("not a resize job") };
+/// One pair: Pillow (full and draft, one process and one per core), Warren in-process (one
+/// thread, every core), then the fleet with JSON and with bincode jobs, each pushed to `runs`.
+/// Returns the two fleet runs' CPU per job.
+async fn pair(cli: &Cli, photo: &Path, job: &Job, runs: &mut Runs) -> anyhow::Result<(CpuUsed, CpuUsed)> {
+    let Job::Resize(resize_job) = job else { anyhow::bail!("not a resize job") };
+    let (min, n) = (Duration::from_millis(cli.measure_ms), cli.heavy_messages);
+    for (name, draft, processes) in [
+        (PILLOW_FULL_1, false, 1),
+        (PILLOW_FULL_ALL, false, cores()),
+        (PILLOW_DRAFT_1, true, 1),
+        (PILLOW_DRAFT_ALL, true, cores()),
+    ] {
+        runs.push(name, block_in_place(|| pillow(photo, resize_job, draft, processes, min, None))?);
+    }
+    runs.push(WARREN_1, block_in_place(|| pipeline_rate(resize_job, Pipeline::WORKER, min)));
+    runs.push(WARREN_ALL, block_in_place(|| in_process_resize(resize_job, n)));
+    let p = plan(n, cli.concurrency.min(32), 0.0);
+    let (f, f_cpu) = process_run("bench-image", "image.resize", &[], None, job, &p, |_| ()).await?;
+    let (b, b_cpu) = process_run("bench-image", "image.resize", &[], None, job, &p, |s| {
+        s.producer.encoding = Encoding::Bincode;
+    })
+    .await?;
+    let (f_cpu, b_cpu) = (f_cpu.per_job(n), b_cpu.per_job(n));
+    runs.push(FLEET, Rate { jobs_per_s: f.rate(), cpu_s_per_job: f_cpu.total() });
+    runs.push(FLEET_BINCODE, Rate { jobs_per_s: b.rate(), cpu_s_per_job: b_cpu.total() });
+    Ok((f_cpu, b_cpu))
+}
+
+/// The report's `ratios` (each the median of the pairs' ratios) and `goals`, printed.
+fn ratios_and_goals(runs: &Runs, quality: &Value) -> (Value, Value) {
+    let ratios = [
+        ("warren_1core_vs_pillow_draft_1core", WARREN_1, PILLOW_DRAFT_1),
+        ("warren_all_cores_vs_pillow_draft_all_cores", WARREN_ALL, PILLOW_DRAFT_ALL),
+        ("warren_1core_vs_pillow_full_1core", WARREN_1, PILLOW_FULL_1),
+        ("fleet_vs_pillow_draft_all_cores", FLEET, PILLOW_DRAFT_ALL),
+        ("fleet_vs_pillow_full_all_cores", FLEET, PILLOW_FULL_ALL),
+        ("fleet_vs_warren_in_process", FLEET, WARREN_ALL),
+        ("fleet_bincode_vs_pillow_draft_all_cores", FLEET_BINCODE, PILLOW_DRAFT_ALL),
+        ("fleet_bincode_vs_warren_in_process", FLEET_BINCODE, WARREN_ALL),
+    ]
+    .map(|(key, a, b)| (key, runs.ratio(a, b)));
+    let ratio = |key: &str| ratios.iter().find(|(k, _)| *k == key).map_or(f64::NAN, |(_, r)| *r);
+    let per_core = ratio("warren_1core_vs_pillow_draft_1core");
+    let fleet_vs_draft = ratio("fleet_vs_pillow_draft_all_cores");
+    let psnr = |key: &str| quality["psnr_db"][key].as_f64().unwrap_or(f64::NAN);
+    let psnr_ok = psnr("warren") >= psnr("pillow_draft");
+    let (per_core_met, fleet_met) = (per_core >= GOAL_PER_CORE && psnr_ok, fleet_vs_draft > GOAL_FLEET);
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "image ratios (median of the pairs' ratios): Warren in-process / Pillow draft, one core {per_core:.2} (goal \
+         >= {GOAL_PER_CORE} at equal or better PSNR: {}), all cores {:.2}; Warren one core / Pillow full one core \
+         {:.2}; fleet / Pillow draft on all cores {fleet_vs_draft:.2} (goal > {GOAL_FLEET}: {}), bincode jobs {:.2}; \
+         fleet / Pillow full on all cores {:.2}; fleet / Warren in-process {:.2} (bincode jobs {:.2})",
+        met(per_core_met),
+        ratio("warren_all_cores_vs_pillow_draft_all_cores"),
+        ratio("warren_1core_vs_pillow_full_1core"),
+        met(fleet_met),
+        ratio("fleet_bincode_vs_pillow_draft_all_cores"),
+        ratio("fleet_vs_pillow_full_all_cores"),
+        ratio("fleet_vs_warren_in_process"),
+        ratio("fleet_bincode_vs_warren_in_process"),
+    );
+    let goals = json!({
+        "warren_1core_vs_pillow_draft_1core": {"ratio": per_core, "goal": GOAL_PER_CORE, "psnr_not_worse": psnr_ok,
+                                               "met": per_core_met},
+        "fleet_vs_pillow_draft_all_cores": {"ratio": fleet_vs_draft, "goal": GOAL_FLEET, "met": fleet_met},
+    });
+    (Value::Object(ratios.iter().map(|(k, r)| ((*k).to_owned(), json!(r))).collect()), goals)
+}
+
+/// A measured rate and what each job cost in CPU time (all processes of the measurement).
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    jobs_per_s: f64,
+    cpu_s_per_job: f64,
+}
+
+/// The rates of every pair, by name, in the order first pushed.
+#[derive(Debug, Default)]
+struct Runs(Vec<(&'static str, Vec<Rate>)>);
+
+impl Runs {
+    fn push(&mut self, name: &'static str, rate: Rate) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, rates)) => rates.push(rate),
+            None => self.0.push((name, vec![rate])),
+        }
+    }
+
+    fn get(&self, name: &str) -> &[Rate] {
+        self.0.iter().find(|(n, _)| *n == name).map_or(&[], |(_, r)| r.as_slice())
+    }
+
+    fn rates(&self, name: &str) -> Vec<f64> {
+        self.get(name).iter().map(|r| r.jobs_per_s).collect()
+    }
+
+    fn last(&self, name: &str) -> f64 {
+        self.get(name).last().map_or(f64::NAN, |r| r.jobs_per_s)
+    }
+
+    fn median(&self, name: &str) -> f64 {
+        median(self.rates(name))
+    }
+
+    fn median_cpu(&self, name: &str) -> f64 {
+        median(self.get(name).iter().map(|r| r.cpu_s_per_job).collect())
+    }
+
+    /// The median over the pairs of `a`'s rate over `b`'s in the same pair: runs close in time
+    /// share the machine's state (other tenants, CPU frequency), so their ratio moves less.
+    fn ratio(&self, a: &str, b: &str) -> f64 {
+        median(self.get(a).iter().zip(self.get(b)).map(|(a, b)| a.jobs_per_s / b.jobs_per_s).collect())
+    }
+
+    fn json(&self) -> Value {
+        let row = |rates: &[Rate]| {
+            let r: Vec<f64> = rates.iter().map(|r| r.jobs_per_s).collect();
+            let cpu = median(rates.iter().map(|r| r.cpu_s_per_job).collect());
+            json!({"runs": r, "median": median(r.clone()), "cpu_s_per_job": cpu})
+        };
+        Value::Object(self.0.iter().map(|(name, rates)| ((*name).to_owned(), row(rates))).collect())
+    }
+
+    fn print_medians(&self, pairs: usize, fleet_cpu: &CpuUsed, bincode_cpu: &CpuUsed) {
+        let c = cores();
+        let ms = |x: f64| x * 1e3;
+        let cell = |name| format!("{:7.1} jobs/s, CPU/job {:5.2} ms", self.median(name), ms(self.median_cpu(name)));
+        println!("image, medians of {pairs} pairs ({c} cores):");
+        println!(
+            "  Pillow, full decode   1 process : {}; {c} processes: {}",
+            cell(PILLOW_FULL_1),
+            cell(PILLOW_FULL_ALL)
+        );
+        println!(
+            "  Pillow, draft         1 process : {}; {c} processes: {}",
+            cell(PILLOW_DRAFT_1),
+            cell(PILLOW_DRAFT_ALL)
+        );
+        println!("  Warren in-process     1 thread  : {}; {c} threads  : {}", cell(WARREN_1), cell(WARREN_ALL));
+        println!("  fleet, JSON jobs    : {:7.1} jobs/s, {}", self.median(FLEET), fleet_cpu.describe());
+        println!("  fleet, bincode jobs : {:7.1} jobs/s, {}", self.median(FLEET_BINCODE), bincode_cpu.describe());
+    }
+}
+
+/// A run of bench/pillow_baseline.py (with `python3`, or `$PYTHON`) on `photo` with `job`'s
+/// size and quality, on `processes` processes for at least `min`; `output` receives one output.
+fn pillow(
+    photo: &Path,
+    job: &ResizeJob,
+    draft: bool,
+    processes: usize,
+    min: Duration,
+    output: Option<&Path>,
+) -> anyhow::Result<Rate> {
+    // The script does this one job: it would be another job's baseline otherwise.
+    anyhow::ensure!(
+        job.mode == ResizeMode::Fit && job.filter == Filter::Triangle,
+        "the Pillow baseline fits with bilinear only, not {:?} with {:?}",
+        job.mode,
+        job.filter
+    );
+    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    let mode = if draft { "draft" } else { "full" };
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(repo_root().join("bench/pillow_baseline.py"))
+        .arg(photo)
+        .args([job.width, job.height, u32::from(job.quality.unwrap_or(85))].map(|n| n.to_string()))
+        .args([mode.to_owned(), processes.to_string(), min.as_secs_f64().to_string()]);
+    if let Some(out) = output {
+        cmd.arg("--output").arg(out);
+    }
+    let what = format!("the Pillow baseline ({} bench/pillow_baseline.py, {mode})", python.to_string_lossy());
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed ({}; scripts/setup.sh installs Pillow): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("the JSON line of {what}"))?;
+    let figure = |key: &str| report[key].as_f64().with_context(|| format!("{key} in the output of {what}"));
+    Ok(Rate { jobs_per_s: figure("jobs_per_s")?, cpu_s_per_job: figure("cpu_s_per_job")? })
+}
+
+/// `job` run on every core in-process, `n` jobs, as fast as it goes.
+fn in_process_resize(job: &ResizeJob, n: u64) -> Rate {
     let threads = cores();
     let limits = Limits::default();
     let cpu = CpuMeter::start();
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (job, limits) = (job, &limits);
+            let limits = &limits;
             s.spawn(move || {
                 let mine = n / threads as u64 + u64::from((t as u64) < n % threads as u64);
                 for _ in 0..mine {
@@ -77,37 +313,34 @@ fn in_process_resize(job: &Job, n: u64) -> anyhow::Result<(f64, f64)> {
             });
         }
     });
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    Ok((rate, cpu.stop().own / n as f64))
+    let jobs_per_s = n as f64 / start.elapsed().as_secs_f64();
+    Rate { jobs_per_s, cpu_s_per_job: cpu.stop().own / n.max(1) as f64 }
 }
 
 /// One thread's rate of a resize pipeline, measured for at least `min`.
-fn pipeline_rate(job: &ResizeJob, pipeline: Pipeline, min: Duration) -> f64 {
+fn pipeline_rate(job: &ResizeJob, pipeline: Pipeline, min: Duration) -> Rate {
     let limits = Limits::default();
+    let cpu = CpuMeter::start();
     let (start, mut n) = (Instant::now(), 0u32);
     while start.elapsed() < min || n < 3 {
         let _ = resize_with(job, &limits, pipeline);
         n += 1;
     }
-    f64::from(n) / start.elapsed().as_secs_f64()
+    let jobs_per_s = f64::from(n) / start.elapsed().as_secs_f64();
+    Rate { jobs_per_s, cpu_s_per_job: cpu.stop().own / f64::from(n) }
 }
 
-/// A camera-sized JPEG (the sample photo enlarged 4x with Lanczos3, quality 90), for the
-/// decoders: thumbnails of large photos are where a scaled decode pays.
-fn large_photo() -> anyhow::Result<Vec<u8>> {
-    let photo = std::fs::read(repo_root().join("samples/images/china.jpg")).context("sample photo")?;
-    let img = image::load_from_memory(&photo)?;
-    let big = img.resize_exact(img.width() * 4, img.height() * 4, image::imageops::FilterType::Lanczos3);
-    Ok(warren_common::image_io::encode(&big, Format::Jpeg, Some(90))?)
-}
+/// The photos of the pipelines table (the job's, and a camera-sized one, where a scaled decode
+/// pays most), by label.
+const PIPELINE_PHOTOS: [(&str, &str); 2] =
+    [("1920x1080", RESIZE_PHOTO), ("4000x3000", "samples/images/photo_4000x3000.jpg")];
 
 /// The resize pipelines side by side, one thread each: the `image` crate's resampling against
-/// `fast_image_resize`, and full against scaled JPEG decoding.
+/// `fast_image_resize`, its JPEG encoder against `jpeg-encoder`, full against scaled JPEG
+/// decoding, and Pillow (one process) with and without draft.
 fn resize_pipelines(min: Duration) -> anyhow::Result<Value> {
-    let Job::Resize(small) = resize_job()? else { anyhow::bail!("not a resize job") };
-    let large = ResizeJob { image: large_photo()?, ..small.clone() };
     // Each step's alternative against the `image` crate throughout: resampling, then the JPEG
-    // encoder, then a scaled decode.
+    // encoder, then a scaled decode (what the workers run).
     let variants = [
         ("image_crate", Pipeline::REFERENCE),
         ("fast_image_resize", Pipeline::IMAGE_JPEG_ENCODER),
@@ -115,18 +348,88 @@ fn resize_pipelines(min: Duration) -> anyhow::Result<Value> {
         ("fast_image_resize_jpeg_encoder_scaled_decode", Pipeline::WORKER),
     ];
     let mut out = serde_json::Map::new();
-    for (photo, job) in [("640x427", &small), ("2560x1708", &large)] {
-        let mut row = serde_json::Map::new();
-        let base = pipeline_rate(job, Pipeline::REFERENCE, min);
+    for (label, path) in PIPELINE_PHOTOS {
+        let job = resize_of(path)?;
+        let photo = repo_root().join(path);
+        let mut rates = Vec::new();
         for (name, pipeline) in variants {
-            let rate = if pipeline == Pipeline::REFERENCE { base } else { pipeline_rate(job, pipeline, min) };
+            rates.push((name, pipeline_rate(&job, pipeline, min).jobs_per_s));
+        }
+        for (name, draft) in [("pillow_full", false), ("pillow_draft", true)] {
+            rates.push((name, pillow(&photo, &job, draft, 1, min, None)?.jobs_per_s));
+        }
+        let rate = |name: &str| rates.iter().find(|(n, _)| *n == name).map_or(f64::NAN, |(_, r)| *r);
+        let base = rate("image_crate");
+        let mut row = serde_json::Map::new();
+        for (name, rate) in rates.iter().copied() {
             println!(
-                "image pipeline, {photo} JPEG to 256 px, one thread: {name} {rate:.1} jobs/s ({:.2}x)",
+                "image pipeline, {label} JPEG to 256 px, one thread: {name} {rate:.1} jobs/s ({:.2}x)",
                 rate / base
             );
             row.insert(name.to_owned(), json!({"jobs_per_s": rate, "vs_image_crate": rate / base}));
         }
-        out.insert(photo.to_owned(), Value::Object(row));
+        // The worker's pipeline against the same with every JPEG decoded at full size.
+        let scaled = rate("fast_image_resize_jpeg_encoder_scaled_decode") / rate("fast_image_resize_jpeg_encoder");
+        println!("image pipeline, {label}: scaled decode / full decode {scaled:.2}x");
+        row.insert("scaled_vs_full_decode".to_owned(), json!(scaled));
+        out.insert(label.to_owned(), Value::Object(row));
     }
     Ok(Value::Object(out))
+}
+
+/// PSNR of each output (Warren scaled and full decode, Pillow draft and full) against one
+/// reference: the full decode resized with Lanczos3 and kept lossless. Also the output sizes.
+fn output_quality(photo: &Path, job: &ResizeJob) -> anyhow::Result<Value> {
+    let limits = Limits::default();
+    let exact = ResizeJob { filter: Filter::Lanczos3, format: Some(Format::Png), quality: None, ..job.clone() };
+    let reference = resize_with(&exact, &limits, Pipeline::FULL_DECODE).context("reference resize")?;
+    let reference = image::load_from_memory(&reference.image).context("reference output")?.to_rgb8();
+    let mut outputs = vec![
+        ("warren", resize(job, &limits).context("Warren's resize")?.image),
+        ("warren_full_decode", resize_with(job, &limits, Pipeline::FULL_DECODE).context("full-decode resize")?.image),
+    ];
+    for (name, draft) in [("pillow_draft", true), ("pillow_full", false)] {
+        let path = TempFile(std::env::temp_dir().join(format!("warren-bench-{}-{name}.jpg", std::process::id())));
+        pillow(photo, job, draft, 1, Duration::ZERO, Some(&path.0))?;
+        outputs.push((name, std::fs::read(&path.0).with_context(|| format!("reading {}", path.0.display()))?));
+    }
+    let (mut db, mut bytes) = (serde_json::Map::new(), serde_json::Map::new());
+    for (name, output) in &outputs {
+        db.insert((*name).to_owned(), json!(psnr(output, &reference).with_context(|| format!("{name}'s output"))?));
+        bytes.insert((*name).to_owned(), json!(output.len()));
+    }
+    let line: Vec<String> = outputs
+        .iter()
+        .map(|(name, out)| format!("{name} {:.2} dB ({} bytes)", db[*name].as_f64().unwrap_or(f64::NAN), out.len()))
+        .collect();
+    println!(
+        "image output quality, PSNR against the full decode resized with Lanczos3 (lossless): {}",
+        line.join(", ")
+    );
+    Ok(json!({"reference": "full decode, Lanczos3, lossless", "psnr_db": db, "output_bytes": bytes}))
+}
+
+/// Peak signal-to-noise ratio of an encoded image against `reference` (same size), in dB, over
+/// the RGB channels.
+fn psnr(encoded: &[u8], reference: &image::RgbImage) -> anyhow::Result<f64> {
+    let img = image::load_from_memory(encoded)?.to_rgb8();
+    anyhow::ensure!(
+        img.dimensions() == reference.dimensions(),
+        "{:?} against the reference's {:?}",
+        img.dimensions(),
+        reference.dimensions()
+    );
+    let se: f64 =
+        img.as_raw().iter().zip(reference.as_raw()).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
+    let mse = se / img.as_raw().len() as f64;
+    Ok(if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64.powi(2) / mse).log10() })
+}
+
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
