@@ -37,7 +37,7 @@ pub fn checksum_job() -> Job {
 }
 
 /// The photo of the bench's image job (1920x1080, JPEG q90 4:2:0).
-pub const RESIZE_PHOTO: &str = "samples/images/photo_1920x1080.jpg";
+pub const RESIZE_PHOTO: &str = "samples/photos/photo_1920x1080.jpg";
 
 /// The bench's image job: [`RESIZE_PHOTO`] fit into 256x256, bilinear, JPEG quality 85.
 pub fn resize_job() -> anyhow::Result<Job> {

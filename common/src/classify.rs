@@ -406,7 +406,7 @@ mod tests {
     }
 
     fn photo() -> Vec<u8> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/images/photo_1920x1080.jpg");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/photos/photo_1920x1080.jpg");
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 

@@ -12,7 +12,13 @@ use warren_common::image_io::Format;
 use warren_common::resize::{Filter, ResizeJob, ResizeMode, resize};
 use warren_e2e::repo_root;
 
-const IMAGES: [&str; 5] = ["china.jpg", "photo_1920x1080.jpg", "photo_4000x3000.jpg", "flower.png", "china_small.webp"];
+const IMAGES: [&str; 5] = [
+    "images/china.jpg",
+    "photos/photo_1920x1080.jpg",
+    "photos/photo_4000x3000.jpg",
+    "images/flower.png",
+    "images/china_small.webp",
+];
 const MODES: [ResizeMode; 3] = [ResizeMode::Fit, ResizeMode::Fill, ResizeMode::Exact];
 const FILTERS: [Filter; 5] =
     [Filter::Nearest, Filter::Triangle, Filter::CatmullRom, Filter::Gaussian, Filter::Lanczos3];
@@ -56,7 +62,7 @@ fn scaled_decoding_is_not_worse_than_pillows_draft_mode() {
     let mut cases = Vec::new();
     let mut requests = Vec::new();
     for name in IMAGES {
-        let path: PathBuf = repo_root().join("samples/images").join(name);
+        let path: PathBuf = repo_root().join("samples").join(name);
         let bytes = std::fs::read(&path).expect("sample");
         for mode in MODES {
             for filter in FILTERS {

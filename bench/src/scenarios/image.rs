@@ -333,7 +333,7 @@ fn pipeline_rate(job: &ResizeJob, pipeline: Pipeline, min: Duration) -> Rate {
 /// The photos of the pipelines table (the job's, and a camera-sized one, where a scaled decode
 /// pays most), by label.
 const PIPELINE_PHOTOS: [(&str, &str); 2] =
-    [("1920x1080", RESIZE_PHOTO), ("4000x3000", "samples/images/photo_4000x3000.jpg")];
+    [("1920x1080", RESIZE_PHOTO), ("4000x3000", "samples/photos/photo_4000x3000.jpg")];
 
 /// The resize pipelines side by side, one thread each: the `image` crate's resampling against
 /// `fast_image_resize`, its JPEG encoder against `jpeg-encoder`, full against scaled JPEG
