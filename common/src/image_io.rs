@@ -78,6 +78,10 @@ pub struct Decoded {
     pub format: Format,
     /// The size the image declares, whatever size it was decoded at.
     pub source: (u32, u32),
+    /// The decode's scale denominator: 1 (full size), 2, 4 or 8. At 1/d the image holds the
+    /// source at exactly 1/d of its size: its sides are rounded up, so a last column or row
+    /// can be partly made of the encoder's edge padding.
+    pub scale: u32,
 }
 
 /// Decodes like [`decode`], but asks first for the smallest size the caller can use (`at_least`
@@ -93,11 +97,11 @@ pub fn decode_for(
 ) -> Result<Decoded, JobError> {
     let (format, source) = check(bytes, limits)?;
     if format == Format::Jpeg
-        && let Some(image) = turbo::decode(bytes, source, at_least(source.0, source.1))?
+        && let Some((image, scale)) = turbo::decode(bytes, source, at_least(source.0, source.1))?
     {
-        return Ok(Decoded { image, format, source });
+        return Ok(Decoded { image, format, source, scale });
     }
-    Ok(Decoded { image: decode_checked(bytes, format, limits)?, format, source })
+    Ok(Decoded { image: decode_checked(bytes, format, limits)?, format, source, scale: 1 })
 }
 
 /// JPEG decoding through libjpeg-turbo (the TurboJPEG 3 API, built from the source the
@@ -112,8 +116,9 @@ mod turbo {
 
     /// libjpeg-turbo's own ceiling (`TJFLAG_LIMITSCANS`) on progressive scans: every scan
     /// re-reads the whole coefficient buffer, so a small file with thousands of scans would cost
-    /// minutes of CPU. Encoders write about 10.
-    pub const MAX_SCANS: u32 = 500;
+    /// minutes of CPU. Encoders write about 10; the `image` crate's decoder (zune-jpeg), which
+    /// takes the files this path leaves, stops at 100 too.
+    pub const MAX_SCANS: u32 = 100;
 
     thread_local! {
         /// One decompressor per pool thread, made on first use.
@@ -133,7 +138,11 @@ mod turbo {
     /// this path leaves to the `image` crate's decoder: CMYK and YCCK, 12- and 16-bit samples,
     /// and any data libjpeg-turbo refuses or warns about (it reports damage zune-jpeg tolerates,
     /// such as stray bytes between markers; a truncated file was refused before).
-    pub fn decode(bytes: &[u8], size: (u32, u32), at_least: (u32, u32)) -> Result<Option<DynamicImage>, JobError> {
+    pub fn decode(
+        bytes: &[u8],
+        size: (u32, u32),
+        at_least: (u32, u32),
+    ) -> Result<Option<(DynamicImage, u32)>, JobError> {
         DECOMPRESSOR.with_borrow_mut(|slot| {
             let decompressor = match slot {
                 Some(d) => d,
@@ -151,7 +160,7 @@ mod turbo {
         bytes: &[u8],
         size: (u32, u32),
         at_least: (u32, u32),
-    ) -> Result<Option<DynamicImage>, JobError> {
+    ) -> Result<Option<(DynamicImage, u32)>, JobError> {
         let Ok(header) = d.read_header(bytes) else { return Ok(None) };
         let format = match header.colorspace {
             Colorspace::Gray => PixelFormat::GRAY,
@@ -162,11 +171,9 @@ mod turbo {
             // The two header readers disagree (a crafted file): only the checked size is trusted.
             return Ok(None);
         }
-        let scale = if header.is_lossless {
-            ScalingFactor::ONE
-        } else {
-            ScalingFactor::new(1, scale_for(size, at_least) as usize)
-        };
+        // Lossless and arithmetic-coded JPEGs never get here: the header check refuses them.
+        let denominator = scale_for(size, at_least);
+        let scale = ScalingFactor::new(1, denominator as usize);
         if d.set_scaling_factor(scale).is_err() {
             return Ok(None);
         }
@@ -187,7 +194,7 @@ mod turbo {
             PixelFormat::GRAY => image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8),
             _ => image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8),
         };
-        Ok(image)
+        Ok(image.map(|image| (image, denominator)))
     }
 }
 
@@ -205,6 +212,13 @@ fn check(bytes: &[u8], limits: &Limits) -> Result<(Format, (u32, u32)), JobError
             "{} input is not allowed here (allowed: {})",
             format.as_str(),
             limits.allowed_formats.join(", ")
+        )));
+    }
+    if format == Format::Jpeg
+        && let Some(coding) = unsupported_jpeg_coding(bytes)
+    {
+        return Err(JobError::UnsupportedFormat(format!(
+            "{coding} JPEG is not supported (baseline and progressive Huffman-coded JPEGs are)"
         )));
     }
     let (w, h) = ImageReader::with_format(Cursor::new(bytes), format.image_format())
@@ -227,6 +241,38 @@ fn decode_checked(bytes: &[u8], format: Format, limits: &Limits) -> Result<Dynam
     caps.max_alloc = Some(alloc_cap(limits));
     reader.limits(caps);
     reader.decode().map_err(|e| map_image_error(e, "decoding"))
+}
+
+/// The JPEG's coding process, from its start-of-frame marker, when neither decoder reads it:
+/// lossless (SOF3, 7, 11, 15), arithmetic-coded (SOF9-15) or hierarchical (SOF5-7, 13-15).
+/// Walks the header's segments by their lengths (never into scan data) up to the first frame
+/// or scan; `None` for the supported processes and for what it cannot parse (left to the
+/// header reader, which reports the damage).
+fn unsupported_jpeg_coding(bytes: &[u8]) -> Option<&'static str> {
+    let mut at = 2; // after SOI
+    loop {
+        if *bytes.get(at)? != 0xFF {
+            return None;
+        }
+        let marker = *bytes.get(at + 1)?;
+        match marker {
+            0xFF => at += 1, // fill byte
+            0x01 | 0xD0..=0xD7 => at += 2,
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                return match marker {
+                    0xC3 | 0xC7 | 0xCB | 0xCF => Some("a lossless"),
+                    0xC9..=0xCF => Some("an arithmetic-coded"),
+                    0xC5 | 0xC6 => Some("a hierarchical"),
+                    _ => None,
+                };
+            }
+            0xDA | 0xD9 => return None,
+            _ => {
+                let length = u16::from_be_bytes([*bytes.get(at + 2)?, *bytes.get(at + 3)?]);
+                at += 2 + usize::from(length);
+            }
+        }
+    }
 }
 
 /// True when an end-of-image marker (FF D9) follows the last start-of-scan marker (FF DA).

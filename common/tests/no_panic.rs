@@ -64,6 +64,34 @@ fn a_progressive_jpeg_with_too_many_scans_is_refused_not_decoded_for_minutes() {
     assert_eq!(err.error_type(), "limit_exceeded", "{err}");
 }
 
+/// What neither Warren's header check nor the `image` crate reads is refused up front with a
+/// clear error, on the full and the scaled path alike (docs/design.md).
+#[test]
+fn lossless_and_arithmetic_jpegs_are_refused_with_a_reason() {
+    let (w, h) = (32, 16);
+    let pixels: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
+    let image = || turbojpeg::Image {
+        pixels: pixels.as_slice(),
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    let mut lossless = turbojpeg::Compressor::new().unwrap();
+    lossless.set_lossless(true).unwrap();
+    let mut arithmetic = turbojpeg::Compressor::new().unwrap();
+    arithmetic.set_arithmetic(true).unwrap();
+    for (what, mut c) in [("lossless", lossless), ("arithmetic", arithmetic)] {
+        let jpeg = c.compress_to_vec(image()).unwrap();
+        let full = image_io::decode(&jpeg, &small_limits()).unwrap_err();
+        let scaled = image_io::decode_for(&jpeg, &small_limits(), |_, _| (4, 2)).unwrap_err();
+        println!("{what}: {full}");
+        assert_eq!(full.to_string(), scaled.to_string(), "{what}");
+        assert_eq!(full.error_type(), "unsupported_format", "{what}: {full}");
+        assert!(full.to_string().contains(what), "{what}: {full}");
+    }
+}
+
 #[test]
 fn a_progressive_subsampled_jpeg_decodes_at_every_scale() {
     let jpeg = progressive_jpeg(64, 48);

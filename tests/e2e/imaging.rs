@@ -49,6 +49,15 @@ fn snake(value: impl serde::Serialize) -> String {
     serde_json::to_value(value).expect("serialises").as_str().expect("a string").to_owned()
 }
 
+/// A directory removed when dropped, also when the test fails.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct Case {
     id: String,
     label: String,
@@ -57,7 +66,8 @@ struct Case {
 
 #[test]
 fn scaled_decoding_is_not_worse_than_pillows_draft_mode() {
-    let dir = std::env::temp_dir().join(format!("warren-imaging-{}", uuid::Uuid::new_v4()));
+    let temp = TempDir(std::env::temp_dir().join(format!("warren-imaging-{}", uuid::Uuid::new_v4())));
+    let dir = temp.0.clone();
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut cases = Vec::new();
     let mut requests = Vec::new();
@@ -142,6 +152,6 @@ fn scaled_decoding_is_not_worse_than_pillows_draft_mode() {
         range(&vs_thumbnail).0,
         range(&vs_thumbnail).1
     );
-    std::fs::remove_dir_all(&dir).expect("clean up");
+    drop(temp);
     assert!(worse.is_empty(), "worse than Pillow's draft mode:\n{}", worse.join("\n"));
 }

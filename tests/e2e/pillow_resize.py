@@ -30,12 +30,17 @@ FILTERS = {
 def resized(path, case, resample, draft_scale):
     im = Image.open(path)
     source = im.size
+    # draft() returns the box of the reduced image that holds the whole source (its sides are
+    # rounded up, so the last column or row can be partly padding), as thumbnail() uses it.
+    whole = (0, 0, *source)
     if draft_scale and im.format == "JPEG":
         sw, sh = case["scaled"]
-        im.draft("RGB", (sw * draft_scale, sh * draft_scale))
+        drafted = im.draft("RGB", (sw * draft_scale, sh * draft_scale))
+        if drafted is not None:
+            whole = drafted[1]
     if im.mode not in ("RGB", "RGBA", "L"):
         im = im.convert("RGBA" if "A" in im.mode else "RGB")
-    fx, fy = im.width / source[0], im.height / source[1]
+    fx, fy = whole[2] / source[0], whole[3] / source[1]
     left, top, width, height = case["region"]
     box = (left * fx, top * fy, (left + width) * fx, (top + height) * fy)
     return im.resize(tuple(case["output"]), resample, box=box)
