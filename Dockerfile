@@ -14,6 +14,7 @@ COPY consumer consumer
 COPY producer producer
 COPY ops-cli ops-cli
 COPY tests tests
+COPY bench bench
 RUN cargo build --release --locked --bins
 
 # ONNX Runtime is loaded at run time; PyPI's wheel is where a registry serves the library.
@@ -32,7 +33,7 @@ COPY --from=build /src/target/release/warren-consumer /src/target/release/warren
 COPY --from=onnxruntime /libonnxruntime.so.1.31.1 /opt/onnxruntime/libonnxruntime.so.1.31.1
 COPY config config
 COPY models models
-COPY samples samples
+COPY samples/images samples/images
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so.1.31.1 \
     WARREN_CONFIG_DIR=/app/config \
     WARREN_ENV=production \

@@ -3,8 +3,8 @@
 #   1. ONNX Runtime 1.31.1 (the shared library ort loads at run time), from PyPI's wheel;
 #   2. a running RabbitMQ with the management and prometheus plugins;
 #   3. the tools the build needs: cmake and nasm (the turbojpeg crate builds libjpeg-turbo 3.1
-#      statically, with its SIMD code, because Debian 12 ships 2.1 without the scaled-decode API
-#      the crate's pkg-config path needs);
+#      statically, with its SIMD code, because Debian 12 ships 2.1, older than the TurboJPEG 3
+#      API the crate's pkg-config path needs);
 #   4. the Python packages the contract example, the imaging quality test and the Pillow
 #      baseline of warren-bench use (pika, Pillow).
 # Prints nothing but progress; `source <(scripts/setup.sh --env)` exports ORT_DYLIB_PATH.

@@ -308,7 +308,7 @@ fn in_process_resize(job: &ResizeJob, n: u64) -> Rate {
             s.spawn(move || {
                 let mine = n / threads as u64 + u64::from((t as u64) < n % threads as u64);
                 for _ in 0..mine {
-                    let _ = resize(job, limits);
+                    resize(job, limits).expect("the bench job resizes");
                 }
             });
         }
@@ -323,7 +323,7 @@ fn pipeline_rate(job: &ResizeJob, pipeline: Pipeline, min: Duration) -> Rate {
     let cpu = CpuMeter::start();
     let (start, mut n) = (Instant::now(), 0u32);
     while start.elapsed() < min || n < 3 {
-        let _ = resize_with(job, &limits, pipeline);
+        resize_with(job, &limits, pipeline).expect("the bench job resizes");
         n += 1;
     }
     let jobs_per_s = f64::from(n) / start.elapsed().as_secs_f64();
