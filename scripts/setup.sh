@@ -6,7 +6,9 @@
 #      statically, with its SIMD code, because Debian 12 ships 2.1, older than the TurboJPEG 3
 #      API the crate's pkg-config path needs);
 #   4. the Python packages the contract example, the imaging quality test and the Pillow
-#      baseline of warren-bench use (pika, Pillow).
+#      baseline of warren-bench use (pika, Pillow);
+#   5. NVIDIA Triton Inference Server 2.51 (CPU, from PyPI's nvidia-pytriton wheel) for the
+#      Triton backend's tests and benchmark: scripts/triton.sh install, cached.
 # Prints nothing but progress; `source <(scripts/setup.sh --env)` exports ORT_DYLIB_PATH.
 set -euo pipefail
 
@@ -112,3 +114,4 @@ build_tools
 fetch_onnxruntime
 start_broker
 python_deps
+"$(dirname "$0")/triton.sh" install
