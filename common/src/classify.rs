@@ -137,7 +137,8 @@ pub fn classify(job: &ClassifyJob, model: &dyn Classifier, limits: &Limits) -> R
 
 /// Classifies several jobs with one model run (micro-batching). Each job keeps its own outcome:
 /// an image that cannot be decoded fails its job only; when the batch's model run fails, each
-/// image is run again on its own, so that only the image the model cannot take fails.
+/// image is run again on its own, so that only the image the model cannot take fails, unless
+/// the model was unavailable, which fails them all without more runs.
 pub fn classify_batch(
     jobs: &[&ClassifyJob],
     model: &dyn Classifier,
@@ -171,7 +172,13 @@ pub fn classify_batch(
                 outcomes[i] = Ok(answer(&scores, row, jobs[i]));
             }
         }
-        Err(e) if images.len() == 1 => outcomes[slots[0]] = Err(e),
+        // No image is to blame when the model is unavailable (a server down, overloaded or past
+        // its deadline): every job of the batch fails alike, and is retried later.
+        Err(e) if images.len() == 1 || matches!(e, JobError::ModelUnavailable(_)) => {
+            for &i in &slots {
+                outcomes[i] = Err(e.clone());
+            }
+        }
         // One image may have failed the whole run: each gets a run of its own.
         Err(_) => {
             for (img, &i) in images.iter().zip(&slots) {
@@ -403,6 +410,40 @@ mod tests {
         assert_eq!(*model.runs.lock().expect("lock"), vec![3, 1, 1, 1], "the batch, then each alone");
         assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
         assert_eq!(out[1].as_ref().unwrap_err().error_type(), "model_input_mismatch");
+    }
+
+    /// A stand-in for a model server that is down.
+    struct Down {
+        spec: ModelSpec,
+        runs: std::sync::Mutex<usize>,
+    }
+
+    impl Classifier for Down {
+        fn spec(&self) -> &ModelSpec {
+            &self.spec
+        }
+        fn infer(&self, _: InputTensor) -> Result<Array2<f32>, JobError> {
+            *self.runs.lock().expect("lock") += 1;
+            Err(JobError::ModelUnavailable("connection refused".into()))
+        }
+    }
+
+    #[test]
+    fn an_unavailable_model_fails_the_whole_batch_once_without_blaming_an_image() {
+        let model = Down { spec: spec(ElementType::F32, 1), runs: Default::default() };
+        let png = crate::image_io::encode(
+            &DynamicImage::ImageLuma8(image::GrayImage::new(4, 4)),
+            crate::image_io::Format::Png,
+            None,
+        )
+        .expect("png");
+        let job = ClassifyJob { image: png, top_k: Some(1) };
+        let out = classify_batch(&[&job, &job, &job], &model, &Limits::default());
+        assert_eq!(*model.runs.lock().expect("lock"), 1, "one request, not one per image");
+        for o in &out {
+            let e = o.as_ref().expect_err("fails");
+            assert_eq!((e.error_type(), e.class()), ("model_unavailable", crate::ErrorClass::Transient));
+        }
     }
 
     fn photo() -> Vec<u8> {
