@@ -15,24 +15,22 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use futures_util::future::BoxFuture;
-use futures_util::stream::{self, BoxStream, FuturesUnordered, SelectAll};
-use futures_util::{FutureExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use lapin::options::BasicCancelOptions;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_common::JobKind;
-use warren_common::classify::Classifier;
 use warren_infra::Settings;
 use warren_infra::backoff::Backoff;
 use warren_infra::settings::Route;
 
 use crate::batcher::{BatchPolicy, Batcher};
+use crate::consume::{BROKER_REPLY, Deliveries, Ended, Event, consume, events};
 use crate::decide::{self, Lane};
 use crate::handler::handle;
 use crate::metrics::Metrics;
-use crate::onnx::OrtClassifier;
+use crate::model;
 use crate::pool::WorkerPool;
 use crate::session::{self, Session, Shared};
 use crate::worker::Served;
@@ -45,18 +43,27 @@ pub struct Health {
     queues: Vec<String>,
     pools: Vec<WorkerPool>,
     pool_size: usize,
+    /// None: the model (if any) is always ready.
+    model_ready: Option<watch::Receiver<bool>>,
 }
 
 impl Health {
-    /// Connected, consuming every queue, and not worn out by abandoned job threads.
+    /// Connected, consuming every queue, its model ready, and not worn out by abandoned job
+    /// threads.
     pub fn is_ready(&self) -> bool {
         let abandoned = self.pools.iter().map(WorkerPool::abandoned).sum();
         decide::ready(
             self.metrics.is_connected(),
             &self.metrics.consuming_each(&self.queues),
+            self.model_ready(),
             abandoned,
             self.pool_size,
         )
+    }
+
+    /// Whether the model can take requests now (true for a worker without one, or in-process).
+    pub fn model_ready(&self) -> bool {
+        self.model_ready.as_ref().is_none_or(|r| *r.borrow())
     }
 
     /// Connections re-established after a loss.
@@ -95,21 +102,12 @@ impl Application {
 
         // A worker that cannot load its model must not take classify jobs only to fail them,
         // so a model problem stops start-up with the reason instead.
-        let classifier: Option<Arc<dyn Classifier>> = if kinds.contains(&JobKind::MlClassify) {
-            let mut model = settings.model.clone();
-            if model.sessions == 0 {
-                model.sessions = pool.size();
-            }
-            let histogram = metrics.inference_histogram(&model.name);
-            let started = std::time::Instant::now();
-            let loaded = tokio::task::spawn_blocking(move || OrtClassifier::load(&model, Some(histogram)))
-                .await
-                .context("model loader thread")??;
-            metrics.model_loaded(started.elapsed());
-            Some(Arc::new(loaded))
-        } else {
-            None
+        let model = match kinds.contains(&JobKind::MlClassify) {
+            true => Some(model::load(&settings, pool.size(), &metrics).await?),
+            false => None,
         };
+        let classifier = model.as_ref().map(|m| m.classifier.clone());
+        let model_ready = model.and_then(|m| m.ready);
         let batcher = match (&classifier, routes.iter().find(|r| r.kind == JobKind::MlClassify.as_str())) {
             (Some(model), Some(route)) if batch > 1 => Some(Batcher::start(
                 pool.clone(),
@@ -121,7 +119,7 @@ impl Application {
                     time_limit: Duration::from_millis(route.time_limit_ms),
                     retry_timeouts: settings.consumer.retry_timeouts,
                 },
-                metrics.batch_size_histogram(&settings.model.name),
+                metrics.batch_size_histogram(&settings.model.name, settings.model.backend.as_str()),
             )),
             _ => None,
         };
@@ -132,6 +130,7 @@ impl Application {
             .flat_map(|r| {
                 let main = Served {
                     queue: r.queue.clone(),
+                    needs_model: r.kind == JobKind::MlClassify.as_str(),
                     lane: Lane::Main,
                     work_queue: r.queue.clone(),
                     returned_queue: settings.returned_queue(&r.queue),
@@ -162,6 +161,7 @@ impl Application {
             prefetch,
             metrics: metrics.clone(),
             batcher,
+            model_ready: model_ready.clone(),
         };
         let session = Session::open(&shared).await?;
         let health = Arc::new(Health {
@@ -169,6 +169,7 @@ impl Application {
             queues: shared.served.iter().map(|s| s.queue.clone()).collect(),
             pools: shared.served.iter().map(|s| s.pool.clone()).collect(),
             pool_size: shared.pool.size(),
+            model_ready,
         });
         let metrics_addr = match settings.telemetry.metrics_addr.as_str() {
             "" => None,
@@ -269,118 +270,6 @@ impl Application {
     }
 }
 
-/// Why consuming stopped.
-enum Ended {
-    Shutdown,
-    Lost(String),
-    WornOut(usize),
-}
-
-/// How long a shutdown step waits for the broker's reply (it may be blocking our connection).
-const BROKER_REPLY: Duration = Duration::from_secs(2);
-
-type Deliveries = SelectAll<BoxStream<'static, Event>>;
-
-enum Event {
-    Delivery(usize, Box<Result<lapin::message::Delivery, lapin::Error>>),
-    /// The consumer of queue `i` ended: the broker cancelled it, or its channel closed.
-    Ended(usize),
-}
-
-fn events(i: usize, consumer: lapin::Consumer) -> BoxStream<'static, Event> {
-    consumer.map(move |d| Event::Delivery(i, Box::new(d))).chain(stream::once(async move { Event::Ended(i) })).boxed()
-}
-
-/// Hands deliveries to handlers until shutdown, the session's loss, or the worker wearing out;
-/// consumers the broker cancels are subscribed again meanwhile.
-async fn consume(
-    shared: &Shared,
-    session: &Session,
-    deliveries: &mut Deliveries,
-    tracker: &TaskTracker,
-    stop: &CancellationToken,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Ended {
-    let mut resubscribing: FuturesUnordered<BoxFuture<'_, (usize, Result<lapin::Consumer, u32>)>> =
-        FuturesUnordered::new();
-    let mut check = tokio::time::interval(Duration::from_millis(250));
-    let mut worn_since: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            () = shutdown.as_mut() => return Ended::Shutdown,
-            () = session.worker.lost.cancelled() => return Ended::Lost("the publishing connection failed".into()),
-            _ = check.tick() => {
-                let abandoned = shared.abandoned();
-                shared.metrics.abandoned_now(abandoned);
-                if !decide::worn_out(abandoned, shared.pool.size()) {
-                    worn_since = None;
-                } else if decide::must_stop(Some(worn_since.get_or_insert_with(tokio::time::Instant::now).elapsed())) {
-                    return Ended::WornOut(abandoned);
-                }
-            }
-            Some((i, subscribed)) = resubscribing.next() => match subscribed {
-                Ok(consumer) => {
-                    let served: &Served = &session.consumers[i].0;
-                    tracing::info!(queue = %served.queue, "consuming the queue again");
-                    shared.metrics.consuming(&served.queue, true);
-                    deliveries.push(events(i, consumer));
-                }
-                Err(attempt) => resubscribing.push(resubscribe(shared, session, i, attempt).boxed()),
-            },
-            // Empty while every consumer waits to be subscribed again: not a lost connection.
-            next = deliveries.next(), if !deliveries.is_empty() => match next {
-                Some(Event::Delivery(i, delivery)) => match *delivery {
-                    Ok(delivery) => {
-                        let served = session.consumers[i].0.clone();
-                        tracker.spawn(handle(session.worker.clone(), served, delivery, stop.clone()));
-                    }
-                    Err(e) => return Ended::Lost(format!("consuming queue {}: {e}", session.consumers[i].0.queue)),
-                },
-                Some(Event::Ended(i)) => {
-                    let (served, channel, _) = &session.consumers[i];
-                    if !channel.status().connected() || !session.connection.status().connected() {
-                        return Ended::Lost(format!("the channel consuming {} closed", served.queue));
-                    }
-                    tracing::warn!(queue = %served.queue, "the broker cancelled our consumer (queue deleted, or its node down); not ready until it is back");
-                    shared.metrics.consuming(&served.queue, false);
-                    shared.metrics.consumer_cancelled(&served.queue);
-                    resubscribing.push(resubscribe(shared, session, i, 0).boxed());
-                }
-                None => return Ended::Lost("the broker closed the connection".into()),
-            },
-        }
-    }
-}
-
-/// After a pause (growing with `attempt`), declares the topology again and consumes queue `i`
-/// again on its channel; `Err(next attempt)` if that failed.
-async fn resubscribe(
-    shared: &Shared,
-    session: &Session,
-    i: usize,
-    attempt: u32,
-) -> (usize, Result<lapin::Consumer, u32>) {
-    let broker = &shared.settings.broker;
-    let ceiling = Duration::from_millis(broker.reconnect_min_ms)
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(Duration::from_millis(broker.reconnect_max_ms));
-    tokio::time::sleep(ceiling).await;
-    let (served, channel, _) = &session.consumers[i];
-    let again = async {
-        let setup = session.connection.create_channel().await.context("open channel for topology")?;
-        warren_infra::topology::declare(&setup, &shared.settings).await?;
-        let _ = setup.close(200, "topology declared".into()).await;
-        session::subscribe(channel, served, &shared.worker_id).await
-    };
-    match again.await {
-        Ok(consumer) => (i, Ok(consumer)),
-        Err(e) => {
-            tracing::warn!(queue = %served.queue, error = format!("{e:#}"), "could not consume the queue again");
-            (i, Err(attempt.saturating_add(1)))
-        }
-    }
-}
-
 /// Opens a new session, waiting between attempts; None if shutdown came first.
 async fn reconnect(
     shared: &Shared,
@@ -416,8 +305,8 @@ async fn drain(
     );
     for (served, channel, _) in &session.consumers {
         shared.metrics.consuming(&served.queue, false);
-        // The tag of the first subscription and of any later one (see session::subscribe).
-        let tag = format!("{}/{}", shared.worker_id, served.queue);
+        // The tag of the first subscription and of any later one.
+        let tag = session::consumer_tag(&shared.worker_id, &served.queue);
         let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
         if let Ok(Err(e)) = tokio::time::timeout(BROKER_REPLY, cancel).await {
             tracing::debug!(error = %e, "cancel consumer");

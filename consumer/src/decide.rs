@@ -192,10 +192,10 @@ pub fn hand_back_pause(handbacks: u32, min: Duration, max: Duration, unit: f64) 
     ceiling.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
-/// Whether a worker is ready for work: connected, consuming every queue it serves, and not
-/// worn down by job threads that ran past their time limits.
-pub fn ready(connected: bool, consuming: &[bool], abandoned: usize, pool: usize) -> bool {
-    connected && consuming.iter().all(|c| *c) && !worn_out(abandoned, pool)
+/// Whether a worker is ready for work: connected, consuming every queue it serves, its model
+/// (if any) ready, and not worn down by job threads that ran past their time limits.
+pub fn ready(connected: bool, consuming: &[bool], model_ready: bool, abandoned: usize, pool: usize) -> bool {
+    connected && consuming.iter().all(|c| *c) && model_ready && !worn_out(abandoned, pool)
 }
 
 /// Threads abandoned at their time limit keep running and cannot be stopped. Once there are
@@ -335,12 +335,13 @@ mod tests {
     }
 
     #[test]
-    fn readiness_needs_every_queue_and_a_pool_not_worn_out() {
-        assert!(ready(true, &[true, true], 0, 2));
-        assert!(!ready(false, &[true, true], 0, 2));
-        assert!(!ready(true, &[true, false], 0, 2), "one queue not consumed");
-        assert!(ready(true, &[true], 1, 2));
-        assert!(!ready(true, &[true], 2, 2), "as many abandoned threads as slots");
+    fn readiness_needs_every_queue_the_model_and_a_pool_not_worn_out() {
+        assert!(ready(true, &[true, true], true, 0, 2));
+        assert!(!ready(false, &[true, true], true, 0, 2));
+        assert!(!ready(true, &[true, false], true, 0, 2), "one queue not consumed");
+        assert!(!ready(true, &[true, true], false, 0, 2), "the model is not ready");
+        assert!(ready(true, &[true], true, 1, 2));
+        assert!(!ready(true, &[true], true, 2, 2), "as many abandoned threads as slots");
         assert!(worn_out(1, 0));
     }
 

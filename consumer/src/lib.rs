@@ -4,15 +4,21 @@
 
 pub mod app;
 pub mod batcher;
+mod consume;
 pub mod decide;
 pub mod handler;
 pub mod lender;
 pub mod letters;
 pub mod metrics;
+mod model;
+pub mod model_spec;
 pub mod onnx;
 pub mod pool;
 mod session;
 pub mod settle;
+pub mod subscription;
+pub mod triton;
+pub mod triton_fit;
 pub mod worker;
 
 pub use app::{Application, Health};

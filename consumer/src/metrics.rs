@@ -38,6 +38,8 @@ pub struct Metrics {
     model_load_seconds: Gauge,
     inference_seconds: HistogramVec,
     batch_size: HistogramVec,
+    model_ready: IntGaugeVec,
+    triton_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -46,7 +48,9 @@ impl Metrics {
         let registry = warren_infra::serve::registry();
         let r = &registry;
         let q = ["queue", "kind"];
-        let model_load_seconds = gauge(r, "warren_model_load_seconds", "Time the ONNX model took to load");
+        let model_load_seconds =
+            gauge(r, "warren_model_load_seconds", "Time the model took to load (ort) or to be found ready (triton)");
+        let m = ["model", "backend"];
         let prefetch =
             int_gauge_vec(r, "warren_prefetch", "Prefetch (unacked deliveries) per queue consumer", &["queue"]);
         let reconnects = counter(r, "warren_reconnects_total", "Broker connections re-established after a loss");
@@ -106,16 +110,23 @@ impl Metrics {
             inference_seconds: histogram_vec(
                 r,
                 "warren_inference_seconds",
-                "Time of one model run",
-                &["model"],
+                "Time of one model run (triton: the whole gRPC request)",
+                &m,
                 &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             ),
             batch_size: histogram_vec(
                 r,
                 "warren_batch_size",
                 "Jobs per model run (micro-batching)",
-                &["model"],
+                &m,
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+            ),
+            model_ready: int_gauge_vec(r, "warren_model_ready", "1 while the model can take inference requests", &m),
+            triton_errors: counter_vec(
+                r,
+                "warren_triton_errors_total",
+                "Failed Triton requests, by gRPC status code (deadline_exceeded: cancelled at model.triton_timeout_ms)",
+                &["code"],
             ),
             model_load_seconds,
             prefetch,
@@ -210,13 +221,23 @@ impl Metrics {
     }
 
     /// The histogram an inference adapter observes each run into.
-    pub fn inference_histogram(&self, model: &str) -> prometheus::Histogram {
-        self.inference_seconds.with_label_values(&[model])
+    pub fn inference_histogram(&self, model: &str, backend: &str) -> prometheus::Histogram {
+        self.inference_seconds.with_label_values(&[model, backend])
     }
 
     /// The histogram of batch sizes for `model`.
-    pub fn batch_size_histogram(&self, model: &str) -> prometheus::Histogram {
-        self.batch_size.with_label_values(&[model])
+    pub fn batch_size_histogram(&self, model: &str, backend: &str) -> prometheus::Histogram {
+        self.batch_size.with_label_values(&[model, backend])
+    }
+
+    /// The gauge kept at 1 while the model is ready, 0 while it is not.
+    pub fn model_ready_gauge(&self, model: &str, backend: &str) -> IntGauge {
+        self.model_ready.with_label_values(&[model, backend])
+    }
+
+    /// The counter of failed Triton requests, by fixed status-code label.
+    pub fn triton_errors(&self) -> IntCounterVec {
+        self.triton_errors.clone()
     }
 
     /// The gauge the pool keeps equal to its running jobs.

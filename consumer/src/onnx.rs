@@ -16,9 +16,10 @@ use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use warren_common::JobError;
 use warren_common::classify::{Classifier, ElementType, InputTensor, ModelSpec};
-use warren_infra::settings::{ModelOutputs, ModelSettings};
+use warren_infra::settings::ModelSettings;
 
 use crate::lender::Lender;
+use crate::model_spec;
 
 pub const ORT_VERSION: &str = "1.31.1";
 
@@ -37,13 +38,7 @@ impl OrtClassifier {
     /// Loads ONNX Runtime and the model; blocking (file I/O and graph optimisation).
     pub fn load(settings: &ModelSettings, inference_seconds: Option<prometheus::Histogram>) -> anyhow::Result<Self> {
         let env = environment(&settings.onnxruntime_path)?;
-        let labels = std::fs::read_to_string(&settings.labels_path)
-            .with_context(|| format!("reading model labels {}", settings.labels_path.display()))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect::<Vec<_>>();
+        let labels = model_spec::read_labels(settings)?;
         anyhow::ensure!(settings.sessions >= 1, "model.sessions must be at least 1");
         let mut sessions = Vec::with_capacity(settings.sessions);
         for _ in 0..settings.sessions {
@@ -69,45 +64,15 @@ impl OrtClassifier {
         let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
             bail!("model input {:?} is {:?}, not a tensor", input.name(), input.dtype());
         };
-        let dims = shape.to_vec();
         let input_type = match ty {
             TensorElementType::Float32 => ElementType::F32,
             TensorElementType::Float16 => ElementType::F16,
             other => bail!("model input {:?} has element type {other:?}; f32 or f16 supported", input.name()),
         };
-        anyhow::ensure!(
-            dims.len() == 4,
-            "model input {:?} has shape {dims:?}; NCHW (4 dimensions) expected",
-            input.name()
-        );
-        let dim = |i: usize, configured: usize, what: &str| -> anyhow::Result<usize> {
-            match (dims[i], configured) {
-                (d, 0) if d > 0 => Ok(d as usize),
-                (d, c) if d > 0 && d as usize != c => {
-                    bail!("model.{what} = {c} but the model declares {d}")
-                }
-                (_, c) if c > 0 => Ok(c),
-                _ => bail!("the model's {what} is dynamic; set model.{what}"),
-            }
-        };
-        let channels =
-            usize::try_from(dims[1]).ok().filter(|c| *c > 0).context("the model's channel count is dynamic")?;
-        let spec = ModelSpec {
-            name: settings.name.clone(),
-            input_type,
-            channels,
-            height: dim(2, settings.height, "height")?,
-            width: dim(3, settings.width, "width")?,
-            mean: settings.mean.clone(),
-            std: settings.std.clone(),
-            filter: settings.resize_filter,
-            labels,
-            outputs_logits: settings.outputs == ModelOutputs::Logits,
-            max_aspect_ratio: settings.max_aspect_ratio,
-        };
-        spec.check().map_err(anyhow::Error::msg).context("model configuration")?;
+        let spec = model_spec::from_nchw(settings, labels, input_type, shape)
+            .with_context(|| format!("model input {:?}", input.name()))?;
         let (input_name, output_name) = (input.name().to_owned(), output.name().to_owned());
-        tracing::info!(model = %spec.name, path = %settings.path.display(), ?input_type, channels, height = spec.height,
+        tracing::info!(model = %spec.name, path = %settings.path.display(), ?input_type, channels = spec.channels, height = spec.height,
             width = spec.width, labels = spec.labels.len(), sessions = sessions.len(), "model loaded");
         Ok(Self { spec, input_name, output_name, sessions: Lender::new(sessions), inference_seconds })
     }

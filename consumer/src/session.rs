@@ -32,6 +32,8 @@ pub struct Shared {
     pub prefetch: u16,
     pub metrics: Arc<Metrics>,
     pub batcher: Option<Batcher>,
+    /// The model's readiness, when it can change (a Triton server); None: always ready.
+    pub model_ready: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Shared {
@@ -84,6 +86,12 @@ impl Session {
     }
 }
 
+/// The tag of `queue`'s consumer: the same for every subscription, as only one exists at a
+/// time.
+pub fn consumer_tag(worker_id: &str, queue: &str) -> String {
+    format!("{worker_id}/{queue}")
+}
+
 /// Sets the queue's prefetch on `channel` and starts consuming it.
 pub async fn subscribe(channel: &Channel, served: &Served, worker_id: &str) -> anyhow::Result<lapin::Consumer> {
     let queue = served.queue.as_str();
@@ -96,7 +104,7 @@ pub async fn subscribe(channel: &Channel, served: &Served, worker_id: &str) -> a
     channel
         .basic_consume(
             ShortString::from(queue),
-            ShortString::from(format!("{worker_id}/{queue}")),
+            ShortString::from(consumer_tag(worker_id, queue)),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

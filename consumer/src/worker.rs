@@ -101,6 +101,8 @@ impl std::fmt::Debug for Worker {
 pub struct Served {
     /// The queue consumed: the route's work queue, or its returned lane.
     pub queue: String,
+    /// Its jobs need the model: it is not consumed while the model is not ready.
+    pub needs_model: bool,
     pub lane: Lane,
     /// The route's work queue: dead letters are keyed by it, retries come back to it.
     pub work_queue: String,

@@ -153,6 +153,8 @@ pub struct ProducerSettings {
 #[serde(deny_unknown_fields)]
 pub struct ModelSettings {
     pub name: String,
+    /// Where the model runs: ONNX Runtime in this process, or a Triton server over gRPC.
+    pub backend: ModelBackend,
     pub path: PathBuf,
     pub labels_path: PathBuf,
     /// One value for every channel, or one per channel (`WARREN__MODEL__MEAN=0.5` or
@@ -173,6 +175,35 @@ pub struct ModelSettings {
     pub sessions: usize,
     pub intra_threads: usize,
     pub onnxruntime_path: PathBuf,
+    /// Triton's gRPC endpoint, e.g. `http://127.0.0.1:8001`.
+    pub triton_url: String,
+    /// The model's name in Triton's repository, and its version ("" = the server's choice).
+    pub triton_model: String,
+    pub triton_model_version: String,
+    /// Deadline of one inference request; past it the request is cancelled.
+    pub triton_timeout_ms: u64,
+    /// How often the model's readiness is asked while the worker runs.
+    pub triton_ready_interval_ms: u64,
+    /// How long start-up waits for the server and the model to be ready.
+    pub triton_startup_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelBackend {
+    /// ONNX Runtime, in-process (`ort`).
+    Ort,
+    /// NVIDIA Triton Inference Server, over gRPC (KServe v2 protocol).
+    Triton,
+}
+
+impl ModelBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ort => "ort",
+            Self::Triton => "triton",
+        }
+    }
 }
 
 /// `WARREN__SECTION__KEY` variables; the keys below take comma-separated lists.
@@ -285,6 +316,19 @@ impl Settings {
             "need 0 < broker.reconnect_min_ms <= broker.reconnect_max_ms"
         );
         self.retry.check().map_err(anyhow::Error::msg).context("[retry]")?;
+        if self.model.backend == ModelBackend::Triton {
+            let m = &self.model;
+            anyhow::ensure!(
+                m.triton_url.starts_with("http://") || m.triton_url.starts_with("https://"),
+                "model.triton_url must be an http:// or https:// URL of Triton's gRPC port (got {:?})",
+                m.triton_url
+            );
+            anyhow::ensure!(!m.triton_model.is_empty(), "model.backend = \"triton\" needs model.triton_model");
+            anyhow::ensure!(
+                m.triton_timeout_ms > 0 && m.triton_ready_interval_ms > 0,
+                "model.triton_timeout_ms and model.triton_ready_interval_ms must be positive"
+            );
+        }
         for r in &self.routes {
             anyhow::ensure!(r.time_limit_ms > 0, "route {}: time_limit_ms must be positive", r.kind);
             if let Some(p) = &r.retry {
