@@ -14,4 +14,5 @@ mod pool;
 mod python_contract;
 mod reliability;
 mod stuck;
+mod triton;
 mod warrenctl;

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod fleet;
 pub mod process;
 pub mod scrape;
+pub mod triton;
 
 use std::path::PathBuf;
 use std::time::Duration;
