@@ -12,7 +12,8 @@ Q = 'queue=~"warren\\\\..*"'
 
 
 def quantiles(metric, by="kind"):
-    return [(f"p{int(q * 100)} {{{{{by}}}}}",
+    legend = " ".join(f"{{{{{label.strip()}}}}}" for label in by.split(","))
+    return [(f"p{int(q * 100)} {legend}",
              f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket[1m])))") for q in (0.5, 0.95, 0.99)]
 
 
@@ -40,7 +41,10 @@ PANELS = [
     ("Reconnects and connected consumers", "short",
      [("reconnects (5m)", "sum(increase(warren_reconnects_total[5m]))"),
       ("connected", "sum(warren_connected)")]),
-    ("Inference time p50 / p95 / p99", "s", quantiles("warren_inference_seconds", by="model")),
+    ("Inference time p50 / p95 / p99", "s", quantiles("warren_inference_seconds", by="model, backend")),
+    ("Model readiness and Triton request errors", "short",
+     [("ready {{model}} {{backend}}", "min by (model, backend) (warren_model_ready)"),
+      ("Triton errors {{code}} (per s)", "sum by (code) (rate(warren_triton_errors_total[5m]))")]),
     ("Consumer memory (RSS)", "bytes",
      [("{{instance}}", 'process_resident_memory_bytes{job="warren-consumer"}')]),
 ]

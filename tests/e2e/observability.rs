@@ -142,7 +142,10 @@ async fn every_metric_the_dashboard_queries_is_exported(vhost: Vhost) {
     }
     let addr = fleet.metrics_addr.expect("metrics served");
     let exported = tokio::task::block_in_place(|| Scrape::take(addr)).names();
-    let missing: Vec<&String> = wanted.iter().filter(|w| !exported.contains(*w)).collect();
+    // Triton's request errors come only from a worker whose model is on Triton: checked by
+    // tests/e2e/triton.rs.
+    let missing: Vec<&String> =
+        wanted.iter().filter(|w| !exported.contains(*w) && !w.starts_with("warren_triton_")).collect();
     println!("dashboard: {} metrics queried, all exported by a running consumer", wanted.len());
     assert!(missing.is_empty(), "the dashboard queries metrics no binary exports: {missing:?}");
     producer.close().await;
