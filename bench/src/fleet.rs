@@ -111,6 +111,21 @@ pub async fn process_run(
     plan: &LoadPlan,
     tune: impl FnOnce(&mut Settings),
 ) -> anyhow::Result<(LoadReport, CpuUsed)> {
+    process_run_beside(label, kind, env, expect_log, job, plan, tune, &[]).await
+}
+
+/// [`process_run`], measuring the CPU of `model_server`'s processes too.
+#[allow(clippy::too_many_arguments)]
+pub async fn process_run_beside(
+    label: &str,
+    kind: &str,
+    env: &[(String, String)],
+    expect_log: Option<&str>,
+    job: &Job,
+    plan: &LoadPlan,
+    tune: impl FnOnce(&mut Settings),
+    model_server: &[u32],
+) -> anyhow::Result<(LoadReport, CpuUsed)> {
     let v = vhost(label);
     let mut settings = settings_for(&v);
     tune(&mut settings);
@@ -120,7 +135,7 @@ pub async fn process_run(
     if let Some(needle) = expect_log {
         worker.wait_for_log(needle).await;
     }
-    let cpu = CpuMeter::with_worker(worker.pid().parse().ok());
+    let cpu = CpuMeter::with_processes(worker.pid().parse().ok(), model_server);
     let report = drive(&settings, job, plan).await;
     let cpu = cpu.stop();
     drop(worker);

@@ -27,7 +27,7 @@ struct Cli {
     #[arg(long, default_value_t = 3)]
     pairs: usize,
     /// Comma-separated; they run in the order of the possible values, whatever the order given.
-    #[arg(long, value_delimiter = ',', default_value = "relay,prefetch,image,ml,latency,memory,publish")]
+    #[arg(long, value_delimiter = ',', default_value = "relay,prefetch,image,ml,triton,latency,memory,publish")]
     scenarios: Vec<Scenario>,
     /// Jobs per run of the relay and latency scenarios.
     #[arg(long, default_value_t = 10_000)]
@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Prefetch => scenarios::prefetch::run(&cli).await?,
             Scenario::Image => scenarios::image::run(&cli).await?,
             Scenario::Ml => scenarios::ml::run(&cli).await?,
+            Scenario::Triton => scenarios::triton::run(&cli).await?,
             Scenario::Memory => scenarios::memory::run(&cli).await?,
             Scenario::Publish => scenarios::publish::run(&cli).await?,
             Scenario::Latency => scenarios::latency::run(&cli, relay_max).await?,

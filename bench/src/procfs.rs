@@ -39,13 +39,28 @@ pub fn broker_pid() -> Option<u32> {
     })
 }
 
-/// CPU seconds used between `start` and [`CpuMeter::stop`] by this process, the broker, and
-/// optionally a worker process.
+/// The processes of process group `pgid` (a Triton server and its Python stubs, say).
+pub fn group(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // After the parenthesised command: state, ppid, pgrp.
+            let pgrp: u32 = stat[stat.rfind(')')? + 2..].split_whitespace().nth(2)?.parse().ok()?;
+            (pgrp == pgid).then_some(pid)
+        })
+        .collect()
+}
+
+/// CPU seconds used between `start` and [`CpuMeter::stop`] by this process, the broker,
+/// optionally a worker process, and the processes of a model server.
 #[derive(Debug)]
 pub struct CpuMeter {
     own: f64,
     broker: Option<(u32, f64)>,
     worker: Option<(u32, f64)>,
+    model_server: Vec<(u32, f64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -55,31 +70,45 @@ pub struct CpuUsed {
     pub broker: f64,
     /// The worker process, when there is one (else 0).
     pub worker: f64,
+    /// The model server's processes (Triton and its stubs), when measured (else 0).
+    pub model_server: f64,
 }
 
 impl CpuUsed {
     pub fn total(&self) -> f64 {
-        self.own + self.broker + self.worker
+        self.own + self.broker + self.worker + self.model_server
     }
 
     /// The same, per job of a run of `jobs`.
     pub fn per_job(self, jobs: u64) -> Self {
         let n = jobs.max(1) as f64;
-        Self { own: self.own / n, broker: self.broker / n, worker: self.worker / n }
+        Self {
+            own: self.own / n,
+            broker: self.broker / n,
+            worker: self.worker / n,
+            model_server: self.model_server / n,
+        }
     }
 
     /// Field by field, the median of runs.
     pub fn median(runs: &[Self]) -> Self {
         let m = |f: fn(&Self) -> f64| crate::fleet::median(runs.iter().map(f).collect());
-        Self { own: m(|c| c.own), broker: m(|c| c.broker), worker: m(|c| c.worker) }
+        Self {
+            own: m(|c| c.own),
+            broker: m(|c| c.broker),
+            worker: m(|c| c.worker),
+            model_server: m(|c| c.model_server),
+        }
     }
 
     /// "CPU/job 5.03 ms: worker 3.57, load generator 0.45, broker 1.01" (for a per-job figure
     /// of a run whose worker is its own process).
     pub fn describe(&self) -> String {
         let ms = |x: f64| x * 1e3;
+        let triton =
+            if self.model_server > 0.0 { format!(", Triton {:.2}", ms(self.model_server)) } else { String::new() };
         format!(
-            "CPU/job {:.2} ms: worker {:.2}, load generator {:.2}, broker {:.2}",
+            "CPU/job {:.2} ms: worker {:.2}, load generator {:.2}, broker {:.2}{triton}",
             ms(self.total()),
             ms(self.worker),
             ms(self.own),
@@ -90,7 +119,8 @@ impl CpuUsed {
     /// The report's `cpu_s_per_job` object: this per-job figure beside the baseline's.
     pub fn json(&self, in_process: f64) -> serde_json::Value {
         serde_json::json!({"in_process": in_process, "fleet_total": self.total(), "fleet_worker": self.worker,
-                           "fleet_load_generator": self.own, "fleet_broker": self.broker})
+                           "fleet_load_generator": self.own, "fleet_broker": self.broker,
+                           "fleet_model_server": self.model_server})
     }
 }
 
@@ -100,11 +130,17 @@ impl CpuMeter {
     }
 
     pub fn with_worker(worker: Option<u32>) -> Self {
+        Self::with_processes(worker, &[])
+    }
+
+    /// Also measures `model_server`'s processes (their CPU summed).
+    pub fn with_processes(worker: Option<u32>, model_server: &[u32]) -> Self {
         let at = |pid: u32| Some((pid, cpu_seconds(pid)?));
         Self {
             own: cpu_seconds(std::process::id()).unwrap_or(0.0),
             broker: broker_pid().and_then(at),
             worker: worker.and_then(at),
+            model_server: model_server.iter().filter_map(|p| at(*p)).collect(),
         }
     }
 
@@ -114,6 +150,7 @@ impl CpuMeter {
             own: cpu_seconds(std::process::id()).unwrap_or(0.0) - self.own,
             broker: used(self.broker).unwrap_or(f64::NAN),
             worker: used(self.worker).unwrap_or(0.0),
+            model_server: self.model_server.iter().filter_map(|p| used(Some(*p))).sum(),
         }
     }
 }

@@ -165,7 +165,8 @@ async fn triton_killed_mid_run_and_restarted_loses_no_job_and_readiness_follows_
     let addr = fleet.metrics_addr.expect("metrics");
     let s = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(addr));
     let errors = s.value("warren_triton_errors_total", &[]);
-    let dashboard = std::fs::read_to_string(repo_root().join("deploy/grafana/dashboards/warren.json")).expect("dashboard");
+    let dashboard =
+        std::fs::read_to_string(repo_root().join("deploy/grafana/dashboards/warren.json")).expect("dashboard");
     for name in ["warren_triton_errors_total", "warren_model_ready", "warren_inference_seconds_bucket"] {
         assert!(dashboard.contains(name), "the dashboard shows {name}");
         assert!(s.names().contains(name), "a Triton-backed worker exports {name}");

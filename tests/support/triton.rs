@@ -61,6 +61,11 @@ impl Triton {
         triton
     }
 
+    /// The server's pid, which is also its process group's id (its Python stubs are in it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The gRPC endpoint, for `model.triton_url`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)

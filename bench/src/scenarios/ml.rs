@@ -29,18 +29,18 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
 }
 
 /// A model for the ML scenario: the settings that select it, and the image its jobs carry.
-struct MlModel {
-    name: &'static str,
-    tune: fn(&mut Settings),
-    image: &'static str,
-    jobs: u64,
+pub(crate) struct MlModel {
+    pub name: &'static str,
+    pub tune: fn(&mut Settings),
+    pub image: &'static str,
+    pub jobs: u64,
 }
 
-fn digits(_: &mut Settings) {}
+pub(crate) fn digits(_: &mut Settings) {}
 
 /// SqueezeNet 1.1 (models/squeezenet, random weights): a real CNN; a whole job from a 640x427
 /// JPEG takes ~6.6 ms of CPU in-process (docs/benchmarks.md).
-fn squeezenet(s: &mut Settings) {
+pub(crate) fn squeezenet(s: &mut Settings) {
     let dir = repo_root().join("models/squeezenet");
     let m = &mut s.model;
     m.name = "squeezenet".into();
@@ -81,7 +81,7 @@ fn in_process_classify(model: &OrtClassifier, png: &[u8], batch: usize, min: Dur
 }
 
 /// The `WARREN__MODEL__*` variables that give a worker process these model settings.
-fn model_env(m: &warren_infra::settings::ModelSettings) -> anyhow::Result<Vec<(String, String)>> {
+pub(crate) fn model_env(m: &warren_infra::settings::ModelSettings) -> anyhow::Result<Vec<(String, String)>> {
     let list = |v: &[f32]| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",");
     let filter = serde_json::to_value(m.resize_filter)?.as_str().context("a filter serialises as its name")?.to_owned();
     Ok([

@@ -7,6 +7,7 @@ pub mod ml;
 pub mod prefetch;
 pub mod publish;
 pub mod relay;
+pub mod triton;
 
 /// A scenario: its name on the command line is its key in the report. Declared in the order
 /// they run, whatever the order asked for (`latency` after `relay`, whose median rate it uses).
@@ -21,6 +22,9 @@ pub enum Scenario {
     Image,
     /// ONNX Runtime in-process at batch sizes 1..32 vs the fleet's `ml.classify`.
     Ml,
+    /// The same models on a Triton server (CPU) beside ONNX Runtime in-process: the gRPC hop,
+    /// whole jobs, and the fleet with either backend.
+    Triton,
     /// A worker's RSS under, after and across image loads, with either allocator.
     Memory,
     /// The channel-pool publisher vs all publishes on one confirm channel.
