@@ -285,3 +285,42 @@ async fn a_request_past_its_deadline_is_cancelled_and_its_job_retried_then_dead_
     producer.close().await;
     fleet.stop().await;
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_triton_refuses_requests_and_their_jobs_are_retried_until_answered(vhost: Vhost) {
+    // Triton's own overload answer: a model whose queue holds one request and that takes
+    // 200 ms a run refuses the rest with UNAVAILABLE ("Exceeds maximum queue size").
+    let busy = Served {
+        edits: vec![(
+            "dynamic_batching { }".into(),
+            "dynamic_batching { default_queue_policy { max_queue_size: 1 } }".into(),
+        )],
+        parameters: vec![("delay_ms".into(), "200".into())],
+        ..Served::digits("busy", "f32")
+    };
+    let triton = Triton::start(&[busy]).await;
+    let mut settings = triton_settings(&vhost, &triton, "busy");
+    (settings.consumer.pool_size, settings.model.max_batch) = (6, 1);
+    settings.retry.max_attempts = 40;
+    (settings.retry.base_delay_ms, settings.retry.max_delay_ms) = (200, 1000);
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let samples = samples("f32");
+    let (jobs, opts) =
+        (samples.iter().take(24).map(|(_, image, _)| classify(image)).collect::<Vec<_>>(), warren_e2e::want_result());
+    let tickets = futures_util::future::join_all(jobs.iter().map(|job| producer.publish(job, &opts))).await;
+    let mut retried = 0;
+    for (t, (name, _, expected)) in tickets.into_iter().zip(&samples) {
+        let r = t.expect("publish").wait(DEADLINE).await.expect("result");
+        let Some(JobOutput::Classify(out)) = r.output else { panic!("{name}: {:?}", r.error) };
+        assert_eq!(u64::from(out.predictions[0].index), *expected, "{name}");
+        retried += usize::from(r.attempt > 0);
+    }
+    let addr = fleet.metrics_addr.expect("metrics");
+    let s = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(addr));
+    let refused = s.value("warren_triton_errors_total", &[("code", "unavailable")]);
+    println!("overloaded Triton: 24 of 24 answered, {retried} after retries, {refused} requests refused");
+    assert!(refused > 0.0 && retried > 0, "the server was never overloaded: the test proves nothing");
+    producer.close().await;
+    fleet.stop().await;
+}
