@@ -45,6 +45,8 @@ pub struct Health {
     pool_size: usize,
     /// None: the model (if any) is always ready.
     model_ready: Option<watch::Receiver<bool>>,
+    /// The broker node of the current session.
+    node: Arc<std::sync::Mutex<String>>,
 }
 
 impl Health {
@@ -59,6 +61,37 @@ impl Health {
             abandoned,
             self.pool_size,
         )
+    }
+
+    /// Ready or not, with the node it is on or what is missing: the body of `/readyz`.
+    pub fn status(&self) -> (bool, String) {
+        let node = self.node.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if self.is_ready() {
+            return (true, format!("consuming {} queues on node {node}", self.queues.len()));
+        }
+        let consuming = self.metrics.consuming_each(&self.queues);
+        let mut missing: Vec<String> = Vec::new();
+        if !self.metrics.is_connected() {
+            missing.push(format!("not connected (last node {node})"));
+        }
+        let idle: Vec<&str> =
+            self.queues.iter().zip(&consuming).filter(|(_, c)| !**c).map(|(q, _)| q.as_str()).collect();
+        if !idle.is_empty() {
+            missing.push(format!("not consuming {}", idle.join(", ")));
+        }
+        if !self.model_ready() {
+            missing.push("the model is not ready".into());
+        }
+        let abandoned: usize = self.pools.iter().map(WorkerPool::abandoned).sum();
+        if decide::worn_out(abandoned, self.pool_size) {
+            missing.push(format!("{abandoned} job threads abandoned (pool of {})", self.pool_size));
+        }
+        (false, missing.join("; "))
+    }
+
+    /// The broker node of the current session (`host:port`).
+    pub fn node(&self) -> String {
+        self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether the model can take requests now (true for a worker without one, or in-process).
@@ -162,6 +195,7 @@ impl Application {
             metrics: metrics.clone(),
             batcher,
             model_ready: model_ready.clone(),
+            node: Arc::default(),
         };
         let session = Session::open(&shared).await?;
         let health = Arc::new(Health {
@@ -170,16 +204,18 @@ impl Application {
             pools: shared.served.iter().map(|s| s.pool.clone()).collect(),
             pool_size: shared.pool.size(),
             model_ready,
+            node: shared.node.clone(),
         });
         let metrics_addr = match settings.telemetry.metrics_addr.as_str() {
             "" => None,
             addr => {
                 let probe = health.clone();
-                Some(warren_infra::serve::spawn(addr, metrics.registry.clone(), move || probe.is_ready()).await?)
+                Some(warren_infra::serve::spawn(addr, metrics.registry.clone(), move || probe.status()).await?)
             }
         };
         tracing::info!(
             broker = %settings.broker.redacted_url(),
+            node = %session.node,
             queues = ?routes.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>(),
             pool = shared.pool.size(),
             prefetch,
@@ -227,7 +263,7 @@ impl Application {
                 None => match reconnect(&shared, &mut backoff, &mut shutdown).await {
                     Some(s) => {
                         shared.metrics.reconnected();
-                        tracing::info!("reconnected; consuming again");
+                        tracing::info!(node = %s.node, "reconnected; consuming again");
                         s
                     }
                     None => break,

@@ -34,6 +34,8 @@ pub struct Shared {
     pub batcher: Option<Batcher>,
     /// The model's readiness, when it can change (a Triton server); None: always ready.
     pub model_ready: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The broker node of the current (or last) session, for `/readyz`.
+    pub node: Arc<std::sync::Mutex<String>>,
 }
 
 impl Shared {
@@ -47,6 +49,8 @@ impl Shared {
 
 pub struct Session {
     pub connection: Arc<Connection>,
+    /// The broker node it is connected to (`host:port`).
+    pub node: String,
     pub worker: Arc<Worker>,
     pub consumers: Vec<(Arc<Served>, Channel, lapin::Consumer)>,
 }
@@ -54,7 +58,9 @@ pub struct Session {
 impl Session {
     pub async fn open(shared: &Shared) -> anyhow::Result<Self> {
         let settings = &shared.settings;
-        let connection = Arc::new(warren_infra::connect(&settings.broker, "consumer").await?);
+        let connected = warren_infra::connect_node(&settings.broker, "consumer").await?;
+        let (connection, node) = (Arc::new(connected.connection), connected.node);
+        *shared.node.lock().unwrap_or_else(|p| p.into_inner()) = node.clone();
         let setup = connection.create_channel().await.context("open channel for topology")?;
         topology::declare(&setup, settings).await?;
         let _ = setup.close(200, "topology declared".into()).await;
@@ -82,7 +88,7 @@ impl Session {
             shared.metrics.clone(),
             shared.batcher.clone(),
         ));
-        Ok(Self { connection, worker, consumers })
+        Ok(Self { connection, node, worker, consumers })
     }
 }
 

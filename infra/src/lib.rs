@@ -8,12 +8,13 @@ pub mod backoff;
 pub mod broker;
 pub mod fields;
 pub mod metrics;
+pub mod nodes;
 pub mod publish;
 pub mod serve;
 pub mod settings;
 pub mod telemetry;
 pub mod topology;
 
-pub use broker::{connect, redact_url};
+pub use broker::{Connected, connect, connect_node, redact_url};
 pub use publish::{PublishError, Publisher};
 pub use settings::Settings;

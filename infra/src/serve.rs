@@ -1,6 +1,7 @@
 //! The small HTTP server every Warren process runs for its operators: `/metrics` (Prometheus
 //! text format), `/healthz` (the process is alive) and `/readyz` (connected and working, as the
-//! caller's probe says). It binds to `telemetry.metrics_addr`; port 0 picks a free port.
+//! caller's probe says, with a line saying which broker node, or why not). It binds to
+//! `telemetry.metrics_addr`; port 0 picks a free port.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{Encoder as _, Registry, TextEncoder};
 
-type ReadyProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Ready or not, and a line for the operator: the node it is on, or what is missing.
+pub type Readiness = (bool, String);
+
+type ReadyProbe = Arc<dyn Fn() -> Readiness + Send + Sync>;
 
 #[derive(Clone)]
 struct Served {
@@ -25,7 +29,7 @@ struct Served {
 pub async fn spawn(
     addr: &str,
     registry: Registry,
-    ready: impl Fn() -> bool + Send + Sync + 'static,
+    ready: impl Fn() -> Readiness + Send + Sync + 'static,
 ) -> anyhow::Result<SocketAddr> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind metrics server to {addr}"))?;
@@ -59,7 +63,10 @@ async fn metrics(State(s): State<Served>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Served>) -> impl IntoResponse {
-    if (s.ready)() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+    match (s.ready)() {
+        (true, detail) => (StatusCode::OK, format!("ready: {detail}\n")),
+        (false, detail) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {detail}\n")),
+    }
 }
 
 /// A registry with the process collector (CPU seconds, resident memory, open fds) registered.

@@ -44,8 +44,18 @@ pub struct BrokerSettings {
     /// Reconnection backoff: first delay, and the cap (delays double, with full jitter).
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
-    /// For `amqps://`: a PEM file of CA certificates to trust instead of the system's.
+    /// For `amqps://`: a PEM file of CA certificates to trust beside the system's.
     pub tls_ca_file: PathBuf,
+    /// For `amqps://`: a client certificate (PEM) and its private key (PEM, PKCS#8 or RSA),
+    /// presented to a listener that asks for one (and for `?auth_mechanism=external`).
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// How long dialling one node may take before the next is tried.
+    pub connect_timeout_ms: u64,
+    /// Where the next connection starts in the list of nodes; shared by clones of these
+    /// settings, so a process moves on from the node it lost (`nodes`).
+    #[serde(skip)]
+    pub rotation: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl BrokerSettings {
@@ -64,6 +74,9 @@ impl std::fmt::Debug for BrokerSettings {
             .field("reconnect_min_ms", &self.reconnect_min_ms)
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
             .finish()
     }
 }
@@ -295,7 +308,15 @@ impl Settings {
 
     fn resolve_paths(&mut self, base: &Path) {
         let m = &mut self.model;
-        for p in [&mut m.path, &mut m.labels_path, &mut m.onnxruntime_path, &mut self.broker.tls_ca_file] {
+        let b = &mut self.broker;
+        for p in [
+            &mut m.path,
+            &mut m.labels_path,
+            &mut m.onnxruntime_path,
+            &mut b.tls_ca_file,
+            &mut b.tls_cert_file,
+            &mut b.tls_key_file,
+        ] {
             if !p.as_os_str().is_empty() && p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -9,6 +9,11 @@
 //! <queue>.returned          (jobs that came back unanswered; consumed one at a time per worker)
 //! results exchange (topic) --#--> results queue    (results of jobs that named no reply_to)
 //! ```
+//!
+//! With `topology.queue_type = "quorum"` (a cluster) every queue is a quorum queue, the
+//! producers' reply queues included, and the queues the broker dead-letters from (work queues,
+//! returned lanes, delay queues) dead-letter at least once (`x-dead-letter-strategy`), so a job
+//! whose retry delay ends while its work queue's leader moves is not dropped on the way back.
 
 use anyhow::Context as _;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -58,16 +63,21 @@ impl Plan {
             // so a job at the head delays those behind it by at most the jitter band.
             for delay in settings.retry_policy(route).tiers() {
                 let mut args = queue_args(settings, None);
-                args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
-                args.insert(
-                    "x-dead-letter-routing-key".into(),
-                    AMQPValue::LongString(LongString::from(route.queue.as_str())),
-                );
+                dead_letter_to(settings, &mut args, "", &route.queue);
                 plan.queues.push((settings.retry_queue(&route.queue, delay), args));
             }
         }
         plan
     }
+}
+
+/// The arguments of a producer's reply queue: durable, expiring once unused for
+/// `producer.reply_queue_expires_ms`, of the configured type.
+pub fn reply_queue_args(settings: &Settings) -> FieldTable {
+    let mut args = queue_args(settings, None);
+    let expires = i64::try_from(settings.producer.reply_queue_expires_ms).unwrap_or(i64::MAX);
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(expires));
+    args
 }
 
 pub async fn declare(channel: &Channel, settings: &Settings) -> anyhow::Result<()> {
@@ -88,7 +98,10 @@ pub async fn declare(channel: &Channel, settings: &Settings) -> anyhow::Result<(
         channel
             .queue_declare(ShortString::from(name.as_str()), QueueDeclareOptions::durable(), args.clone())
             .await
-            .with_context(|| format!("declare queue {name}"))?;
+            .map_err(|e| match explain_inequivalent(name, &e.to_string(), settings.topology.queue_type) {
+                Some(why) => anyhow::anyhow!(why),
+                None => anyhow::Error::new(e).context(format!("declare queue {name}")),
+            })?;
     }
     for (queue, exchange, key) in &plan.bindings {
         channel
@@ -115,11 +128,7 @@ fn queue_args(settings: &Settings, dead_letter_key: Option<&str>) -> FieldTable 
     if let Some(key) = dead_letter_key {
         // Anything the broker itself dead-letters (a reject without requeue, a delivery limit)
         // lands in the same dead-letter queue as what Warren dead-letters explicitly.
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(LongString::from(settings.topology.dead_letter_exchange.as_str())),
-        );
-        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(key)));
+        dead_letter_to(settings, &mut args, &settings.topology.dead_letter_exchange, key);
         let limit = settings.topology.delivery_limit;
         if settings.topology.queue_type == QueueType::Quorum && limit > 0 {
             // The broker's own poison guard: past `limit` returns it dead-letters the job.
@@ -127,4 +136,64 @@ fn queue_args(settings: &Settings, dead_letter_key: Option<&str>) -> FieldTable 
         }
     }
     args
+}
+
+/// Dead-letter through `exchange` with routing key `key`; on quorum queues at least once
+/// (which needs `x-overflow = reject-publish`: RabbitMQ 3.10+).
+fn dead_letter_to(settings: &Settings, args: &mut FieldTable, exchange: &str, key: &str) {
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from(exchange)));
+    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(key)));
+    if settings.topology.queue_type == QueueType::Quorum {
+        args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString(LongString::from("at-least-once")));
+        args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from("reject-publish")));
+    }
+}
+
+/// What to tell the operator when the broker refuses a declaration because the queue exists
+/// with other arguments (PRECONDITION_FAILED, "inequivalent arg"); None for any other error.
+pub fn explain_inequivalent(queue: &str, broker_says: &str, configured: QueueType) -> Option<String> {
+    if !broker_says.contains("inequivalent arg") {
+        return None;
+    }
+    let wanted = match configured {
+        QueueType::Classic => "classic",
+        QueueType::Quorum => "quorum",
+    };
+    let other = if configured == QueueType::Classic { "quorum" } else { "classic" };
+    let moving = format!(
+        "move its messages: `warrenctl dump {queue} --ack --out saved.jsonl`, delete the queue, \
+         `warrenctl topology apply`, `warrenctl load saved.jsonl`"
+    );
+    Some(if broker_says.contains("'x-queue-type'") {
+        format!(
+            "queue {queue} exists on the broker as another type of queue than topology.queue_type = \"{wanted}\", \
+             and a queue's type cannot change. Either set topology.queue_type = \"{other}\" to keep it, or {moving}. \
+             (The broker said: {broker_says})"
+        )
+    } else {
+        format!(
+            "queue {queue} exists on the broker with other arguments than the configuration gives it; \
+             `warrenctl topology diff` lists them. Either configure what it has, or {moving}. \
+             (The broker said: {broker_says})"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_of_the_other_type_is_explained_with_what_to_do() {
+        let said = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'warren.checksum' in vhost \
+                    '/': received 'quorum' but current is 'classic'";
+        let why = explain_inequivalent("warren.checksum", said, QueueType::Quorum).expect("explained");
+        assert!(why.contains("topology.queue_type = \"quorum\""), "{why}");
+        assert!(why.contains("set topology.queue_type = \"classic\" to keep it"), "{why}");
+        assert!(why.contains("warrenctl dump warren.checksum --ack"), "{why}");
+        let limit = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'q'";
+        let why = explain_inequivalent("q", limit, QueueType::Quorum).expect("explained");
+        assert!(why.contains("warrenctl topology diff"), "{why}");
+        assert_eq!(explain_inequivalent("q", "NOT_FOUND - no exchange", QueueType::Classic), None);
+    }
 }

@@ -18,10 +18,12 @@ pub struct Global {
     /// Warren configuration directory (queue names, topology, broker URL).
     #[arg(long, env = "WARREN_CONFIG_DIR", global = true)]
     pub config_dir: Option<PathBuf>,
-    /// AMQP URL, credentials and vhost included (default: broker.url of the configuration).
+    /// AMQP URL, credentials and vhost included (default: broker.url of the configuration);
+    /// several nodes of a cluster separated by commas.
     #[arg(long, env = "WARRENCTL_URL", global = true, hide_env_values = true)]
     pub url: Option<String>,
-    /// Management API base URL (default: http://<AMQP host>:15672).
+    /// Management API base URL (default: http://<AMQP host>:15672 of each AMQP node); several
+    /// separated by commas, asked in turn until one answers.
     #[arg(long, env = "WARRENCTL_MGMT_URL", global = true)]
     pub mgmt_url: Option<String>,
     /// Management API user (default: the AMQP URL's).

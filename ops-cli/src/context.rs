@@ -25,14 +25,19 @@ impl Ctx {
         if let Some(url) = &g.url {
             settings.broker.url = url.clone();
         }
-        let uri: AMQPUri = settings
-            .broker
-            .url
-            .parse()
-            .map_err(|e| CtlError::Config(format!("bad AMQP URL {}: {e}", settings.broker.redacted_url())))?;
+        let urls = warren_infra::nodes::split(&settings.broker.url);
+        let uris = urls
+            .iter()
+            .map(|u| u.parse::<AMQPUri>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| CtlError::Config(format!("bad AMQP URL in {}: {e}", settings.broker.redacted_url())))?;
+        let uri = uris.first().ok_or_else(|| CtlError::Config("the AMQP URL names no node".into()))?;
         let user = g.mgmt_user.clone().unwrap_or_else(|| uri.authority.userinfo.username.clone());
         let password = g.mgmt_password.clone().unwrap_or_else(|| uri.authority.userinfo.password.clone());
-        let mgmt_url = g.mgmt_url.clone().unwrap_or_else(|| format!("http://{}:15672", uri.authority.host));
+        // By default, each AMQP node's management API on its host (port 15672).
+        let mgmt_url = g.mgmt_url.clone().unwrap_or_else(|| {
+            uris.iter().map(|u| format!("http://{}:15672", u.authority.host)).collect::<Vec<_>>().join(",")
+        });
         Ok(Self { vhost: uri.vhost.clone(), mgmt: Mgmt::new(&mgmt_url, &user, &password), settings, json: g.json })
     }
 

@@ -1,5 +1,6 @@
 //! A small client for RabbitMQ's management HTTP API (port 15672): only the calls warrenctl
-//! needs, with errors that name the URL (never the password).
+//! needs, with errors that name the URL (never the password). Given several nodes' APIs (a
+//! cluster), it asks the first that answers, as the AMQP side dials nodes.
 
 use std::time::Duration;
 
@@ -10,30 +11,47 @@ use crate::errors::{CtlError, Result};
 
 #[derive(Debug, Clone)]
 pub struct Mgmt {
-    base: String,
+    bases: Vec<String>,
+    /// The node that answered last: asked first next time.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     auth: String,
     agent: ureq::Agent,
 }
 
 impl Mgmt {
-    pub fn new(base: &str, user: &str, password: &str) -> Self {
+    /// `bases`: one URL, or several separated by commas.
+    pub fn new(bases: &str, user: &str, password: &str) -> Self {
         let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(30)))
             .http_status_as_error(false)
             .build()
             .into();
-        Self { base: base.trim_end_matches('/').to_owned(), auth, agent }
+        let bases = warren_infra::nodes::split(bases).into_iter().map(|b| b.trim_end_matches('/').to_owned()).collect();
+        Self { bases, current: Default::default(), auth, agent }
     }
 
     fn get(&self, path: &str) -> Result<Option<Value>> {
-        let url = format!("{}{path}", self.base);
-        let mut resp = self
-            .agent
-            .get(&url)
-            .header("Authorization", &self.auth)
-            .call()
-            .map_err(|e| CtlError::Management(format!("GET {url}: {e} (is the management plugin enabled?)")))?;
+        use std::sync::atomic::Ordering;
+        let mut failures = Vec::new();
+        let mut answered = None;
+        for i in warren_infra::nodes::dial_order(self.bases.len(), self.current.load(Ordering::Relaxed)) {
+            let url = format!("{}{path}", self.bases[i]);
+            match self.agent.get(&url).header("Authorization", &self.auth).call() {
+                Ok(resp) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    answered = Some((url, resp));
+                    break;
+                }
+                Err(e) => failures.push(format!("GET {url}: {e}")),
+            }
+        }
+        let Some((url, mut resp)) = answered else {
+            return Err(CtlError::Management(format!(
+                "{} (is the management plugin enabled?)",
+                if failures.is_empty() { "no management URL".to_owned() } else { failures.join("; ") }
+            )));
+        };
         match resp.status().as_u16() {
             200 => resp.body_mut().read_json().map(Some).map_err(|e| CtlError::Management(format!("GET {url}: {e}"))),
             404 => Ok(None),

@@ -174,7 +174,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Some(addr) = &cli.metrics_addr {
         let metrics = producer.metrics().clone();
         let probe = metrics.clone();
-        let bound = warren_infra::serve::spawn(addr, metrics.registry.clone(), move || probe.is_connected()).await?;
+        let bound = warren_infra::serve::spawn(addr, metrics.registry.clone(), move || {
+            let up = probe.is_connected();
+            (up, if up { "connected".into() } else { "not connected".into() })
+        })
+        .await?;
         eprintln!("warren-producer: metrics on http://{bound}/metrics");
     }
     if cli.declare {

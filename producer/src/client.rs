@@ -106,8 +106,9 @@ impl Producer {
     /// Declares this producer's reply queue and starts collecting results by correlation id.
     pub async fn enable_replies(&mut self) -> anyhow::Result<()> {
         if self.replies.is_none() {
-            self.replies =
-                Some(Replies::start(&self.settings.broker, self.settings.producer.reply_queue_expires_ms).await?);
+            self.replies = Some(
+                Replies::start(&self.settings.broker, warren_infra::topology::reply_queue_args(&self.settings)).await?,
+            );
         }
         Ok(())
     }

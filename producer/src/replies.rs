@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 use warren_common::{Encoding, JobResult};
 use warren_infra::backoff::Backoff;
@@ -32,11 +32,11 @@ impl Replies {
     /// Declares the reply queue and starts consuming it on a connection of its own, which is
     /// re-established (capped, jittered backoff) whenever it is lost, so results keep coming
     /// whether or not this producer publishes again.
-    pub async fn start(broker: &BrokerSettings, expires_ms: u64) -> anyhow::Result<Self> {
+    pub async fn start(broker: &BrokerSettings, args: FieldTable) -> anyhow::Result<Self> {
         let queue = format!("warren.reply.{}", uuid::Uuid::new_v4().simple());
         let waiters: Waiters = Arc::default();
         // The first session opens before we return: the queue must exist before any job names it.
-        let first = Session::open(broker, &queue, expires_ms).await?;
+        let first = Session::open(broker, &queue, &args).await?;
         let (broker, name, map) = (broker.clone(), queue.clone(), waiters.clone());
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new(
@@ -50,7 +50,7 @@ impl Replies {
                     tracing::warn!(queue = %name, "reply consumer lost the broker; reconnecting");
                 }
                 tokio::time::sleep(backoff.next_delay()).await;
-                match Session::open(&broker, &name, expires_ms).await {
+                match Session::open(&broker, &name, &args).await {
                     Ok(s) => {
                         backoff.reset();
                         session = Some(s);
@@ -92,13 +92,11 @@ struct Session {
 }
 
 impl Session {
-    async fn open(broker: &BrokerSettings, queue: &str, expires_ms: u64) -> anyhow::Result<Self> {
+    async fn open(broker: &BrokerSettings, queue: &str, args: &FieldTable) -> anyhow::Result<Self> {
         let connection = warren_infra::connect(broker, "producer-replies").await?;
         let channel = connection.create_channel().await.context("open reply channel")?;
-        let mut args = FieldTable::default();
-        args.insert("x-expires".into(), AMQPValue::LongLongInt(i64::try_from(expires_ms).unwrap_or(i64::MAX)));
         channel
-            .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
+            .queue_declare(queue.into(), QueueDeclareOptions::durable(), args.clone())
             .await
             .with_context(|| format!("declare reply queue {queue}"))?;
         let consumer = channel

@@ -114,3 +114,34 @@ async fn quorum_queues_with_a_delivery_limit_work_too(vhost: Vhost) {
     producer.close().await;
     fleet.stop().await;
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_against_queues_of_the_other_type_says_what_to_do_and_warrenctl_diff_shows_it(vhost: Vhost) {
+    let classic = settings_for(&vhost);
+    let producer = warren_producer::Producer::connect(classic.clone()).await.expect("producer");
+    producer.declare_topology().await.expect("classic topology");
+    producer.close().await;
+
+    let mut quorum = classic.clone();
+    quorum.topology.queue_type = warren_infra::settings::QueueType::Quorum;
+    let e = format!("{:#}", warren_consumer::Application::build(quorum).await.expect_err("refused"));
+    println!("quorum worker against classic queues: {e}");
+    assert!(e.contains("exists on the broker as another type of queue than topology.queue_type = \"quorum\""), "{e}");
+    assert!(e.contains("set topology.queue_type = \"classic\" to keep it") && e.contains("warrenctl dump"), "{e}");
+
+    let out = tokio::process::Command::new(warren_e2e::bin("warrenctl"))
+        .args(["topology", "diff"])
+        .current_dir(warren_e2e::repo_root())
+        .env("WARREN_CONFIG_DIR", warren_e2e::repo_root().join("config"))
+        .env("WARREN__TOPOLOGY__QUEUE_TYPE", "quorum")
+        .env("WARRENCTL_URL", vhost.amqp_url())
+        .env("WARRENCTL_MGMT_URL", warren_e2e::broker::management_url())
+        .output()
+        .await
+        .expect("warrenctl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("$ warrenctl topology diff\n{stdout}");
+    assert_eq!(out.status.code(), Some(1), "differences exit 1");
+    assert!(stdout.contains("~ queue warren.checksum is a classic queue (config: quorum)"), "{stdout}");
+}

@@ -79,7 +79,9 @@ async fn counters_and_histograms_move_by_the_right_amounts_and_readyz_follows_th
 
     // The producer's side, served the same way.
     let served =
-        warren_infra::serve::spawn("127.0.0.1:0", producer.metrics().registry.clone(), || true).await.expect("serve");
+        warren_infra::serve::spawn("127.0.0.1:0", producer.metrics().registry.clone(), || (true, String::new()))
+            .await
+            .expect("serve");
     let p = tokio::task::block_in_place(|| Scrape::take(served));
     assert_eq!(p.value("warren_producer_published_total", &[("kind", "checksum"), ("outcome", "acked")]), 5.0);
     assert_eq!(p.value("warren_producer_published_total", &[("kind", "image.resize"), ("outcome", "acked")]), 2.0);

@@ -54,6 +54,18 @@ fn diff(ctx: &Ctx, plan: &Plan) -> Result<()> {
             diffs.push(format!("+ queue {name} is missing"));
             continue;
         };
+        let want_type = args.inner().get("x-queue-type").map(amqp_json).unwrap_or_else(|| Value::from("classic"));
+        if let Some(have) = q["type"].as_str()
+            && want_type != have
+        {
+            // Its other arguments follow from its type: one line that says what to do.
+            diffs.push(format!(
+                "~ queue {name} is a {have} queue (config: {}); a queue's type cannot change: `warrenctl dump {name} \
+                 --ack --out saved.jsonl`, delete it, `warrenctl topology apply`, `warrenctl load saved.jsonl`",
+                want_type.as_str().unwrap_or("?")
+            ));
+            continue;
+        }
         for (k, v) in args.inner() {
             let want = amqp_json(v);
             let key = k.as_str();
