@@ -41,13 +41,24 @@ pub fn wait_for_management(deadline: Duration) {
 #[derive(Debug)]
 pub struct Vhost {
     pub name: String,
+    /// AMQP URL of its broker, without vhost.
+    pub amqp_base: String,
+    /// Management API of its broker.
+    pub mgmt_base: String,
 }
 
 impl Vhost {
-    /// Creates `warren-test-<label>-<uuid>` with full permissions for the test user.
+    /// Creates `warren-test-<label>-<uuid>` with full permissions for the test user, on the
+    /// test broker.
     pub fn create(label: &str) -> Self {
+        Self::create_at(label, &amqp_base(), &management_url())
+    }
+
+    /// The same on the broker whose AMQP URL (without vhost) and management API are given (a
+    /// node of a cluster: the vhost exists on every node).
+    pub fn create_at(label: &str, amqp: &str, mgmt: &str) -> Self {
         let name = format!("warren-test-{label}-{}", uuid::Uuid::new_v4().simple());
-        let base = management_url();
+        let base = mgmt.to_owned();
         let agent = agent();
         agent.put(&format!("{base}/api/vhosts/{name}")).header("Authorization", &auth()).send_empty().unwrap_or_else(
             |e| panic!("creating vhost {name} via {base} (is the management plugin on? run scripts/setup.sh): {e}"),
@@ -58,11 +69,11 @@ impl Vhost {
             .header("Authorization", &auth())
             .send_json(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
             .unwrap_or_else(|e| panic!("granting permissions on {name}: {e}"));
-        Self { name }
+        Self { name, amqp_base: amqp.trim_end_matches('/').to_owned(), mgmt_base: base }
     }
 
     pub fn amqp_url(&self) -> String {
-        format!("{}/{}", amqp_base(), self.name)
+        format!("{}/{}", self.amqp_base, self.name)
     }
 
     /// Force-closes this vhost's connections whose client-given name contains `role` (e.g.
@@ -73,7 +84,7 @@ impl Vhost {
         let mut closed = 0;
         for name in self.connections(role) {
             agent()
-                .delete(&format!("{}/api/connections/{}", management_url(), warrenctl::mgmt::enc(&name)))
+                .delete(&format!("{}/api/connections/{}", self.mgmt_base, warrenctl::mgmt::enc(&name)))
                 .header("Authorization", &auth())
                 .call()
                 .unwrap_or_else(|e| panic!("closing connection {name}: {e}"));
@@ -85,7 +96,7 @@ impl Vhost {
     /// Applies a policy (`definition`, e.g. `{"max-length": 0}`) to this vhost's queues matching
     /// `pattern`, as an operator would.
     pub fn set_policy(&self, name: &str, pattern: &str, definition: serde_json::Value) {
-        let url = format!("{}/api/policies/{}/{name}", management_url(), self.name);
+        let url = format!("{}/api/policies/{}/{name}", self.mgmt_base, self.name);
         agent()
             .put(&url)
             .header("Authorization", &auth())
@@ -96,7 +107,7 @@ impl Vhost {
     }
 
     pub fn clear_policy(&self, name: &str) {
-        let url = format!("{}/api/policies/{}/{name}", management_url(), self.name);
+        let url = format!("{}/api/policies/{}/{name}", self.mgmt_base, self.name);
         agent()
             .delete(&url)
             .header("Authorization", &auth())
@@ -107,7 +118,7 @@ impl Vhost {
     /// The names of this vhost's connections whose client-given name contains `role`, waiting
     /// (up to a deadline) until the management API lists at least one.
     pub fn connections(&self, role: &str) -> Vec<String> {
-        let base = management_url();
+        let base = &self.mgmt_base;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let conns: serde_json::Value = agent()
@@ -154,7 +165,7 @@ pub fn vhost() -> Vhost {
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let base = management_url();
+        let base = &self.mgmt_base;
         if let Err(e) =
             agent().delete(&format!("{base}/api/vhosts/{}", self.name)).header("Authorization", &auth()).call()
         {
