@@ -190,6 +190,19 @@ impl ResizeJob {
     }
 }
 
+impl ResizeJob {
+    /// The smallest size a decode of a `w x h` source may shrink it to for this job: the whole
+    /// source at [`Geometry::scaled`], times the filter's [`Filter::decode_margin`].
+    /// [`image_io::dct_scale`] then compares it with the source, as Pillow's `draft()` is given
+    /// the scaled size; for `Fill` that is also the crop's region against the output, since the
+    /// scaled source has the region's proportion to the output.
+    pub fn decode_target(&self, w: u32, h: u32) -> (u32, u32) {
+        let (sw, sh) = self.geometry(w, h).scaled;
+        let margin = self.filter.decode_margin();
+        (sw.saturating_mul(margin), sh.saturating_mul(margin))
+    }
+}
+
 pub fn resize(job: &ResizeJob, limits: &Limits) -> Result<ResizeOutput, JobError> {
     resize_with(job, limits, Pipeline::WORKER)
 }
@@ -198,9 +211,7 @@ pub fn resize(job: &ResizeJob, limits: &Limits) -> Result<ResizeOutput, JobError
 pub fn resize_with(job: &ResizeJob, limits: &Limits, pipeline: Pipeline) -> Result<ResizeOutput, JobError> {
     job.validate(limits)?;
     let decoded = image_io::decode_for(&job.image, limits, |w, h| {
-        let (sw, sh) = job.geometry(w, h).scaled;
-        let margin = job.filter.decode_margin();
-        if pipeline.scaled_decode { (sw.saturating_mul(margin), sh.saturating_mul(margin)) } else { (w, h) }
+        if pipeline.scaled_decode { job.decode_target(w, h) } else { (w, h) }
     })?;
     let Geometry { output: (ow, oh), region, .. } = job.geometry(decoded.source.0, decoded.source.1);
     let img = &decoded.image;
@@ -388,6 +399,55 @@ mod tests {
             simd.len(),
             image_crate.len()
         );
+    }
+
+    /// What each mode and filter asks the decoder for, and the scale that gives, for a 1920x1080
+    /// photo into 256x256: the scaled source (Fit 256x144, Fill 455x256 before its crop, Exact
+    /// 256x256), twice it for the filters wider than bilinear.
+    #[rstest]
+    #[case::fit_nearest(ResizeMode::Fit, Filter::Nearest, (256, 144), 4)]
+    #[case::fit_triangle(ResizeMode::Fit, Filter::Triangle, (256, 144), 4)]
+    #[case::fit_catmull_rom(ResizeMode::Fit, Filter::CatmullRom, (512, 288), 2)]
+    #[case::fit_gaussian(ResizeMode::Fit, Filter::Gaussian, (512, 288), 2)]
+    #[case::fit_lanczos3(ResizeMode::Fit, Filter::Lanczos3, (512, 288), 2)]
+    #[case::fill_nearest(ResizeMode::Fill, Filter::Nearest, (455, 256), 4)]
+    #[case::fill_triangle(ResizeMode::Fill, Filter::Triangle, (455, 256), 4)]
+    #[case::fill_catmull_rom(ResizeMode::Fill, Filter::CatmullRom, (910, 512), 2)]
+    #[case::fill_gaussian(ResizeMode::Fill, Filter::Gaussian, (910, 512), 2)]
+    #[case::fill_lanczos3(ResizeMode::Fill, Filter::Lanczos3, (910, 512), 2)]
+    #[case::exact_nearest(ResizeMode::Exact, Filter::Nearest, (256, 256), 4)]
+    #[case::exact_triangle(ResizeMode::Exact, Filter::Triangle, (256, 256), 4)]
+    #[case::exact_catmull_rom(ResizeMode::Exact, Filter::CatmullRom, (512, 512), 2)]
+    #[case::exact_gaussian(ResizeMode::Exact, Filter::Gaussian, (512, 512), 2)]
+    #[case::exact_lanczos3(ResizeMode::Exact, Filter::Lanczos3, (512, 512), 2)]
+    fn the_decode_target_is_the_scaled_source_times_the_filters_margin(
+        #[case] mode: ResizeMode,
+        #[case] filter: Filter,
+        #[case] target: (u32, u32),
+        #[case] scale: u32,
+    ) {
+        let job = ResizeJob { width: 256, height: 256, mode, filter, ..job(mode, None) };
+        assert_eq!(job.decode_target(1920, 1080), target);
+        assert_eq!(image_io::dct_scale((1920, 1080), target), scale);
+    }
+
+    /// The decode target at the edges: an upscale asks for more than the source (a full
+    /// decode), an output of the source's size asks for all of it, and a huge output
+    /// saturates instead of overflowing.
+    #[rstest]
+    #[case::upscale(ResizeMode::Fit, Filter::Triangle, (2000, 2000), (100, 50), (2000, 1000))]
+    #[case::same_size(ResizeMode::Exact, Filter::Nearest, (640, 427), (640, 427), (640, 427))]
+    #[case::one_pixel(ResizeMode::Fill, Filter::Lanczos3, (1, 1), (1920, 1080), (4, 2))]
+    #[case::saturates(ResizeMode::Exact, Filter::Lanczos3, (u32::MAX, 2), (10, 10), (u32::MAX, 4))]
+    fn the_decode_target_at_the_edges(
+        #[case] mode: ResizeMode,
+        #[case] filter: Filter,
+        #[case] (width, height): (u32, u32),
+        #[case] (w, h): (u32, u32),
+        #[case] target: (u32, u32),
+    ) {
+        let job = ResizeJob { width, height, mode, filter, ..job(mode, None) };
+        assert_eq!(job.decode_target(w, h), target);
     }
 
     #[test]
