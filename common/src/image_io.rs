@@ -2,7 +2,11 @@
 //!
 //! The format is sniffed from the bytes (never trusted from a parameter), checked against the
 //! allowed list, and the dimensions are read from the header and checked before any pixel
-//! buffer is allocated; the decoder also gets an allocation cap, as a second line of defence.
+//! buffer is allocated. The `image` crate's decoders (PNG, WebP, and the JPEGs libjpeg-turbo
+//! leaves) also get an allocation cap, as a second line of defence. libjpeg-turbo gets none:
+//! the `turbojpeg` crate (1.5) does not expose `TJPARAM_MAXMEMORY` or `TJPARAM_MAXPIXELS`, so
+//! its memory is bounded by Warren's header check alone: it decodes only a JPEG whose header it
+//! reads as the size that check accepted.
 
 use std::io::Cursor;
 
