@@ -88,6 +88,26 @@ pub struct Decoded {
     pub scale: u32,
 }
 
+impl Decoded {
+    /// `region` (left, top, width, height in source pixels) in the pixels of [`Self::image`]:
+    /// exactly `region / scale` (Pillow's `draft()` maps it so too), never the decoder's
+    /// rounded-up last column or row beyond it, and kept inside the image, since the far edge
+    /// computed in floating point can land a rounding step past it (480 * (4000 / 480) =
+    /// 4000.0000000000005), which the resampler refuses.
+    pub fn within(&self, region: [f64; 4]) -> [f64; 4] {
+        let d = f64::from(self.scale);
+        let (iw, ih) = (f64::from(self.image.width()), f64::from(self.image.height()));
+        let [left, top, width, height] = region.map(|v| v / d);
+        let (left, top) = (left.clamp(0.0, iw), top.clamp(0.0, ih));
+        [left, top, width.min(iw - left), height.min(ih - top)]
+    }
+
+    /// The whole source in the pixels of [`Self::image`] ([`Self::within`]).
+    pub fn whole(&self) -> [f64; 4] {
+        self.within([0.0, 0.0, f64::from(self.source.0), f64::from(self.source.1)])
+    }
+}
+
 /// Decodes like [`decode`], but asks first for the smallest size the caller can use (`needed`
 /// gives it from the source size): a JPEG is then decoded by libjpeg-turbo at the scale
 /// [`dct_scale`] picks, Pillow's `draft()` rule. The scaled inverse DCT computes a smaller block
@@ -115,7 +135,7 @@ pub fn decode_for(
 ///
 /// The image at exactly 1/d must cover what is needed; the size libjpeg-turbo hands back must
 /// not be what qualifies a scale. It rounds the sides up, and the last column or row is then
-/// partly the encoder's edge padding, which the resize crops away: a 1913x1080 photo at 1/8 is
+/// partly the encoder's edge padding, which is cropped away ([`Decoded::within`]): a 1913x1080 photo at 1/8 is
 /// 240x135 pixels but holds 239.125 columns of it, so a 240x135 output would be stretched from
 /// fewer. While the rounded-up size qualified a scale, that job scored 0.28 dB below
 /// Pillow-draft (which decodes it at 1/4), and bilinear jobs at 1/2 up to 5.1 dB below

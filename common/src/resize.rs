@@ -220,10 +220,7 @@ pub fn resize_with(job: &ResizeJob, limits: &Limits, pipeline: Pipeline) -> Resu
         (Resampler::ImageCrate, ResizeMode::Fill) => img.resize_to_fill(ow, oh, job.filter.filter_type()),
         #[cfg(feature = "pipelines")]
         (Resampler::ImageCrate, _) => img.resize_exact(ow, oh, job.filter.filter_type()),
-        (Resampler::Simd, _) if job.mode == ResizeMode::Fill || decoded.scale > 1 => {
-            resample(img, (ow, oh), job.filter, Some(within(region, decoded.scale, img)))?
-        }
-        (Resampler::Simd, _) => resample(img, (ow, oh), job.filter, None)?,
+        (Resampler::Simd, _) => resample(img, (ow, oh), job.filter, decoded.within(region))?,
     };
     let format = job.format.unwrap_or(decoded.format);
     let bytes = image_io::encode_with(&out, format, job.quality, pipeline.jpeg)?;
@@ -237,25 +234,14 @@ pub fn resize_with(job: &ResizeJob, limits: &Limits, pipeline: Pipeline) -> Resu
     })
 }
 
-/// `region` (source pixels) in the pixels of `img`, the source decoded at 1/`scale`: exactly
-/// `region / scale` (Pillow's `draft()` maps it so too), kept inside `img`, since the far edge
-/// computed in floating point can land a rounding step past it (480 * (4000 / 480) =
-/// 4000.0000000000005), which the resampler refuses.
-fn within(region: [f64; 4], scale: u32, img: &DynamicImage) -> [f64; 4] {
-    let d = f64::from(scale);
-    let (iw, ih) = (f64::from(img.width()), f64::from(img.height()));
-    let [left, top, width, height] = region.map(|v| v / d);
-    let (left, top) = (left.clamp(0.0, iw), top.clamp(0.0, ih));
-    [left, top, width.min(iw - left), height.min(ih - top)]
-}
-
 /// Resamples with `fast_image_resize` to exactly `size` the `crop` (left, top, width, height)
-/// of `img`, or all of it. Alpha is premultiplied while resampling, as `image` does.
+/// of `img` ([`image_io::Decoded::within`]). Alpha is premultiplied while resampling, as
+/// `image` does.
 pub(crate) fn resample(
     img: &DynamicImage,
     size: (u32, u32),
     filter: Filter,
-    crop: Option<[f64; 4]>,
+    [left, top, width, height]: [f64; 4],
 ) -> Result<DynamicImage, JobError> {
     use fast_image_resize::{FilterType as F, ResizeAlg, ResizeOptions, Resizer};
     let algorithm = match filter {
@@ -265,10 +251,7 @@ pub(crate) fn resample(
         Filter::Gaussian => ResizeAlg::Convolution(F::Gaussian),
         Filter::Lanczos3 => ResizeAlg::Convolution(F::Lanczos3),
     };
-    let mut options = ResizeOptions::new().resize_alg(algorithm);
-    if let Some([left, top, width, height]) = crop {
-        options = options.crop(left, top, width, height);
-    }
+    let options = ResizeOptions::new().resize_alg(algorithm).crop(left, top, width, height);
     let mut out = DynamicImage::new(size.0, size.1, img.color());
     Resizer::new().resize(img, &mut out, &options).map_err(|e| {
         JobError::Encode(format!("resampling {}x{} to {}x{}: {e}", img.width(), img.height(), size.0, size.1))
