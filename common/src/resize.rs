@@ -299,15 +299,11 @@ mod tests {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
-    /// Peak signal-to-noise ratio between two decoded outputs of the same size, in dB.
+    /// PSNR of one encoded output against another, over RGBA (the PNG with alpha keeps it).
     #[cfg(feature = "pipelines")]
     fn psnr(a: &[u8], b: &[u8]) -> f64 {
-        let (a, b) =
-            (image::load_from_memory(a).expect("a").to_rgba8(), image::load_from_memory(b).expect("b").to_rgba8());
-        assert_eq!(a.dimensions(), b.dimensions());
-        let se: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum();
-        let mse = se / a.as_raw().len() as f64;
-        if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64.powi(2) / mse).log10() }
+        let load = |bytes| image::load_from_memory(bytes).expect("an output decodes").to_rgba8();
+        crate::quality::psnr(&load(a), &load(b)).expect("the same size")
     }
 
     /// The full-decode pipeline (SIMD resampling) against the reference (full decode, the `image`

@@ -12,7 +12,7 @@ use serde_json::json;
 use warren_common::Limits;
 use warren_common::image_io::Format;
 use warren_common::resize::{Filter, ResizeJob, ResizeMode, resize};
-use warren_e2e::repo_root;
+use warren_e2e::{TempDir, repo_root};
 
 const IMAGES: [&str; 5] = [
     "images/china.jpg",
@@ -63,27 +63,14 @@ const TOLERANCE_DB: f64 = 0.25;
 /// Warren's different resampler then scores 55-58 dB: a tie, not a loss.
 const SAME_DB: f64 = 50.0;
 
-/// Peak signal-to-noise ratio of `a` against `b` (same size, RGBA), in dB.
+/// PSNR of the PNG at `a` against the one at `b`, over RGBA (the PNG with alpha keeps it).
 fn psnr(a: &Path, b: &Path) -> f64 {
     let load = |p: &Path| image::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).to_rgba8();
-    let (a, b) = (load(a), load(b));
-    assert_eq!(a.dimensions(), b.dimensions(), "{}", a.width());
-    let se: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum();
-    let mse = se / a.as_raw().len() as f64;
-    if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64.powi(2) / mse).log10() }
+    warren_common::quality::psnr(&load(a), &load(b)).unwrap_or_else(|e| panic!("{}: {e}", a.display()))
 }
 
 fn snake(value: impl serde::Serialize) -> String {
     serde_json::to_value(value).expect("serialises").as_str().expect("a string").to_owned()
-}
-
-/// A directory removed when dropped, also when the test fails.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 struct Case {
@@ -152,12 +139,11 @@ fn jobs(dir: &Path) -> Vec<(PathBuf, String, ResizeJob)> {
 
 #[test]
 fn scaled_decoding_is_not_worse_than_pillows_draft_mode() {
-    let temp = TempDir(std::env::temp_dir().join(format!("warren-imaging-{}", uuid::Uuid::new_v4())));
-    let dir = temp.0.clone();
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let temp = TempDir::new("warren-imaging").expect("temp dir");
+    let dir = temp.path();
     let mut cases = Vec::new();
     let mut requests = Vec::new();
-    for (path, name, job) in jobs(&dir) {
+    for (path, name, job) in jobs(dir) {
         let out = resize(&job, &Limits::default()).expect("resize");
         let id = format!("{}", cases.len());
         std::fs::write(dir.join(format!("{id}.warren.png")), &out.image).expect("write");

@@ -5,16 +5,17 @@
 //! Reports the rates, the ratios between them, CPU per job by process, the message sizes, the
 //! outputs' PSNR, and the resize pipelines side by side on one thread.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use tokio::task::block_in_place;
 use warren_common::image_io::Format;
+use warren_common::quality;
 use warren_common::resize::{Filter, Pipeline, ResizeJob, ResizeMode, resize, resize_with};
 use warren_common::{Encoding, Job, JobEnvelope, Limits};
-use warren_e2e::repo_root;
+use warren_e2e::{TempDir, repo_root};
 
 use crate::Cli;
 use crate::fleet::{RESIZE_PHOTO, cores, median, plan, process_run, resize_job, resize_of};
@@ -388,14 +389,18 @@ fn output_quality(photo: &Path, job: &ResizeJob) -> anyhow::Result<Value> {
         ("warren", resize(job, &limits).context("Warren's resize")?.image),
         ("warren_full_decode", resize_with(job, &limits, Pipeline::FULL_DECODE).context("full-decode resize")?.image),
     ];
+    let temp = TempDir::new("warren-bench").context("a temporary directory for Pillow's outputs")?;
     for (name, draft) in [("pillow_draft", true), ("pillow_full", false)] {
-        let path = TempFile(std::env::temp_dir().join(format!("warren-bench-{}-{name}.jpg", std::process::id())));
-        pillow(photo, job, draft, 1, Duration::ZERO, Some(&path.0))?;
-        outputs.push((name, std::fs::read(&path.0).with_context(|| format!("reading {}", path.0.display()))?));
+        let path = temp.path().join(format!("{name}.jpg"));
+        pillow(photo, job, draft, 1, Duration::ZERO, Some(&path))?;
+        outputs.push((name, std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?));
     }
     let (mut db, mut bytes) = (serde_json::Map::new(), serde_json::Map::new());
     for (name, output) in &outputs {
-        db.insert((*name).to_owned(), json!(psnr(output, &reference).with_context(|| format!("{name}'s output"))?));
+        // Over RGB: the outputs are JPEGs, opaque.
+        let img = image::load_from_memory(output).with_context(|| format!("{name}'s output"))?.to_rgb8();
+        let psnr = quality::psnr(&img, &reference).map_err(|e| anyhow::anyhow!("{name}'s output: {e}"))?;
+        db.insert((*name).to_owned(), json!(psnr));
         bytes.insert((*name).to_owned(), json!(output.len()));
     }
     let line: Vec<String> = outputs
@@ -407,29 +412,4 @@ fn output_quality(photo: &Path, job: &ResizeJob) -> anyhow::Result<Value> {
         line.join(", ")
     );
     Ok(json!({"reference": "full decode, Lanczos3, lossless", "psnr_db": db, "output_bytes": bytes}))
-}
-
-/// Peak signal-to-noise ratio of an encoded image against `reference` (same size), in dB, over
-/// the RGB channels.
-fn psnr(encoded: &[u8], reference: &image::RgbImage) -> anyhow::Result<f64> {
-    let img = image::load_from_memory(encoded)?.to_rgb8();
-    anyhow::ensure!(
-        img.dimensions() == reference.dimensions(),
-        "{:?} against the reference's {:?}",
-        img.dimensions(),
-        reference.dimensions()
-    );
-    let se: f64 =
-        img.as_raw().iter().zip(reference.as_raw()).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
-    let mse = se / img.as_raw().len() as f64;
-    Ok(if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64.powi(2) / mse).log10() })
-}
-
-/// A file removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
