@@ -128,7 +128,8 @@ impl Pipeline {
     pub const FULL_DECODE: Self = Self { scaled_decode: false, ..Self::WORKER };
     /// The worker's at full size, with the `image` crate's JPEG encoder.
     pub const IMAGE_JPEG_ENCODER: Self = Self { jpeg: JpegWriter::ImageCrate, ..Self::FULL_DECODE };
-    /// The `image` crate's resampling and JPEG encoder after a full decode.
+    /// The `image` crate's resampling and JPEG encoder after a full decode (libjpeg-turbo's, as
+    /// in every pipeline).
     pub const REFERENCE: Self =
         Self { scaled_decode: false, resampler: Resampler::ImageCrate, jpeg: JpegWriter::ImageCrate };
 }
@@ -306,8 +307,9 @@ mod tests {
         crate::quality::psnr(&load(a), &load(b)).expect("the same size")
     }
 
-    /// The full-decode pipeline (SIMD resampling) against the reference (full decode, the `image`
-    /// crate): same dimensions, and pixels a viewer cannot tell apart (PSNR above 40 dB;
+    /// The SIMD resampling against the `image` crate's (`Pipeline::REFERENCE`), both after the
+    /// same libjpeg-turbo decode, at full size or (the worker's pipeline) scaled: same
+    /// dimensions, and at full size pixels a viewer cannot tell apart (PSNR above 40 dB;
     /// identical images would be infinite, JPEG at quality 85 is ~35-40).
     #[cfg(feature = "pipelines")]
     #[rstest]
