@@ -142,12 +142,32 @@ pub fn classify_batch(
     model: &dyn Classifier,
     limits: &Limits,
 ) -> Vec<Result<ClassifyOutput, JobError>> {
+    classify_batch_decoding(jobs, model, limits, true)
+}
+
+/// [`classify_batch`] with every JPEG decoded at full size: what warren-bench measures the
+/// scaled decode against.
+#[cfg(feature = "pipelines")]
+pub fn classify_batch_full_decode(
+    jobs: &[&ClassifyJob],
+    model: &dyn Classifier,
+    limits: &Limits,
+) -> Vec<Result<ClassifyOutput, JobError>> {
+    classify_batch_decoding(jobs, model, limits, false)
+}
+
+fn classify_batch_decoding(
+    jobs: &[&ClassifyJob],
+    model: &dyn Classifier,
+    limits: &Limits,
+    scaled_decode: bool,
+) -> Vec<Result<ClassifyOutput, JobError>> {
     let spec = model.spec();
     let mut outcomes: Vec<Result<ClassifyOutput, JobError>> = Vec::with_capacity(jobs.len());
     let mut images = Vec::with_capacity(jobs.len());
     let mut slots = Vec::with_capacity(jobs.len());
     for (i, job) in jobs.iter().enumerate() {
-        match prepare(job, spec, limits) {
+        match prepare(job, spec, limits, scaled_decode) {
             Ok(img) => {
                 images.push(img);
                 slots.push(i);
@@ -197,15 +217,17 @@ fn score(images: &[Decoded], model: &dyn Classifier) -> Result<Array2<f32>, JobE
     Ok(scores)
 }
 
-/// Validates, decodes and checks one job's image against the model.
-fn prepare(job: &ClassifyJob, spec: &ModelSpec, limits: &Limits) -> Result<Decoded, JobError> {
+/// Validates, decodes (at a reduced scale if `scaled_decode`) and checks one job's image
+/// against the model.
+fn prepare(job: &ClassifyJob, spec: &ModelSpec, limits: &Limits, scaled_decode: bool) -> Result<Decoded, JobError> {
     job.validate()?;
     // The image is stretched to the model's input, so a JPEG is decoded at the smallest
     // DCT scale still covering it (times the filter's margin; `image_io::dct_scale`): a
     // 1920x1080 photo for a 224x224 model decodes at 1/4, 480x270 (at 1/2 for filters wider
     // than bilinear).
     let side = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).saturating_mul(spec.filter.decode_margin());
-    let decoded = image_io::decode_for(&job.image, limits, |_, _| (side(spec.width), side(spec.height)))?;
+    let needed = |w, h| if scaled_decode { (side(spec.width), side(spec.height)) } else { (w, h) };
+    let decoded = image_io::decode_for(&job.image, limits, needed)?;
     let (w, h) = (decoded.source.0.max(1), decoded.source.1.max(1));
     let ratio = w.max(h) as f32 / w.min(h) as f32;
     if ratio > spec.max_aspect_ratio {
@@ -437,8 +459,8 @@ mod tests {
         let ramp = image::RgbImage::from_fn(121, 64, |x, _| image::Rgb([(x * 2) as u8; 3]));
         let jpeg = image_io::encode(&DynamicImage::ImageRgb8(ramp), image_io::Format::Jpeg, Some(95)).expect("jpeg");
         let spec = ModelSpec { width: 15, height: 8, filter: Filter::Triangle, ..spec(ElementType::F32, 3) };
-        let scaled =
-            prepare(&ClassifyJob { image: jpeg.clone(), top_k: None }, &spec, &Limits::default()).expect("prepare");
+        let scaled = prepare(&ClassifyJob { image: jpeg.clone(), top_k: None }, &spec, &Limits::default(), true)
+            .expect("prepare");
         assert_eq!((scaled.scale, scaled.image.width(), scaled.image.height()), (8, 16, 8));
         let reference = full(image_io::decode(&jpeg, &Limits::default()).expect("decode").0);
         let diff = (tensor(scaled, &spec) - tensor(reference, &spec)).mapv(f32::abs);
@@ -457,9 +479,9 @@ mod tests {
     fn a_photo_is_decoded_only_as_large_as_the_model_needs(#[case] filter: Filter, #[case] decoded: (u32, u32)) {
         let spec = model_input(filter);
         let job = ClassifyJob { image: photo(), top_k: None };
-        let img = prepare(&job, &spec, &Limits::default()).expect("prepare");
+        let img = prepare(&job, &spec, &Limits::default(), true).expect("prepare");
         assert_eq!((img.image.width(), img.image.height()), decoded);
-        let full = full(crate::image_io::decode(&job.image, &Limits::default()).expect("decode").0);
+        let full = prepare(&job, &spec, &Limits::default(), false).expect("prepare at full size");
         assert_eq!((full.image.width(), full.image.height()), (1920, 1080));
         let (scaled, reference) = (tensor(img, &spec), tensor(full, &spec));
         // Inputs normalised to [-1, 1]: a mean difference of 0.02 is about 2.5 grey levels in 255.
@@ -474,7 +496,7 @@ mod tests {
         let jpeg = crate::image_io::encode(&DynamicImage::ImageRgb8(wide), crate::image_io::Format::Jpeg, Some(80))
             .expect("encode");
         let spec = ModelSpec { max_aspect_ratio: 4.0, height: 16, width: 16, ..model_input(Filter::Triangle) };
-        let err = prepare(&ClassifyJob { image: jpeg, top_k: None }, &spec, &Limits::default()).unwrap_err();
+        let err = prepare(&ClassifyJob { image: jpeg, top_k: None }, &spec, &Limits::default(), true).unwrap_err();
         assert_eq!(err.error_type(), "model_input_mismatch");
         assert!(err.to_string().contains("1600x200"), "{err}");
     }
