@@ -3,12 +3,11 @@
 //! then softmax and top-k with labels.
 
 use half::f16;
-use image::DynamicImage;
 use ndarray::{Array2, Array4, ArrayView1, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::error::JobError;
-use crate::image_io;
+use crate::image_io::{self, Decoded};
 use crate::limits::Limits;
 use crate::resize::Filter;
 
@@ -144,12 +143,32 @@ pub fn classify_batch(
     model: &dyn Classifier,
     limits: &Limits,
 ) -> Vec<Result<ClassifyOutput, JobError>> {
+    classify_batch_decoding(jobs, model, limits, true)
+}
+
+/// [`classify_batch`] with every JPEG decoded at full size: what warren-bench measures the
+/// scaled decode against.
+#[cfg(feature = "pipelines")]
+pub fn classify_batch_full_decode(
+    jobs: &[&ClassifyJob],
+    model: &dyn Classifier,
+    limits: &Limits,
+) -> Vec<Result<ClassifyOutput, JobError>> {
+    classify_batch_decoding(jobs, model, limits, false)
+}
+
+fn classify_batch_decoding(
+    jobs: &[&ClassifyJob],
+    model: &dyn Classifier,
+    limits: &Limits,
+    scaled_decode: bool,
+) -> Vec<Result<ClassifyOutput, JobError>> {
     let spec = model.spec();
     let mut outcomes: Vec<Result<ClassifyOutput, JobError>> = Vec::with_capacity(jobs.len());
     let mut images = Vec::with_capacity(jobs.len());
     let mut slots = Vec::with_capacity(jobs.len());
     for (i, job) in jobs.iter().enumerate() {
-        match prepare(job, spec, limits) {
+        match prepare(job, spec, limits, scaled_decode) {
             Ok(img) => {
                 images.push(img);
                 slots.push(i);
@@ -190,7 +209,7 @@ pub fn classify_batch(
 }
 
 /// One model run over `images`, its output checked to be one row of scores per image.
-fn score(images: &[DynamicImage], model: &dyn Classifier) -> Result<Array2<f32>, JobError> {
+fn score(images: &[Decoded], model: &dyn Classifier) -> Result<Array2<f32>, JobError> {
     let spec = model.spec();
     let scores = model.infer(preprocess_batch(images, spec)?)?;
     if scores.nrows() != images.len() || scores.ncols() != spec.labels.len() {
@@ -205,15 +224,17 @@ fn score(images: &[DynamicImage], model: &dyn Classifier) -> Result<Array2<f32>,
     Ok(scores)
 }
 
-/// Validates, decodes and checks one job's image against the model.
-fn prepare(job: &ClassifyJob, spec: &ModelSpec, limits: &Limits) -> Result<DynamicImage, JobError> {
+/// Validates, decodes (at a reduced scale if `scaled_decode`) and checks one job's image
+/// against the model.
+fn prepare(job: &ClassifyJob, spec: &ModelSpec, limits: &Limits, scaled_decode: bool) -> Result<Decoded, JobError> {
     job.validate()?;
     // The image is stretched to the model's input, so a JPEG is decoded at the smallest
-    // DCT scale still covering it (times the filter's margin): a 1920x1080 photo for a 224x224
-    // model decodes at 1/4, 480x270 (at 1/2 for filters wider than bilinear).
+    // DCT scale still covering it (times the filter's margin; `image_io::dct_scale`): a
+    // 1920x1080 photo for a 224x224 model decodes at 1/4, 480x270 (at 1/2 for filters wider
+    // than bilinear).
     let side = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).saturating_mul(spec.filter.decode_margin());
-    let decoded = image_io::decode_for(&job.image, limits, |_, _| (side(spec.width), side(spec.height)))?;
-    let img = decoded.image;
+    let needed = |w, h| if scaled_decode { (side(spec.width), side(spec.height)) } else { (w, h) };
+    let decoded = image_io::decode_for(&job.image, limits, needed)?;
     let (w, h) = (decoded.source.0.max(1), decoded.source.1.max(1));
     let ratio = w.max(h) as f32 / w.min(h) as f32;
     if ratio > spec.max_aspect_ratio {
@@ -222,19 +243,21 @@ fn prepare(job: &ClassifyJob, spec: &ModelSpec, limits: &Limits) -> Result<Dynam
             spec.width, spec.height, spec.max_aspect_ratio
         )));
     }
-    Ok(img)
+    Ok(decoded)
 }
 
 /// Resizes, converts and normalises images into one NCHW batch of the model's element type.
-pub fn preprocess_batch(images: &[DynamicImage], spec: &ModelSpec) -> Result<InputTensor, JobError> {
+/// Each image is resampled from exactly its source ([`Decoded::whole`]), as a resize is: a
+/// scaled decode's rounded-up last column or row, partly the encoder's padding, is left out.
+pub fn preprocess_batch(images: &[Decoded], spec: &ModelSpec) -> Result<InputTensor, JobError> {
     let (c, h, w) = (spec.channels, spec.height, spec.width);
     let mut batch = Array4::<f32>::zeros((images.len(), c, h, w));
     let (width, height) = (
         u32::try_from(w).map_err(|_| JobError::ModelInputMismatch(format!("model width {w} is too large")))?,
         u32::try_from(h).map_err(|_| JobError::ModelInputMismatch(format!("model height {h} is too large")))?,
     );
-    for (n, img) in images.iter().enumerate() {
-        let resized = crate::resize::resample(img, (width, height), spec.filter, None)?;
+    for (n, decoded) in images.iter().enumerate() {
+        let resized = crate::resize::resample(&decoded.image, (width, height), spec.filter, decoded.whole())?;
         let pixels: Vec<u8> = match c {
             1 => resized.to_luma8().into_raw(),
             3 => resized.to_rgb8().into_raw(),
@@ -283,7 +306,14 @@ pub fn top_k(probs: &[f32], k: u32, labels: &[String]) -> Vec<Prediction> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::DynamicImage;
     use ndarray::array;
+
+    /// `image` as if decoded at full size.
+    fn full(image: DynamicImage) -> Decoded {
+        let source = (image.width(), image.height());
+        Decoded { image, format: image_io::Format::Png, source, scale: 1 }
+    }
 
     fn spec(input_type: ElementType, channels: usize) -> ModelSpec {
         ModelSpec {
@@ -323,7 +353,7 @@ mod tests {
     fn preprocess_normalises_nchw() {
         // A 2x2 grey image: black, white / white, black.
         let img = image::GrayImage::from_raw(2, 2, vec![0, 255, 255, 0]).expect("2x2");
-        let t = preprocess_batch(&[DynamicImage::ImageLuma8(img)], &spec(ElementType::F32, 1)).expect("pre");
+        let t = preprocess_batch(&[full(DynamicImage::ImageLuma8(img))], &spec(ElementType::F32, 1)).expect("pre");
         let InputTensor::F32(a) = t else { panic!("expected f32") };
         assert_eq!(a.shape(), &[1, 1, 2, 2]);
         assert_eq!(a[[0, 0, 0, 0]], -1.0);
@@ -333,7 +363,7 @@ mod tests {
     #[test]
     fn preprocess_rgb_planar_and_f16() {
         let img = image::RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 255]));
-        let t = preprocess_batch(&[DynamicImage::ImageRgb8(img)], &spec(ElementType::F16, 3)).expect("pre");
+        let t = preprocess_batch(&[full(DynamicImage::ImageRgb8(img))], &spec(ElementType::F16, 3)).expect("pre");
         let InputTensor::F16(a) = t else { panic!("expected f16") };
         assert_eq!(a.shape(), &[1, 3, 2, 2]);
         assert_eq!(a[[0, 0, 1, 1]].to_f32(), 1.0);
@@ -455,6 +485,33 @@ mod tests {
         ModelSpec { height: 224, width: 224, filter, ..spec(ElementType::F32, 3) }
     }
 
+    fn tensor(decoded: Decoded, spec: &ModelSpec) -> Array4<f32> {
+        match preprocess_batch(&[decoded], spec).expect("preprocess") {
+            InputTensor::F32(a) => a,
+            InputTensor::F16(_) => unreachable!("the spec asks for f32"),
+        }
+    }
+
+    /// A JPEG 121 pixels wide decodes at 1/8 to 16 columns that hold 15.125 of it (libjpeg-turbo
+    /// rounds up; the rest is the encoder's padding). The model's input is resampled from the
+    /// 15.125, as a resize's output is, so a horizontal ramp lands where a full decode puts it.
+    #[test]
+    fn the_models_input_is_resampled_from_the_image_not_the_decoders_padding() {
+        let ramp = image::RgbImage::from_fn(121, 64, |x, _| image::Rgb([(x * 2) as u8; 3]));
+        let jpeg = image_io::encode(&DynamicImage::ImageRgb8(ramp), image_io::Format::Jpeg, Some(95)).expect("jpeg");
+        let spec = ModelSpec { width: 15, height: 8, filter: Filter::Triangle, ..spec(ElementType::F32, 3) };
+        let scaled = prepare(&ClassifyJob { image: jpeg.clone(), top_k: None }, &spec, &Limits::default(), true)
+            .expect("prepare");
+        assert_eq!((scaled.scale, scaled.image.width(), scaled.image.height()), (8, 16, 8));
+        let reference = full(image_io::decode(&jpeg, &Limits::default()).expect("decode").0);
+        let diff = (tensor(scaled, &spec) - tensor(reference, &spec)).mapv(f32::abs);
+        let (mean, max) = (diff.mean().expect("non-empty"), diff.fold(0.0f32, |m, d| m.max(*d)));
+        println!("ramp 121x64 at 1/8 for 15x8: mean difference {mean}, largest {max}");
+        // Measured: largest 0.016 (one step of the ramp); 0.094 when the 16 columns were
+        // resampled whole, the ramp squeezed into 15.125 / 16 of the input's width.
+        assert!(max < 0.05, "mean difference {mean}, largest {max}");
+    }
+
     /// A photo for a 224x224 model decodes at the smallest DCT scale still covering the input
     /// (twice it for Lanczos), and the model sees nearly what a full decode would give it.
     #[rstest::rstest]
@@ -463,15 +520,11 @@ mod tests {
     fn a_photo_is_decoded_only_as_large_as_the_model_needs(#[case] filter: Filter, #[case] decoded: (u32, u32)) {
         let spec = model_input(filter);
         let job = ClassifyJob { image: photo(), top_k: None };
-        let img = prepare(&job, &spec, &Limits::default()).expect("prepare");
-        assert_eq!((img.width(), img.height()), decoded);
-        let full = crate::image_io::decode(&job.image, &Limits::default()).expect("decode").0;
-        assert_eq!((full.width(), full.height()), (1920, 1080));
-        let tensor = |img| match preprocess_batch(&[img], &spec).expect("preprocess") {
-            InputTensor::F32(a) => a,
-            InputTensor::F16(_) => unreachable!(),
-        };
-        let (scaled, reference) = (tensor(img), tensor(full));
+        let img = prepare(&job, &spec, &Limits::default(), true).expect("prepare");
+        assert_eq!((img.image.width(), img.image.height()), decoded);
+        let full = prepare(&job, &spec, &Limits::default(), false).expect("prepare at full size");
+        assert_eq!((full.image.width(), full.image.height()), (1920, 1080));
+        let (scaled, reference) = (tensor(img, &spec), tensor(full, &spec));
         // Inputs normalised to [-1, 1]: a mean difference of 0.02 is about 2.5 grey levels in 255.
         let mean_diff = (&scaled - &reference).mapv(f32::abs).mean().expect("non-empty");
         println!("{filter:?}: mean difference {mean_diff}");
@@ -484,7 +537,7 @@ mod tests {
         let jpeg = crate::image_io::encode(&DynamicImage::ImageRgb8(wide), crate::image_io::Format::Jpeg, Some(80))
             .expect("encode");
         let spec = ModelSpec { max_aspect_ratio: 4.0, height: 16, width: 16, ..model_input(Filter::Triangle) };
-        let err = prepare(&ClassifyJob { image: jpeg, top_k: None }, &spec, &Limits::default()).unwrap_err();
+        let err = prepare(&ClassifyJob { image: jpeg, top_k: None }, &spec, &Limits::default(), true).unwrap_err();
         assert_eq!(err.error_type(), "model_input_mismatch");
         assert!(err.to_string().contains("1600x200"), "{err}");
     }

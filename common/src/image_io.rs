@@ -2,7 +2,11 @@
 //!
 //! The format is sniffed from the bytes (never trusted from a parameter), checked against the
 //! allowed list, and the dimensions are read from the header and checked before any pixel
-//! buffer is allocated; the decoder also gets an allocation cap, as a second line of defence.
+//! buffer is allocated. The `image` crate's decoders (PNG, WebP, and the JPEGs libjpeg-turbo
+//! leaves) also get an allocation cap, as a second line of defence. libjpeg-turbo gets none:
+//! the `turbojpeg` crate (1.5) does not expose `TJPARAM_MAXMEMORY` or `TJPARAM_MAXPIXELS`, so
+//! its memory is bounded by Warren's header check alone: it decodes only a JPEG whose header it
+//! reads as the size that check accepted.
 
 use std::io::Cursor;
 
@@ -84,24 +88,61 @@ pub struct Decoded {
     pub scale: u32,
 }
 
-/// Decodes like [`decode`], but asks first for the smallest size the caller can use (`at_least`
-/// gives it from the source size): a JPEG is then decoded by libjpeg-turbo at the smallest of
-/// 1/8, 1/4 or 1/2 scale that is still at least that large on both sides, as Pillow's `draft()`
-/// does. The scaled inverse DCT computes a smaller block per 8x8 of coefficients, skipping most
-/// of the decoding work and the full-size buffer; the result is close to a box-filtered image,
-/// which the caller's resampling finishes. Other formats decode at full size.
+impl Decoded {
+    /// `region` (left, top, width, height in source pixels) in the pixels of [`Self::image`]:
+    /// exactly `region / scale` (Pillow's `draft()` maps it so too), never the decoder's
+    /// rounded-up last column or row beyond it, and kept inside the image, since the far edge
+    /// computed in floating point can land a rounding step past it (480 * (4000 / 480) =
+    /// 4000.0000000000005), which the resampler refuses.
+    pub fn within(&self, region: [f64; 4]) -> [f64; 4] {
+        let d = f64::from(self.scale);
+        let (iw, ih) = (f64::from(self.image.width()), f64::from(self.image.height()));
+        let [left, top, width, height] = region.map(|v| v / d);
+        let (left, top) = (left.clamp(0.0, iw), top.clamp(0.0, ih));
+        [left, top, width.min(iw - left), height.min(ih - top)]
+    }
+
+    /// The whole source in the pixels of [`Self::image`] ([`Self::within`]).
+    pub fn whole(&self) -> [f64; 4] {
+        self.within([0.0, 0.0, f64::from(self.source.0), f64::from(self.source.1)])
+    }
+}
+
+/// Decodes like [`decode`], but asks first for the smallest size the caller can use (`needed`
+/// gives it from the source size): a JPEG is then decoded by libjpeg-turbo at the scale
+/// [`dct_scale`] picks, Pillow's `draft()` rule. The scaled inverse DCT computes a smaller block
+/// per 8x8 of coefficients, skipping most of the decoding work and the full-size buffer; the
+/// result is close to a box-filtered image, which the caller's resampling finishes. Other
+/// formats decode at full size.
 pub fn decode_for(
     bytes: &[u8],
     limits: &Limits,
-    at_least: impl FnOnce(u32, u32) -> (u32, u32),
+    needed: impl FnOnce(u32, u32) -> (u32, u32),
 ) -> Result<Decoded, JobError> {
     let (format, source) = check(bytes, limits)?;
     if format == Format::Jpeg
-        && let Some((image, scale)) = turbo::decode(bytes, source, at_least(source.0, source.1))?
+        && let Some((image, scale)) = turbo::decode(bytes, source, dct_scale(source, needed(source.0, source.1)))?
     {
         return Ok(Decoded { image, format, source, scale });
     }
     Ok(Decoded { image: decode_checked(bytes, format, limits)?, format, source, scale: 1 })
+}
+
+/// The scale denominator a JPEG of `size` pixels decodes at when the caller needs `needed`:
+/// the largest d of 8, 4 and 2 with `d * needed <= size` on both sides, else 1 (full size).
+/// This is Pillow's `draft()` rule (`scale = min(w // tw, h // th)`, then the largest of 8, 4,
+/// 2, 1 not above it), so Warren decodes where Pillow-draft does (tests/e2e/imaging.rs).
+///
+/// The image at exactly 1/d must cover what is needed; the size libjpeg-turbo hands back must
+/// not be what qualifies a scale. It rounds the sides up, and the last column or row is then
+/// partly the encoder's edge padding, which is cropped away ([`Decoded::within`]): a 1913x1080 photo at 1/8 is
+/// 240x135 pixels but holds 239.125 columns of it, so a 240x135 output would be stretched from
+/// fewer. While the rounded-up size qualified a scale, that job scored 0.28 dB below
+/// Pillow-draft (which decodes it at 1/4), and bilinear jobs at 1/2 up to 5.1 dB below
+/// (tests/e2e/imaging.rs, its boundary crops).
+pub fn dct_scale(size: (u32, u32), needed: (u32, u32)) -> u32 {
+    let fits = |d: u32, side: u32, need: u32| u64::from(d) * u64::from(need) <= u64::from(side);
+    [8, 4, 2].into_iter().find(|&d| fits(d, size.0, needed.0) && fits(d, size.1, needed.1)).unwrap_or(1)
 }
 
 /// JPEG decoding through libjpeg-turbo (the TurboJPEG 3 API, built from the source the
@@ -125,24 +166,11 @@ mod turbo {
         static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
     }
 
-    /// The scale denominator (1, 2, 4 or 8) that shrinks `size` the most while it stays at least
-    /// `at_least` on both sides. libjpeg-turbo rounds scaled sides up.
-    pub fn scale_for(size: (u32, u32), at_least: (u32, u32)) -> u32 {
-        [8, 4, 2]
-            .into_iter()
-            .find(|&d| size.0.div_ceil(d) >= at_least.0 && size.1.div_ceil(d) >= at_least.1)
-            .unwrap_or(1)
-    }
-
-    /// Decodes a checked JPEG of `size` pixels at the scale [`scale_for`] picks. `None` for what
+    /// Decodes a checked JPEG of `size` pixels at 1/`denominator` (1, 2, 4 or 8). `None` for what
     /// this path leaves to the `image` crate's decoder: CMYK and YCCK, 12- and 16-bit samples,
     /// and any data libjpeg-turbo refuses or warns about (it reports damage zune-jpeg tolerates,
     /// such as stray bytes between markers; a truncated file was refused before).
-    pub fn decode(
-        bytes: &[u8],
-        size: (u32, u32),
-        at_least: (u32, u32),
-    ) -> Result<Option<(DynamicImage, u32)>, JobError> {
+    pub fn decode(bytes: &[u8], size: (u32, u32), denominator: u32) -> Result<Option<(DynamicImage, u32)>, JobError> {
         DECOMPRESSOR.with_borrow_mut(|slot| {
             let decompressor = match slot {
                 Some(d) => d,
@@ -151,7 +179,7 @@ mod turbo {
                     Err(_) => return Ok(None),
                 },
             };
-            run(decompressor, bytes, size, at_least)
+            run(decompressor, bytes, size, denominator)
         })
     }
 
@@ -159,7 +187,7 @@ mod turbo {
         d: &mut Decompressor,
         bytes: &[u8],
         size: (u32, u32),
-        at_least: (u32, u32),
+        denominator: u32,
     ) -> Result<Option<(DynamicImage, u32)>, JobError> {
         let Ok(header) = d.read_header(bytes) else { return Ok(None) };
         let format = match header.colorspace {
@@ -172,7 +200,6 @@ mod turbo {
             return Ok(None);
         }
         // Lossless and arithmetic-coded JPEGs never get here: the header check refuses them.
-        let denominator = scale_for(size, at_least);
         let scale = ScalingFactor::new(1, denominator as usize);
         if d.set_scaling_factor(scale).is_err() {
             return Ok(None);
@@ -402,18 +429,59 @@ mod tests {
         encode(&DynamicImage::ImageRgb8(img), Format::Jpeg, Some(90)).expect("encode")
     }
 
+    /// Pillow's rule at every boundary: for each scale d, a side of d * needed - 1, d * needed
+    /// and d * needed + 1 pixels (8 * 240 = 1920), on either side, and sizes that are not
+    /// multiples of 8, where libjpeg-turbo's rounded-up size would cover the target but the
+    /// image at exactly 1/d does not.
+    #[rstest::rstest]
+    #[case::below_an_eighth((1919, 1080), (240, 135), 4)]
+    #[case::an_eighth((1920, 1080), (240, 135), 8)]
+    #[case::above_an_eighth((1921, 1080), (240, 135), 8)]
+    #[case::height_below_an_eighth((1920, 1079), (240, 135), 4)]
+    #[case::both_below_an_eighth((1919, 1079), (240, 135), 4)]
+    #[case::crop_rounding_up_to_an_eighth((1913, 1080), (240, 135), 4)]
+    #[case::below_a_quarter((959, 540), (240, 135), 2)]
+    #[case::a_quarter((960, 540), (240, 135), 4)]
+    #[case::above_a_quarter((961, 541), (240, 135), 4)]
+    #[case::below_a_half((479, 270), (240, 135), 1)]
+    #[case::a_half((480, 270), (240, 135), 2)]
+    #[case::above_a_half((481, 270), (240, 135), 2)]
+    #[case::height_below_a_half((480, 269), (240, 135), 1)]
+    #[case::the_target((240, 135), (240, 135), 1)]
+    #[case::below_the_target((239, 135), (240, 135), 1)]
+    #[case::fit_256((1920, 1080), (256, 144), 4)]
+    #[case::fit_256_wider((1920, 1080), (257, 144), 4)]
+    #[case::china_to_81x54((641, 427), (81, 54), 4)]
+    #[case::china_half_too_small((640, 427), (400, 300), 1)]
+    #[case::china_half((640, 427), (320, 10), 2)]
+    #[case::one_block((8, 8), (1, 1), 8)]
+    #[case::under_a_block((7, 7), (1, 1), 4)]
+    #[case::one_pixel((1, 1), (1, 1), 1)]
+    #[case::nothing_needed((100, 3), (0, 0), 8)]
+    #[case::absurd_target((1, 1), (u32::MAX, u32::MAX), 1)]
+    #[case::no_overflow((u32::MAX, u32::MAX), (u32::MAX / 8, u32::MAX / 8), 8)]
+    fn the_scale_is_the_largest_whose_exact_size_covers_the_target(
+        #[case] size: (u32, u32),
+        #[case] needed: (u32, u32),
+        #[case] scale: u32,
+    ) {
+        assert_eq!(dct_scale(size, needed), scale, "{size:?} for {needed:?}");
+        assert_eq!(dct_scale((size.1, size.0), (needed.1, needed.0)), scale, "transposed");
+    }
+
+    /// Over every size up to 80x80 and every need up to 24x24, the scale is the one Pillow 12's
+    /// `JpegImageFile.draft()` computes, written as Pillow writes it.
     #[test]
-    fn the_scale_is_the_smallest_that_still_covers_the_target() {
-        use turbo::scale_for;
-        assert_eq!(scale_for((1920, 1080), (256, 144)), 4, "480x270 covers 256x144; 240x135 does not");
-        assert_eq!(scale_for((1920, 1080), (240, 135)), 8, "exactly 1/8 is enough");
-        assert_eq!(scale_for((1920, 1080), (241, 135)), 4);
-        assert_eq!(scale_for((641, 427), (81, 54)), 8, "libjpeg-turbo rounds up: 81x54 at 1/8");
-        assert_eq!(scale_for((640, 427), (400, 300)), 1, "half is 320x214: too small");
-        assert_eq!(scale_for((640, 427), (320, 10)), 2);
-        assert_eq!(scale_for((640, 427), (640, 427)), 1);
-        assert_eq!(scale_for((8, 8), (1, 1)), 8);
-        assert_eq!(scale_for((1, 1), (u32::MAX, u32::MAX)), 1, "an absurd target is a full decode");
+    fn the_scale_is_pillows_draft_scale_everywhere() {
+        let pillow = |(w, h): (u32, u32), (tw, th): (u32, u32)| {
+            let scale = (w / tw).min(h / th);
+            [8, 4, 2, 1].into_iter().find(|&s| scale >= s).unwrap_or(1)
+        };
+        for size in (1..=80).flat_map(|w| (1..=80).map(move |h| (w, h))) {
+            for needed in (1..=24).flat_map(|w| (1..=24).map(move |h| (w, h))) {
+                assert_eq!(dct_scale(size, needed), pillow(size, needed), "{size:?} for {needed:?}");
+            }
+        }
     }
 
     #[test]

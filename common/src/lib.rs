@@ -16,6 +16,8 @@ pub mod headers;
 pub mod image_io;
 pub mod job;
 pub mod limits;
+#[cfg(feature = "pipelines")]
+pub mod quality;
 pub mod resize;
 pub mod result;
 pub mod retry;

@@ -128,7 +128,8 @@ impl Pipeline {
     pub const FULL_DECODE: Self = Self { scaled_decode: false, ..Self::WORKER };
     /// The worker's at full size, with the `image` crate's JPEG encoder.
     pub const IMAGE_JPEG_ENCODER: Self = Self { jpeg: JpegWriter::ImageCrate, ..Self::FULL_DECODE };
-    /// The `image` crate's resampling and JPEG encoder after a full decode.
+    /// The `image` crate's resampling and JPEG encoder after a full decode (libjpeg-turbo's, as
+    /// in every pipeline).
     pub const REFERENCE: Self =
         Self { scaled_decode: false, resampler: Resampler::ImageCrate, jpeg: JpegWriter::ImageCrate };
 }
@@ -190,6 +191,19 @@ impl ResizeJob {
     }
 }
 
+impl ResizeJob {
+    /// The smallest size a decode of a `w x h` source may shrink it to for this job: the whole
+    /// source at [`Geometry::scaled`], times the filter's [`Filter::decode_margin`].
+    /// [`image_io::dct_scale`] then compares it with the source, as Pillow's `draft()` is given
+    /// the scaled size; for `Fill` that is also the crop's region against the output, since the
+    /// scaled source has the region's proportion to the output.
+    pub fn decode_target(&self, w: u32, h: u32) -> (u32, u32) {
+        let (sw, sh) = self.geometry(w, h).scaled;
+        let margin = self.filter.decode_margin();
+        (sw.saturating_mul(margin), sh.saturating_mul(margin))
+    }
+}
+
 pub fn resize(job: &ResizeJob, limits: &Limits) -> Result<ResizeOutput, JobError> {
     resize_with(job, limits, Pipeline::WORKER)
 }
@@ -198,9 +212,7 @@ pub fn resize(job: &ResizeJob, limits: &Limits) -> Result<ResizeOutput, JobError
 pub fn resize_with(job: &ResizeJob, limits: &Limits, pipeline: Pipeline) -> Result<ResizeOutput, JobError> {
     job.validate(limits)?;
     let decoded = image_io::decode_for(&job.image, limits, |w, h| {
-        let (sw, sh) = job.geometry(w, h).scaled;
-        let margin = job.filter.decode_margin();
-        if pipeline.scaled_decode { (sw.saturating_mul(margin), sh.saturating_mul(margin)) } else { (w, h) }
+        if pipeline.scaled_decode { job.decode_target(w, h) } else { (w, h) }
     })?;
     let Geometry { output: (ow, oh), region, .. } = job.geometry(decoded.source.0, decoded.source.1);
     let img = &decoded.image;
@@ -209,10 +221,7 @@ pub fn resize_with(job: &ResizeJob, limits: &Limits, pipeline: Pipeline) -> Resu
         (Resampler::ImageCrate, ResizeMode::Fill) => img.resize_to_fill(ow, oh, job.filter.filter_type()),
         #[cfg(feature = "pipelines")]
         (Resampler::ImageCrate, _) => img.resize_exact(ow, oh, job.filter.filter_type()),
-        (Resampler::Simd, _) if job.mode == ResizeMode::Fill || decoded.scale > 1 => {
-            resample(img, (ow, oh), job.filter, Some(within(region, decoded.scale, img)))?
-        }
-        (Resampler::Simd, _) => resample(img, (ow, oh), job.filter, None)?,
+        (Resampler::Simd, _) => resample(img, (ow, oh), job.filter, decoded.within(region))?,
     };
     let format = job.format.unwrap_or(decoded.format);
     let bytes = image_io::encode_with(&out, format, job.quality, pipeline.jpeg)?;
@@ -226,25 +235,14 @@ pub fn resize_with(job: &ResizeJob, limits: &Limits, pipeline: Pipeline) -> Resu
     })
 }
 
-/// `region` (source pixels) in the pixels of `img`, the source decoded at 1/`scale`: exactly
-/// `region / scale` (Pillow's `draft()` maps it so too), kept inside `img`, since the far edge
-/// computed in floating point can land a rounding step past it (480 * (4000 / 480) =
-/// 4000.0000000000005), which the resampler refuses.
-fn within(region: [f64; 4], scale: u32, img: &DynamicImage) -> [f64; 4] {
-    let d = f64::from(scale);
-    let (iw, ih) = (f64::from(img.width()), f64::from(img.height()));
-    let [left, top, width, height] = region.map(|v| v / d);
-    let (left, top) = (left.clamp(0.0, iw), top.clamp(0.0, ih));
-    [left, top, width.min(iw - left), height.min(ih - top)]
-}
-
 /// Resamples with `fast_image_resize` to exactly `size` the `crop` (left, top, width, height)
-/// of `img`, or all of it. Alpha is premultiplied while resampling, as `image` does.
+/// of `img` ([`image_io::Decoded::within`]). Alpha is premultiplied while resampling, as
+/// `image` does.
 pub(crate) fn resample(
     img: &DynamicImage,
     size: (u32, u32),
     filter: Filter,
-    crop: Option<[f64; 4]>,
+    [left, top, width, height]: [f64; 4],
 ) -> Result<DynamicImage, JobError> {
     use fast_image_resize::{FilterType as F, ResizeAlg, ResizeOptions, Resizer};
     let algorithm = match filter {
@@ -254,10 +252,7 @@ pub(crate) fn resample(
         Filter::Gaussian => ResizeAlg::Convolution(F::Gaussian),
         Filter::Lanczos3 => ResizeAlg::Convolution(F::Lanczos3),
     };
-    let mut options = ResizeOptions::new().resize_alg(algorithm);
-    if let Some([left, top, width, height]) = crop {
-        options = options.crop(left, top, width, height);
-    }
+    let options = ResizeOptions::new().resize_alg(algorithm).crop(left, top, width, height);
     let mut out = DynamicImage::new(size.0, size.1, img.color());
     Resizer::new().resize(img, &mut out, &options).map_err(|e| {
         JobError::Encode(format!("resampling {}x{} to {}x{}: {e}", img.width(), img.height(), size.0, size.1))
@@ -305,19 +300,16 @@ mod tests {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
-    /// Peak signal-to-noise ratio between two decoded outputs of the same size, in dB.
+    /// PSNR of one encoded output against another, over RGBA (the PNG with alpha keeps it).
     #[cfg(feature = "pipelines")]
     fn psnr(a: &[u8], b: &[u8]) -> f64 {
-        let (a, b) =
-            (image::load_from_memory(a).expect("a").to_rgba8(), image::load_from_memory(b).expect("b").to_rgba8());
-        assert_eq!(a.dimensions(), b.dimensions());
-        let se: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum();
-        let mse = se / a.as_raw().len() as f64;
-        if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64.powi(2) / mse).log10() }
+        let load = |bytes| image::load_from_memory(bytes).expect("an output decodes").to_rgba8();
+        crate::quality::psnr(&load(a), &load(b)).expect("the same size")
     }
 
-    /// The full-decode pipeline (SIMD resampling) against the reference (full decode, the `image`
-    /// crate): same dimensions, and pixels a viewer cannot tell apart (PSNR above 40 dB;
+    /// The SIMD resampling against the `image` crate's (`Pipeline::REFERENCE`), both after the
+    /// same libjpeg-turbo decode, at full size or (the worker's pipeline) scaled: same
+    /// dimensions, and at full size pixels a viewer cannot tell apart (PSNR above 40 dB;
     /// identical images would be infinite, JPEG at quality 85 is ~35-40).
     #[cfg(feature = "pipelines")]
     #[rstest]
@@ -388,6 +380,55 @@ mod tests {
             simd.len(),
             image_crate.len()
         );
+    }
+
+    /// What each mode and filter asks the decoder for, and the scale that gives, for a 1920x1080
+    /// photo into 256x256: the scaled source (Fit 256x144, Fill 455x256 before its crop, Exact
+    /// 256x256), twice it for the filters wider than bilinear.
+    #[rstest]
+    #[case::fit_nearest(ResizeMode::Fit, Filter::Nearest, (256, 144), 4)]
+    #[case::fit_triangle(ResizeMode::Fit, Filter::Triangle, (256, 144), 4)]
+    #[case::fit_catmull_rom(ResizeMode::Fit, Filter::CatmullRom, (512, 288), 2)]
+    #[case::fit_gaussian(ResizeMode::Fit, Filter::Gaussian, (512, 288), 2)]
+    #[case::fit_lanczos3(ResizeMode::Fit, Filter::Lanczos3, (512, 288), 2)]
+    #[case::fill_nearest(ResizeMode::Fill, Filter::Nearest, (455, 256), 4)]
+    #[case::fill_triangle(ResizeMode::Fill, Filter::Triangle, (455, 256), 4)]
+    #[case::fill_catmull_rom(ResizeMode::Fill, Filter::CatmullRom, (910, 512), 2)]
+    #[case::fill_gaussian(ResizeMode::Fill, Filter::Gaussian, (910, 512), 2)]
+    #[case::fill_lanczos3(ResizeMode::Fill, Filter::Lanczos3, (910, 512), 2)]
+    #[case::exact_nearest(ResizeMode::Exact, Filter::Nearest, (256, 256), 4)]
+    #[case::exact_triangle(ResizeMode::Exact, Filter::Triangle, (256, 256), 4)]
+    #[case::exact_catmull_rom(ResizeMode::Exact, Filter::CatmullRom, (512, 512), 2)]
+    #[case::exact_gaussian(ResizeMode::Exact, Filter::Gaussian, (512, 512), 2)]
+    #[case::exact_lanczos3(ResizeMode::Exact, Filter::Lanczos3, (512, 512), 2)]
+    fn the_decode_target_is_the_scaled_source_times_the_filters_margin(
+        #[case] mode: ResizeMode,
+        #[case] filter: Filter,
+        #[case] target: (u32, u32),
+        #[case] scale: u32,
+    ) {
+        let job = ResizeJob { width: 256, height: 256, mode, filter, ..job(mode, None) };
+        assert_eq!(job.decode_target(1920, 1080), target);
+        assert_eq!(image_io::dct_scale((1920, 1080), target), scale);
+    }
+
+    /// The decode target at the edges: an upscale asks for more than the source (a full
+    /// decode), an output of the source's size asks for all of it, and a huge output
+    /// saturates instead of overflowing.
+    #[rstest]
+    #[case::upscale(ResizeMode::Fit, Filter::Triangle, (2000, 2000), (100, 50), (2000, 1000))]
+    #[case::same_size(ResizeMode::Exact, Filter::Nearest, (640, 427), (640, 427), (640, 427))]
+    #[case::one_pixel(ResizeMode::Fill, Filter::Lanczos3, (1, 1), (1920, 1080), (4, 2))]
+    #[case::saturates(ResizeMode::Exact, Filter::Lanczos3, (u32::MAX, 2), (10, 10), (u32::MAX, 4))]
+    fn the_decode_target_at_the_edges(
+        #[case] mode: ResizeMode,
+        #[case] filter: Filter,
+        #[case] (width, height): (u32, u32),
+        #[case] (w, h): (u32, u32),
+        #[case] target: (u32, u32),
+    ) {
+        let job = ResizeJob { width, height, mode, filter, ..job(mode, None) };
+        assert_eq!(job.decode_target(w, h), target);
     }
 
     #[test]

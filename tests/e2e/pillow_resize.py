@@ -12,6 +12,10 @@ and writes, per case, PNGs into DIR:
   {id}.thumbnail.png  draft at twice the scaled size, as Image.thumbnail() does by default
                       (reducing_gap=2.0), then the case's filter.
 A filter Pillow lacks (gaussian) gets only the reference.
+
+The request may also hold "crops": [{"image": PATH, "box": [left, top, right, bottom],
+"out": PATH}, ...], written first as JPEG quality 90 (Pillow's default 4:2:0 chroma), so the
+test can make images of the sizes it needs from the sample photos.
 """
 
 import json
@@ -49,6 +53,8 @@ def resized(path, case, resample, draft_scale):
 def main():
     request = json.load(sys.stdin)
     out = request["out"]
+    for crop in request.get("crops", []):
+        Image.open(crop["image"]).crop(tuple(crop["box"])).save(crop["out"], quality=90)
     for case in request["cases"]:
         resized(case["image"], case, Image.LANCZOS, 0).save(f"{out}/{case['id']}.reference.png")
         resample = FILTERS.get(case["filter"])
@@ -56,7 +62,8 @@ def main():
             continue
         resized(case["image"], case, resample, 1).save(f"{out}/{case['id']}.draft.png")
         resized(case["image"], case, resample, 2).save(f"{out}/{case['id']}.thumbnail.png")
-    print(json.dumps({"cases": len(request["cases"]), "pillow": Image.__version__}))
+    crops = len(request.get("crops", []))
+    print(json.dumps({"crops": crops, "cases": len(request["cases"]), "pillow": Image.__version__}))
 
 
 if __name__ == "__main__":

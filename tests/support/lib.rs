@@ -6,6 +6,7 @@ pub mod broker;
 pub mod fleet;
 pub mod process;
 pub mod scrape;
+pub mod temp;
 pub mod triton;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 pub use broker::{Vhost, vhost};
 pub use fleet::{Fleet, collect_messages, fleet_and_producer, queue_depth, settings_for, want_result};
 pub use process::{ConfigDir, ConsumerProcess};
+pub use temp::TempDir;
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {

@@ -5,16 +5,17 @@
 //! Reports the rates, the ratios between them, CPU per job by process, the message sizes, the
 //! outputs' PSNR, and the resize pipelines side by side on one thread.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use tokio::task::block_in_place;
 use warren_common::image_io::Format;
+use warren_common::quality;
 use warren_common::resize::{Filter, Pipeline, ResizeJob, ResizeMode, resize, resize_with};
 use warren_common::{Encoding, Job, JobEnvelope, Limits};
-use warren_e2e::repo_root;
+use warren_e2e::{TempDir, repo_root};
 
 use crate::Cli;
 use crate::fleet::{RESIZE_PHOTO, cores, median, plan, process_run, resize_job, resize_of};
@@ -330,6 +331,12 @@ fn pipeline_rate(job: &ResizeJob, pipeline: Pipeline, min: Duration) -> Rate {
     Rate { jobs_per_s, cpu_s_per_job: cpu.stop().own / f64::from(n) }
 }
 
+/// The first pipeline of the table, which the others are compared with (`VS_BASELINE`): a
+/// libjpeg-turbo full decode, then the `image` crate's resampling and JPEG encoder. (Reports
+/// before 2026-12-01 named it `image_crate`, and its ratios `vs_image_crate`.)
+const BASELINE: &str = "image_crate_resample_encode";
+const VS_BASELINE: &str = "vs_image_crate_resample_encode";
+
 /// The photos of the pipelines table (the job's, and a camera-sized one, where a scaled decode
 /// pays most), by label.
 const PIPELINE_PHOTOS: [(&str, &str); 2] =
@@ -337,12 +344,13 @@ const PIPELINE_PHOTOS: [(&str, &str); 2] =
 
 /// The resize pipelines side by side, one thread each: the `image` crate's resampling against
 /// `fast_image_resize`, its JPEG encoder against `jpeg-encoder`, full against scaled JPEG
-/// decoding, and Pillow (one process) with and without draft.
+/// decoding, and Pillow (one process) with and without draft. Every Warren pipeline decodes
+/// JPEGs with libjpeg-turbo (`image_io::decode_for`), at full size but the last.
 fn resize_pipelines(min: Duration) -> anyhow::Result<Value> {
-    // Each step's alternative against the `image` crate throughout: resampling, then the JPEG
-    // encoder, then a scaled decode (what the workers run).
+    // From a full decode and the `image` crate's resampling and JPEG encoder, one step changed
+    // per row: resampling, then the JPEG encoder, then a scaled decode (what the workers run).
     let variants = [
-        ("image_crate", Pipeline::REFERENCE),
+        (BASELINE, Pipeline::REFERENCE),
         ("fast_image_resize", Pipeline::IMAGE_JPEG_ENCODER),
         ("fast_image_resize_jpeg_encoder", Pipeline::FULL_DECODE),
         ("fast_image_resize_jpeg_encoder_scaled_decode", Pipeline::WORKER),
@@ -359,14 +367,14 @@ fn resize_pipelines(min: Duration) -> anyhow::Result<Value> {
             rates.push((name, pillow(&photo, &job, draft, 1, min, None)?.jobs_per_s));
         }
         let rate = |name: &str| rates.iter().find(|(n, _)| *n == name).map_or(f64::NAN, |(_, r)| *r);
-        let base = rate("image_crate");
+        let base = rate(BASELINE);
         let mut row = serde_json::Map::new();
         for (name, rate) in rates.iter().copied() {
             println!(
                 "image pipeline, {label} JPEG to 256 px, one thread: {name} {rate:.1} jobs/s ({:.2}x)",
                 rate / base
             );
-            row.insert(name.to_owned(), json!({"jobs_per_s": rate, "vs_image_crate": rate / base}));
+            row.insert(name.to_owned(), json!({"jobs_per_s": rate, VS_BASELINE: rate / base}));
         }
         // The worker's pipeline against the same with every JPEG decoded at full size.
         let scaled = rate("fast_image_resize_jpeg_encoder_scaled_decode") / rate("fast_image_resize_jpeg_encoder");
@@ -388,14 +396,18 @@ fn output_quality(photo: &Path, job: &ResizeJob) -> anyhow::Result<Value> {
         ("warren", resize(job, &limits).context("Warren's resize")?.image),
         ("warren_full_decode", resize_with(job, &limits, Pipeline::FULL_DECODE).context("full-decode resize")?.image),
     ];
+    let temp = TempDir::new("warren-bench").context("a temporary directory for Pillow's outputs")?;
     for (name, draft) in [("pillow_draft", true), ("pillow_full", false)] {
-        let path = TempFile(std::env::temp_dir().join(format!("warren-bench-{}-{name}.jpg", std::process::id())));
-        pillow(photo, job, draft, 1, Duration::ZERO, Some(&path.0))?;
-        outputs.push((name, std::fs::read(&path.0).with_context(|| format!("reading {}", path.0.display()))?));
+        let path = temp.path().join(format!("{name}.jpg"));
+        pillow(photo, job, draft, 1, Duration::ZERO, Some(&path))?;
+        outputs.push((name, std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?));
     }
     let (mut db, mut bytes) = (serde_json::Map::new(), serde_json::Map::new());
     for (name, output) in &outputs {
-        db.insert((*name).to_owned(), json!(psnr(output, &reference).with_context(|| format!("{name}'s output"))?));
+        // Over RGB: the outputs are JPEGs, opaque.
+        let img = image::load_from_memory(output).with_context(|| format!("{name}'s output"))?.to_rgb8();
+        let psnr = quality::psnr(&img, &reference).map_err(|e| anyhow::anyhow!("{name}'s output: {e}"))?;
+        db.insert((*name).to_owned(), json!(psnr));
         bytes.insert((*name).to_owned(), json!(output.len()));
     }
     let line: Vec<String> = outputs
@@ -407,29 +419,4 @@ fn output_quality(photo: &Path, job: &ResizeJob) -> anyhow::Result<Value> {
         line.join(", ")
     );
     Ok(json!({"reference": "full decode, Lanczos3, lossless", "psnr_db": db, "output_bytes": bytes}))
-}
-
-/// Peak signal-to-noise ratio of an encoded image against `reference` (same size), in dB, over
-/// the RGB channels.
-fn psnr(encoded: &[u8], reference: &image::RgbImage) -> anyhow::Result<f64> {
-    let img = image::load_from_memory(encoded)?.to_rgb8();
-    anyhow::ensure!(
-        img.dimensions() == reference.dimensions(),
-        "{:?} against the reference's {:?}",
-        img.dimensions(),
-        reference.dimensions()
-    );
-    let se: f64 =
-        img.as_raw().iter().zip(reference.as_raw()).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
-    let mse = se / img.as_raw().len() as f64;
-    Ok(if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64.powi(2) / mse).log10() })
-}
-
-/// A file removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

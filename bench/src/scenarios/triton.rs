@@ -19,16 +19,28 @@ use warren_infra::settings::ModelBackend;
 
 use crate::Cli;
 use crate::fleet::{cores, median, plan, process_run_beside};
-use crate::procfs::{self, CpuMeter, CpuUsed};
-use crate::scenarios::ml::{MlModel, digits, model_env, squeezenet};
+use crate::procfs::{self, CpuUsed};
+use crate::scenarios::ml::{MlModel, digits, in_process_classify_beside, model_env, squeezenet};
 
 /// Images per request where a batch is measured: the fleet's default `model.max_batch`.
 const BATCH: usize = 8;
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let models = [
-        MlModel { name: "squeezenet", tune: squeezenet, image: "samples/images/china.jpg", jobs: cli.heavy_messages },
-        MlModel { name: "digits", tune: digits, image: "models/digits/samples/001_label4.png", jobs: cli.messages },
+        MlModel {
+            name: "squeezenet",
+            tune: squeezenet,
+            image: "samples/images/china.jpg",
+            photo: None,
+            jobs: cli.heavy_messages,
+        },
+        MlModel {
+            name: "digits",
+            tune: digits,
+            image: "models/digits/samples/001_label4.png",
+            photo: None,
+            jobs: cli.messages,
+        },
     ];
     let mut out = serde_json::Map::new();
     for m in &models {
@@ -91,8 +103,11 @@ async fn run_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
 
     // Whole jobs (decode, preprocess, infer, top-k) on every core, batches of 8.
     let min = Duration::from_millis(cli.measure_ms);
-    let (ort_rate, ort_cpu) = tokio::task::block_in_place(|| whole_jobs(&ort, &image, &[], min))?;
-    let (tri_rate, tri_cpu) = tokio::task::block_in_place(|| whole_jobs(&remote, &image, &group, min))?;
+    let whole_jobs = |model: &dyn Classifier, server: &[u32]| {
+        tokio::task::block_in_place(|| in_process_classify_beside(model, &image, BATCH, min, classify_batch, server))
+    };
+    let (ort_rate, ort_cpu) = whole_jobs(&ort, &[])?;
+    let (tri_rate, tri_cpu) = whole_jobs(&remote, &group)?;
     println!(
         "triton {name}: whole jobs in-process on {} threads, batch {BATCH}: ONNX Runtime {ort_rate:.0} jobs/s \
          ({:.2} ms CPU/job), through Triton {tri_rate:.0} jobs/s ({:.2} ms CPU/job, {:.2} of it in Triton); \
@@ -168,8 +183,14 @@ async fn run_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
 
 /// A preprocessed batch of `batch` copies of `image`, as the model takes it.
 fn tensor(model: &dyn Classifier, image: &[u8], batch: usize) -> anyhow::Result<InputTensor> {
-    let (img, _) = warren_common::image_io::decode(image, &Limits::default())?;
-    Ok(preprocess_batch(&vec![img; batch], model.spec())?)
+    let spec = model.spec();
+    let size = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let decoded = (0..batch)
+        .map(|_| {
+            warren_common::image_io::decode_for(image, &Limits::default(), |_, _| (size(spec.width), size(spec.height)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(preprocess_batch(&decoded, spec)?)
 }
 
 /// p50 and p99 in ms of one model run on `input`, one at a time, for at least `measure_ms`.
@@ -183,39 +204,4 @@ fn run_latency(model: &dyn Classifier, input: &InputTensor, measure_ms: u64) -> 
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
     Ok((at(0.5), at(0.99)))
-}
-
-/// Whole jobs on `cores()` threads in batches of [`BATCH`] for at least `min`: jobs per second,
-/// and the CPU per job of this process and of `model_server`'s processes.
-fn whole_jobs(
-    model: &dyn Classifier,
-    image: &[u8],
-    model_server: &[u32],
-    min: Duration,
-) -> anyhow::Result<(f64, CpuUsed)> {
-    let limits = Limits::default();
-    let jobs: Vec<ClassifyJob> = (0..BATCH).map(|_| ClassifyJob { image: image.to_vec(), top_k: Some(1) }).collect();
-    let refs: Vec<&ClassifyJob> = jobs.iter().collect();
-    let cpu = CpuMeter::with_processes(None, model_server);
-    let start = Instant::now();
-    let done: anyhow::Result<usize> = std::thread::scope(|s| {
-        let threads: Vec<_> = (0..cores())
-            .map(|_| {
-                s.spawn(|| -> anyhow::Result<usize> {
-                    let mut n = 0;
-                    while start.elapsed() < min || n < 2 * BATCH {
-                        for outcome in classify_batch(&refs, model, &limits) {
-                            outcome?;
-                        }
-                        n += BATCH;
-                    }
-                    Ok(n)
-                })
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().map_err(|_| anyhow::anyhow!("a thread panicked"))?).sum()
-    });
-    let done = done?;
-    let rate = done as f64 / start.elapsed().as_secs_f64();
-    Ok((rate, cpu.stop().per_job(done as u64)))
 }
