@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 eval "$(scripts/setup.sh --env)"
+# The cluster tests start three RabbitMQ nodes beside the default one (scripts/cluster.sh);
+# they are stopped again when the tests end, pass or fail.
+trap 'scripts/cluster.sh stop >/dev/null 2>&1 || true' EXIT
 cargo build --workspace --bins --locked
 # --nocapture: the end-to-end tests print their counts (jobs, results, duplicates, timings).
 log="$(mktemp)"

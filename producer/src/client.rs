@@ -158,6 +158,7 @@ impl Producer {
         }
         let exchange = self.settings.topology.jobs_exchange.clone();
         let give_up = Instant::now() + Duration::from_millis(self.settings.producer.publish_retry_ms);
+        let mut pause = Duration::from_millis(self.settings.broker.reconnect_min_ms);
         loop {
             let (publisher, generation) = {
                 let link = self.link.read().await;
@@ -171,10 +172,18 @@ impl Producer {
                     let metrics = self.metrics.clone();
                     return Ok(Ticket { job_id, correlation_id, routing_key: routing_key.to_owned(), result, metrics });
                 }
-                Err(e @ (PublishError::Amqp(_) | PublishError::ConfirmTimeout(_))) if Instant::now() < give_up => {
-                    tracing::warn!(error = %e, job_id = %job_id, "publish not confirmed; reconnecting to publish again");
-                    self.metrics.connection(false, false);
-                    self.relink(generation, give_up).await?;
+                Err(e) if Instant::now() < give_up && after_failure(&e) != Again::No => {
+                    if after_failure(&e) == Again::OnANewConnection {
+                        tracing::warn!(error = %e, job_id = %job_id, "publish not confirmed; reconnecting to publish again");
+                        self.metrics.connection(false, false);
+                        self.relink(generation, give_up).await?;
+                    } else {
+                        // The connection is fine but the broker did not store it (a quorum
+                        // queue between leaders, say): the same job again after a pause.
+                        tracing::warn!(error = %e, job_id = %job_id, ?pause, "the broker refused the publish; publishing again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(self.settings.broker.reconnect_max_ms));
+                    }
                 }
                 Err(e) => {
                     if let Some(replies) = &self.replies {
@@ -237,9 +246,44 @@ async fn open_link(settings: &Settings, generation: u64) -> anyhow::Result<Link>
     Ok(Link { connection, publisher, generation })
 }
 
+/// Whether a publish that failed is tried again (within `producer.publish_retry_ms`), and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Again {
+    /// The connection failed or the confirm never came: on a fresh connection.
+    OnANewConnection,
+    /// The broker answered that it did not store it (a nack, or a return that did not pair):
+    /// on the same connection, after a growing pause.
+    AfterAPause,
+    /// Unroutable: no queue is bound for the kind, which waiting does not change.
+    No,
+}
+
+fn after_failure(e: &PublishError) -> Again {
+    match e {
+        PublishError::Amqp(_) | PublishError::ConfirmTimeout(_) => Again::OnANewConnection,
+        PublishError::Nacked { .. } | PublishError::Mispaired(_) => Again::AfterAPause,
+        PublishError::Unroutable { .. } => Again::No,
+    }
+}
+
 /// A fresh W3C trace context: version 00, random trace and span ids, sampled.
 fn new_traceparent() -> String {
     let trace = uuid::Uuid::new_v4().simple().to_string();
     let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
     format!("00-{trace}-{span}-01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_publish_is_tried_again_and_an_unroutable_one_is_not() {
+        assert_eq!(after_failure(&PublishError::Nacked { exchange: "x".into() }), Again::AfterAPause);
+        assert_eq!(after_failure(&PublishError::Mispaired("y".into())), Again::AfterAPause);
+        assert_eq!(after_failure(&PublishError::ConfirmTimeout(Duration::from_secs(1))), Again::OnANewConnection);
+        let unroutable =
+            PublishError::Unroutable { exchange: "x".into(), routing_key: "k".into(), reply: "NO_ROUTE".into() };
+        assert_eq!(after_failure(&unroutable), Again::No);
+    }
 }

@@ -76,6 +76,15 @@ impl Vhost {
         format!("{}/{}", self.amqp_base, self.name)
     }
 
+    /// Gives `user` (which must exist) full permissions on this vhost.
+    pub fn grant(&self, user: &str) {
+        agent()
+            .put(&format!("{}/api/permissions/{}/{}", self.mgmt_base, self.name, warrenctl::mgmt::enc(user)))
+            .header("Authorization", &auth())
+            .send_json(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
+            .unwrap_or_else(|e| panic!("granting {user} permissions on {}: {e}", self.name));
+    }
+
     /// Force-closes this vhost's connections whose client-given name contains `role` (e.g.
     /// "consumer"), as a network failure or a broker operator would; returns how many.
     /// The management API lists a new connection only after its next statistics round (a few

@@ -47,7 +47,11 @@ impl Cluster {
                 .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
                 .collect();
             let list = |k: &str| -> Vec<String> {
-                env.get(k).unwrap_or_else(|| panic!("{k} missing from scripts/cluster.sh --env")).split(',').map(str::to_owned).collect()
+                env.get(k)
+                    .unwrap_or_else(|| panic!("{k} missing from scripts/cluster.sh --env"))
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect()
             };
             let mgmt = list("WARREN_CLUSTER_MGMT")
                 .into_iter()

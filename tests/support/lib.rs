@@ -3,6 +3,7 @@
 //! conditions with deadlines instead of sleeping.
 
 pub mod broker;
+pub mod cluster;
 pub mod fleet;
 pub mod process;
 pub mod scrape;
