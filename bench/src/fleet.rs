@@ -76,8 +76,18 @@ pub async fn fleet_run(
     plan: &LoadPlan,
     tune: impl FnOnce(&mut Settings),
 ) -> anyhow::Result<LoadReport> {
-    let v = vhost(label);
-    let mut settings = settings_for(&v);
+    fleet_run_in(&vhost(label), kinds, job, plan, tune).await
+}
+
+/// [`fleet_run`] in a vhost of the caller's (on a cluster, say; `tune` sets the broker list).
+pub async fn fleet_run_in(
+    v: &Vhost,
+    kinds: &[&str],
+    job: &Job,
+    plan: &LoadPlan,
+    tune: impl FnOnce(&mut Settings),
+) -> anyhow::Result<LoadReport> {
+    let mut settings = settings_for(v);
     settings.consumer.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
     tune(&mut settings);
     let fleet = Fleet::start(settings.clone()).await;

@@ -27,7 +27,11 @@ struct Cli {
     #[arg(long, default_value_t = 3)]
     pairs: usize,
     /// Comma-separated; they run in the order of the possible values, whatever the order given.
-    #[arg(long, value_delimiter = ',', default_value = "relay,prefetch,image,ml,triton,latency,memory,publish")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "relay,prefetch,image,ml,triton,latency,memory,publish,cluster"
+    )]
     scenarios: Vec<Scenario>,
     /// Jobs per run of the relay and latency scenarios.
     #[arg(long, default_value_t = 10_000)]
@@ -74,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Memory => scenarios::memory::run(&cli).await?,
             Scenario::Publish => scenarios::publish::run(&cli).await?,
             Scenario::Latency => scenarios::latency::run(&cli, relay_max).await?,
+            Scenario::Cluster => scenarios::cluster::run(&cli).await?,
         };
         let name = scenario.to_possible_value().context("every scenario has a name")?;
         report[name.get_name()] = part;

@@ -30,13 +30,46 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / ticks_per_second())
 }
 
-/// The local RabbitMQ node's process (the Erlang VM, `beam.smp`).
+/// The local RabbitMQ node's process (the Erlang VM, `beam.smp`) that listens on AMQP port
+/// 5672: other nodes may run beside it (the cluster tests' `scripts/cluster.sh`).
 pub fn broker_pid() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        (comm.trim() == "beam.smp").then_some(pid)
-    })
+    let beams: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            (comm.trim() == "beam.smp").then_some(pid)
+        })
+        .collect();
+    let listening = listening_inodes(5672);
+    let holds = |pid: &u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten().any(|fd| {
+            let link = std::fs::read_link(fd.path()).unwrap_or_default();
+            let link = link.to_string_lossy();
+            listening.iter().any(|inode| link == format!("socket:[{inode}]"))
+        })
+    };
+    beams.iter().copied().find(holds).or_else(|| (beams.len() == 1).then(|| beams[0]))
+}
+
+/// Socket inodes listening on TCP `port` (IPv4 and IPv6), from /proc/net/tcp{,6}.
+fn listening_inodes(port: u16) -> Vec<String> {
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    // local_address, state 0A = LISTEN, inode in the tenth column.
+                    (f.get(1)?.ends_with(&port) && *f.get(3)? == "0A").then(|| f.get(9).map(|s| (*s).to_owned()))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// The processes of process group `pgid` (a Triton server and its Python stubs, say).

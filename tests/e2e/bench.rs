@@ -60,6 +60,8 @@ fn the_benchmark_runs_every_scenario_and_reports_figures() {
         "/memory/system/after_settle_mib",
         "/latency/fleet_p50_p95_p99_ms/2",
         "/publish/ratio",
+        "/cluster/ratio",
+        "/cluster/quorum_three_nodes/median_p99_ms",
     ] {
         figure(path);
     }

@@ -1,5 +1,6 @@
 //! The scenarios, one module each; each returns its part of the report.
 
+pub mod cluster;
 pub mod image;
 pub mod latency;
 pub mod memory;
@@ -31,4 +32,6 @@ pub enum Scenario {
     Publish,
     /// p50/p95/p99 at 50% of the relay's maximum rate, fleet vs relay.
     Latency,
+    /// Classic queues on the one default node vs quorum queues on the three-node cluster.
+    Cluster,
 }
