@@ -27,7 +27,9 @@ async fn amqps_with_the_clusters_ca_runs_jobs() {
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let r = producer.publish(&job(1), &want_result()).await.expect("publish over TLS").wait(DEADLINE).await;
     assert_eq!(r.expect("result over TLS").status, ResultStatus::Ok);
-    println!("amqps with broker.tls_ca_file: a job and its result, consumer and producer over TLS");
+    let (ready, readyz) = fleet.health.status();
+    assert!(ready && readyz.contains("on node localhost:5692"), "/readyz names the node: {readyz}");
+    println!("amqps with broker.tls_ca_file: a job and its result, consumer and producer over TLS; /readyz: {readyz}");
     producer.close().await;
     fleet.stop().await;
 }

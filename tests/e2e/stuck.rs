@@ -91,17 +91,32 @@ retry = { max_attempts = 1, base_delay_ms = 100, max_delay_ms = 100, jitter = 0.
     producer.close().await;
 }
 
+/// On quorum queues too, with the broker's own delivery limit below the deaths Warren needs to
+/// call a job poison: the returned lane republishes each returned job as a fresh message, so the
+/// broker's count never reaches its limit, and the verdict (and the dead letter's reason) is
+/// Warren's.
 #[rstest]
+#[case::classic("classic")]
+#[case::quorum_with_a_delivery_limit_of_2("quorum")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_that_kills_its_worker_is_stopped_while_innocent_jobs_all_end_as_results(vhost: Vhost) {
+async fn a_job_that_kills_its_worker_is_stopped_while_innocent_jobs_all_end_as_results(
+    #[case] queue_type: &str,
+    vhost: Vhost,
+) {
     const INNOCENT: usize = 12;
     const MAX_REDELIVERIES: usize = 2;
-    let settings = settings(&vhost);
+    let mut settings = settings(&vhost);
+    if queue_type == "quorum" {
+        settings.topology.queue_type = warren_infra::settings::QueueType::Quorum;
+        settings.topology.delivery_limit = 2;
+    }
     let env = [
         ("WARREN__CONSUMER__KINDS", "fault"),
         ("WARREN__CONSUMER__POOL_SIZE", "2"),
         ("WARREN__CONSUMER__PREFETCH", "8"),
         ("WARREN__CONSUMER__MAX_REDELIVERIES", "2"),
+        ("WARREN__TOPOLOGY__QUEUE_TYPE", queue_type),
+        ("WARREN__TOPOLOGY__DELIVERY_LIMIT", "2"),
     ];
     let producer = Producer::connect(settings.clone()).await.expect("producer");
     producer.declare_topology().await.expect("topology");
@@ -156,8 +171,8 @@ async fn a_job_that_kills_its_worker_is_stopped_while_innocent_jobs_all_end_as_r
     assert_eq!(survivor.wait().await.0, Some(0));
     assert_eq!(queue_depth(&settings, "warren.fault.dead").await, 0, "only the poison was dead-lettered");
     println!(
-        "poison: dead-lettered after {deaths} worker deaths (max_redeliveries {MAX_REDELIVERIES}); \
-         {INNOCENT} innocent jobs held through those deaths all ended as results"
+        "poison on {queue_type} queues: dead-lettered after {deaths} worker deaths (max_redeliveries \
+         {MAX_REDELIVERIES}); {INNOCENT} innocent jobs held through those deaths all ended as results"
     );
     assert_eq!(deaths, MAX_REDELIVERIES + 1);
     assert_eq!(answered, innocent);
