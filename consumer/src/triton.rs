@@ -204,8 +204,13 @@ impl Classifier for TritonClassifier {
         let response = match answer {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                self.metrics.errors.with_label_values(&[triton_fit::code_label(status.code())]).inc();
-                return Err(triton_fit::job_error(status.code(), &message(&status)));
+                let code = triton_fit::code_of(status.code(), started.elapsed(), timeout);
+                self.metrics.errors.with_label_values(&[triton_fit::code_label(code)]).inc();
+                let why = match code {
+                    Code::DeadlineExceeded => format!("no answer within {timeout:?}; the request was cancelled"),
+                    _ => message(&status),
+                };
+                return Err(triton_fit::job_error(code, &why));
             }
         };
         let at = response.outputs.iter().position(|o| o.name == self.fit.output);
@@ -229,9 +234,9 @@ fn message(status: &Status) -> String {
         innermost = Some(e);
         cause = e.source();
     }
-    match innermost {
-        Some(e) => format!("{} ({e})", status.message()),
-        None => status.message().to_owned(),
+    match innermost.map(ToString::to_string) {
+        Some(cause) if cause != status.message() => format!("{} ({cause})", status.message()),
+        _ => status.message().to_owned(),
     }
 }
 

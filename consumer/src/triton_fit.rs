@@ -138,6 +138,12 @@ pub fn job_error(code: Code, message: &str) -> JobError {
     }
 }
 
+/// The code of a failed request: tonic ends a call it timed out itself (from the request's
+/// grpc-timeout) as `Cancelled`; past the deadline that is the deadline, not a cancellation.
+pub fn code_of(code: Code, elapsed: std::time::Duration, deadline: std::time::Duration) -> Code {
+    if code == Code::Cancelled && elapsed >= deadline { Code::DeadlineExceeded } else { code }
+}
+
 /// The fixed, low-cardinality label of a gRPC status code.
 pub fn code_label(code: Code) -> &'static str {
     match code {
@@ -273,6 +279,16 @@ mod tests {
             job_error(Code::DeadlineExceeded, "late").to_string(),
             "model unavailable: Triton answered deadline_exceeded: late"
         );
+    }
+
+    #[test]
+    fn a_call_cancelled_at_its_deadline_counts_as_past_the_deadline() {
+        use std::time::Duration;
+        let (late, early, deadline) =
+            (Duration::from_millis(301), Duration::from_millis(10), Duration::from_millis(300));
+        assert_eq!(code_of(Code::Cancelled, late, deadline), Code::DeadlineExceeded);
+        assert_eq!(code_of(Code::Cancelled, early, deadline), Code::Cancelled, "cancelled by someone else");
+        assert_eq!(code_of(Code::Unavailable, late, deadline), Code::Unavailable);
     }
 
     #[test]
