@@ -96,11 +96,16 @@ build_tools() {
 }
 
 PILLOW_VERSION=12.0.0
+PYTEST_VERSION=8.3.4
 
 python_deps() {
   if ! "$PYTHON" -c "import pika" 2>/dev/null; then
-    log "installing pika (the contract's Python example)"
+    log "installing pika (the Python client and the contract's example)"
     "$PYTHON" -m pip install --quiet pika
+  fi
+  if [[ "$("$PYTHON" -c 'import pytest; print(pytest.__version__)' 2>/dev/null)" != "$PYTEST_VERSION" ]]; then
+    log "installing pytest $PYTEST_VERSION (the Python client's tests)"
+    "$PYTHON" -m pip install --quiet "pytest==$PYTEST_VERSION"
   fi
   # Pinned: the imaging quality test compares Warren with Pillow's draft mode, and the bench's
   # baseline is Pillow; a different Pillow (or its bundled libjpeg-turbo) moves both.

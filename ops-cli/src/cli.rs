@@ -51,6 +51,9 @@ pub enum Command {
         queue: String,
         #[arg(short = 'n', long, default_value_t = 10)]
         count: u32,
+        /// Every field in full, one line per message (the default view fits 120 columns).
+        #[arg(long)]
+        wide: bool,
     },
     /// Copy messages (body, properties, headers) to a file; with --ack, remove them.
     Dump {

@@ -24,12 +24,30 @@ pub fn json(value: &serde_json::Value) {
 }
 
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    table_within(header, rows, None);
+}
+
+/// A table at most `width` columns wide (long cells wrap), or as wide as its content.
+pub fn table_within(header: &[&str], rows: Vec<Vec<String>>, width: Option<u16>) {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    if let Some(w) = width {
+        t.set_width(w);
+    }
     for r in rows {
         t.add_row(r);
     }
     line(t);
+}
+
+/// `text` cut to at most `max` characters, an ellipsis marking the cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 /// Progress on stderr, only when a person is watching.

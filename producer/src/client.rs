@@ -228,6 +228,8 @@ impl Producer {
     pub async fn close(self) {
         let link = self.link.into_inner();
         if let Some(replies) = &self.replies {
+            // First, so that deleting the queue does not look like a lost broker to it.
+            replies.stop().await;
             let _ = link.publisher.channel().queue_delete(replies.queue().into(), Default::default()).await;
         }
         // Close the channel before the connection: closing a connection under an open channel

@@ -26,6 +26,8 @@ pub struct Replies {
     queue: String,
     waiters: Waiters,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set when the producer closes: the consumer then ends quietly instead of reconnecting.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Replies {
@@ -38,6 +40,7 @@ impl Replies {
         // The first session opens before we return: the queue must exist before any job names it.
         let first = Session::open(broker, &queue, &args).await?;
         let (broker, name, map) = (broker.clone(), queue.clone(), waiters.clone());
+        let (stop, mut stopping) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new(
                 Duration::from_millis(broker.reconnect_min_ms),
@@ -45,11 +48,23 @@ impl Replies {
             );
             let mut session = Some(first);
             loop {
-                if let Some(s) = session.take() {
-                    s.run(&map).await;
+                if let Some(mut s) = session.take() {
+                    tokio::select! {
+                        () = s.run(&map) => {}
+                        () = stopped(&mut stopping) => {
+                            s.close().await;
+                            return;
+                        }
+                    }
+                    if *stopping.borrow() {
+                        return;
+                    }
                     tracing::warn!(queue = %name, "reply consumer lost the broker; reconnecting");
                 }
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = stopped(&mut stopping) => return,
+                }
                 match Session::open(&broker, &name, &args).await {
                     Ok(s) => {
                         backoff.reset();
@@ -59,7 +74,7 @@ impl Replies {
                 }
             }
         });
-        Ok(Self { queue, waiters, task: Mutex::new(Some(task)) })
+        Ok(Self { queue, waiters, task: Mutex::new(Some(task)), stop })
     }
 
     pub fn queue(&self) -> &str {
@@ -75,6 +90,15 @@ impl Replies {
     pub fn forget(&self, correlation_id: &str) {
         lock(&self.waiters).remove(correlation_id);
     }
+
+    /// Stops consuming and closes the reply connection, quietly (the producer is closing).
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
 }
 
 impl Drop for Replies {
@@ -87,7 +111,7 @@ impl Drop for Replies {
 
 /// One connection consuming the reply queue.
 struct Session {
-    _connection: lapin::Connection,
+    connection: lapin::Connection,
     consumer: lapin::Consumer,
 }
 
@@ -108,11 +132,16 @@ impl Session {
             )
             .await
             .context("consume reply queue")?;
-        Ok(Self { _connection: connection, consumer })
+        Ok(Self { connection, consumer })
+    }
+
+    /// Closes the connection (a clean close: the broker logs no lost client).
+    async fn close(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.connection.close(200, "producer done".into())).await;
     }
 
     /// Hands results to their waiters until the connection is lost.
-    async fn run(mut self, waiters: &Waiters) {
+    async fn run(&mut self, waiters: &Waiters) {
         while let Some(Ok(delivery)) = self.consumer.next().await {
             dispatch(waiters, &delivery);
             if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
@@ -161,6 +190,12 @@ impl Drop for Pending {
             lock(&w).remove(&self.correlation_id);
         }
     }
+}
+
+/// Resolves once the producer asked the reply consumer to stop.
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    // The borrow `wait_for` returns is dropped here, before anything else awaits.
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -93,6 +93,7 @@ async fn a_node_lost_under_load_loses_no_job_and_its_consumers_move_on() {
         let (code, log) = c.wait().await;
         assert_eq!(code, Some(0), "{log}");
         assert!(log.contains("node=127.0.0.1:5682") || log.contains("node=127.0.0.1:5683"), "moved on: {log}");
+        assert!(log.contains("guest:***@") && !log.contains("guest:guest@"), "every URL of the list redacted: {log}");
     }
     Arc::into_inner(producer).expect("sole owner").close().await;
 }

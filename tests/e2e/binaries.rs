@@ -20,6 +20,8 @@ async fn producer(vhost: &Vhost, args: &[&str]) -> (i32, String) {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("$ warren-producer {}\n{stdout}{stderr}", args.join(" "));
+    // A clean exit is quiet: closing its reply queue is not a lost broker.
+    assert!(!stderr.contains("lost the broker"), "a normal exit warned: {stderr}");
     // Both streams, so callers can look for what the producer says on stderr too.
     (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
 }

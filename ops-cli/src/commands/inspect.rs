@@ -1,5 +1,7 @@
 //! `status` and `queues`: read-only views from the management API. Its statistics are sampled
-//! by the broker every few seconds, so rates and depths here lag the queues by that much.
+//! by the broker every few seconds, so rates and depths here lag the queues by that much;
+//! `status` reads each work queue's ready messages and consumers over AMQP instead (a passive
+//! declare answers with the queue's state at once).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,19 +49,49 @@ impl Row {
     }
 }
 
-pub fn status(ctx: &Ctx) -> Result<()> {
+/// Ready messages and consumers of each queue, exact, by passive declares on one channel; None
+/// when AMQP cannot be reached (the management API's figures are shown then).
+async fn exact_counts(ctx: &Ctx, queues: &[&str]) -> Option<std::collections::HashMap<String, (u32, u32)>> {
+    let conn = match ctx.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warrenctl: ready and consumer counts from the management API (they lag): {e}");
+            return None;
+        }
+    };
+    let mut out = std::collections::HashMap::new();
+    for q in queues {
+        // A missing queue closes the channel: a fresh one each.
+        let Ok(ch) = conn.create_channel().await else { break };
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        if let Ok(d) = ch.queue_declare((*q).into(), passive, Default::default()).await {
+            out.insert((*q).to_owned(), (d.message_count(), d.consumer_count()));
+            let _ = ch.close(200, "counted".into()).await;
+        }
+    }
+    let _ = conn.close(200, "status".into()).await;
+    Some(out)
+}
+
+pub async fn status(ctx: &Ctx) -> Result<()> {
     // One listing of the vhost's queues (the work queues, their retry tiers and dead letters),
     // not a request per queue: the management API is the broker's, and status runs in loops.
     let listed: std::collections::HashMap<String, Value> =
         ctx.mgmt.queues(&ctx.vhost)?.into_iter().filter_map(|q| Some((q["name"].as_str()?.to_owned(), q))).collect();
     let messages = |name: &str| listed.get(name).map(|q| q["messages"].as_u64().unwrap_or(0)).unwrap_or(0);
+    let work: Vec<&str> = ctx.settings.routes.iter().map(|r| r.queue.as_str()).collect();
+    let exact = exact_counts(ctx, &work).await;
     let mut out = Vec::new();
     for route in &ctx.settings.routes {
         let Some(q) = listed.get(&route.queue) else {
             out.push(json!({"kind": route.kind, "queue": route.queue, "missing": true}));
             continue;
         };
-        let row = Row::from_json(q);
+        let mut row = Row::from_json(q);
+        let counted = exact.as_ref().and_then(|e| e.get(&route.queue));
+        if let Some(&(ready, consumers)) = counted {
+            (row.ready, row.consumers) = (u64::from(ready), u64::from(consumers));
+        }
         let dead = messages(&ctx.settings.dead_queue(&route.queue));
         let returned = messages(&ctx.settings.returned_queue(&route.queue));
         let retrying: u64 = ctx
@@ -81,6 +113,8 @@ pub fn status(ctx: &Ctx) -> Result<()> {
         v["retrying"] = json!(retrying);
         v["returned"] = json!(returned);
         v["drain_estimate_s"] = json!(drain_s);
+        // Whether ready and consumers are exact (AMQP) or the management API's lagging figures.
+        v["counts"] = json!(if counted.is_some() { "amqp" } else { "management" });
         out.push(v);
     }
     if ctx.json {

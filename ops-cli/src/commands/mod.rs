@@ -23,9 +23,9 @@ use crate::errors::{CtlError, Result};
 
 pub async fn run(ctx: &Ctx, command: Command) -> Result<()> {
     match command {
-        Command::Status => inspect::status(ctx),
+        Command::Status => inspect::status(ctx).await,
         Command::Queues { all } => inspect::queues(ctx, all),
-        Command::Peek { queue, count } => peek::run(ctx, &queue, count).await,
+        Command::Peek { queue, count, wide } => peek::run(ctx, &queue, count, wide).await,
         Command::Dump { queue, out, ack, limit } => dump::run(ctx, &queue, &out, ack, limit).await,
         Command::Load { file, to } => load::run(ctx, &file, to.as_deref()).await,
         Command::Replay { dead_queue, filter, limit, rate, dry_run, to } => {

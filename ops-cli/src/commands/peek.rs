@@ -10,7 +10,7 @@ use crate::context::Ctx;
 use crate::errors::Result;
 use crate::output;
 
-pub async fn run(ctx: &Ctx, queue: &str, count: u32) -> Result<()> {
+pub async fn run(ctx: &Ctx, queue: &str, count: u32, wide: bool) -> Result<()> {
     let conn = ctx.connect().await?;
     depth(&conn, queue).await?;
     let ch = conn.create_channel().await?;
@@ -45,10 +45,13 @@ pub async fn run(ctx: &Ctx, queue: &str, count: u32) -> Result<()> {
                 }
             });
             let dead = m.get("dead").map(|d| {
-                format!("{} {}: {} (from {})", s(&d["reason"]), s(&d["error_type"]), s(&d["error"]), s(&d["origin"]))
+                let error = if wide { s(&d["error"]) } else { output::clip(&s(&d["error"]), 60) };
+                format!("{} {}: {error} (from {})", s(&d["reason"]), s(&d["error_type"]), s(&d["origin"]))
             });
+            let id = s(&m["job_id"]);
             vec![
-                s(&m["job_id"]),
+                // The first group of a UUID tells jobs apart on a screen; --wide or --json show it whole.
+                if wide { id } else { output::clip(&id, 9) },
                 s(&m["kind"]),
                 s(&m["attempt"]),
                 s(&m["bytes"]),
@@ -57,9 +60,10 @@ pub async fn run(ctx: &Ctx, queue: &str, count: u32) -> Result<()> {
             ]
         })
         .collect();
-    output::table(&["job id", "kind", "attempt", "bytes", "image", "dead letter"], rows);
+    let width = if wide { None } else { Some(120) };
+    output::table_within(&["job id", "kind", "attempt", "bytes", "image", "dead letter"], rows, width);
     output::line(format!(
-        "{} message(s) shown and returned to {queue}, in place; RabbitMQ now marks them redelivered \
+        "{} message(s) shown and returned to {queue}, in place; RabbitMQ now marks them redelivered\n\
          (Warren's consumer counts that as one return toward consumer.max_redeliveries)",
         shown.len()
     ));

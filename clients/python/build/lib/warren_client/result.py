@@ -1,0 +1,68 @@
+"""A job's result, as Warren sends it (``docs/contract.md``, "Results")."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import JobError, job_error
+
+
+@dataclass(frozen=True)
+class Result:
+    """One job's result. ``output`` is as on the wire: an object keyed by the job kind
+    (``{"checksum": {"bytes": 5, ...}}``); ``value`` is the kind's part of it."""
+
+    job_id: str
+    kind: str
+    status: str
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    attempt: int
+    worker: str
+    timing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def value(self) -> dict[str, Any] | None:
+        """The kind's output (``output[kind]``), or None for a failed job."""
+        if not self.output:
+            return None
+        return self.output.get(self.kind, next(iter(self.output.values()), None))
+
+    def image(self) -> bytes:
+        """The output image of an ``image.resize`` job, decoded from base64."""
+        value = self.value or {}
+        if "image" not in value:
+            raise ValueError(f"job {self.job_id} ({self.kind}) has no output image")
+        return base64.b64decode(value["image"])
+
+    def exception(self) -> JobError | None:
+        """The exception of a failed job's error type (``errors.BY_TYPE``), or None."""
+        return None if self.ok else job_error(self.error or {}, self.job_id)
+
+    def raise_for_error(self) -> "Result":
+        """Raises the job's error as its exception class; returns the result when it succeeded."""
+        e = self.exception()
+        if e is not None:
+            raise e
+        return self
+
+    @classmethod
+    def from_body(cls, body: bytes) -> "Result":
+        d = json.loads(body)
+        return cls(
+            job_id=str(d["job_id"]),
+            kind=str(d.get("kind", "")),
+            status=str(d["status"]),
+            output=d.get("output"),
+            error=d.get("error"),
+            attempt=int(d.get("attempt", 0)),
+            worker=str(d.get("worker", "")),
+            timing=d.get("timing") or {},
+        )

@@ -1,0 +1,96 @@
+"""Fixtures: a private vhost on the real broker (made and deleted through the management API),
+and the real ``warren-consumer`` binary serving it. Run by ``scripts/test.sh`` after the Rust
+tests; ``WARREN_TEST_AMQP_URL``, ``WARREN_TEST_MGMT_URL`` and ``WARREN_CONSUMER_BIN`` point
+elsewhere."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+AMQP = os.environ.get("WARREN_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+MGMT = os.environ.get("WARREN_TEST_MGMT_URL", "http://127.0.0.1:15672")
+AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
+
+
+def mgmt(method: str, path: str, body: dict | None = None) -> None:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(MGMT + path, data=data, method=method,
+                                 headers={"Authorization": AUTH, "Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=30).read()
+
+
+@pytest.fixture
+def vhost(request: pytest.FixtureRequest):
+    name = f"warren-test-py-{request.node.name[:40]}-{uuid.uuid4().hex}".replace("[", "-").replace("]", "")
+    enc = urllib.parse.quote(name, safe="")
+    mgmt("PUT", f"/api/vhosts/{enc}")
+    mgmt("PUT", f"/api/permissions/{enc}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    yield name
+    mgmt("DELETE", f"/api/vhosts/{enc}")
+
+
+def amqp_url(vhost: str) -> str:
+    return f"{AMQP}/{urllib.parse.quote(vhost, safe='')}"
+
+
+class Consumer:
+    """The warren-consumer binary on a vhost, its log kept, stopped with SIGTERM."""
+
+    def __init__(self, vhost: str, env: dict[str, str] | None = None) -> None:
+        binary = os.environ.get("WARREN_CONSUMER_BIN", str(ROOT / "target" / "debug" / "warren-consumer"))
+        if not os.path.exists(binary):
+            pytest.fail(f"{binary} is not built: run `cargo build --workspace --bins` (scripts/test.sh does)")
+        full_env = dict(os.environ, WARREN_CONFIG_DIR=str(ROOT / "config"), WARREN_ENV="test",
+                        WARREN__BROKER__URL=amqp_url(vhost), RUST_LOG="info,ort=warn,lapin=error", NO_COLOR="1",
+                        **(env or {}))
+        self.proc = subprocess.Popen([binary], cwd=ROOT, env=full_env, stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(60):
+            self.stop()
+            pytest.fail("the consumer did not get ready:\n" + "".join(self.log))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if "consumer ready" in line:
+                self._ready.set()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture
+def consumer(vhost: str):
+    c = Consumer(vhost)
+    yield c
+    assert c.stop() == 0, "".join(c.log)
+
+
+def wait_until(what: str, condition, deadline: float = 60.0) -> None:
+    until = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > until:
+            pytest.fail(f"{what}: not within {deadline} s")
+        time.sleep(0.1)

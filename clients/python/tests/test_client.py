@@ -1,0 +1,124 @@
+"""warren_client against the real broker and a real warren-consumer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+
+import pytest
+
+import warren_client
+from warren_client import Client, CorruptImage, PermanentJobError, Unroutable, UnsupportedFormat
+
+from conftest import AUTH, MGMT, ROOT, amqp_url, wait_until
+
+
+def test_every_kind_runs_and_comes_back_as_documented(vhost, consumer):
+    expected = json.loads((ROOT / "models/digits/expected.json").read_text())
+    with Client(amqp_url(vhost)) as client:
+        r = client.run("checksum", {"data": b"hello from python"})
+        assert (r.ok, r.kind, r.value) == (True, "checksum", {"bytes": 17, "rounds": 1,
+                                                                "crc32": zlib.crc32(b"hello from python")})
+        assert list(r.output) == ["checksum"], "output is keyed by the kind, as on the wire"
+
+        photo = (ROOT / "samples/images/china.jpg").read_bytes()
+        r = client.run("image.resize", {"image": photo, "width": 64, "height": 64, "format": "png"})
+        assert r.ok and (r.value["width"], r.value["height"], r.value["format"]) == (64, 43, "png")
+        assert r.image()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        sample = "001_label4.png"
+        r = client.run("ml.classify", {"image": (ROOT / "models/digits/samples" / sample).read_bytes(), "top_k": 2})
+        assert r.ok and r.value["predictions"][0]["index"] == expected["models"]["f32"]["predicted"][sample]
+        assert len(r.value["predictions"]) == 2
+
+        # The test overlay's fault route: one transient failure, then success on attempt 1.
+        r = client.run("fault", {"transient_failures": 1})
+        assert (r.ok, r.attempt, r.value) == (True, 1, {"attempt": 1})
+
+
+def test_a_bad_input_is_an_error_result_with_its_exception_class(vhost, consumer):
+    with Client(amqp_url(vhost)) as client:
+        r = client.run("image.resize", {"image": b"not an image", "width": 8, "height": 8})
+        assert (r.ok, r.status, r.value) == (False, "error", None)
+        assert (r.error["type"], r.error["class"]) == ("unsupported_format", "permanent")
+        with pytest.raises(UnsupportedFormat) as e:
+            r.raise_for_error()
+        assert isinstance(e.value, PermanentJobError) and e.value.job_id == r.job_id
+        assert not isinstance(e.value, CorruptImage)
+        r = client.run("image.resize", {"image": b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "width": 8, "height": 8})
+        assert r.error["type"] in warren_client.BY_TYPE and isinstance(r.exception(), PermanentJobError)
+        with pytest.raises(Unroutable):
+            client.submit("no.such.kind", {})
+        # The client goes on after an unroutable job.
+        assert client.run("checksum", {"data": b"x"}).ok
+
+
+def test_a_thousand_jobs_in_flight_from_one_thread(vhost, consumer):
+    started = time.monotonic()
+    with Client(amqp_url(vhost)) as client:
+        ids = {client.submit("checksum", {"data": i.to_bytes(4, "little")}): i for i in range(1000)}
+        submitted = time.monotonic() - started
+        for job_id, i in ids.items():
+            r = client.result(job_id, timeout=120)
+            assert r.ok and r.value["crc32"] == zlib.crc32(i.to_bytes(4, "little")), r
+        print(f"1000 jobs: submitted (each confirmed) in {submitted:.2f} s, all answered after "
+              f"{time.monotonic() - started:.2f} s, {client.duplicates} duplicates dropped")
+        assert len(ids) == 1000
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True)
+
+
+def test_a_broker_restart_midway_loses_no_result(vhost, consumer):
+    with Client(amqp_url(vhost), reconnect_timeout=120) as client:
+        before = [client.submit("checksum", {"data": bytes([i])}) for i in range(100)]
+        rabbitmqctl("stop_app")
+        # The broker stays away for a while; submits wait for it, reconnecting.
+        threading.Timer(3.0, lambda: rabbitmqctl("start_app")).start()
+        after = [client.submit("checksum", {"data": bytes([i])}) for i in range(100)]
+        rabbitmqctl("await_startup")
+        results = [client.result(j, timeout=120) for j in before + after]
+        assert all(r.ok for r in results) and len({r.job_id for r in results}) == 200
+        print(f"broker restart: 200 jobs, 200 answered, client reconnected {client.reconnects}x, "
+              f"{client.duplicates} duplicates dropped")
+        assert client.reconnects >= 1
+
+    def management_up() -> bool:
+        try:
+            urllib.request.urlopen(urllib.request.Request(MGMT + "/api/overview", headers={"Authorization": AUTH}),
+                                   timeout=5)
+            return True
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    wait_until("the management API is back", management_up)  # the vhost fixture deletes through it
+
+
+def test_closing_deletes_the_reply_queue(vhost, consumer):
+    with Client(amqp_url(vhost)) as client:
+        queue = client.reply_queue
+        assert client.run("checksum", {"data": b"q"}).ok
+    url = f"{MGMT}/api/queues/{urllib.parse.quote(vhost, safe='')}/{queue}"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": AUTH}), timeout=10)
+    assert e.value.code == 404
+
+
+def test_it_installs_with_pip(tmp_path):
+    venv = tmp_path / "venv"
+    # The base Python's pika is visible to the venv; pip fetches the build backend (setuptools).
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps",
+                    str(ROOT / "clients/python")], check=True)
+    code = "import warren_client, pathlib; print(warren_client.__version__, pathlib.Path(warren_client.__file__).parent)"
+    shown = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+    assert shown.startswith("0.1.0 ") and str(venv) in shown, shown

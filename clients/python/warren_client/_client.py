@@ -1,0 +1,223 @@
+"""The client: one connection with publisher confirms, a durable reply queue of its own, and
+reconnection. Not thread-safe: use one ``Client`` per thread."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import pika
+import pika.exceptions as px
+
+from .errors import ConnectionLost, Nacked, Timeout, Unroutable, WarrenError
+from .result import Result
+
+log = logging.getLogger("warren_client")
+
+ENVELOPE_VERSION = 1
+
+#: Errors after which the connection is replaced and the operation tried again.
+_LOST = (px.AMQPConnectionError, px.ConnectionWrongStateError, px.ChannelWrongStateError,
+         px.ChannelClosedByBroker, px.StreamLostError, ConnectionError, OSError)
+
+
+def _encode(value: Any) -> Any:
+    """``bytes`` anywhere in a job become standard base64 text, as the contract wants."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _traceparent() -> str:
+    return f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+
+
+class Client:
+    """Publishes Warren jobs and collects their results.
+
+    ``url`` is an AMQP URL (``amqp://user:password@host:5672/vhost``; ``amqps://`` for TLS).
+    Jobs are persistent, published with ``mandatory`` and confirmed before ``submit`` returns;
+    results come to a durable queue ``warren.reply.<uuid>`` of this client's that survives a
+    lost connection and a broker restart, and expires ``reply_queue_expires_ms`` after the
+    client is gone. A lost connection is re-established (capped, jittered backoff) for up to
+    ``reconnect_timeout`` seconds; a publish the broker refuses is tried again for up to
+    ``publish_timeout`` seconds. Results are at least once: duplicates are dropped by job id.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        jobs_exchange: str = "warren.jobs",
+        queue_type: str = "classic",
+        reply_queue_expires_ms: int = 300_000,
+        publish_timeout: float = 60.0,
+        reconnect_timeout: float = 60.0,
+        connection_name: str = "warren-client-python",
+    ) -> None:
+        if queue_type not in ("classic", "quorum"):
+            raise ValueError(f"queue_type must be 'classic' or 'quorum', not {queue_type!r}")
+        self._params = pika.URLParameters(url)
+        self._params.client_properties = {"connection_name": connection_name}
+        self._exchange = jobs_exchange
+        self._reply_args = {"x-expires": int(reply_queue_expires_ms), "x-queue-type": queue_type}
+        self._publish_timeout = publish_timeout
+        self._reconnect_timeout = reconnect_timeout
+        self.reply_queue = f"warren.reply.{uuid.uuid4().hex}"
+        self._results: dict[str, Result] = {}
+        # Job ids whose result was handed out: a later copy is a duplicate (bounded memory).
+        self._delivered: OrderedDict[str, None] = OrderedDict()
+        self.duplicates = 0
+        self.reconnects = 0
+        self._conn: pika.BlockingConnection | None = None
+        self._ch: Any = None
+        self._connect()
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        conn = pika.BlockingConnection(self._params)
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(self.reply_queue, durable=True, arguments=self._reply_args)
+        ch.basic_qos(prefetch_count=1000)
+        ch.basic_consume(self.reply_queue, self._on_result, auto_ack=False)
+        self._conn, self._ch = conn, ch
+
+    def _reconnect(self, why: BaseException) -> None:
+        """Replaces the connection, waiting between attempts, or raises ConnectionLost."""
+        log.warning("lost the broker (%s); reconnecting", why)
+        self._close_quietly()
+        give_up = time.monotonic() + self._reconnect_timeout
+        pause = 0.1
+        while True:
+            try:
+                self._connect()
+                self.reconnects += 1
+                log.info("reconnected")
+                return
+            except _LOST as e:
+                if time.monotonic() >= give_up:
+                    raise ConnectionLost(f"the broker did not come back within {self._reconnect_timeout} s: {e}") from e
+                time.sleep(random.uniform(pause / 2, pause))
+                pause = min(pause * 2, 5.0)
+
+    def _close_quietly(self) -> None:
+        try:
+            if self._conn is not None and self._conn.is_open:
+                self._conn.close()
+        except Exception:  # noqa: BLE001 - it is being replaced anyway
+            pass
+        self._conn, self._ch = None, None
+
+    def _on_result(self, ch: Any, method: Any, _props: Any, body: bytes) -> None:
+        try:
+            result = Result.from_body(body)
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("dropping a message in %s that is not a result: %s", self.reply_queue, e)
+            ch.basic_ack(method.delivery_tag)
+            return
+        if result.job_id in self._results or result.job_id in self._delivered:
+            self.duplicates += 1
+        else:
+            self._results[result.job_id] = result
+        ch.basic_ack(method.delivery_tag)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def submit(self, kind: str, job: Mapping[str, Any], *, reply: bool = True, traceparent: str | None = None,
+               job_id: str | None = None) -> str:
+        """Publishes a job of ``kind`` and returns its id once the broker confirmed it. ``bytes``
+        values are sent as base64. ``reply=False`` sends the result to Warren's results exchange
+        instead of this client. Raises ``Unroutable`` when no queue takes the kind."""
+        job_id = job_id or str(uuid.uuid4())
+        body = json.dumps({"version": ENVELOPE_VERSION, "kind": kind, "job": _encode(job)}).encode()
+        props = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=2,
+            message_id=job_id,
+            correlation_id=job_id,
+            timestamp=int(time.time()),
+            reply_to=self.reply_queue if reply else None,
+            type=kind,
+            app_id="warren-client-python",
+            headers={"warren-attempt": 0, "traceparent": traceparent or _traceparent()},
+        )
+        give_up = time.monotonic() + self._publish_timeout
+        pause = 0.1
+        while True:
+            try:
+                if self._ch is None:
+                    raise px.ChannelWrongStateError("no channel")
+                self._ch.basic_publish(self._exchange, kind, body, props, mandatory=True)
+                return job_id
+            except px.UnroutableError as e:
+                raise Unroutable(f"no queue takes jobs of kind {kind!r} on exchange {self._exchange!r}") from e
+            except px.NackError as e:
+                if time.monotonic() >= give_up:
+                    raise Nacked(f"the broker refused job {job_id} for {self._publish_timeout} s") from e
+                if self._conn is not None:
+                    self._conn.sleep(pause)  # keeps the connection serviced meanwhile
+                else:
+                    time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+            except px.ChannelClosedByBroker as e:
+                if e.reply_code == 404:
+                    self._reconnect(e)
+                    raise WarrenError(f"exchange {self._exchange!r} does not exist: start a Warren consumer "
+                                      "(it declares the topology) or `warren-producer --declare`") from e
+                self._reconnect(e)
+            except _LOST as e:
+                self._reconnect(e)
+
+    def result(self, job_id: str, timeout: float = 60.0) -> Result:
+        """Waits up to ``timeout`` seconds for the result of ``job_id``. A failed job is a
+        ``Result`` with ``status == "error"`` (``raise_for_error()`` raises it); only a missing
+        result raises (``Timeout``), or a broker gone for good (``ConnectionLost``)."""
+        deadline = time.monotonic() + timeout
+        while job_id not in self._results:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"no result for job {job_id} within {timeout} s")
+            try:
+                if self._conn is None:
+                    raise px.ConnectionWrongStateError("no connection")
+                self._conn.process_data_events(time_limit=min(left, 0.5))
+            except _LOST as e:
+                self._reconnect(e)
+        result = self._results.pop(job_id)
+        self._delivered[job_id] = None
+        while len(self._delivered) > 100_000:
+            self._delivered.popitem(last=False)
+        return result
+
+    def run(self, kind: str, job: Mapping[str, Any], timeout: float = 60.0, **submit: Any) -> Result:
+        """``submit`` then ``result``."""
+        return self.result(self.submit(kind, job, **submit), timeout)
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Deletes the reply queue (results still due are dropped) and closes the connection."""
+        try:
+            if self._ch is not None and self._ch.is_open:
+                self._ch.queue_delete(self.reply_queue)
+        except Exception:  # noqa: BLE001 - the queue expires by itself anyway
+            pass
+        self._close_quietly()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
