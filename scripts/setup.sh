@@ -8,7 +8,8 @@
 #   4. the Python packages the contract example, the imaging quality test and the Pillow
 #      baseline of warren-bench use (pika, Pillow);
 #   5. NVIDIA Triton Inference Server 2.51 (CPU, from PyPI's nvidia-pytriton wheel) for the
-#      Triton backend's tests and benchmark: scripts/triton.sh install, cached.
+#      Triton backend's tests and benchmark: scripts/triton.sh install, cached;
+#   6. Debian's prometheus (the server the dashboard test runs) and pytest.
 # Prints nothing but progress; `source <(scripts/setup.sh --env)` exports ORT_DYLIB_PATH.
 set -euo pipefail
 
@@ -89,9 +90,14 @@ build_tools() {
   local missing=()
   command -v cmake >/dev/null || missing+=(cmake)
   command -v nasm >/dev/null || missing+=(nasm)
+  # The dashboard test evaluates the Grafana dashboard's queries on a real Prometheus (its
+  # server is never left running: the test starts and stops its own).
+  command -v prometheus >/dev/null || missing+=(prometheus)
   if ((${#missing[@]})); then
-    log "installing ${missing[*]} (to build libjpeg-turbo with its SIMD code)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    log "installing ${missing[*]} (cmake and nasm build libjpeg-turbo with its SIMD code; prometheus runs the dashboard test)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian's package starts a Prometheus service where it can; the tests run their own.
+    pkill -x prometheus 2>/dev/null || true
   fi
 }
 

@@ -4,6 +4,7 @@
 mod bench;
 mod binaries;
 mod crash;
+mod dashboard;
 mod delivery;
 mod digits;
 mod failures;

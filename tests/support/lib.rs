@@ -6,6 +6,7 @@ pub mod broker;
 pub mod cluster;
 pub mod fleet;
 pub mod process;
+pub mod prometheus;
 pub mod scrape;
 pub mod temp;
 pub mod triton;
