@@ -1,9 +1,10 @@
-//! A private vhost per test, made and removed through the management HTTP API, so tests run in
-//! parallel with the default names and leave nothing behind.
+//! A private vhost per test, made and removed through the management HTTP API (warrenctl's
+//! client, the one Warren has), so tests run in parallel with the default names and leave
+//! nothing behind.
 
 use std::time::Duration;
 
-use base64::Engine as _;
+use warrenctl::mgmt::Mgmt;
 
 /// Management API base URL (`WARREN_TEST_MGMT_URL`, default `http://127.0.0.1:15672`).
 pub fn management_url() -> String {
@@ -15,24 +16,24 @@ pub fn amqp_base() -> String {
     std::env::var("WARREN_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
 }
 
-fn auth() -> String {
+/// The test user (`WARREN_TEST_MGMT_USER`, `WARREN_TEST_MGMT_PASSWORD`, default guest).
+fn user() -> (String, String) {
     let user = std::env::var("WARREN_TEST_MGMT_USER").unwrap_or_else(|_| "guest".into());
     let pass = std::env::var("WARREN_TEST_MGMT_PASSWORD").unwrap_or_else(|_| "guest".into());
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+    (user, pass)
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into()
+/// The management API at `base`, as the test user.
+pub fn mgmt(base: &str) -> Mgmt {
+    let (user, pass) = user();
+    Mgmt::new(base, &user, &pass)
 }
 
 /// Waits until the management API answers (after a broker restart, say).
 pub fn wait_for_management(deadline: Duration) {
     let until = std::time::Instant::now() + deadline;
-    loop {
-        let up = agent().get(&format!("{}/api/overview", management_url())).header("Authorization", &auth()).call();
-        if up.is_ok() {
-            return;
-        }
+    let api = mgmt(&management_url());
+    while api.overview().is_err() {
         assert!(std::time::Instant::now() < until, "the management API did not come back");
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -45,6 +46,7 @@ pub struct Vhost {
     pub amqp_base: String,
     /// Management API of its broker.
     pub mgmt_base: String,
+    api: Mgmt,
 }
 
 impl Vhost {
@@ -56,20 +58,14 @@ impl Vhost {
 
     /// The same on the broker whose AMQP URL (without vhost) and management API are given (a
     /// node of a cluster: the vhost exists on every node).
-    pub fn create_at(label: &str, amqp: &str, mgmt: &str) -> Self {
+    pub fn create_at(label: &str, amqp: &str, mgmt_base: &str) -> Self {
         let name = format!("warren-test-{label}-{}", uuid::Uuid::new_v4().simple());
-        let base = mgmt.to_owned();
-        let agent = agent();
-        agent.put(&format!("{base}/api/vhosts/{name}")).header("Authorization", &auth()).send_empty().unwrap_or_else(
-            |e| panic!("creating vhost {name} via {base} (is the management plugin on? run scripts/setup.sh): {e}"),
-        );
-        let user = std::env::var("WARREN_TEST_MGMT_USER").unwrap_or_else(|_| "guest".into());
-        agent
-            .put(&format!("{base}/api/permissions/{name}/{user}"))
-            .header("Authorization", &auth())
-            .send_json(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .unwrap_or_else(|e| panic!("granting permissions on {name}: {e}"));
-        Self { name, amqp_base: amqp.trim_end_matches('/').to_owned(), mgmt_base: base }
+        let api = mgmt(mgmt_base);
+        api.create_vhost(&name).unwrap_or_else(|e| {
+            panic!("creating vhost {name} via {mgmt_base} (is the management plugin on? run scripts/setup.sh): {e}")
+        });
+        api.grant(&name, &user().0).unwrap_or_else(|e| panic!("granting permissions on {name}: {e}"));
+        Self { name, amqp_base: amqp.trim_end_matches('/').to_owned(), mgmt_base: mgmt_base.to_owned(), api }
     }
 
     pub fn amqp_url(&self) -> String {
@@ -78,10 +74,8 @@ impl Vhost {
 
     /// Gives `user` (which must exist) full permissions on this vhost.
     pub fn grant(&self, user: &str) {
-        agent()
-            .put(&format!("{}/api/permissions/{}/{}", self.mgmt_base, self.name, warrenctl::mgmt::enc(user)))
-            .header("Authorization", &auth())
-            .send_json(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
+        self.api
+            .grant(&self.name, user)
             .unwrap_or_else(|e| panic!("granting {user} permissions on {}: {e}", self.name));
     }
 
@@ -92,11 +86,7 @@ impl Vhost {
     pub fn close_connections(&self, role: &str) -> usize {
         let mut closed = 0;
         for name in self.connections(role) {
-            agent()
-                .delete(&format!("{}/api/connections/{}", self.mgmt_base, warrenctl::mgmt::enc(&name)))
-                .header("Authorization", &auth())
-                .call()
-                .unwrap_or_else(|e| panic!("closing connection {name}: {e}"));
+            self.api.close_connection(&name).unwrap_or_else(|e| panic!("closing connection {name}: {e}"));
             closed += 1;
         }
         closed
@@ -105,41 +95,26 @@ impl Vhost {
     /// Applies a policy (`definition`, e.g. `{"max-length": 0}`) to this vhost's queues matching
     /// `pattern`, as an operator would.
     pub fn set_policy(&self, name: &str, pattern: &str, definition: serde_json::Value) {
-        let url = format!("{}/api/policies/{}/{name}", self.mgmt_base, self.name);
-        agent()
-            .put(&url)
-            .header("Authorization", &auth())
-            .send_json(
-                serde_json::json!({"pattern": pattern, "definition": definition, "apply-to": "queues", "priority": 10}),
-            )
+        self.api
+            .set_policy(&self.name, name, pattern, &definition)
             .unwrap_or_else(|e| panic!("setting policy {name}: {e}"));
     }
 
     pub fn clear_policy(&self, name: &str) {
-        let url = format!("{}/api/policies/{}/{name}", self.mgmt_base, self.name);
-        agent()
-            .delete(&url)
-            .header("Authorization", &auth())
-            .call()
-            .unwrap_or_else(|e| panic!("clearing policy {name}: {e}"));
+        self.api.clear_policy(&self.name, name).unwrap_or_else(|e| panic!("clearing policy {name}: {e}"));
     }
 
     /// The names of this vhost's connections whose client-given name contains `role`, waiting
     /// (up to a deadline) until the management API lists at least one.
     pub fn connections(&self, role: &str) -> Vec<String> {
-        let base = &self.mgmt_base;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let conns: serde_json::Value = agent()
-                .get(&format!("{base}/api/vhosts/{}/connections", self.name))
-                .header("Authorization", &auth())
-                .call()
-                .and_then(|mut r| r.body_mut().read_json())
+            let conns = self
+                .api
+                .connections(&self.name)
                 .unwrap_or_else(|e| panic!("listing connections of {}: {e}", self.name));
             let matching: Vec<String> = conns
-                .as_array()
-                .into_iter()
-                .flatten()
+                .iter()
                 .filter(|c| c["client_properties"]["connection_name"].as_str().unwrap_or("").contains(role))
                 .filter_map(|c| c["name"].as_str().map(str::to_owned))
                 .collect();
@@ -174,10 +149,7 @@ pub fn vhost() -> Vhost {
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let base = &self.mgmt_base;
-        if let Err(e) =
-            agent().delete(&format!("{base}/api/vhosts/{}", self.name)).header("Authorization", &auth()).call()
-        {
+        if let Err(e) = self.api.delete_vhost(&self.name) {
             eprintln!("warning: could not delete vhost {}: {e}", self.name);
         }
     }

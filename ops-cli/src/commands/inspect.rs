@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::context::Ctx;
 use crate::errors::Result;
+use crate::mgmt::QueueInfo;
 use crate::output;
 
 #[derive(Debug, Clone, Default)]
@@ -24,19 +25,19 @@ struct Row {
 }
 
 impl Row {
-    fn from_json(q: &Value) -> Self {
-        let rate = |key: &str| q["message_stats"][key]["rate"].as_f64();
+    fn from_info(q: &QueueInfo) -> Self {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let stats = &q.message_stats;
         Self {
-            name: q["name"].as_str().unwrap_or_default().to_owned(),
-            ready: q["messages_ready"].as_u64().unwrap_or(0),
-            unacked: q["messages_unacknowledged"].as_u64().unwrap_or(0),
-            consumers: q["consumers"].as_u64().unwrap_or(0),
-            publish_rate: rate("publish_details"),
-            deliver_rate: rate("deliver_get_details"),
-            ack_rate: rate("ack_details"),
+            name: q.name.clone(),
+            ready: q.messages_ready,
+            unacked: q.messages_unacknowledged,
+            consumers: q.consumers,
+            publish_rate: stats.publish_details.map(|r| r.rate),
+            deliver_rate: stats.deliver_get_details.map(|r| r.rate),
+            ack_rate: stats.ack_details.map(|r| r.rate),
             // The timestamp property of the message at the head, in seconds (Warren sets it).
-            oldest_age_s: q["head_message_timestamp"].as_f64().map(|ts| (now - ts).max(0.0)),
+            oldest_age_s: q.head_message_timestamp.map(|ts| (now - ts).max(0.0)),
         }
     }
 
@@ -76,9 +77,9 @@ async fn exact_counts(ctx: &Ctx, queues: &[&str]) -> Option<std::collections::Ha
 pub async fn status(ctx: &Ctx) -> Result<()> {
     // One listing of the vhost's queues (the work queues, their retry tiers and dead letters),
     // not a request per queue: the management API is the broker's, and status runs in loops.
-    let listed: std::collections::HashMap<String, Value> =
-        ctx.mgmt.queues(&ctx.vhost)?.into_iter().filter_map(|q| Some((q["name"].as_str()?.to_owned(), q))).collect();
-    let messages = |name: &str| listed.get(name).map(|q| q["messages"].as_u64().unwrap_or(0)).unwrap_or(0);
+    let listed: std::collections::HashMap<String, QueueInfo> =
+        ctx.mgmt.queues(&ctx.vhost)?.into_iter().map(|q| (q.name.clone(), q)).collect();
+    let messages = |name: &str| listed.get(name).map_or(0, |q| q.messages);
     let work: Vec<&str> = ctx.settings.routes.iter().map(|r| r.queue.as_str()).collect();
     let exact = exact_counts(ctx, &work).await;
     let mut out = Vec::new();
@@ -87,7 +88,7 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
             out.push(json!({"kind": route.kind, "queue": route.queue, "missing": true}));
             continue;
         };
-        let mut row = Row::from_json(q);
+        let mut row = Row::from_info(q);
         let counted = exact.as_ref().and_then(|e| e.get(&route.queue));
         if let Some(&(ready, consumers)) = counted {
             (row.ready, row.consumers) = (u64::from(ready), u64::from(consumers));
@@ -160,7 +161,7 @@ pub fn queues(ctx: &Ctx, all: bool) -> Result<()> {
         .mgmt
         .queues(&ctx.vhost)?
         .iter()
-        .map(Row::from_json)
+        .map(Row::from_info)
         .filter(|r| {
             all || wanted.contains(&r.name) || wanted.iter().any(|w| r.name.starts_with(&format!("{w}.retry.")))
         })

@@ -50,12 +50,12 @@ fn diff(ctx: &Ctx, plan: &Plan) -> Result<()> {
         }
     }
     for (name, args) in &plan.queues {
-        let Some(q) = queues.iter().find(|q| q["name"] == name.as_str()) else {
+        let Some(q) = queues.iter().find(|q| q.name == *name) else {
             diffs.push(format!("+ queue {name} is missing"));
             continue;
         };
         let want_type = args.inner().get("x-queue-type").map(amqp_json).unwrap_or_else(|| Value::from("classic"));
-        if let Some(have) = q["type"].as_str()
+        if let Some(have) = q.queue_type.as_deref()
             && want_type != have
         {
             // Its other arguments follow from its type: one line that says what to do.
@@ -69,7 +69,7 @@ fn diff(ctx: &Ctx, plan: &Plan) -> Result<()> {
         for (k, v) in args.inner() {
             let want = amqp_json(v);
             let key = k.as_str();
-            let have = q["arguments"].get(key).cloned().unwrap_or(Value::Null);
+            let have = q.arguments.get(key).cloned().unwrap_or(Value::Null);
             // The broker reports x-queue-type only for non-classic queues on some versions.
             let default_classic = key == "x-queue-type" && want == "classic" && have.is_null();
             if have != want && !default_classic {
@@ -89,10 +89,10 @@ fn diff(ctx: &Ctx, plan: &Plan) -> Result<()> {
     // queues of a retry tier that was removed).
     let ours: Vec<&str> = ctx.settings.routes.iter().map(|r| r.queue.as_str()).collect();
     for q in &queues {
-        let name = q["name"].as_str().unwrap_or_default();
+        let name = q.name.as_str();
         let related = ours.iter().any(|o| name.starts_with(&format!("{o}.")));
         if related && !plan.queues.iter().any(|(n, _)| n == name) {
-            diffs.push(format!("- queue {name} exists but is not in the configuration ({} messages)", q["messages"]));
+            diffs.push(format!("- queue {name} exists but is not in the configuration ({} messages)", q.messages));
         }
     }
     if ctx.json {
