@@ -103,6 +103,8 @@ build_tools() {
 
 PILLOW_VERSION=12.0.0
 PYTEST_VERSION=8.3.4
+MYPY_VERSION=1.13.0
+TYPES_PIKA_VERSION=1.2.0b1
 
 python_deps() {
   if ! "$PYTHON" -c "import pika" 2>/dev/null; then
@@ -112,6 +114,10 @@ python_deps() {
   if [[ "$("$PYTHON" -c 'import pytest; print(pytest.__version__)' 2>/dev/null)" != "$PYTEST_VERSION" ]]; then
     log "installing pytest $PYTEST_VERSION (the Python client's tests)"
     "$PYTHON" -m pip install --quiet "pytest==$PYTEST_VERSION"
+  fi
+  if [[ "$("$PYTHON" -c 'import mypy.version; print(mypy.version.__version__)' 2>/dev/null)" != "$MYPY_VERSION" ]]; then
+    log "installing mypy $MYPY_VERSION (the Python client's type check)"
+    "$PYTHON" -m pip install --quiet "mypy==$MYPY_VERSION" "types-pika==$TYPES_PIKA_VERSION"
   fi
   # Pinned: the imaging quality test compares Warren with Pillow's draft mode, and the bench's
   # baseline is Pillow; a different Pillow (or its bundled libjpeg-turbo) moves both.

@@ -122,3 +122,9 @@ def test_it_installs_with_pip(tmp_path):
     code = "import warren_client, pathlib; print(warren_client.__version__, pathlib.Path(warren_client.__file__).parent)"
     shown = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path).stdout
     assert shown.startswith("0.1.0 ") and str(venv) in shown, shown
+
+
+def test_the_package_type_checks_strictly():
+    out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--ignore-missing-imports", "warren_client"],
+                         cwd=ROOT / "clients/python", capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -192,7 +192,8 @@ class Client:
             try:
                 if self._conn is None:
                     raise px.ConnectionWrongStateError("no connection")
-                self._conn.process_data_events(time_limit=min(left, 0.5))
+                # pika takes fractions of a second here, whatever its stubs say.
+                self._conn.process_data_events(time_limit=min(left, 0.5))  # type: ignore[arg-type]
             except _LOST as e:
                 self._reconnect(e)
         result = self._results.pop(job_id)

@@ -95,7 +95,7 @@ __all__ = ["WarrenError", "Unroutable", "Nacked", "Timeout", "ConnectionLost", "
            "TransientJobError", "BY_TYPE", "job_error"] + [c.__name__ for c in BY_TYPE.values()]
 
 
-def job_error(error: dict, job_id: str = "") -> JobError:
+def job_error(error: dict[str, object], job_id: str = "") -> JobError:
     """The exception for a result's ``error`` object; an unknown type keeps its class's family."""
     error_type = str(error.get("type", "unknown"))
     error_class = str(error.get("class", "permanent"))

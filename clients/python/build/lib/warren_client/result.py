@@ -33,7 +33,8 @@ class Result:
         """The kind's output (``output[kind]``), or None for a failed job."""
         if not self.output:
             return None
-        return self.output.get(self.kind, next(iter(self.output.values()), None))
+        value = self.output.get(self.kind, next(iter(self.output.values()), None))
+        return value if isinstance(value, dict) else None
 
     def image(self) -> bytes:
         """The output image of an ``image.resize`` job, decoded from base64."""
@@ -44,7 +45,7 @@ class Result:
 
     def exception(self) -> JobError | None:
         """The exception of a failed job's error type (``errors.BY_TYPE``), or None."""
-        return None if self.ok else job_error(self.error or {}, self.job_id)
+        return None if self.ok else job_error(dict(self.error or {}), self.job_id)
 
     def raise_for_error(self) -> "Result":
         """Raises the job's error as its exception class; returns the result when it succeeded."""
