@@ -3,8 +3,17 @@
 what Warren needs (probes, drain-friendly grace periods, a KEDA ScaledObject per consumer
 Deployment, Prometheus scraping consumers and RabbitMQ, a dashboard whose panels have queries).
 `docker-compose config -q` (compose schema) runs too when docker-compose is installed.
+The Kubernetes manifests are validated against Kubernetes' own schemas (kubernetes-validate,
+strict), KEDA's objects against the fields KEDA documents, and their references to each other
+and to config/default.toml's routes are followed.
+
+    python3 deploy/validate.py [--no-tools] [ROOT]
+    ROOT: a copy of the repository (default: this one); --no-tools: skip docker-compose and
+    promtool (deploy/validate_selftest.py runs it so on broken copies).
+
 Exit status 1 with one line per problem.
 """
+import base64
 import json
 import pathlib
 import re
@@ -14,7 +23,10 @@ import sys
 
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+args = sys.argv[1:]
+NO_TOOLS = "--no-tools" in args
+args = [a for a in args if a != "--no-tools"]
+ROOT = pathlib.Path(args[0]).resolve() if args else pathlib.Path(__file__).resolve().parent.parent
 problems = []
 
 
@@ -47,7 +59,9 @@ for name, svc in services.items():
         check("replicas" in svc.get("deploy", {}), f"compose: {name} sets no replicas")
 plugins = (ROOT / "deploy/rabbitmq/enabled_plugins").read_text()
 check("rabbitmq_prometheus" in plugins and "rabbitmq_management" in plugins, "rabbitmq: plugins not enabled")
-if shutil.which("docker-compose"):
+if NO_TOOLS:
+    pass
+elif shutil.which("docker-compose"):
     r = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
                        capture_output=True, text=True, cwd=ROOT)
     check(r.returncode == 0, f"compose schema: {r.stderr.strip()}")
@@ -68,7 +82,9 @@ names = [n for j in jobs.values() for sd in j.get("dns_sd_configs", []) for n in
 for n in names:
     check(n in services, f"prometheus: scrapes {n}, which is not a compose service")
 
-if shutil.which("promtool"):
+if NO_TOOLS:
+    pass
+elif shutil.which("promtool"):
     r = subprocess.run(["promtool", "check", "config", str(ROOT / "deploy/prometheus/prometheus.yml")],
                        capture_output=True, text=True)
     check(r.returncode == 0, f"promtool: {r.stdout.strip()} {r.stderr.strip()}")
@@ -84,31 +100,363 @@ for p in dash.get("panels", []):
 for f in (ROOT / "deploy/grafana/provisioning").rglob("*.yml"):
     yaml.safe_load(f.read_text())
 
-# Kubernetes
-docs = []
-for f in sorted((ROOT / "deploy/kubernetes").glob("*.yaml")):
-    for d in yaml.safe_load_all(f.read_text()):
-        if d:
-            check(all(k in d for k in ("apiVersion", "kind")), f"k8s: {f.name}: a document without apiVersion/kind")
-            docs.append((f.name, d))
-deployments = {d["metadata"]["name"]: d for _, d in docs if d.get("kind") == "Deployment"}
-scaled = {d["spec"]["scaleTargetRef"]["name"]: d for _, d in docs if d.get("kind") == "ScaledObject"}
-check(len(deployments) == 3, f"k8s: expected 3 consumer Deployments, found {len(deployments)}")
-for name, d in deployments.items():
-    pod = d["spec"]["template"]["spec"]
-    c = pod["containers"][0]
-    check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", f"k8s: {name} liveness is not /healthz")
-    check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"k8s: {name} readiness is not /readyz")
-    check(pod.get("terminationGracePeriodSeconds", 30) > drain_timeout_s(), f"k8s: {name} grace period <= drain timeout")
-    check(name in scaled, f"k8s: {name} has no KEDA ScaledObject")
-    env = {e["name"]: e for e in c.get("env", [])}
-    check("secretKeyRef" in env.get("WARREN__BROKER__URL", {}).get("valueFrom", {}), f"k8s: {name} broker URL not from a Secret")
-for name, s in scaled.items():
-    trig = s["spec"]["triggers"][0]
-    check(trig["type"] == "rabbitmq" and trig["metadata"].get("queueName"), f"k8s: ScaledObject {name} does not scale on a queue")
-kustom = yaml.safe_load((ROOT / "deploy/kubernetes/kustomization.yaml").read_text())
-for r in kustom["resources"]:
-    check((ROOT / "deploy/kubernetes" / r).exists(), f"kustomization: {r} missing")
+# Kubernetes: every object except KEDA's against Kubernetes' own OpenAPI schemas (the strict ones:
+# an unknown field is an error), as shipped by PyPI's kubernetes-validate; KEDA's ScaledObject and
+# TriggerAuthentication against the fields KEDA documents (ScaledObject spec and the RabbitMQ
+# scaler, KEDA 2.x); then what Warren needs of them and the references between them.
+# The newest Kubernetes the package ships, and its oldest: the manifests must apply to both.
+KUBERNETES_VERSIONS = ("1.37", "1.25")
+K8S = ROOT / "deploy/kubernetes"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; kubectl refuses them. So do we."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_routes():
+    text = (ROOT / "config" / "default.toml").read_text()
+    try:
+        import tomllib
+        return {r["queue"]: r["kind"] for r in tomllib.loads(text).get("routes", [])}
+    except ImportError:  # Python < 3.11: [[routes]] tables are kind = .. then queue = ..
+        blocks = re.findall(r'^\[\[routes\]\]\n(?:.*\n)*?(?=^\[|\Z)', text, re.M)
+        return {re.search(r'^queue = "(.*)"', b, re.M).group(1): re.search(r'^kind = "(.*)"', b, re.M).group(1)
+                for b in blocks}
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v):
+    try:
+        return isinstance(v, str) and float(v) == float(v) and float(v) not in (float("inf"), float("-inf"))
+    except ValueError:
+        return False
+
+
+def unknown_keys(obj, allowed, where):
+    if isinstance(obj, dict):
+        for k in obj:
+            check(k in allowed, f"{where}: unknown field {k!r} (KEDA documents {', '.join(sorted(allowed))})")
+
+
+def yaml_error(e):
+    mark = getattr(e, "problem_mark", None)
+    if getattr(e, "problem", None) and mark is not None:
+        return f"{e.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(e).split())
+
+
+def secret_value(secret, key):
+    """The value of a Secret's key, or None when it cannot be read (absent, not base64)."""
+    if key in (secret.get("stringData") or {}):
+        return str(secret["stringData"][key])
+    try:
+        return base64.b64decode((secret.get("data") or {})[key], validate=True).decode()
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+routes = load_routes()  # work queue -> job kind
+docs = []  # (label, document) of every Kubernetes object in deploy/kubernetes
+for f in sorted(K8S.glob("*.yaml")):
+    if f.name == "kustomization.yaml":
+        continue
+    try:
+        loaded = list(yaml.load_all(f.read_text(), Loader=UniqueKeyLoader))
+    except yaml.YAMLError as e:
+        check(False, f"k8s: {f.name}: not valid YAML: {yaml_error(e)}")
+        continue
+    for i, d in enumerate(loaded):
+        if d is None:
+            continue
+        if not (isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("apiVersion", "kind"))
+                and isinstance(d.get("metadata"), dict) and isinstance(d["metadata"].get("name"), str)):
+            check(False, f"k8s: {f.name}: document {i + 1} has no apiVersion, kind and metadata.name")
+            continue
+        docs.append((f"{f.name}: {d['kind']} {d['metadata']['name']}", d))
+
+
+def ns(d):
+    return d["metadata"].get("namespace", "default")
+
+
+objects = {}  # (kind, namespace, name) -> document
+for label, d in docs:
+    key = (d["kind"], ns(d), d["metadata"]["name"])
+    check(key not in objects, f"k8s: {label}: defined twice")
+    objects[key] = d
+
+
+def find(kind, namespace, name):
+    return objects.get((kind, namespace, name))
+
+
+# Kubernetes' own schemas
+try:
+    import kubernetes_validate
+except ImportError:
+    kubernetes_validate = None
+    check(False, "k8s schema: kubernetes-validate is not installed (python3 -m pip install kubernetes-validate)")
+if kubernetes_validate:
+    schema_checked = 0
+    for label, d in docs:
+        if d["apiVersion"].split("/")[0] == "keda.sh":
+            continue  # no schema ships for KEDA's custom resources: checked below
+        failures = {}  # one problem per distinct failure, with the versions it fails on
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(d, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                where = ".".join(str(p) for p in e.path) or "(top level)"
+                failures.setdefault(f"{where}: {e.message}", []).append(version)
+            except kubernetes_validate.SchemaNotFoundError:
+                failures.setdefault(f"no {d['kind']} in API {d['apiVersion']}", []).append(version)
+        for what, versions in failures.items():
+            check(False, f"k8s schema {'/'.join(versions)}: {label}: {what}")
+        schema_checked += 1
+    print(f"kubernetes-validate {kubernetes_validate.__version__}: {schema_checked} object(s) checked against "
+          f"Kubernetes {' and '.join(KUBERNETES_VERSIONS)} (strict)")
+
+# Deployments: Warren's consumers
+deployments = {(ns(d), d["metadata"]["name"]): (label, d) for label, d in docs if d["kind"] == "Deployment"}
+scaled_targets = {}  # (namespace, Deployment name) -> ScaledObject labels
+deployment_kinds = {}  # (namespace, Deployment name) -> job kinds it consumes
+for key, (label, d) in deployments.items():
+    pod = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
+    containers = [c for c in pod.get("containers") or [] if isinstance(c, dict)] or [{}]
+    c = containers[0]
+    env = {e.get("name"): e for e in c.get("env") or [] if isinstance(e, dict)}
+    kinds = [k.strip() for k in str(env.get("WARREN__CONSUMER__KINDS", {}).get("value", "")).split(",") if k.strip()]
+    deployment_kinds[key] = kinds
+    check(kinds, f"k8s: {label}: names no kinds (WARREN__CONSUMER__KINDS)")
+    for k in kinds:
+        check(k in routes.values(), f"k8s: {label}: consumes {k!r}, which is no route in config/default.toml")
+    check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", f"k8s: {label}: liveness is not /healthz")
+    check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"k8s: {label}: readiness is not /readyz")
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    check(not is_int(grace) or grace > drain_timeout_s(), f"k8s: {label}: grace period {grace} s <= drain timeout")
+    check("secretKeyRef" in (env.get("WARREN__BROKER__URL", {}).get("valueFrom") or {}), f"k8s: {label}: broker URL not from a Secret")
+    # What the API server checks beyond the schema, and references to the other files.
+    selector = ((d.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    template_labels = (((d.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+    for k, v in selector.items():
+        check(template_labels.get(k) == v, f"k8s: {label}: selector {k}={v} does not match the pod template's labels")
+    for c in containers:
+        for e in c.get("env") or []:
+            ref = ((e or {}).get("valueFrom") or {}).get("secretKeyRef")
+            if isinstance(ref, dict) and not ref.get("optional"):
+                s = find("Secret", key[0], ref.get("name"))
+                check(s is not None, f"k8s: {label}: env {e.get('name')} reads Secret {ref.get('name')!r}, which is not in these files")
+                check(s is None or ref.get("key") in {**(s.get("data") or {}), **(s.get("stringData") or {})},
+                      f"k8s: {label}: env {e.get('name')} reads key {ref.get('key')!r}, which Secret {ref.get('name')} does not have")
+    config_volumes = {}
+    for v in pod.get("volumes") or []:
+        cm = (v or {}).get("configMap")
+        if isinstance(cm, dict):
+            m = find("ConfigMap", key[0], cm.get("name"))
+            check(m is not None, f"k8s: {label}: volume {v.get('name')} is ConfigMap {cm.get('name')!r}, which is not in these files")
+            config_volumes[v.get("name")] = m
+    for c in containers:
+        for mount in c.get("volumeMounts") or []:
+            m = config_volumes.get((mount or {}).get("name"))
+            if m is not None and mount.get("subPath"):
+                check(mount["subPath"] in (m.get("data") or {}),
+                      f"k8s: {label}: mounts {mount['subPath']!r} of ConfigMap {m['metadata']['name']}, which has no such key")
+for queue, kind in routes.items():
+    check(any(kind in ks for ks in deployment_kinds.values()), f"k8s: no Deployment consumes {kind} (queue {queue})")
+
+# KEDA (keda.sh/v1alpha1), from its documentation: ScaledObject specification and the RabbitMQ
+# scaler's trigger specification and authentication parameters.
+SCALED_OBJECT_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
+                      "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"}
+SCALE_TARGET_REF = {"apiVersion", "kind", "name", "namePrefix", "labelSelector", "envSourceContainerName"}
+FALLBACK = {"failureThreshold", "replicas", "behavior"}
+FALLBACK_BEHAVIORS = {"static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower", "scalingModifiers"}
+ADVANCED = {"restoreToOriginalReplicaCount", "horizontalPodAutoscalerConfig", "scalingModifiers"}
+TRIGGER = {"type", "metadata", "name", "useCachedMetrics", "authenticationRef", "metricType"}
+AUTHENTICATION_REF = {"name", "kind"}
+RABBITMQ_METADATA = {"host", "protocol", "mode", "value", "activationValue", "queueName", "vhostName", "hostFromEnv",
+                     "usernameFromEnv", "passwordFromEnv", "unsafeSsl", "timeout", "useRegex", "pageSize", "operation",
+                     "excludeUnacknowledged", "queueLength"}
+RABBITMQ_MODES = {"QueueLength", "MessageRate", "DeliverGetRate", "PublishedToDeliveredRatio", "ExpectedQueueConsumptionTime"}
+RABBITMQ_PROTOCOLS = {"amqp", "http", "auto"}
+RABBITMQ_AUTH_PARAMETERS = {"host", "username", "password", "vhostName", "tls", "ca", "cert", "key"}
+SECRET_TARGET_REF = {"parameter", "name", "key"}
+
+for label, d in docs:
+    if d["apiVersion"].split("/")[0] != "keda.sh":
+        continue
+    check(d["apiVersion"] == "keda.sh/v1alpha1", f"keda: {label}: apiVersion {d['apiVersion']} (KEDA's is keda.sh/v1alpha1)")
+    if d["kind"] not in ("ScaledObject", "TriggerAuthentication"):
+        check(False, f"keda: {label}: kind {d['kind']} is not checked here (ScaledObject, TriggerAuthentication)")
+        continue
+    unknown_keys(d, {"apiVersion", "kind", "metadata", "spec"}, f"keda: {label}")
+    for k in ("labels", "annotations"):
+        m = d["metadata"].get(k, {})
+        check(isinstance(m, dict) and all(isinstance(v, str) for v in m.values()), f"keda: {label}: metadata.{k} is not a map of strings")
+    spec = d.get("spec")
+    if not isinstance(spec, dict):
+        check(False, f"keda: {label}: no spec")
+        continue
+    if d["kind"] == "TriggerAuthentication":
+        for k in spec:
+            check(k == "secretTargetRef", f"keda: {label}: spec.{k}: Warren's connection string comes from a Secret (spec.secretTargetRef only)")
+        refs = spec.get("secretTargetRef")
+        check(isinstance(refs, list) and refs, f"keda: {label}: spec.secretTargetRef is not a non-empty list")
+        parameters = []
+        for i, r in enumerate(refs if isinstance(refs, list) else []):
+            where = f"keda: {label}: spec.secretTargetRef[{i}]"
+            if not isinstance(r, dict):
+                check(False, f"{where}: not a mapping of parameter, name, key")
+                continue
+            unknown_keys(r, SECRET_TARGET_REF, where)
+            for k in ("parameter", "name", "key"):
+                check(isinstance(r.get(k), str) and r[k], f"{where}: {k} missing or not a string")
+            parameters.append(r.get("parameter"))
+            check(r.get("parameter") in RABBITMQ_AUTH_PARAMETERS, f"{where}: parameter {r.get('parameter')!r} is none of the RabbitMQ scaler's ({', '.join(sorted(RABBITMQ_AUTH_PARAMETERS))})")
+            s = find("Secret", ns(d), r.get("name"))
+            check(s is not None, f"{where}: Secret {r.get('name')!r} is not in these files")
+            check(s is None or r.get("key") in {**(s.get("data") or {}), **(s.get("stringData") or {})},
+                  f"{where}: Secret {r.get('name')} has no key {r.get('key')!r}")
+        check(len(parameters) == len(set(parameters)), f"keda: {label}: a parameter is given twice in spec.secretTargetRef")
+        check("host" in parameters, f"keda: {label}: gives no host parameter (the connection string) from a Secret")
+        continue
+
+    # ScaledObject
+    unknown_keys(spec, SCALED_OBJECT_SPEC, f"keda: {label}: spec")
+    for k in ("pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount", "minReplicaCount", "maxReplicaCount"):
+        if k in spec:
+            check(is_int(spec[k]) and spec[k] >= 0, f"keda: {label}: spec.{k} {spec[k]!r} is not a non-negative integer")
+    lo, hi = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+    if is_int(lo) and is_int(hi):
+        check(lo <= hi, f"keda: {label}: minReplicaCount {lo} > maxReplicaCount {hi}")
+        check(hi >= 1, f"keda: {label}: maxReplicaCount {hi} < 1")
+        idle = spec.get("idleReplicaCount")
+        check(idle is None or not is_int(idle) or idle < lo, f"keda: {label}: idleReplicaCount {idle} is not below minReplicaCount {lo}")
+    if "fallback" in spec:
+        fb = spec["fallback"] if isinstance(spec["fallback"], dict) else {}
+        unknown_keys(fb, FALLBACK, f"keda: {label}: spec.fallback")
+        for k in ("failureThreshold", "replicas"):
+            check(is_int(fb.get(k)) and fb[k] >= 0, f"keda: {label}: spec.fallback.{k} missing or not a non-negative integer")
+        check(fb.get("behavior", "static") in FALLBACK_BEHAVIORS, f"keda: {label}: spec.fallback.behavior {fb.get('behavior')!r} is none of {', '.join(sorted(FALLBACK_BEHAVIORS))}")
+    if "advanced" in spec:
+        unknown_keys(spec["advanced"], ADVANCED, f"keda: {label}: spec.advanced")
+
+    ref = spec.get("scaleTargetRef")
+    target = None
+    if not isinstance(ref, dict):
+        check(False, f"keda: {label}: spec.scaleTargetRef missing")
+    else:
+        unknown_keys(ref, SCALE_TARGET_REF, f"keda: {label}: spec.scaleTargetRef")
+        check(ref.get("apiVersion", "apps/v1") == "apps/v1" and ref.get("kind", "Deployment") == "Deployment",
+              f"keda: {label}: spec.scaleTargetRef is not an apps/v1 Deployment")
+        check(isinstance(ref.get("name"), str), f"keda: {label}: spec.scaleTargetRef.name missing (Warren names its Deployments)")
+        target = deployments.get((ns(d), ref.get("name")))
+        check(target is not None, f"keda: {label}: spec.scaleTargetRef.name {ref.get('name')!r} is no Deployment in these files")
+        if target is not None:
+            scaled_targets.setdefault((ns(d), ref["name"]), []).append(label)
+            names = [c.get("name") for c in (((target[1].get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+                     if isinstance(c, dict)]
+            check(ref.get("envSourceContainerName") in (None, *names),
+                  f"keda: {label}: spec.scaleTargetRef.envSourceContainerName {ref.get('envSourceContainerName')!r} is no container of {ref['name']}")
+
+    triggers = spec.get("triggers")
+    check(isinstance(triggers, list) and triggers, f"keda: {label}: spec.triggers is not a non-empty list")
+    for i, t in enumerate(triggers if isinstance(triggers, list) else []):
+        where = f"keda: {label}: trigger {i}"
+        if not isinstance(t, dict):
+            check(False, f"{where}: not a mapping")
+            continue
+        unknown_keys(t, TRIGGER, where)
+        check(t.get("type") == "rabbitmq", f"{where}: type {t.get('type')!r}: Warren scales on its RabbitMQ queues (type rabbitmq)")
+        check(t.get("metricType", "AverageValue") in ("AverageValue", "Value"), f"{where}: metricType {t.get('metricType')!r} is neither AverageValue nor Value")
+        check(isinstance(t.get("useCachedMetrics", False), bool), f"{where}: useCachedMetrics is not true or false")
+        check(isinstance(t.get("name", ""), str), f"{where}: name is not a string")
+        md = t.get("metadata")
+        if not isinstance(md, dict):
+            check(False, f"{where}: no metadata")
+            md = {}
+        unknown_keys(md, RABBITMQ_METADATA, f"{where}: metadata")
+        for k, v in md.items():
+            check(isinstance(v, str), f"{where}: metadata.{k} {v!r} is not a string (KEDA's metadata is strings only: quote it)")
+        check("host" not in md, f"{where}: metadata.host: the connection string is inline; it belongs in a Secret, through a TriggerAuthentication")
+        check("hostFromEnv" not in md, f"{where}: metadata.hostFromEnv: the connection string comes from a TriggerAuthentication, not the container's environment")
+        check("queueLength" not in md, f"{where}: metadata.queueLength is deprecated (mode: QueueLength and value)")
+        queue = md.get("queueName")
+        check(queue in routes, f"{where}: metadata.queueName {queue!r} is none of Warren's work queues ({', '.join(sorted(routes))})")
+        if queue in routes and target is not None:
+            kinds = deployment_kinds.get((ns(d), ref["name"]), [])
+            check(routes[queue] in kinds, f"{where}: queue {queue} holds {routes[queue]} jobs, which {ref['name']} does not consume ({', '.join(kinds)})")
+        check(md.get("useRegex", "false") == "false", f"{where}: metadata.useRegex: queueName must name one queue")
+        mode = md.get("mode")
+        check(mode in RABBITMQ_MODES, f"{where}: metadata.mode {mode!r} is none of {', '.join(sorted(RABBITMQ_MODES))}")
+        protocol = md.get("protocol", "auto")
+        check(protocol in RABBITMQ_PROTOCOLS, f"{where}: metadata.protocol {protocol!r} is none of amqp, http, auto")
+        check(mode in (None, "QueueLength") or protocol == "http", f"{where}: mode {mode} needs protocol http (KEDA reads rates from the management API)")
+        value = md.get("value")
+        check(is_number(value) and float(value) > 0, f"{where}: metadata.value {value!r} is not a positive number in a string")
+        if "activationValue" in md:
+            check(is_number(md["activationValue"]) and float(md["activationValue"]) >= 0, f"{where}: metadata.activationValue {md['activationValue']!r} is not a number >= 0")
+        for k in ("unsafeSsl", "excludeUnacknowledged"):
+            check(md.get(k, "false") in ("true", "false"), f"{where}: metadata.{k} {md.get(k)!r} is neither \"true\" nor \"false\"")
+        for k in ("timeout", "pageSize"):
+            check(k not in md or str(md[k]).isdigit(), f"{where}: metadata.{k} {md.get(k)!r} is not a whole number")
+        check(md.get("operation", "sum") in ("sum", "max", "avg"), f"{where}: metadata.operation {md.get('operation')!r} is none of sum, max, avg")
+
+        auth = t.get("authenticationRef")
+        if not isinstance(auth, dict):
+            check(False, f"{where}: no authenticationRef: the connection string comes from a TriggerAuthentication")
+            continue
+        unknown_keys(auth, AUTHENTICATION_REF, f"{where}: authenticationRef")
+        auth_kind = auth.get("kind", "TriggerAuthentication")
+        ta = find(auth_kind, ns(d) if auth_kind == "TriggerAuthentication" else "default", auth.get("name"))
+        check(ta is not None, f"{where}: authenticationRef {auth_kind} {auth.get('name')!r} is not in these files")
+        if ta is None:
+            continue
+        host_refs = [r for r in (ta.get("spec") or {}).get("secretTargetRef") or [] if isinstance(r, dict) and r.get("parameter") == "host"]
+        for r in host_refs:
+            s = find("Secret", ns(ta), r.get("name"))
+            url = secret_value(s, r.get("key")) if s else None
+            if url is None:
+                continue
+            check("," not in url, f"{where}: host from Secret {r.get('name')} key {r.get('key')} is a list; KEDA reads one URL")
+            schemes = {"amqp": ("amqp://", "amqps://"), "http": ("http://", "https://")}.get(protocol, ("amqp://", "amqps://", "http://", "https://"))
+            check(url.startswith(schemes), f"{where}: host from Secret {r.get('name')} key {r.get('key')} is not a {'/'.join(x.rstrip(':/') for x in schemes)} URL (protocol {protocol})")
+
+for key, (label, d) in deployments.items():
+    targets = scaled_targets.get(key, [])
+    check(targets, f"k8s: {label}: has no KEDA ScaledObject")
+    check(len(targets) <= 1, f"k8s: {label}: scaled by {len(targets)} ScaledObjects ({'; '.join(targets)}); KEDA takes one")
+
+# kustomization.yaml: a Kustomize file, not a Kubernetes object
+try:
+    kustom = yaml.load((K8S / "kustomization.yaml").read_text(), Loader=UniqueKeyLoader) or {}
+except OSError as e:
+    kustom = {}
+    check(False, f"kustomization: {e}")
+except yaml.YAMLError as e:
+    kustom = {}
+    check(False, f"kustomization: not valid YAML: {yaml_error(e)}")
+check(kustom.get("apiVersion") == "kustomize.config.k8s.io/v1beta1" and kustom.get("kind") == "Kustomization",
+      "kustomization: not a kustomize.config.k8s.io/v1beta1 Kustomization")
+resources = kustom.get("resources") or []
+for r in resources:
+    check((K8S / r).exists(), f"kustomization: {r} missing")
+check(len(resources) == len(set(resources)), "kustomization: a resource is listed twice")
+for f in sorted(K8S.glob("*.yaml")):
+    check(f.name == "kustomization.yaml" or f.name in resources, f"kustomization: {f.name} is not in resources (kubectl apply -k would leave it out)")
 
 for p in problems:
     print("deploy:", p)
