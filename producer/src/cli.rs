@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+mod wire_enum;
+
+use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt as _;
 use warren_common::checksum::ChecksumJob;
 use warren_common::classify::ClassifyJob;
@@ -22,6 +24,7 @@ use crate::inputs;
 use crate::load::{self, LoadPlan};
 use crate::output;
 use warren_infra::PublishError;
+use wire_enum::wire_enum;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Publish Warren jobs with confirms and await their results")]
@@ -30,8 +33,8 @@ pub struct Cli {
     #[arg(long, env = "WARREN_CONFIG_DIR", global = true)]
     pub config_dir: Option<PathBuf>,
     /// Envelope encoding (default from config: producer.encoding).
-    #[arg(long, value_enum, global = true)]
-    pub encoding: Option<EncodingArg>,
+    #[arg(long, value_parser = wire_enum(&Encoding::ALL, Encoding::as_str), global = true)]
+    pub encoding: Option<Encoding>,
     /// Declare the topology first (consumers also do at start-up).
     #[arg(long, global = true)]
     pub declare: bool,
@@ -42,21 +45,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum EncodingArg {
-    Json,
-    Bincode,
-}
-
-impl From<EncodingArg> for Encoding {
-    fn from(e: EncodingArg) -> Self {
-        match e {
-            EncodingArg::Json => Encoding::Json,
-            EncodingArg::Bincode => Encoding::Bincode,
-        }
-    }
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// image.resize every image in PATHS (files or directories).
@@ -65,13 +53,13 @@ pub enum Command {
         width: u32,
         #[arg(long)]
         height: u32,
-        #[arg(long, value_enum, default_value = "fit")]
-        mode: ModeArg,
-        #[arg(long, value_enum, default_value = "lanczos3")]
-        filter: FilterArg,
+        #[arg(long, value_parser = wire_enum(&ResizeMode::ALL, ResizeMode::as_str), default_value = "fit")]
+        mode: ResizeMode,
+        #[arg(long, value_parser = wire_enum(&Filter::ALL, Filter::as_str), default_value = "lanczos3")]
+        filter: Filter,
         /// Output format (default: the input's).
-        #[arg(long, value_enum)]
-        format: Option<FormatArg>,
+        #[arg(long, value_parser = wire_enum(&Format::ALL, Format::as_str))]
+        format: Option<Format>,
         /// JPEG quality 1-100.
         #[arg(long)]
         quality: Option<u8>,
@@ -138,29 +126,6 @@ pub struct RunArgs {
     pub concurrency: usize,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ModeArg {
-    Fit,
-    Fill,
-    Exact,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FilterArg {
-    Nearest,
-    Triangle,
-    CatmullRom,
-    Gaussian,
-    Lanczos3,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FormatArg {
-    Png,
-    Jpeg,
-    Webp,
-}
-
 fn parse_kind(s: &str) -> Result<JobKind, String> {
     JobKind::parse(s).map_err(|e| e.to_string())
 }
@@ -184,32 +149,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     if cli.declare {
         producer.declare_topology().await?;
     }
-    let encoding = cli.encoding.map(Encoding::from);
+    let encoding = cli.encoding;
     let code = match cli.command {
         Command::Resize { width, height, mode, filter, format, quality, run } => {
-            let template = Job::Resize(ResizeJob {
-                image: Vec::new(),
-                width,
-                height,
-                mode: match mode {
-                    ModeArg::Fit => ResizeMode::Fit,
-                    ModeArg::Fill => ResizeMode::Fill,
-                    ModeArg::Exact => ResizeMode::Exact,
-                },
-                filter: match filter {
-                    FilterArg::Nearest => Filter::Nearest,
-                    FilterArg::Triangle => Filter::Triangle,
-                    FilterArg::CatmullRom => Filter::CatmullRom,
-                    FilterArg::Gaussian => Filter::Gaussian,
-                    FilterArg::Lanczos3 => Filter::Lanczos3,
-                },
-                format: format.map(|f| match f {
-                    FormatArg::Png => Format::Png,
-                    FormatArg::Jpeg => Format::Jpeg,
-                    FormatArg::Webp => Format::Webp,
-                }),
-                quality,
-            });
+            let template = Job::Resize(ResizeJob { image: Vec::new(), width, height, mode, filter, format, quality });
             publish_files(&mut producer, &template, &run, encoding, result_timeout).await?
         }
         Command::Classify { top_k, run } => {
