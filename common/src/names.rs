@@ -1,7 +1,8 @@
 //! Parsing Warren's small enums (resize mode, filter, image format, encoding) from text by the
-//! names serde gives them on the wire, so a command-line flag or a setting takes exactly the
-//! words a job carries. Each enum lists its variants in `ALL` and names them in `as_str`; the
-//! tests beside it check, with [`check_wire_names`], that those agree with serde for every variant.
+//! names serde gives them on the wire, so a command-line flag takes exactly the words a job (or
+//! a setting, through serde) carries. Each enum lists its variants in `ALL` and names them in
+//! `as_str`; the tests beside it check, with `check_wire_names`, that those agree with serde for
+//! every variant.
 
 /// A name that is none of an enum's variants; says which names are accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
