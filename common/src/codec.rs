@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::headers::{CONTENT_TYPE_BINCODE, CONTENT_TYPE_JSON};
+use crate::names::{self, UnknownName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -15,6 +16,17 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// Every encoding, in declaration order.
+    pub const ALL: [Self; 2] = [Self::Json, Self::Bincode];
+
+    /// The encoding's name (serde's), as settings and flags spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Bincode => "bincode",
+        }
+    }
+
     pub fn content_type(self) -> &'static str {
         match self {
             Self::Json => CONTENT_TYPE_JSON,
@@ -52,6 +64,19 @@ impl Encoding {
     }
 }
 
+impl std::fmt::Display for Encoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Encoding {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        names::parse("encoding", s, &Self::ALL, Self::as_str)
+    }
+}
+
 /// Bincode's standard configuration with a cap on any single allocation a length prefix can ask
 /// for, so a hostile prefix cannot make the decoder reserve gigabytes.
 pub(crate) fn bincode_config() -> bincode::config::Configuration<
@@ -65,4 +90,14 @@ pub(crate) fn bincode_config() -> bincode::config::Configuration<
 /// Decodes one value from the front of `bytes`, returning how many bytes it used.
 pub(crate) fn decode_bincode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
     bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings_parse_by_their_names() {
+        names::check_wire_names(&Encoding::ALL);
+    }
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::JobError;
 use crate::limits::Limits;
+use crate::names::{self, UnknownName};
 
 /// Image formats Warren reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,10 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format, in declaration order.
+    pub const ALL: [Self; 3] = [Self::Png, Self::Jpeg, Self::Webp];
+
+    /// The format's name on the wire (serde's).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Png => "png",
@@ -48,6 +53,19 @@ impl Format {
             Self::Jpeg => ImageFormat::Jpeg,
             Self::Webp => ImageFormat::WebP,
         }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        names::parse("image format", s, &Self::ALL, Self::as_str)
     }
 }
 
@@ -423,6 +441,13 @@ fn encode_jpeg(img: &DynamicImage, quality: u8) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_parse_by_their_wire_names() {
+        names::check_wire_names(&Format::ALL);
+        // The file extension is not a format's name.
+        assert_eq!("jpg".parse::<Format>().unwrap_err().expected, ["png", "jpeg", "webp"]);
+    }
 
     fn jpeg() -> Vec<u8> {
         let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));

@@ -16,6 +16,7 @@ pub mod headers;
 pub mod image_io;
 pub mod job;
 pub mod limits;
+pub mod names;
 #[cfg(feature = "pipelines")]
 pub mod quality;
 pub mod resize;

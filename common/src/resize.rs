@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::JobError;
 use crate::image_io::{self, Format, JpegWriter};
 use crate::limits::Limits;
+use crate::names::{self, UnknownName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -32,7 +33,48 @@ pub enum Filter {
     Lanczos3,
 }
 
+impl ResizeMode {
+    /// Every mode, in declaration order.
+    pub const ALL: [Self; 3] = [Self::Fit, Self::Fill, Self::Exact];
+
+    /// The mode's name on the wire (serde's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fit => "fit",
+            Self::Fill => "fill",
+            Self::Exact => "exact",
+        }
+    }
+}
+
+impl std::fmt::Display for ResizeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ResizeMode {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        names::parse("resize mode", s, &Self::ALL, Self::as_str)
+    }
+}
+
 impl Filter {
+    /// Every filter, in declaration order.
+    pub const ALL: [Self; 5] = [Self::Nearest, Self::Triangle, Self::CatmullRom, Self::Gaussian, Self::Lanczos3];
+
+    /// The filter's name on the wire (serde's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nearest => "nearest",
+            Self::Triangle => "triangle",
+            Self::CatmullRom => "catmull_rom",
+            Self::Gaussian => "gaussian",
+            Self::Lanczos3 => "lanczos3",
+        }
+    }
+
     pub fn filter_type(self) -> FilterType {
         match self {
             Self::Nearest => FilterType::Nearest,
@@ -41,6 +83,19 @@ impl Filter {
             Self::Gaussian => FilterType::Gaussian,
             Self::Lanczos3 => FilterType::Lanczos3,
         }
+    }
+}
+
+impl std::fmt::Display for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Filter {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        names::parse("filter", s, &Self::ALL, Self::as_str)
     }
 }
 
@@ -264,6 +319,16 @@ pub(crate) fn resample(
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[test]
+    fn modes_and_filters_parse_by_their_wire_names() {
+        names::check_wire_names(&ResizeMode::ALL);
+        names::check_wire_names(&Filter::ALL);
+        assert_eq!(
+            "bicubic".parse::<Filter>().unwrap_err().to_string(),
+            r#"unknown filter "bicubic"; expected one of: nearest, triangle, catmull_rom, gaussian, lanczos3"#
+        );
+    }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));

@@ -1,27 +1,16 @@
-//! The `warren-producer` command line.
-//!
-//! Exit codes: 0 every job published (and, with `--wait`, every result ok); 1 some job failed
-//! or its result did not come in time; 2 a usage, configuration or broker error.
+//! The `warren-producer` command line: clap types only; `commands/` runs them. Exit codes are
+//! in `exit_code.rs`.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod wire_enum;
 
-use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use futures_util::StreamExt as _;
-use warren_common::checksum::ChecksumJob;
-use warren_common::classify::ClassifyJob;
-use warren_common::fault::FaultJob;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 use warren_common::image_io::Format;
-use warren_common::resize::{Filter, ResizeJob, ResizeMode};
-use warren_common::{Encoding, Job, JobKind, ResultStatus};
-use warren_infra::{Settings, settings};
+use warren_common::resize::{Filter, ResizeMode};
+use warren_common::{Encoding, JobKind};
 
-use crate::client::{Producer, ProducerError, PublishOptions};
-use crate::inputs;
-use crate::load::{self, LoadPlan};
-use crate::output;
-use warren_infra::PublishError;
+use wire_enum::wire_enum;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Publish Warren jobs with confirms and await their results")]
@@ -30,8 +19,8 @@ pub struct Cli {
     #[arg(long, env = "WARREN_CONFIG_DIR", global = true)]
     pub config_dir: Option<PathBuf>,
     /// Envelope encoding (default from config: producer.encoding).
-    #[arg(long, value_enum, global = true)]
-    pub encoding: Option<EncodingArg>,
+    #[arg(long, value_parser = wire_enum(&Encoding::ALL, Encoding::as_str), global = true)]
+    pub encoding: Option<Encoding>,
     /// Declare the topology first (consumers also do at start-up).
     #[arg(long, global = true)]
     pub declare: bool,
@@ -42,88 +31,86 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum EncodingArg {
-    Json,
-    Bincode,
-}
-
-impl From<EncodingArg> for Encoding {
-    fn from(e: EncodingArg) -> Self {
-        match e {
-            EncodingArg::Json => Encoding::Json,
-            EncodingArg::Bincode => Encoding::Bincode,
-        }
-    }
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// image.resize every image in PATHS (files or directories).
-    Resize {
-        #[arg(long)]
-        width: u32,
-        #[arg(long)]
-        height: u32,
-        #[arg(long, value_enum, default_value = "fit")]
-        mode: ModeArg,
-        #[arg(long, value_enum, default_value = "lanczos3")]
-        filter: FilterArg,
-        /// Output format (default: the input's).
-        #[arg(long, value_enum)]
-        format: Option<FormatArg>,
-        /// JPEG quality 1-100.
-        #[arg(long)]
-        quality: Option<u8>,
-        #[command(flatten)]
-        run: RunArgs,
-    },
+    Resize(ResizeArgs),
     /// ml.classify every image in PATHS.
-    Classify {
-        #[arg(long)]
-        top_k: Option<u32>,
-        #[command(flatten)]
-        run: RunArgs,
-    },
+    Classify(ClassifyArgs),
     /// checksum every file in PATHS.
-    Checksum {
-        #[arg(long, default_value_t = 1)]
-        rounds: u32,
-        #[command(flatten)]
-        run: RunArgs,
-    },
+    Checksum(ChecksumArgs),
     /// Generate load: COUNT copies of one job, paced and bounded, with a latency report.
-    Load {
-        #[arg(long, value_parser = parse_kind, default_value = "checksum")]
-        kind: JobKind,
-        /// The job's input file (image kinds need one); checksum jobs default to SIZE zero bytes.
-        #[arg(long)]
-        input: Option<PathBuf>,
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
-        #[arg(long, default_value_t = 1000)]
-        count: u64,
-        /// Jobs per second; 0 = as fast as confirms allow.
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Most jobs outstanding at once.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Await every result and report end-to-end latency.
-        #[arg(long)]
-        wait: bool,
-        /// For resize: target width and height.
-        #[arg(long, default_value_t = 64)]
-        width: u32,
-        #[arg(long, default_value_t = 64)]
-        height: u32,
-        #[arg(long, default_value_t = 1)]
-        rounds: u32,
-    },
+    Load(LoadArgs),
 }
 
 #[derive(Args, Debug)]
-pub struct RunArgs {
+pub struct ResizeArgs {
+    #[arg(long)]
+    pub width: u32,
+    #[arg(long)]
+    pub height: u32,
+    #[arg(long, value_parser = wire_enum(&ResizeMode::ALL, ResizeMode::as_str), default_value = "fit")]
+    pub mode: ResizeMode,
+    #[arg(long, value_parser = wire_enum(&Filter::ALL, Filter::as_str), default_value = "lanczos3")]
+    pub filter: Filter,
+    /// Output format (default: the input's).
+    #[arg(long, value_parser = wire_enum(&Format::ALL, Format::as_str))]
+    pub format: Option<Format>,
+    /// JPEG quality 1-100.
+    #[arg(long)]
+    pub quality: Option<u8>,
+    #[command(flatten)]
+    pub files: FilesArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    #[command(flatten)]
+    pub files: FilesArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ChecksumArgs {
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    #[command(flatten)]
+    pub files: FilesArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    #[arg(long, value_parser = parse_kind, default_value = "checksum")]
+    pub kind: JobKind,
+    /// The job's input file (image kinds need one); checksum jobs default to SIZE zero bytes.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub count: u64,
+    /// Jobs per second; 0 = as fast as confirms allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Most jobs outstanding at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Await every result and report end-to-end latency.
+    #[arg(long)]
+    pub wait: bool,
+    /// For resize: target width and height.
+    #[arg(long, default_value_t = 64)]
+    pub width: u32,
+    #[arg(long, default_value_t = 64)]
+    pub height: u32,
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+}
+
+/// The inputs of a one-job-per-file command, and what to do with the results.
+#[derive(Args, Debug)]
+pub struct FilesArgs {
     /// Files or directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
@@ -138,210 +125,6 @@ pub struct RunArgs {
     pub concurrency: usize,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ModeArg {
-    Fit,
-    Fill,
-    Exact,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FilterArg {
-    Nearest,
-    Triangle,
-    CatmullRom,
-    Gaussian,
-    Lanczos3,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FormatArg {
-    Png,
-    Jpeg,
-    Webp,
-}
-
 fn parse_kind(s: &str) -> Result<JobKind, String> {
     JobKind::parse(s).map_err(|e| e.to_string())
-}
-
-/// Runs the command; returns the process exit code.
-pub async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let settings = Settings::load(&settings::config_dir(cli.config_dir)).context("loading settings")?;
-    warren_infra::telemetry::init(&settings.telemetry);
-    let result_timeout = Duration::from_millis(settings.producer.result_timeout_ms);
-    let mut producer = Producer::connect(settings).await?;
-    if let Some(addr) = &cli.metrics_addr {
-        let metrics = producer.metrics().clone();
-        let probe = metrics.clone();
-        let bound = warren_infra::serve::spawn(addr, metrics.registry.clone(), move || {
-            let up = probe.is_connected();
-            (up, if up { "connected".into() } else { "not connected".into() })
-        })
-        .await?;
-        eprintln!("warren-producer: metrics on http://{bound}/metrics");
-    }
-    if cli.declare {
-        producer.declare_topology().await?;
-    }
-    let encoding = cli.encoding.map(Encoding::from);
-    let code = match cli.command {
-        Command::Resize { width, height, mode, filter, format, quality, run } => {
-            let template = Job::Resize(ResizeJob {
-                image: Vec::new(),
-                width,
-                height,
-                mode: match mode {
-                    ModeArg::Fit => ResizeMode::Fit,
-                    ModeArg::Fill => ResizeMode::Fill,
-                    ModeArg::Exact => ResizeMode::Exact,
-                },
-                filter: match filter {
-                    FilterArg::Nearest => Filter::Nearest,
-                    FilterArg::Triangle => Filter::Triangle,
-                    FilterArg::CatmullRom => Filter::CatmullRom,
-                    FilterArg::Gaussian => Filter::Gaussian,
-                    FilterArg::Lanczos3 => Filter::Lanczos3,
-                },
-                format: format.map(|f| match f {
-                    FormatArg::Png => Format::Png,
-                    FormatArg::Jpeg => Format::Jpeg,
-                    FormatArg::Webp => Format::Webp,
-                }),
-                quality,
-            });
-            publish_files(&mut producer, &template, &run, encoding, result_timeout).await?
-        }
-        Command::Classify { top_k, run } => {
-            publish_files(
-                &mut producer,
-                &Job::Classify(ClassifyJob { image: Vec::new(), top_k }),
-                &run,
-                encoding,
-                result_timeout,
-            )
-            .await?
-        }
-        Command::Checksum { rounds, run } => {
-            publish_files(
-                &mut producer,
-                &Job::Checksum(ChecksumJob { data: Vec::new(), rounds }),
-                &run,
-                encoding,
-                result_timeout,
-            )
-            .await?
-        }
-        Command::Load { kind, input, size, count, rate, concurrency, wait, width, height, rounds } => {
-            let data = match &input {
-                Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-                None if matches!(kind, JobKind::Checksum | JobKind::Fault) => vec![0u8; size],
-                None => anyhow::bail!("--input is required for {kind} load"),
-            };
-            let template = match kind {
-                JobKind::ImageResize => Job::Resize(ResizeJob {
-                    image: Vec::new(),
-                    width,
-                    height,
-                    mode: ResizeMode::Fit,
-                    filter: Filter::Triangle,
-                    format: None,
-                    quality: None,
-                }),
-                JobKind::MlClassify => Job::Classify(ClassifyJob { image: Vec::new(), top_k: Some(1) }),
-                JobKind::Checksum => Job::Checksum(ChecksumJob { data: Vec::new(), rounds }),
-                // A fault job with nothing to inject: the fleet's overhead with no payload at all.
-                JobKind::Fault => Job::Fault(FaultJob::default()),
-            };
-            if wait {
-                producer.enable_replies().await?;
-            }
-            let plan = LoadPlan { count, rate, concurrency, wait, result_timeout };
-            let opts = PublishOptions { encoding, ..Default::default() };
-            let report = load::run(&producer, template.with_input(data), opts, &plan).await;
-            report.print();
-            i32::from(report.publish_errors > 0 || report.failed > 0 || report.timeouts > 0)
-        }
-    };
-    producer.close().await;
-    Ok(code)
-}
-
-async fn publish_files(
-    producer: &mut Producer,
-    template: &Job,
-    run: &RunArgs,
-    encoding: Option<Encoding>,
-    timeout: Duration,
-) -> anyhow::Result<i32> {
-    let files = inputs::collect(&run.paths, template.kind() != JobKind::Checksum)?;
-    anyhow::ensure!(!files.is_empty(), "no input files found in {:?}", run.paths);
-    if run.wait {
-        producer.enable_replies().await?;
-    }
-    let producer = &*producer;
-    let opts = PublishOptions { encoding, want_result: run.wait, job_id: None };
-    let outcomes = futures_util::stream::iter(files.iter())
-        .map(|path| {
-            let opts = opts.clone();
-            async move { one_file(producer, template, path, &opts, run, timeout).await }
-        })
-        .buffered(run.concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await;
-    let (mut ok, mut failed) = (0, 0);
-    for o in outcomes {
-        match o {
-            Ok(true) => ok += 1,
-            Ok(false) => failed += 1,
-            // Publishing failed: the broker did not take the job; that is a hard error.
-            Err(e) => return Err(e),
-        }
-    }
-    if run.wait {
-        println!("{} jobs: {ok} ok, {failed} failed", ok + failed);
-    } else {
-        println!("{ok} jobs published and confirmed");
-    }
-    Ok(i32::from(failed > 0))
-}
-
-/// Publishes one file's job; with --wait, prints and writes its result. Ok(false) = job failed.
-async fn one_file(
-    producer: &Producer,
-    template: &Job,
-    path: &Path,
-    opts: &PublishOptions,
-    run: &RunArgs,
-    timeout: Duration,
-) -> anyhow::Result<bool> {
-    let data = tokio::fs::read(path).await.with_context(|| format!("reading {}", path.display()))?;
-    let ticket = producer.publish(&template.with_input(data), opts).await.map_err(|e| {
-        let hint = match &e {
-            ProducerError::Publish(PublishError::Unroutable { .. }) => {
-                " (no queue for this kind: is a consumer running, or run with --declare?)"
-            }
-            _ => "",
-        };
-        anyhow::anyhow!("publishing {}: {e}{hint}", path.display())
-    })?;
-    if !run.wait {
-        return Ok(true);
-    }
-    let job_id = ticket.job_id.clone();
-    match ticket.wait(timeout).await {
-        Ok(result) => {
-            let mut line = format!("{} [{job_id}] {}", path.display(), output::summary(&result));
-            if let Some(dir) = &run.out {
-                let written = output::write(dir, path, &result)?;
-                line.push_str(&format!(" -> {}", written.display()));
-            }
-            println!("{line}");
-            Ok(result.status == ResultStatus::Ok)
-        }
-        Err(e) => {
-            println!("{} [{job_id}] error: {e}", path.display());
-            Ok(false)
-        }
-    }
 }

@@ -4,8 +4,11 @@
 //! Every publish waits for the broker's confirm and is `mandatory`: a job no queue would take
 //! is an error ([`ProducerError::Publish`] with `Unroutable`), never a silent loss.
 
+pub mod app;
 pub mod cli;
 pub mod client;
+pub mod commands;
+pub mod exit_code;
 pub mod inputs;
 pub mod load;
 pub mod metrics;

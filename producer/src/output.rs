@@ -5,6 +5,29 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use warren_common::{JobOutput, JobResult, ResultStatus};
 
+/// The line printed for a file's result, with where its output was written.
+pub fn result_line(input: &Path, job_id: &str, result: &JobResult, written: Option<&Path>) -> String {
+    let mut line = format!("{} [{job_id}] {}", input.display(), summary(result));
+    if let Some(path) = written {
+        line.push_str(&format!(" -> {}", path.display()));
+    }
+    line
+}
+
+/// The line printed for a file whose result did not come (a timeout, a lost reply consumer).
+pub fn no_result_line(input: &Path, job_id: &str, error: &dyn std::fmt::Display) -> String {
+    format!("{} [{job_id}] error: {error}", input.display())
+}
+
+/// The last line of a one-job-per-file command.
+pub fn totals(ok: usize, failed: usize, waited: bool) -> String {
+    if waited {
+        format!("{} jobs: {ok} ok, {failed} failed", ok + failed)
+    } else {
+        format!("{ok} jobs published and confirmed")
+    }
+}
+
 /// A one-line summary of a result.
 pub fn summary(result: &JobResult) -> String {
     match (&result.status, &result.output, &result.error) {
@@ -44,4 +67,37 @@ pub fn write(dir: &Path, input: &Path, result: &JobResult) -> anyhow::Result<Pat
     };
     std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_common::Timing;
+    use warren_common::checksum::ChecksumOutput;
+
+    use super::*;
+
+    fn checksum_result() -> JobResult {
+        let output = JobOutput::Checksum(ChecksumOutput { crc32: 0x1c29_1ca3, bytes: 17, rounds: 2 });
+        JobResult::ok("job-1".into(), "checksum".into(), output, 1, "worker-1".into(), Timing::default())
+    }
+
+    #[test]
+    fn a_result_line_names_the_file_the_job_and_what_came_back() {
+        let r = checksum_result();
+        assert_eq!(
+            result_line(Path::new("a.bin"), "job-1", &r, None),
+            "a.bin [job-1] ok crc32 1c291ca3 over 17 bytes x 2"
+        );
+        assert_eq!(
+            result_line(Path::new("a.bin"), "job-1", &r, Some(Path::new("out/a.json"))),
+            "a.bin [job-1] ok crc32 1c291ca3 over 17 bytes x 2 -> out/a.json"
+        );
+        assert_eq!(no_result_line(Path::new("a.bin"), "job-1", &"timed out"), "a.bin [job-1] error: timed out");
+    }
+
+    #[test]
+    fn totals_count_results_only_when_they_were_awaited() {
+        assert_eq!(totals(3, 1, true), "4 jobs: 3 ok, 1 failed");
+        assert_eq!(totals(3, 0, false), "3 jobs published and confirmed");
+    }
 }
