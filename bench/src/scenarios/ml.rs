@@ -165,7 +165,7 @@ fn scaled_against_full_decode(
 /// The `WARREN__MODEL__*` variables that give a worker process these model settings.
 pub(crate) fn model_env(m: &warren_infra::settings::ModelSettings) -> anyhow::Result<Vec<(String, String)>> {
     let list = |v: &[f32]| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",");
-    let filter = serde_json::to_value(m.resize_filter)?.as_str().context("a filter serialises as its name")?.to_owned();
+    let filter = m.resize_filter.as_str().to_owned();
     Ok([
         ("NAME", m.name.clone()),
         ("PATH", m.path.display().to_string()),
