@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -117,8 +118,10 @@ def test_it_installs_with_pip(tmp_path):
     # The base Python's pika is visible to the venv; pip fetches the build backend (setuptools).
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps",
-                    str(ROOT / "clients/python")], check=True)
+    # From a copy: setuptools writes build/ and *.egg-info/ beside the sources it builds.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "clients/python", source, ignore=shutil.ignore_patterns("tests", "__pycache__", ".*cache"))
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", str(source)], check=True)
     code = "import warren_client, pathlib; print(warren_client.__version__, pathlib.Path(warren_client.__file__).parent)"
     shown = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path).stdout
     assert shown.startswith("0.1.0 ") and str(venv) in shown, shown
