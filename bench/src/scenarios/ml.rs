@@ -18,8 +18,9 @@ use crate::Cli;
 use crate::fleet::{RESIZE_PHOTO, cores, median, plan, process_run};
 use crate::procfs::{CpuMeter, CpuUsed};
 
-pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
-    let models = [
+/// The models of the ML scenarios (here and `triton`): SqueezeNet on a photo, the digits MLP.
+pub(crate) fn models(cli: &Cli) -> [MlModel; 2] {
+    [
         MlModel {
             name: "squeezenet",
             tune: squeezenet,
@@ -34,9 +35,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
             photo: None,
             jobs: cli.messages,
         },
-    ];
+    ]
+}
+
+pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let mut out = serde_json::Map::new();
-    for m in &models {
+    for m in &models(cli) {
         out.insert(m.name.to_owned(), run_model(cli, m).await?);
     }
     Ok(Value::Object(out))

@@ -20,30 +20,14 @@ use warren_infra::settings::ModelBackend;
 use crate::Cli;
 use crate::fleet::{cores, median, plan, process_run_beside};
 use crate::procfs::{self, CpuUsed};
-use crate::scenarios::ml::{MlModel, digits, in_process_classify_beside, model_env, squeezenet};
+use crate::scenarios::ml::{MlModel, in_process_classify_beside, model_env, models};
 
 /// Images per request where a batch is measured: the fleet's default `model.max_batch`.
 const BATCH: usize = 8;
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
-    let models = [
-        MlModel {
-            name: "squeezenet",
-            tune: squeezenet,
-            image: "samples/images/china.jpg",
-            photo: None,
-            jobs: cli.heavy_messages,
-        },
-        MlModel {
-            name: "digits",
-            tune: digits,
-            image: "models/digits/samples/001_label4.png",
-            photo: None,
-            jobs: cli.messages,
-        },
-    ];
     let mut out = serde_json::Map::new();
-    for m in &models {
+    for m in &models(cli) {
         out.insert(m.name.to_owned(), run_model(cli, m).await?);
     }
     Ok(Value::Object(out))
