@@ -13,10 +13,11 @@ import urllib.parse
 import urllib.request
 import zlib
 
+import pika
 import pytest
 
 import warren_client
-from warren_client import Client, CorruptImage, PermanentJobError, Unroutable, UnsupportedFormat
+from warren_client import Client, CorruptImage, PermanentJobError, Timeout, Unroutable, UnsupportedFormat
 
 from conftest import AUTH, MGMT, ROOT, amqp_url, wait_until
 
@@ -72,6 +73,45 @@ def test_a_thousand_jobs_in_flight_from_one_thread(vhost, consumer):
         print(f"1000 jobs: submitted (each confirmed) in {submitted:.2f} s, all answered after "
               f"{time.monotonic() - started:.2f} s, {client.duplicates} duplicates dropped")
         assert len(ids) == 1000
+
+
+def test_a_duplicate_result_is_dropped_by_job_id(vhost, consumer):
+    with Client(amqp_url(vhost)) as client:
+        job_id = client.submit("checksum", {"data": b"twice"})
+        # Published again under the same id, as after a lost confirm: Warren runs it twice.
+        assert client.submit("checksum", {"data": b"twice"}, job_id=job_id) == job_id
+        assert client.result(job_id, timeout=60).ok
+        # The second copy's result comes too, and is counted, never handed out.
+        wait_until("the second result is dropped",
+                   lambda: client.run("checksum", {"data": b"pump"}).ok and client.duplicates == 1)
+        with pytest.raises(Timeout):
+            client.result(job_id, timeout=1)
+        assert client.duplicates == 1
+
+
+def test_traceparent_rides_along_and_reply_false_answers_to_the_results_queue(vhost, consumer):
+    traceparent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    with Client(amqp_url(vhost)) as client:
+        assert client.run("checksum", {"data": b"t"}, traceparent=traceparent).traceparent == traceparent
+        made = client.run("checksum", {"data": b"t"}).traceparent
+        assert made is not None and made.startswith("00-") and len(made) == 55, made
+        job_id = client.submit("checksum", {"data": b"elsewhere"}, reply=False)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost)))
+    try:
+        channel = connection.channel()
+        seen: list[dict] = []
+
+        def arrived() -> bool:
+            method, _props, body = channel.basic_get("warren.results", auto_ack=True)
+            if method is not None:
+                seen.append(json.loads(body))
+            return any(r["job_id"] == job_id for r in seen)
+
+        wait_until("the result in warren.results", arrived)
+        (result,) = [r for r in seen if r["job_id"] == job_id]
+        assert (result["status"], result["output"]["checksum"]["crc32"]) == ("ok", zlib.crc32(b"elsewhere"))
+    finally:
+        connection.close()
 
 
 def rabbitmqctl(*args: str) -> None:

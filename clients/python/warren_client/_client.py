@@ -120,9 +120,13 @@ class Client:
             pass
         self._conn, self._ch = None, None
 
-    def _on_result(self, ch: Any, method: Any, _props: Any, body: bytes) -> None:
+    def _on_result(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
+        headers = getattr(props, "headers", None) or {}
+        traceparent = headers.get("traceparent")
+        if isinstance(traceparent, bytes):
+            traceparent = traceparent.decode("utf-8", "replace")
         try:
-            result = Result.from_body(body)
+            result = Result.from_body(body, traceparent if isinstance(traceparent, str) else None)
         except (ValueError, KeyError, TypeError) as e:
             log.error("dropping a message in %s that is not a result: %s", self.reply_queue, e)
             ch.basic_ack(method.delivery_tag)

@@ -23,6 +23,8 @@ class Result:
     attempt: int
     worker: str
     timing: dict[str, Any] = field(default_factory=dict)
+    #: The job's W3C trace context, which Warren copies onto its result (header ``traceparent``).
+    traceparent: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -55,7 +57,7 @@ class Result:
         return self
 
     @classmethod
-    def from_body(cls, body: bytes) -> "Result":
+    def from_body(cls, body: bytes, traceparent: str | None = None) -> "Result":
         d = json.loads(body)
         return cls(
             job_id=str(d["job_id"]),
@@ -66,4 +68,5 @@ class Result:
             attempt=int(d.get("attempt", 0)),
             worker=str(d.get("worker", "")),
             timing=d.get("timing") or {},
+            traceparent=traceparent,
         )
