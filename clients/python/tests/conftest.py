@@ -6,6 +6,7 @@ elsewhere."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import pathlib
@@ -94,3 +95,30 @@ def wait_until(what: str, condition, deadline: float = 60.0) -> None:
         if time.monotonic() > until:
             pytest.fail(f"{what}: not within {deadline} s")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def memory_alarm():
+    """The broker's memory alarm raised (a watermark of one byte), so it blocks every publishing
+    connection, until the block ends; the watermark found is restored even when the test fails."""
+    found = subprocess.run(["rabbitmqctl", "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    # A relative watermark prints as a float, an absolute one as {absolute,N}.
+    if found.startswith("{absolute,"):
+        restore = ["absolute", found[len("{absolute,"):].rstrip("}").strip()]
+    else:
+        try:
+            restore = [str(float(found))]
+        except ValueError:
+            restore = ["0.4"]
+
+    def alarms() -> str:
+        return subprocess.run(["rabbitmq-diagnostics", "-q", "alarms"], capture_output=True, text=True).stdout.lower()
+
+    subprocess.run(["rabbitmqctl", "set_vm_memory_high_watermark", "absolute", "1"], check=True, capture_output=True)
+    try:
+        wait_until("the memory alarm goes off", lambda: "memory" in alarms())
+        yield
+    finally:
+        subprocess.run(["rabbitmqctl", "set_vm_memory_high_watermark", *restore], check=True, capture_output=True)
+    wait_until("the memory alarm clears", lambda: "memory" not in alarms())

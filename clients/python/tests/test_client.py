@@ -17,9 +17,9 @@ import pika
 import pytest
 
 import warren_client
-from warren_client import Client, CorruptImage, PermanentJobError, Timeout, Unroutable, UnsupportedFormat
+from warren_client import Client, CorruptImage, Nacked, PermanentJobError, Timeout, Unroutable, UnsupportedFormat
 
-from conftest import AUTH, MGMT, ROOT, amqp_url, wait_until
+from conftest import AUTH, MGMT, ROOT, amqp_url, memory_alarm, mgmt, wait_until
 
 
 def test_every_kind_runs_and_comes_back_as_documented(vhost, consumer):
@@ -141,6 +141,54 @@ def test_a_broker_restart_midway_loses_no_result(vhost, consumer):
             return False
 
     wait_until("the management API is back", management_up)  # the vhost fixture deletes through it
+
+
+def test_a_confirm_the_broker_withholds_ends_in_nacked_then_publishing_resumes(vhost, consumer):
+    with Client(amqp_url(vhost), confirm_timeout=1.0, publish_timeout=4.0) as client:
+        assert client.run("checksum", {"data": b"before"}).ok
+        with memory_alarm():
+            outcome: list[object] = []
+
+            def attempt() -> None:
+                try:
+                    outcome.append(client.submit("checksum", {"data": b"blocked"}))
+                except Exception as e:  # noqa: BLE001 - the test looks at what it was
+                    outcome.append(e)
+
+            started = time.monotonic()
+            worker = threading.Thread(target=attempt, daemon=True)
+            worker.start()
+            worker.join(60)
+            assert not worker.is_alive(), "submit blocked on a confirm that never came"
+            print(f"a blocked broker: Nacked after {time.monotonic() - started:.1f} s "
+                  f"(confirm_timeout 1 s, publish_timeout 4 s), {client.reconnects} reconnects")
+            assert len(outcome) == 1 and isinstance(outcome[0], Nacked), outcome
+
+        def resumed() -> bool:
+            try:
+                return client.run("checksum", {"data": b"after"}, timeout=30).ok
+            except Nacked:
+                return False
+
+        wait_until("publishing resumes once the alarm is gone", resumed)
+
+
+def test_a_deleted_reply_queue_is_declared_again(vhost, consumer):
+    with Client(amqp_url(vhost)) as client:
+        assert client.run("checksum", {"data": b"1"}).ok
+        mgmt("DELETE", f"/api/queues/{urllib.parse.quote(vhost, safe='')}/{client.reply_queue}")
+        # Waiting for anything lets the client see the broker cancel its reply consumer.
+        with pytest.raises(Timeout):
+            client.result("no-such-job", timeout=2)
+        assert client.reconnects == 1, "the reply queue was declared again"
+        r = client.run("checksum", {"data": b"2"}, timeout=30)
+        assert r.ok and r.value["crc32"] == zlib.crc32(b"2")
+
+
+def test_a_list_of_nodes_is_tried_in_order(vhost, consumer):
+    # Port 1 refuses: the client goes on to the next node of the list, as for a cluster.
+    with Client("amqp://guest:guest@127.0.0.1:1/%2f," + amqp_url(vhost)) as client:
+        assert client.run("checksum", {"data": b"n"}).ok
 
 
 def test_closing_deletes_the_reply_queue(vhost, consumer):

@@ -45,13 +45,15 @@ def _traceparent() -> str:
 class Client:
     """Publishes Warren jobs and collects their results.
 
-    ``url`` is an AMQP URL (``amqp://user:password@host:5672/vhost``; ``amqps://`` for TLS).
+    ``url`` is an AMQP URL (``amqp://user:password@host:5672/vhost``; ``amqps://`` for TLS), or
+    a cluster's, one per node separated by commas (tried in order).
     Jobs are persistent, published with ``mandatory`` and confirmed before ``submit`` returns;
     results come to a durable queue ``warren.reply.<uuid>`` of this client's that survives a
     lost connection and a broker restart, and expires ``reply_queue_expires_ms`` after the
     client is gone. A lost connection is re-established (capped, jittered backoff) for up to
-    ``reconnect_timeout`` seconds; a publish the broker refuses is tried again for up to
-    ``publish_timeout`` seconds. Results are at least once: duplicates are dropped by job id.
+    ``reconnect_timeout`` seconds. A publish the broker refuses, or does not confirm within
+    ``confirm_timeout`` seconds, is sent again (same job id) for up to ``publish_timeout``
+    seconds. Results are at least once: duplicates are dropped by job id.
     """
 
     def __init__(
@@ -62,17 +64,23 @@ class Client:
         queue_type: str = "classic",
         reply_queue_expires_ms: int = 300_000,
         publish_timeout: float = 60.0,
+        confirm_timeout: float = 30.0,
         reconnect_timeout: float = 60.0,
         connection_name: str = "warren-client-python",
     ) -> None:
         if queue_type not in ("classic", "quorum"):
             raise ValueError(f"queue_type must be 'classic' or 'quorum', not {queue_type!r}")
-        self._params = pika.URLParameters(url)
-        self._params.client_properties = {"connection_name": connection_name}
+        self._params = [pika.URLParameters(u.strip()) for u in url.split(",") if u.strip()]
+        if not self._params:
+            raise ValueError("url names no broker")
+        for params in self._params:
+            params.client_properties = {"connection_name": connection_name}
         self._exchange = jobs_exchange
         self._reply_args = {"x-expires": int(reply_queue_expires_ms), "x-queue-type": queue_type}
         self._publish_timeout = publish_timeout
+        self._confirm_timeout = confirm_timeout
         self._reconnect_timeout = reconnect_timeout
+        self._consumer_cancelled = False
         self.reply_queue = f"warren.reply.{uuid.uuid4().hex}"
         self._results: dict[str, Result] = {}
         # Job ids whose result was handed out: a later copy is a duplicate (bounded memory).
@@ -87,12 +95,29 @@ class Client:
 
     def _connect(self) -> None:
         conn = pika.BlockingConnection(self._params)
-        ch = conn.channel()
-        ch.confirm_delivery()
-        ch.queue_declare(self.reply_queue, durable=True, arguments=self._reply_args)
-        ch.basic_qos(prefetch_count=1000)
-        ch.basic_consume(self.reply_queue, self._on_result, auto_ack=False)
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            ch.queue_declare(self.reply_queue, durable=True, arguments=self._reply_args)
+            ch.basic_qos(prefetch_count=1000)
+            # The broker cancels the consumer when the reply queue is deleted: declare it again.
+            ch.add_on_cancel_callback(self._on_cancelled)
+            ch.basic_consume(self.reply_queue, self._on_result, auto_ack=False)
+        except BaseException:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - the error that matters is being raised
+                pass
+            raise
         self._conn, self._ch = conn, ch
+        self._consumer_cancelled = False
+
+    def _on_cancelled(self, _frame: Any) -> None:
+        log.warning("the broker cancelled the reply consumer of %s (queue deleted?)", self.reply_queue)
+        self._consumer_cancelled = True
+
+    def _reply_consumer_lost(self) -> bool:
+        return self._conn is None or self._ch is None or not self._ch.is_open or self._consumer_cancelled
 
     def _reconnect(self, why: BaseException) -> None:
         """Replaces the connection, waiting between attempts, or raises ConnectionLost."""
@@ -160,29 +185,70 @@ class Client:
         give_up = time.monotonic() + self._publish_timeout
         pause = 0.1
         while True:
+            failure: BaseException
+            lost = False
             try:
-                if self._ch is None:
-                    raise px.ChannelWrongStateError("no channel")
-                self._ch.basic_publish(self._exchange, kind, body, props, mandatory=True)
+                self._publish(kind, body, props)
                 return job_id
             except px.UnroutableError as e:
                 raise Unroutable(f"no queue takes jobs of kind {kind!r} on exchange {self._exchange!r}") from e
             except px.NackError as e:
-                if time.monotonic() >= give_up:
-                    raise Nacked(f"the broker refused job {job_id} for {self._publish_timeout} s") from e
-                if self._conn is not None:
-                    self._conn.sleep(pause)  # keeps the connection serviced meanwhile
-                else:
-                    time.sleep(pause)
-                pause = min(pause * 2, 5.0)
+                failure = e
             except px.ChannelClosedByBroker as e:
+                self._reconnect(e)
                 if e.reply_code == 404:
-                    self._reconnect(e)
                     raise WarrenError(f"exchange {self._exchange!r} does not exist: start a Warren consumer "
                                       "(it declares the topology) or `warren-producer --declare`") from e
-                self._reconnect(e)
+                if e.reply_code == 403:
+                    raise WarrenError(f"the broker refused job {job_id}: {e.reply_text}") from e
+                failure = e
             except _LOST as e:
-                self._reconnect(e)
+                failure, lost = e, True
+            if time.monotonic() >= give_up:
+                if lost:
+                    self._close_quietly()  # the next call connects again
+                raise Nacked(f"the broker did not store job {job_id} within {self._publish_timeout} s "
+                             f"(the last attempt: {failure!r})") from failure
+            if lost:
+                self._reconnect(failure)
+            else:
+                self._pause(pause)
+            pause = min(pause * 2, 5.0)
+
+    def _publish(self, kind: str, body: bytes, props: pika.BasicProperties) -> None:
+        """One confirmed publish. A confirm that does not come within ``confirm_timeout`` (a
+        blocked connection, a queue without its quorum) ends the connection, as pika's own
+        heartbeat check does, so the caller reconnects and publishes again."""
+        if self._conn is None or self._reply_consumer_lost() or not self._conn.is_open:
+            raise px.ChannelWrongStateError("no open channel, or no reply queue")
+        impl: Any = getattr(self._conn, "_impl")
+        timeout = self._confirm_timeout
+
+        def no_confirm() -> None:
+            impl._terminate_stream(px.StreamLostError(f"no publisher confirm within {timeout} s"))
+
+        timer = impl.ioloop.call_later(timeout, no_confirm)
+        try:
+            self._ch.basic_publish(self._exchange, kind, body, props, mandatory=True)
+        finally:
+            impl.ioloop.remove_timeout(timer)
+        # Results that came meanwhile are taken (and acked) now: a long run of submits must not
+        # hold them unacknowledged past the broker's consumer_timeout. The job is stored: a
+        # connection lost here is replaced by the next call, the job is not published again.
+        try:
+            self._conn.process_data_events(time_limit=0)
+        except _LOST as e:
+            log.warning("lost the broker after job was confirmed (%s); reconnecting on the next call", e)
+            self._close_quietly()
+
+    def _pause(self, seconds: float) -> None:
+        """Waits, keeping the connection serviced; a connection lost meanwhile is replaced."""
+        try:
+            if self._conn is None:
+                raise px.ConnectionWrongStateError("no connection")
+            self._conn.sleep(seconds)
+        except _LOST as e:
+            self._reconnect(e)
 
     def result(self, job_id: str, timeout: float = 60.0) -> Result:
         """Waits up to ``timeout`` seconds for the result of ``job_id``. A failed job is a
@@ -194,8 +260,8 @@ class Client:
             if left <= 0:
                 raise Timeout(f"no result for job {job_id} within {timeout} s")
             try:
-                if self._conn is None:
-                    raise px.ConnectionWrongStateError("no connection")
+                if self._conn is None or self._reply_consumer_lost():
+                    raise px.ChannelWrongStateError("the reply consumer is gone")
                 # pika takes fractions of a second here, whatever its stubs say.
                 self._conn.process_data_events(time_limit=min(left, 0.5))  # type: ignore[arg-type]
             except _LOST as e:

@@ -3,7 +3,7 @@
 Two families:
 
 - what goes wrong between you and the broker: ``Unroutable`` (no queue takes that kind),
-  ``Nacked`` (the broker did not store the job), ``Timeout`` (no result in time),
+  ``Nacked`` (the broker did not store the job, or did not say so in time), ``Timeout`` (no result in time),
   ``ConnectionLost`` (the broker stayed away longer than the client's patience);
 - what went wrong with a job, one class per Warren error type (``CorruptImage``,
   ``ModelUnavailable``, ...), under ``PermanentJobError`` or ``TransientJobError``. A failed job
@@ -23,7 +23,8 @@ class Unroutable(WarrenError):
 
 
 class Nacked(WarrenError):
-    """The broker refused to store the job (kept refusing within the publish patience)."""
+    """The broker did not store the job: it refused it (a nack), or did not confirm it, every time
+    the client tried within ``publish_timeout``."""
 
 
 class Timeout(WarrenError):
