@@ -16,10 +16,10 @@ Exit status 1 with one line per problem.
 import base64
 import json
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import yaml
 
@@ -28,16 +28,14 @@ NO_TOOLS = "--no-tools" in args
 args = [a for a in args if a != "--no-tools"]
 ROOT = pathlib.Path(args[0]).resolve() if args else pathlib.Path(__file__).resolve().parent.parent
 problems = []
+# Warren's own configuration: its routes and its drain timeout, which the manifests must follow.
+CONFIG = tomllib.loads((ROOT / "config" / "default.toml").read_text())
+DRAIN_TIMEOUT_S = CONFIG["consumer"]["drain_timeout_ms"] / 1000
 
 
 def check(cond, message):
     if not cond:
         problems.append(message)
-
-
-def drain_timeout_s():
-    text = (ROOT / "config" / "default.toml").read_text()
-    return int(re.search(r"^drain_timeout_ms = (\d+)", text, re.M).group(1)) / 1000
 
 
 # docker-compose.yml
@@ -54,7 +52,7 @@ for name, svc in services.items():
         env = svc.get("environment", {})
         check("WARREN__CONSUMER__KINDS" in env, f"compose: {name} names no kinds")
         grace = svc.get("stop_grace_period", "10s")
-        check(int(grace.rstrip("s")) > drain_timeout_s(), f"compose: {name} stop_grace_period {grace} <= drain timeout")
+        check(int(grace.rstrip("s")) > DRAIN_TIMEOUT_S, f"compose: {name} stop_grace_period {grace} <= drain timeout")
         check("healthcheck" in svc, f"compose: {name} has no healthcheck")
         check("replicas" in svc.get("deploy", {}), f"compose: {name} sets no replicas")
 plugins = (ROOT / "deploy/rabbitmq/enabled_plugins").read_text()
@@ -123,17 +121,6 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_routes():
-    text = (ROOT / "config" / "default.toml").read_text()
-    try:
-        import tomllib
-        return {r["queue"]: r["kind"] for r in tomllib.loads(text).get("routes", [])}
-    except ImportError:  # Python < 3.11: [[routes]] tables are kind = .. then queue = ..
-        blocks = re.findall(r'^\[\[routes\]\]\n(?:.*\n)*?(?=^\[|\Z)', text, re.M)
-        return {re.search(r'^queue = "(.*)"', b, re.M).group(1): re.search(r'^kind = "(.*)"', b, re.M).group(1)
-                for b in blocks}
-
-
 def is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -168,7 +155,7 @@ def secret_value(secret, key):
         return None
 
 
-routes = load_routes()  # work queue -> job kind
+routes = {r["queue"]: r["kind"] for r in CONFIG.get("routes", [])}  # work queue -> job kind
 docs = []  # (label, document) of every Kubernetes object in deploy/kubernetes
 for f in sorted(K8S.glob("*.yaml")):
     if f.name == "kustomization.yaml":
@@ -246,7 +233,7 @@ for key, (label, d) in deployments.items():
     check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", f"k8s: {label}: liveness is not /healthz")
     check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"k8s: {label}: readiness is not /readyz")
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    check(not is_int(grace) or grace > drain_timeout_s(), f"k8s: {label}: grace period {grace} s <= drain timeout")
+    check(not is_int(grace) or grace > DRAIN_TIMEOUT_S, f"k8s: {label}: grace period {grace} s <= drain timeout")
     check("secretKeyRef" in (env.get("WARREN__BROKER__URL", {}).get("valueFrom") or {}), f"k8s: {label}: broker URL not from a Secret")
     # What the API server checks beyond the schema, and references to the other files.
     selector = ((d.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}

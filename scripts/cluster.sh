@@ -91,15 +91,8 @@ fi
 
 RMQ_BIN="${RABBITMQ_BIN_DIR:-/usr/lib/rabbitmq/bin}"
 
-need_tools() {
-  local missing=()
-  command -v rabbitmq-server >/dev/null || [[ -x "$RMQ_BIN/rabbitmq-server" ]] || missing+=(rabbitmq-server)
-  command -v openssl >/dev/null || missing+=(openssl)
-  if ((${#missing[@]})); then
-    [[ "$(id -u)" == 0 ]] || die "missing ${missing[*]}; install as root"
-    log "installing ${missing[*]} from Debian's packages"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
+need_tools() { # scripts/setup.sh installs openssl; RabbitMQ is the machine's own
+  command -v openssl >/dev/null || die "no openssl: run scripts/setup.sh"
   [[ -x "$RMQ_BIN/rabbitmq-server" ]] || die "no $RMQ_BIN/rabbitmq-server (set RABBITMQ_BIN_DIR)"
 }
 
@@ -544,27 +537,28 @@ thaw_if_frozen() {
   fi
 }
 
-cmd_freeze() { # SIGSTOP: a hung node; its peers notice after net_ticktime (60 s by default)
-  local n pid
-  n="$(fqdn "${1:?usage: cluster.sh freeze NODE}")"; n="${n%@*}"
-  pid="$(beam_pid "$n")"
-  [[ -n "$pid" ]] || die "$(fqdn "$n") is not running"
-  log "SIGSTOP $(fqdn "$n") (beam.smp pid $pid); thaw it with: scripts/cluster.sh thaw $n"
-  kill -STOP "$pid"
+node_arg() { # node_arg ACTION NAME: the short node name (wr1) of a command's argument, or usage
+  local n
+  n="$(fqdn "${2:?usage: cluster.sh $1 NODE}")"
+  echo "${n%@*}"
 }
 
-cmd_thaw() {
-  local n pid
-  n="$(fqdn "${1:?usage: cluster.sh thaw NODE}")"; n="${n%@*}"
-  pid="$(beam_pid "$n")"
-  [[ -n "$pid" ]] || die "$(fqdn "$n") is not running"
-  log "SIGCONT $(fqdn "$n") (beam.smp pid $pid)"
-  kill -CONT "$pid"
+signal_node() { # signal_node STOP|CONT NODE: SIGSTOP is a hung node; its peers notice after
+  # net_ticktime (60 s by default). SIGCONT thaws it.
+  local pid
+  pid="$(beam_pid "$2")"
+  [[ -n "$pid" ]] || die "$(fqdn "$2") is not running"
+  if [[ "$1" == STOP ]]; then
+    log "SIGSTOP $(fqdn "$2") (beam.smp pid $pid); thaw it with: scripts/cluster.sh thaw $2"
+  else
+    log "SIGCONT $(fqdn "$2") (beam.smp pid $pid)"
+  fi
+  kill "-$1" "$pid"
 }
 
 cmd_kill() {
   local n pid default_pid
-  n="$(fqdn "${1:?usage: cluster.sh kill NODE}")"; n="${n%@*}"
+  n="$(node_arg kill "${1:-}")"
   pid="$(beam_pid "$n")"
   if [[ -z "$pid" ]] && is_up "$n"; then
     pid="$(ctl "$n" eval 'os:getpid().' | tr -d '"')"
@@ -586,7 +580,7 @@ cmd_kill() {
 
 cmd_restart() {
   local n
-  n="$(fqdn "${1:?usage: cluster.sh restart NODE}")"; n="${n%@*}"
+  n="$(node_arg restart "${1:-}")"
   need_tools
   make_certs
   stop_node "$n" careful
@@ -636,8 +630,8 @@ case "${1:-}" in
   stop) shift; cmd_stop "$@" ;;
   status) cmd_status ;;
   kill) cmd_kill "${2:-}" ;;
-  freeze) cmd_freeze "${2:-}" ;;
-  thaw) cmd_thaw "${2:-}" ;;
+  freeze) signal_node STOP "$(node_arg freeze "${2:-}")" ;;
+  thaw) signal_node CONT "$(node_arg thaw "${2:-}")" ;;
   restart) cmd_restart "${2:-}" ;;
   wipe) cmd_wipe ;;
   *)

@@ -91,39 +91,60 @@ build_tools() {
   command -v cmake >/dev/null || missing+=(cmake)
   command -v nasm >/dev/null || missing+=(nasm)
   # The dashboard test evaluates the Grafana dashboard's queries on a real Prometheus (its
-  # server is never left running: the test starts and stops its own).
+  # server is never left running: the test starts and stops its own); CI's config check uses
+  # the package's promtool.
   command -v prometheus >/dev/null || missing+=(prometheus)
+  # scripts/cluster.sh makes the test cluster's TLS certificates with it.
+  command -v openssl >/dev/null || missing+=(openssl)
   if ((${#missing[@]})); then
-    log "installing ${missing[*]} (cmake and nasm build libjpeg-turbo with its SIMD code; prometheus runs the dashboard test)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian's package starts a Prometheus service where it can; the tests run their own.
-    pkill -x prometheus 2>/dev/null || true
+    log "installing ${missing[*]} (cmake and nasm build libjpeg-turbo with its SIMD code; prometheus runs the dashboard test; openssl makes the test cluster's certificates)"
+    # Debian's prometheus package would start its service: policy-rc.d forbids services from
+    # starting during this install (unless the machine has a policy of its own).
+    local policy=/usr/sbin/policy-rc.d ours=""
+    if [[ ! -e "$policy" ]]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && ours=1
+    fi
+    local ok=0
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || ok=$?
+    [[ -z "$ours" ]] || rm -f "$policy"
+    ((ok == 0)) || { log "installing ${missing[*]} failed"; exit 1; }
   fi
 }
 
-PILLOW_VERSION=12.0.0
-PYTEST_VERSION=8.3.4
-MYPY_VERSION=1.13.0
-TYPES_PIKA_VERSION=1.2.0b1
+# Python packages, pinned where a version matters. Pillow: the imaging quality test compares
+# Warren with Pillow's draft mode, and the bench's baseline is Pillow; a different Pillow (or its
+# bundled libjpeg-turbo) moves both. kubernetes-validate ships the schemas deploy/validate.py
+# checks the manifests against.
+PYTHON_PINS=(
+  "pika"                          # the Python client and the contract's example (any 1.x)
+  "pytest==8.3.4"                 # the Python client's tests
+  "mypy==1.13.0"                  # the Python client's type check
+  "types-pika==1.2.0b1"
+  "Pillow==12.0.0"
+  "kubernetes-validate==1.37.0"
+)
 
 python_deps() {
-  if ! "$PYTHON" -c "import pika" 2>/dev/null; then
-    log "installing pika (the Python client and the contract's example)"
-    "$PYTHON" -m pip install --quiet pika
-  fi
-  if [[ "$("$PYTHON" -c 'import pytest; print(pytest.__version__)' 2>/dev/null)" != "$PYTEST_VERSION" ]]; then
-    log "installing pytest $PYTEST_VERSION (the Python client's tests)"
-    "$PYTHON" -m pip install --quiet "pytest==$PYTEST_VERSION"
-  fi
-  if [[ "$("$PYTHON" -c 'import mypy.version; print(mypy.version.__version__)' 2>/dev/null)" != "$MYPY_VERSION" ]]; then
-    log "installing mypy $MYPY_VERSION (the Python client's type check)"
-    "$PYTHON" -m pip install --quiet "mypy==$MYPY_VERSION" "types-pika==$TYPES_PIKA_VERSION"
-  fi
-  # Pinned: the imaging quality test compares Warren with Pillow's draft mode, and the bench's
-  # baseline is Pillow; a different Pillow (or its bundled libjpeg-turbo) moves both.
-  if [[ "$("$PYTHON" -c 'import PIL; print(PIL.__version__)' 2>/dev/null)" != "$PILLOW_VERSION" ]]; then
-    log "installing Pillow $PILLOW_VERSION (the imaging test's and the bench's baseline)"
-    "$PYTHON" -m pip install --quiet "Pillow==$PILLOW_VERSION"
+  # Each pin whose distribution is missing or of another version, installed in one pip call.
+  local wanted
+  wanted="$("$PYTHON" - "${PYTHON_PINS[@]}" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+for pin in sys.argv[1:]:
+    name, _, want = pin.partition("==")
+    try:
+        have = version(name)
+    except PackageNotFoundError:
+        have = None
+    if have is None or (want and have != want):
+        print(pin)
+PY
+)"
+  if [[ -n "$wanted" ]]; then
+    log "installing $(echo $wanted) (the Python client, its tests, the imaging baseline, the manifests' schemas)"
+    # shellcheck disable=SC2086 # one pin per word
+    "$PYTHON" -m pip install --quiet $wanted
   fi
 }
 

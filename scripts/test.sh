@@ -18,7 +18,7 @@ cargo test --workspace --locked "$@" -- --nocapture 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The Python client's tests, against the same broker and the consumer binary built above
 # (after the Rust tests: one of them restarts the broker).
-PYTHONPATH=clients/python python3 -m pytest -q -s clients/python/tests 2>&1 | tee -a "$log"
+PYTHONPATH=clients/python "${PYTHON:-python3}" -m pytest -q -s clients/python/tests 2>&1 | tee -a "$log"
 py_status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one per test binary, pytest one).

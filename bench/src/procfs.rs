@@ -31,8 +31,14 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// The local RabbitMQ node's process (the Erlang VM, `beam.smp`) that listens on AMQP port
-/// 5672: other nodes may run beside it (the cluster tests' `scripts/cluster.sh`).
+/// 5672: other nodes may run beside it (the cluster tests' `scripts/cluster.sh`). Found once a
+/// run (no scenario restarts the broker), so measurements do not pay for the scan.
 pub fn broker_pid() -> Option<u32> {
+    static PID: OnceLock<Option<u32>> = OnceLock::new();
+    *PID.get_or_init(find_broker_pid)
+}
+
+fn find_broker_pid() -> Option<u32> {
     let beams: Vec<u32> = std::fs::read_dir("/proc")
         .ok()?
         .flatten()

@@ -191,11 +191,15 @@ impl Classifier for TritonClassifier {
         self.runtime.spawn(async move {
             let mut request = Request::new(request);
             request.set_timeout(timeout);
+            let past_deadline =
+                || Status::deadline_exceeded(format!("no answer within {timeout:?}; the request was cancelled"));
             let answer = match tokio::time::timeout(timeout, client.model_infer(request)).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    Err(Status::deadline_exceeded(format!("no answer within {timeout:?}; the request was cancelled")))
+                // tonic ends a call at its own grpc-timeout as Cancelled (`code_of`): the deadline.
+                Ok(Err(s)) if triton_fit::code_of(s.code(), started.elapsed(), timeout) != s.code() => {
+                    Err(past_deadline())
                 }
+                Ok(answer) => answer,
+                Err(_) => Err(past_deadline()),
             };
             let _ = tx.send(answer);
         });
@@ -204,13 +208,8 @@ impl Classifier for TritonClassifier {
         let response = match answer {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                let code = triton_fit::code_of(status.code(), started.elapsed(), timeout);
-                self.metrics.errors.with_label_values(&[triton_fit::code_label(code)]).inc();
-                let why = match code {
-                    Code::DeadlineExceeded => format!("no answer within {timeout:?}; the request was cancelled"),
-                    _ => message(&status),
-                };
-                return Err(triton_fit::job_error(code, &why));
+                self.metrics.errors.with_label_values(&[triton_fit::code_label(status.code())]).inc();
+                return Err(triton_fit::job_error(status.code(), &message(&status)));
             }
         };
         let at = response.outputs.iter().position(|o| o.name == self.fit.output);

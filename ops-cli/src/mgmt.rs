@@ -28,37 +28,30 @@ pub fn enc(segment: &str) -> String {
 }
 
 /// A queue as the management API lists it (the fields Warren reads). Its counts and rates come
-/// from statistics the broker samples every few seconds.
+/// from statistics the broker samples every few seconds. Fields the broker leaves out take
+/// their defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct QueueInfo {
     pub name: String,
     /// "classic", "quorum" or "stream".
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type")]
     pub queue_type: Option<String>,
-    #[serde(default)]
     pub arguments: serde_json::Map<String, Value>,
-    #[serde(default)]
     pub messages: u64,
-    #[serde(default)]
     pub messages_ready: u64,
-    #[serde(default)]
     pub messages_unacknowledged: u64,
-    #[serde(default)]
     pub consumers: u64,
     /// The `timestamp` property of the message at the head, seconds since the epoch.
-    #[serde(default)]
     pub head_message_timestamp: Option<f64>,
-    #[serde(default)]
     pub message_stats: MessageStats,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct MessageStats {
-    #[serde(default)]
     pub publish_details: Option<Rate>,
-    #[serde(default)]
     pub deliver_get_details: Option<Rate>,
-    #[serde(default)]
     pub ack_details: Option<Rate>,
 }
 

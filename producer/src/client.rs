@@ -158,7 +158,10 @@ impl Producer {
         }
         let exchange = self.settings.topology.jobs_exchange.clone();
         let give_up = Instant::now() + Duration::from_millis(self.settings.producer.publish_retry_ms);
-        let mut pause = Duration::from_millis(self.settings.broker.reconnect_min_ms);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.settings.broker.reconnect_min_ms),
+            Duration::from_millis(self.settings.broker.reconnect_max_ms),
+        );
         loop {
             let (publisher, generation) = {
                 let link = self.link.read().await;
@@ -172,27 +175,33 @@ impl Producer {
                     let metrics = self.metrics.clone();
                     return Ok(Ticket { job_id, correlation_id, routing_key: routing_key.to_owned(), result, metrics });
                 }
-                Err(e) if Instant::now() < give_up && after_failure(&e) != Again::No => {
-                    if after_failure(&e) == Again::OnANewConnection {
+                Err(e) if Instant::now() < give_up => match after_failure(&e) {
+                    Again::OnANewConnection => {
                         tracing::warn!(error = %e, job_id = %job_id, "publish not confirmed; reconnecting to publish again");
                         self.metrics.connection(false, false);
                         self.relink(generation, give_up).await?;
-                    } else {
+                    }
+                    Again::AfterAPause => {
                         // The connection is fine but the broker did not store it (a quorum
-                        // queue between leaders, say): the same job again after a pause.
+                        // queue between leaders, say): the same job again after a pause, never
+                        // past the retry budget.
+                        let pause = backoff.next_delay().min(give_up.saturating_duration_since(Instant::now()));
                         tracing::warn!(error = %e, job_id = %job_id, ?pause, "the broker refused the publish; publishing again");
                         tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(self.settings.broker.reconnect_max_ms));
                     }
-                }
-                Err(e) => {
-                    if let Some(replies) = &self.replies {
-                        replies.forget(&correlation_id);
-                    }
-                    return Err(e.into());
-                }
+                    Again::No => return Err(self.give_up(&correlation_id, e)),
+                },
+                Err(e) => return Err(self.give_up(&correlation_id, e)),
             }
         }
+    }
+
+    /// Forgets the reply of a job that could not be published, and says why.
+    fn give_up(&self, correlation_id: &str, e: PublishError) -> ProducerError {
+        if let Some(replies) = &self.replies {
+            replies.forget(correlation_id);
+        }
+        e.into()
     }
 
     /// Replaces the link of generation `seen` (unless another task already did) with a new

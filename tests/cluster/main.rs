@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use warren_common::checksum::ChecksumJob;
 use warren_common::{Job, JobResult};
 use warren_e2e::cluster::Cluster;
-use warren_e2e::{DEADLINE, Vhost, settings_for};
+use warren_e2e::{Vhost, settings_for};
 use warren_infra::Settings;
 use warren_infra::settings::QueueType;
 
@@ -34,18 +34,6 @@ pub fn cluster_settings(cluster: &Cluster, vhost: &Vhost, order: &[usize]) -> Se
 /// A checksum job numbered `i` (its data says which).
 pub fn job(i: usize) -> Job {
     Job::Checksum(ChecksumJob { data: (i as u64).to_le_bytes().to_vec(), rounds: 1 })
-}
-
-/// Messages waiting in `queue`, asked of the first node of `settings` that answers.
-pub async fn depth(settings: &Settings, queue: &str) -> u32 {
-    let conn = warren_infra::connect(&settings.broker, "test-depth").await.expect("connect");
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap_or_else(|e| panic!("queue {queue}: {e}"));
-    let _ = conn.close(200, "done".into()).await;
-    q.message_count()
 }
 
 /// Reads the results queue until every one of `jobs` job ids has a result (acking each), or
@@ -100,5 +88,4 @@ pub const SLOW: Duration = Duration::from_secs(120);
 fn the_cluster_fixture_names_three_nodes() {
     let c = Cluster::get();
     assert_eq!((c.amqp.len(), c.mgmt.len(), c.nodes.len()), (3, 3, 3), "{c:?}");
-    let _ = DEADLINE;
 }

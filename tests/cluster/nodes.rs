@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use warren_common::Job;
 use warren_e2e::cluster::Cluster;
-use warren_e2e::{ConsumerProcess, DEADLINE, bin, repo_root};
+use warren_e2e::{ConsumerProcess, DEADLINE, bin, queue_depth as depth, repo_root};
 use warren_producer::{Producer, PublishOptions};
 
-use crate::{SLOW, cluster_settings, depth, job, results, until};
+use crate::{SLOW, cluster_settings, job, results, until};
 
 /// The environment that makes a consumer binary use `settings`' broker list and quorum queues.
 fn consumer_env(settings: &warren_infra::Settings) -> Vec<(String, String)> {
@@ -120,7 +121,7 @@ async fn a_rolling_restart_of_every_node_under_load_loses_no_job() {
                 tokio::select! {
                     _ = tick.tick(), if in_flight.len() < 32 && !stop.load(std::sync::atomic::Ordering::Relaxed) => {
                         let producer = producer.clone();
-                        in_flight.push(async move { producer.publish(&crate::job(i), &PublishOptions::default()).await });
+                        in_flight.push(async move { producer.publish(&job(i), &PublishOptions::default()).await });
                         i += 1;
                     }
                     Some(done) = in_flight.next() => ids.push(done.unwrap_or_else(|e| panic!("a publish failed: {e}")).job_id),
@@ -217,5 +218,3 @@ async fn warrenctl_status_and_replay_work_on_the_cluster_with_a_node_down() {
     .await;
     println!("warrenctl on the cluster with wr1 down: status listed the dead letters, replay moved 5 back");
 }
-
-use warren_common::Job;

@@ -68,6 +68,8 @@ async fn a_wrong_ca_a_wrong_host_name_or_a_missing_client_certificate_is_refused
     wrong_cert.broker.tls_key_file = cluster.env("WARREN_CLUSTER_WRONG_CLIENT_KEY").into();
     let e = refused(&wrong_cert).await;
     println!("a client certificate of another CA: {e}");
+    // The same TLS 1.3 timing: an alert (UnknownCA) or a reset, never a login.
+    assert!(!e.contains("ACCESS_REFUSED") && !e.contains("NOT_ALLOWED"), "refused at TLS, not at login: {e}");
 
     let mut half = no_cert.clone();
     half.broker.tls_cert_file = cluster.env("WARREN_CLUSTER_CLIENT_CERT").into();
@@ -93,8 +95,17 @@ async fn a_client_certificate_logs_in_without_a_password() {
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let r = producer.publish(&job(2), &want_result()).await.expect("publish").wait(DEADLINE).await;
     assert_eq!(r.expect("result").status, ResultStatus::Ok);
-    let user = vhost.connections("consumer");
-    println!("EXTERNAL login with a client certificate: a job and its result ({} consumer connections)", user.len());
+    // guest could log in too (PLAIN is on): the user shows it was the certificate's.
+    let users = vhost.connection_users("consumer");
+    let cn = cluster.env("WARREN_CLUSTER_TLS_CLIENT_CN");
+    assert!(
+        !users.is_empty() && users.iter().all(|u| u == cn),
+        "consumer connections logged in as {users:?}, not {cn}"
+    );
+    println!(
+        "EXTERNAL login with a client certificate: a job and its result; {} consumer connections as {cn}",
+        users.len()
+    );
     producer.close().await;
     fleet.stop().await;
 }

@@ -107,6 +107,15 @@ impl Vhost {
     /// The names of this vhost's connections whose client-given name contains `role`, waiting
     /// (up to a deadline) until the management API lists at least one.
     pub fn connections(&self, role: &str) -> Vec<String> {
+        self.connection_fields(role, "name")
+    }
+
+    /// The users those connections logged in as (as [`Vhost::connections`] waits).
+    pub fn connection_users(&self, role: &str) -> Vec<String> {
+        self.connection_fields(role, "user")
+    }
+
+    fn connection_fields(&self, role: &str, field: &str) -> Vec<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let conns = self
@@ -116,7 +125,7 @@ impl Vhost {
             let matching: Vec<String> = conns
                 .iter()
                 .filter(|c| c["client_properties"]["connection_name"].as_str().unwrap_or("").contains(role))
-                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .filter_map(|c| c[field].as_str().map(str::to_owned))
                 .collect();
             if !matching.is_empty() || std::time::Instant::now() > deadline {
                 break matching;

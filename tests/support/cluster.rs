@@ -74,9 +74,10 @@ impl Cluster {
         self.env.get(key).unwrap_or_else(|| panic!("{key} missing from scripts/cluster.sh --env"))
     }
 
-    /// A fresh vhost on the cluster (made through the first node's management API).
+    /// A fresh vhost on the cluster (made through the nodes' management APIs, the first that answers).
     pub fn vhost(&self, label: &str) -> Vhost {
-        Vhost::create_at(label, &self.amqp[0], &self.mgmt[0])
+        // Every node's API, asked in turn: the vhost is deleted even when a test panics with wr1 down.
+        Vhost::create_at(label, &self.amqp[0], &self.mgmt_urls(&[0, 1, 2]))
     }
 
     /// `broker.url` listing the nodes in `order` (indexes into [`Cluster::nodes`]), for `vhost`.

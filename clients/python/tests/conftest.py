@@ -26,17 +26,29 @@ MGMT = os.environ.get("WARREN_TEST_MGMT_URL", "http://127.0.0.1:15672")
 AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
 
 
-def mgmt(method: str, path: str, body: dict | None = None) -> None:
+def mgmt(method: str, path: str, body: dict | None = None, timeout: float = 30) -> object:
+    """One call of the management API as guest; its JSON answer (None when empty). An error
+    status raises urllib.error.HTTPError."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(MGMT + path, data=data, method=method,
                                  headers={"Authorization": AUTH, "Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=30).read()
+    answer = urllib.request.urlopen(req, timeout=timeout).read()
+    return json.loads(answer) if answer else None
+
+
+def quoted(segment: str) -> str:
+    """A path segment of the management API (a vhost's name, say), percent-encoded."""
+    return urllib.parse.quote(segment, safe="")
+
+
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture
 def vhost(request: pytest.FixtureRequest):
     name = f"warren-test-py-{request.node.name[:40]}-{uuid.uuid4().hex}".replace("[", "-").replace("]", "")
-    enc = urllib.parse.quote(name, safe="")
+    enc = quoted(name)
     mgmt("PUT", f"/api/vhosts/{enc}")
     mgmt("PUT", f"/api/permissions/{enc}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
     yield name
@@ -44,19 +56,18 @@ def vhost(request: pytest.FixtureRequest):
 
 
 def amqp_url(vhost: str) -> str:
-    return f"{AMQP}/{urllib.parse.quote(vhost, safe='')}"
+    return f"{AMQP}/{quoted(vhost)}"
 
 
 class Consumer:
     """The warren-consumer binary on a vhost, its log kept, stopped with SIGTERM."""
 
-    def __init__(self, vhost: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, vhost: str) -> None:
         binary = os.environ.get("WARREN_CONSUMER_BIN", str(ROOT / "target" / "debug" / "warren-consumer"))
         if not os.path.exists(binary):
             pytest.fail(f"{binary} is not built: run `cargo build --workspace --bins` (scripts/test.sh does)")
         full_env = dict(os.environ, WARREN_CONFIG_DIR=str(ROOT / "config"), WARREN_ENV="test",
-                        WARREN__BROKER__URL=amqp_url(vhost), RUST_LOG="info,ort=warn,lapin=error", NO_COLOR="1",
-                        **(env or {}))
+                        WARREN__BROKER__URL=amqp_url(vhost), RUST_LOG="info,ort=warn,lapin=error", NO_COLOR="1")
         self.proc = subprocess.Popen([binary], cwd=ROOT, env=full_env, stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
         self._ready = threading.Event()
@@ -101,8 +112,7 @@ def wait_until(what: str, condition, deadline: float = 60.0) -> None:
 def memory_alarm():
     """The broker's memory alarm raised (a watermark of one byte), so it blocks every publishing
     connection, until the block ends; the watermark found is restored even when the test fails."""
-    found = subprocess.run(["rabbitmqctl", "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."],
-                           check=True, capture_output=True, text=True).stdout.strip()
+    found = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
     # A relative watermark prints as a float, an absolute one as {absolute,N}.
     if found.startswith("{absolute,"):
         restore = ["absolute", found[len("{absolute,"):].rstrip("}").strip()]
@@ -115,10 +125,10 @@ def memory_alarm():
     def alarms() -> str:
         return subprocess.run(["rabbitmq-diagnostics", "-q", "alarms"], capture_output=True, text=True).stdout.lower()
 
-    subprocess.run(["rabbitmqctl", "set_vm_memory_high_watermark", "absolute", "1"], check=True, capture_output=True)
+    rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
     try:
         wait_until("the memory alarm goes off", lambda: "memory" in alarms())
         yield
     finally:
-        subprocess.run(["rabbitmqctl", "set_vm_memory_high_watermark", *restore], check=True, capture_output=True)
+        rabbitmqctl("set_vm_memory_high_watermark", *restore)
     wait_until("the memory alarm clears", lambda: "memory" not in alarms())

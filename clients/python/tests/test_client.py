@@ -9,17 +9,17 @@ import sys
 import threading
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
+import uuid
 import zlib
 
 import pika
 import pytest
 
 import warren_client
-from warren_client import Client, CorruptImage, Nacked, PermanentJobError, Timeout, Unroutable, UnsupportedFormat
+from warren_client import (Client, CorruptImage, Nacked, PermanentJobError, Timeout, Unroutable, UnsupportedFormat,
+                           WarrenError)
 
-from conftest import AUTH, MGMT, ROOT, amqp_url, memory_alarm, mgmt, wait_until
+from conftest import ROOT, amqp_url, memory_alarm, mgmt, quoted, rabbitmqctl, wait_until
 
 
 def test_every_kind_runs_and_comes_back_as_documented(vhost, consumer):
@@ -114,10 +114,6 @@ def test_traceparent_rides_along_and_reply_false_answers_to_the_results_queue(vh
         connection.close()
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True)
-
-
 def test_a_broker_restart_midway_loses_no_result(vhost, consumer):
     with Client(amqp_url(vhost), reconnect_timeout=120) as client:
         before = [client.submit("checksum", {"data": bytes([i])}) for i in range(100)]
@@ -134,8 +130,7 @@ def test_a_broker_restart_midway_loses_no_result(vhost, consumer):
 
     def management_up() -> bool:
         try:
-            urllib.request.urlopen(urllib.request.Request(MGMT + "/api/overview", headers={"Authorization": AUTH}),
-                                   timeout=5)
+            mgmt("GET", "/api/overview", timeout=5)
             return True
         except (urllib.error.URLError, ConnectionError):
             return False
@@ -176,7 +171,7 @@ def test_a_confirm_the_broker_withholds_ends_in_nacked_then_publishing_resumes(v
 def test_a_deleted_reply_queue_is_declared_again(vhost, consumer):
     with Client(amqp_url(vhost)) as client:
         assert client.run("checksum", {"data": b"1"}).ok
-        mgmt("DELETE", f"/api/queues/{urllib.parse.quote(vhost, safe='')}/{client.reply_queue}")
+        mgmt("DELETE", f"/api/queues/{quoted(vhost)}/{client.reply_queue}")
         # Waiting for anything lets the client see the broker cancel its reply consumer.
         with pytest.raises(Timeout):
             client.result("no-such-job", timeout=2)
@@ -191,13 +186,31 @@ def test_a_list_of_nodes_is_tried_in_order(vhost, consumer):
         assert client.run("checksum", {"data": b"n"}).ok
 
 
+def test_a_publish_the_broker_forbids_raises_at_once(vhost, consumer):
+    # A user who may declare and read its reply queue but not publish to the jobs exchange.
+    user, password = f"warren-test-py-{uuid.uuid4().hex}", "no-write"
+    mgmt("PUT", f"/api/users/{user}", {"password": password, "tags": ""})
+    try:
+        mgmt("PUT", f"/api/permissions/{quoted(vhost)}/{user}",
+             {"configure": "^warren\\.reply\\.", "write": "^warren\\.reply\\.", "read": ".*"})
+        url = f"amqp://{user}:{password}@{amqp_url(vhost).split('@', 1)[1]}"
+        with Client(url, reconnect_timeout=30) as client:
+            started = time.monotonic()
+            with pytest.raises(WarrenError, match="ACCESS_REFUSED") as e:
+                client.submit("checksum", {"data": b"x"})
+            assert not isinstance(e.value, Nacked), "refused, not retried until publish_timeout"
+            assert client.reconnects == 0, "no reconnection waited for before raising"
+            print(f"a forbidden publish: {e.value} after {time.monotonic() - started:.2f} s")
+    finally:
+        mgmt("DELETE", f"/api/users/{user}")
+
+
 def test_closing_deletes_the_reply_queue(vhost, consumer):
     with Client(amqp_url(vhost)) as client:
         queue = client.reply_queue
         assert client.run("checksum", {"data": b"q"}).ok
-    url = f"{MGMT}/api/queues/{urllib.parse.quote(vhost, safe='')}/{queue}"
     with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": AUTH}), timeout=10)
+        mgmt("GET", f"/api/queues/{quoted(vhost)}/{queue}")
     assert e.value.code == 404
 
 

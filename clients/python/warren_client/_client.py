@@ -22,9 +22,9 @@ log = logging.getLogger("warren_client")
 
 ENVELOPE_VERSION = 1
 
-#: Errors after which the connection is replaced and the operation tried again.
-_LOST = (px.AMQPConnectionError, px.ConnectionWrongStateError, px.ChannelWrongStateError,
-         px.ChannelClosedByBroker, px.StreamLostError, ConnectionError, OSError)
+#: Errors after which the connection is replaced and the operation tried again (the connection's
+#: errors, StreamLostError among them; a channel's; the socket's).
+_LOST = (px.AMQPConnectionError, px.ChannelWrongStateError, px.ChannelClosedByBroker, OSError)
 
 
 def _encode(value: Any) -> Any:
@@ -116,8 +116,13 @@ class Client:
         log.warning("the broker cancelled the reply consumer of %s (queue deleted?)", self.reply_queue)
         self._consumer_cancelled = True
 
-    def _reply_consumer_lost(self) -> bool:
-        return self._conn is None or self._ch is None or not self._ch.is_open or self._consumer_cancelled
+    def _live(self) -> pika.BlockingConnection:
+        """The connection, when it, its channel and the reply consumer are up; otherwise raises
+        one of the errors after which the caller reconnects."""
+        conn = self._conn
+        if conn is None or not conn.is_open or self._ch is None or not self._ch.is_open or self._consumer_cancelled:
+            raise px.ChannelWrongStateError("no open connection, channel or reply consumer")
+        return conn
 
     def _reconnect(self, why: BaseException) -> None:
         """Replaces the connection, waiting between attempts, or raises ConnectionLost."""
@@ -154,12 +159,11 @@ class Client:
             result = Result.from_body(body, traceparent if isinstance(traceparent, str) else None)
         except (ValueError, KeyError, TypeError) as e:
             log.error("dropping a message in %s that is not a result: %s", self.reply_queue, e)
-            ch.basic_ack(method.delivery_tag)
-            return
-        if result.job_id in self._results or result.job_id in self._delivered:
-            self.duplicates += 1
         else:
-            self._results[result.job_id] = result
+            if result.job_id in self._results or result.job_id in self._delivered:
+                self.duplicates += 1
+            else:
+                self._results[result.job_id] = result
         ch.basic_ack(method.delivery_tag)
 
     # -- jobs ------------------------------------------------------------------------------
@@ -195,13 +199,14 @@ class Client:
             except px.NackError as e:
                 failure = e
             except px.ChannelClosedByBroker as e:
-                self._reconnect(e)
-                if e.reply_code == 404:
-                    raise WarrenError(f"exchange {self._exchange!r} does not exist: start a Warren consumer "
-                                      "(it declares the topology) or `warren-producer --declare`") from e
-                if e.reply_code == 403:
+                if e.reply_code in (403, 404):
+                    # Waiting does not change these; the next call connects again.
+                    self._close_quietly()
+                    if e.reply_code == 404:
+                        raise WarrenError(f"exchange {self._exchange!r} does not exist: start a Warren consumer "
+                                          "(it declares the topology) or `warren-producer --declare`") from e
                     raise WarrenError(f"the broker refused job {job_id}: {e.reply_text}") from e
-                failure = e
+                failure, lost = e, True
             except _LOST as e:
                 failure, lost = e, True
             if time.monotonic() >= give_up:
@@ -219,9 +224,8 @@ class Client:
         """One confirmed publish. A confirm that does not come within ``confirm_timeout`` (a
         blocked connection, a queue without its quorum) ends the connection, as pika's own
         heartbeat check does, so the caller reconnects and publishes again."""
-        if self._conn is None or self._reply_consumer_lost() or not self._conn.is_open:
-            raise px.ChannelWrongStateError("no open channel, or no reply queue")
-        impl: Any = getattr(self._conn, "_impl")
+        conn = self._live()
+        impl: Any = getattr(conn, "_impl")
         timeout = self._confirm_timeout
 
         def no_confirm() -> None:
@@ -236,7 +240,7 @@ class Client:
         # hold them unacknowledged past the broker's consumer_timeout. The job is stored: a
         # connection lost here is replaced by the next call, the job is not published again.
         try:
-            self._conn.process_data_events(time_limit=0)
+            conn.process_data_events(time_limit=0)
         except _LOST as e:
             log.warning("lost the broker after job was confirmed (%s); reconnecting on the next call", e)
             self._close_quietly()
@@ -244,9 +248,7 @@ class Client:
     def _pause(self, seconds: float) -> None:
         """Waits, keeping the connection serviced; a connection lost meanwhile is replaced."""
         try:
-            if self._conn is None:
-                raise px.ConnectionWrongStateError("no connection")
-            self._conn.sleep(seconds)
+            self._live().sleep(seconds)
         except _LOST as e:
             self._reconnect(e)
 
@@ -260,15 +262,13 @@ class Client:
             if left <= 0:
                 raise Timeout(f"no result for job {job_id} within {timeout} s")
             try:
-                if self._conn is None or self._reply_consumer_lost():
-                    raise px.ChannelWrongStateError("the reply consumer is gone")
                 # pika takes fractions of a second here, whatever its stubs say.
-                self._conn.process_data_events(time_limit=min(left, 0.5))  # type: ignore[arg-type]
+                self._live().process_data_events(time_limit=min(left, 0.5))  # type: ignore[arg-type]
             except _LOST as e:
                 self._reconnect(e)
         result = self._results.pop(job_id)
         self._delivered[job_id] = None
-        while len(self._delivered) > 100_000:
+        if len(self._delivered) > 100_000:
             self._delivered.popitem(last=False)
         return result
 

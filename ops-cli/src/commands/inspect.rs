@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::counts;
 use crate::context::Ctx;
 use crate::errors::Result;
 use crate::mgmt::QueueInfo;
@@ -50,8 +51,8 @@ impl Row {
     }
 }
 
-/// Ready messages and consumers of each queue, exact, by passive declares on one channel; None
-/// when AMQP cannot be reached (the management API's figures are shown then).
+/// Ready messages and consumers of each queue, exact (see [`counts`]); None when AMQP cannot be
+/// reached (the management API's figures are shown then).
 async fn exact_counts(ctx: &Ctx, queues: &[&str]) -> Option<std::collections::HashMap<String, (u32, u32)>> {
     let conn = match ctx.connect().await {
         Ok(c) => c,
@@ -62,12 +63,8 @@ async fn exact_counts(ctx: &Ctx, queues: &[&str]) -> Option<std::collections::Ha
     };
     let mut out = std::collections::HashMap::new();
     for q in queues {
-        // A missing queue closes the channel: a fresh one each.
-        let Ok(ch) = conn.create_channel().await else { break };
-        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-        if let Ok(d) = ch.queue_declare((*q).into(), passive, Default::default()).await {
-            out.insert((*q).to_owned(), (d.message_count(), d.consumer_count()));
-            let _ = ch.close(200, "counted".into()).await;
+        if let Ok(c) = counts(&conn, q).await {
+            out.insert((*q).to_owned(), c);
         }
     }
     let _ = conn.close(200, "status".into()).await;
@@ -80,7 +77,9 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
     let listed: std::collections::HashMap<String, QueueInfo> =
         ctx.mgmt.queues(&ctx.vhost)?.into_iter().map(|q| (q.name.clone(), q)).collect();
     let messages = |name: &str| listed.get(name).map_or(0, |q| q.messages);
-    let work: Vec<&str> = ctx.settings.routes.iter().map(|r| r.queue.as_str()).collect();
+    // Queues the listing lacks print as missing: no declare is spent on them.
+    let work: Vec<&str> =
+        ctx.settings.routes.iter().map(|r| r.queue.as_str()).filter(|q| listed.contains_key(*q)).collect();
     let exact = exact_counts(ctx, &work).await;
     let mut out = Vec::new();
     for route in &ctx.settings.routes {

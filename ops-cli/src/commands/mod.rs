@@ -37,9 +37,14 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<()> {
     }
 }
 
-/// The number of ready messages in `queue`, or QueueNotFound. Uses a throwaway channel: a
-/// passive declare of a missing queue closes the channel it runs on.
+/// The number of ready messages in `queue`, or QueueNotFound.
 pub async fn depth(conn: &lapin::Connection, queue: &str) -> Result<u32> {
+    Ok(counts(conn, queue).await?.0)
+}
+
+/// Ready messages and consumers of `queue`, exact (a passive declare), or QueueNotFound. Uses a
+/// throwaway channel: a passive declare of a missing queue closes the channel it runs on.
+pub async fn counts(conn: &lapin::Connection, queue: &str) -> Result<(u32, u32)> {
     let ch = conn.create_channel().await?;
     let q = ch
         .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
@@ -48,7 +53,7 @@ pub async fn depth(conn: &lapin::Connection, queue: &str) -> Result<u32> {
             if e.to_string().contains("NOT_FOUND") { CtlError::QueueNotFound(queue.to_owned()) } else { e.into() }
         })?;
     let _ = ch.close(200, "done".into()).await;
-    Ok(q.message_count())
+    Ok((q.message_count(), q.consumer_count()))
 }
 
 /// Takes the next message without acking it; None when the queue has no ready message.
