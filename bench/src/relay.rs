@@ -12,7 +12,7 @@ use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 use warren_common::checksum::ChecksumOutput;
 use warren_common::{Encoding, JobOutput, JobResult, Timing};
-use warren_infra::{Publisher, Settings};
+use warren_infra::{PublishError, Publisher, Settings};
 
 pub struct Relay {
     stop: oneshot::Sender<()>,
@@ -48,7 +48,9 @@ impl Relay {
                         .with_delivery_mode(2)
                         .with_correlation_id(props.correlation_id().clone().unwrap_or_default());
                     let to = props.reply_to().as_ref().map(|s| s.to_string()).unwrap_or_default();
-                    if publisher.publish_either_way("", &to, &body, reply).await.is_ok() {
+                    let published = publisher.publish("", &to, &body, reply, true).await;
+                    // Like the fleet: a result nobody waits for any more is acked all the same.
+                    if matches!(published, Ok(()) | Err(PublishError::Unroutable { .. })) {
                         let _ = delivery.ack(BasicAckOptions::default()).await;
                     }
                 });

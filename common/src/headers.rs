@@ -16,6 +16,11 @@ pub const REDELIVERIES: &str = "warren-redeliveries";
 /// retry copy or dead letter not stored); each hand-back waits longer.
 pub const HANDBACKS: &str = "warren-handbacks";
 
+/// Set by Warren's publishers on every message they send: the publish's number on its confirm
+/// channel, by which a message the broker returns is matched to its own publish. Receivers
+/// ignore it; a copy published again gets a new one.
+pub const PUBLISH_TAG: &str = "warren-publish-tag";
+
 /// Dead letters: attempts made in all.
 pub const ATTEMPTS: &str = "warren-attempts";
 /// Dead letters: why the job was given up.

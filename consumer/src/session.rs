@@ -66,11 +66,12 @@ impl Session {
         let _ = setup.close(200, "topology declared".into()).await;
 
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
-        // Every held delivery may publish one message at a time (plus an error result): one
-        // channel each, so that no publish ever waits for another's confirm.
-        let channels = shared.served.iter().map(|s| usize::from(s.prefetch)).sum::<usize>() + 2;
-        let publisher =
-            Publisher::open(connection.clone(), confirm_timeout, channels).await.context("open publishing channels")?;
+        // Every held delivery has at most one publish in flight at a time (a result, then an
+        // error result, or a copy): room for all of them, so that none waits for a slot.
+        let in_flight = shared.served.iter().map(|s| usize::from(s.prefetch)).sum::<usize>() + 2;
+        let publisher = Publisher::open(connection.clone(), confirm_timeout, in_flight)
+            .await
+            .context("open publishing channels")?;
         let mut consumers = Vec::with_capacity(shared.served.len());
         for served in &shared.served {
             let channel = connection.create_channel().await.context("open consuming channel")?;

@@ -33,18 +33,12 @@ pub fn input(delivery: &Delivery) -> Input<'_> {
 /// Publishes `letter` and waits for the broker's answer. A failed channel ends the session.
 pub async fn publish(worker: &Arc<Worker>, letter: &Letter<'_>) -> Published {
     let (exchange, key, body, props) = (&letter.exchange, &letter.routing_key, &letter.body, letter.properties.clone());
-    let result = match letter.purpose {
-        // Routed or returned, these are acked alike: they may share a pipelined channel.
-        Purpose::Result { must_route: false } | Purpose::ErrorResult => {
-            worker.publisher.publish_either_way(exchange, key, body, props).await
-        }
-        _ => worker.publisher.publish(exchange, key, body, props, true).await,
-    };
+    let result = worker.publisher.publish(exchange, key, body, props, true).await;
     worker.metrics.published(target(letter.purpose), PublishError::outcome(&result));
     let published = match &result {
         Ok(()) => Published::Stored,
         Err(PublishError::Unroutable { .. }) => Published::Unroutable,
-        Err(PublishError::Nacked { .. } | PublishError::Mispaired(_)) => Published::Refused,
+        Err(PublishError::Nacked { .. } | PublishError::Uncertain(_)) => Published::Refused,
         Err(PublishError::ConfirmTimeout(_)) => Published::TimedOut,
         // The channel broke under a publish; if the connection is still up the publisher opens a
         // new channel next time, else the session is over.

@@ -251,7 +251,7 @@ impl Producer {
 async fn open_link(settings: &Settings, generation: u64) -> anyhow::Result<Link> {
     let connection = Arc::new(warren_infra::connect(&settings.broker, "producer").await?);
     let timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
-    let publisher = Publisher::open(connection.clone(), timeout, Publisher::DEFAULT_CHANNELS)
+    let publisher = Publisher::open(connection.clone(), timeout, Publisher::DEFAULT_IN_FLIGHT)
         .await
         .context("open publishing channels")?;
     Ok(Link { connection, publisher, generation })
@@ -262,7 +262,7 @@ async fn open_link(settings: &Settings, generation: u64) -> anyhow::Result<Link>
 enum Again {
     /// The connection failed or the confirm never came: on a fresh connection.
     OnANewConnection,
-    /// The broker answered that it did not store it (a nack, or a return that did not pair):
+    /// The broker answered that it did not store it (a nack), or whether it did cannot be told:
     /// on the same connection, after a growing pause.
     AfterAPause,
     /// Unroutable: no queue is bound for the kind, which waiting does not change.
@@ -272,7 +272,7 @@ enum Again {
 fn after_failure(e: &PublishError) -> Again {
     match e {
         PublishError::Amqp(_) | PublishError::ConfirmTimeout(_) => Again::OnANewConnection,
-        PublishError::Nacked { .. } | PublishError::Mispaired(_) => Again::AfterAPause,
+        PublishError::Nacked { .. } | PublishError::Uncertain(_) => Again::AfterAPause,
         PublishError::Unroutable { .. } => Again::No,
     }
 }
@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn a_refused_publish_is_tried_again_and_an_unroutable_one_is_not() {
         assert_eq!(after_failure(&PublishError::Nacked { exchange: "x".into() }), Again::AfterAPause);
-        assert_eq!(after_failure(&PublishError::Mispaired("y".into())), Again::AfterAPause);
+        assert_eq!(after_failure(&PublishError::Uncertain("y".into())), Again::AfterAPause);
         assert_eq!(after_failure(&PublishError::ConfirmTimeout(Duration::from_secs(1))), Again::OnANewConnection);
         let unroutable =
             PublishError::Unroutable { exchange: "x".into(), routing_key: "k".into(), reply: "NO_ROUTE".into() };
