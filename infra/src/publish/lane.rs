@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use warren_common::headers::PUBLISH_TAG;
@@ -159,7 +159,7 @@ fn start(
 ) -> Result<Seq, lapin::Error> {
     let seq = st.next;
     st.next += 1;
-    let mut headers = properties.headers().clone().unwrap_or_else(FieldTable::default);
+    let mut headers = properties.headers().clone().unwrap_or_default();
     fields::set_u64(&mut headers, PUBLISH_TAG, seq);
     let properties = properties.with_headers(headers);
     let (channel, exchange, routing_key) =
