@@ -58,6 +58,59 @@ pub fn resize_of(photo: &str) -> anyhow::Result<ResizeJob> {
     })
 }
 
+/// Where the jobs of a run are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerTo {
+    /// The producer's reply queue (`reply_to`); the load generator awaits each result.
+    ReplyTo,
+    /// The results exchange (jobs without `reply_to`), into a queue bound to it; the run ends
+    /// when that queue holds a result per job.
+    ResultsExchange,
+}
+
+/// Where a run's results land when they go to the results exchange.
+const RESULTS_QUEUE: &str = "bench.results";
+
+/// Runs `plan` against whatever serves the queue, its results answered to `to`.
+pub async fn drive_to(settings: &Settings, job: &Job, plan: &LoadPlan, to: AnswerTo) -> anyhow::Result<LoadReport> {
+    match to {
+        AnswerTo::ReplyTo => drive(settings, job, plan).await,
+        AnswerTo::ResultsExchange => drive_to_results(settings, job, plan).await,
+    }
+}
+
+async fn drive_to_results(settings: &Settings, job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    let producer = Producer::connect(settings.clone()).await?;
+    producer.declare_topology().await?;
+    let conn = warren_infra::connect(&settings.broker, "bench-results").await?;
+    let ch = conn.create_channel().await?;
+    let exchange = settings.topology.results_exchange.as_str();
+    ch.queue_declare(RESULTS_QUEUE.into(), QueueDeclareOptions::durable(), Default::default()).await?;
+    ch.queue_bind(RESULTS_QUEUE.into(), exchange.into(), "#".into(), QueueBindOptions::default(), Default::default())
+        .await?;
+    let started = std::time::Instant::now();
+    let mut report =
+        load::run(&producer, job.clone(), PublishOptions::default(), &LoadPlan { wait: false, ..*plan }).await;
+    anyhow::ensure!(report.published == plan.count, "only {} of {} jobs published", report.published, plan.count);
+    let deadline = started + plan.result_timeout;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    loop {
+        let depth = ch.queue_declare(RESULTS_QUEUE.into(), passive, Default::default()).await?.message_count();
+        if u64::from(depth) >= plan.count {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "only {depth} of {} results came", plan.count);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    report.elapsed = started.elapsed();
+    report.ok = plan.count;
+    let _ = ch.queue_delete(RESULTS_QUEUE.into(), Default::default()).await;
+    let _ = conn.close(200, "done".into()).await;
+    producer.close().await;
+    Ok(report)
+}
+
 pub async fn drive(settings: &Settings, job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
     let mut producer = Producer::connect(settings.clone()).await?;
     producer.enable_replies().await?;
@@ -96,7 +149,28 @@ pub async fn fleet_run_in(
     report
 }
 
+/// [`fleet_run`] of `kinds` with default settings, its results answered to `to`.
+pub async fn fleet_run_to(
+    label: &str,
+    kinds: &[&str],
+    job: &Job,
+    plan: &LoadPlan,
+    to: AnswerTo,
+) -> anyhow::Result<LoadReport> {
+    let mut settings = settings_for(&vhost(label));
+    settings.consumer.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
+    let fleet = Fleet::start(settings.clone()).await;
+    let report = drive_to(&settings, job, plan, to).await;
+    fleet.stop().await;
+    report
+}
+
 pub async fn relay_run(job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
+    relay_run_to(job, plan, AnswerTo::ReplyTo).await
+}
+
+/// [`relay_run`], its results answered to `to`.
+pub async fn relay_run_to(job: &Job, plan: &LoadPlan, to: AnswerTo) -> anyhow::Result<LoadReport> {
     let v = vhost("bench-relay");
     let settings = settings_for(&v);
     let producer = Producer::connect(settings.clone()).await?;
@@ -105,7 +179,7 @@ pub async fn relay_run(job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport>
     // The same prefetch the fleet uses by default (its pool has one slot per core).
     let prefetch = warren_consumer::app::default_prefetch(&settings, cores());
     let relay = Relay::start(&settings, "warren.checksum", prefetch).await?;
-    let report = drive(&settings, job, plan).await;
+    let report = drive_to(&settings, job, plan, to).await;
     relay.stop().await;
     report
 }

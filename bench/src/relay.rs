@@ -1,8 +1,10 @@
 //! The baseline for broker overhead: a raw lapin relay that does what the fleet does around a
 //! job and nothing else. It consumes with the same prefetch, answers each delivery on its
-//! `reply_to` with a result of the same shape, waits for the confirm, then acks; one task per
-//! delivery, like the fleet. No envelope parsing, no pool, no job.
+//! `reply_to` (or, without one, to the results exchange under the job's routing key) with a
+//! result of the same shape, waits for the confirm, then acks; one task per delivery, like the
+//! fleet. No envelope parsing, no pool, no job.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -30,6 +32,7 @@ impl Relay {
             .basic_consume(queue.into(), "relay".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         let output = JobOutput::Checksum(ChecksumOutput { bytes: 1024, rounds: 1, crc32: 0 });
+        let results: Arc<str> = settings.topology.results_exchange.as_str().into();
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             loop {
@@ -37,7 +40,7 @@ impl Relay {
                     _ = &mut stopped => break,
                     d = consumer.next() => match d { Some(Ok(d)) => d, _ => break },
                 };
-                let (publisher, output) = (publisher.clone(), output.clone());
+                let (publisher, output, results) = (publisher.clone(), output.clone(), results.clone());
                 tokio::spawn(async move {
                     let props = &delivery.properties;
                     let id = props.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
@@ -47,8 +50,11 @@ impl Relay {
                         .with_content_type(Encoding::Json.content_type().into())
                         .with_delivery_mode(2)
                         .with_correlation_id(props.correlation_id().clone().unwrap_or_default());
-                    let to = props.reply_to().as_ref().map(|s| s.to_string()).unwrap_or_default();
-                    let published = publisher.publish("", &to, &body, reply, true).await;
+                    let (exchange, to) = match props.reply_to().as_ref() {
+                        Some(to) => ("", to.to_string()),
+                        None => (&*results, delivery.routing_key.to_string()),
+                    };
+                    let published = publisher.publish(exchange, &to, &body, reply, true).await;
                     // Like the fleet: a result nobody waits for any more is acked all the same.
                     if matches!(published, Ok(()) | Err(PublishError::Unroutable { .. })) {
                         let _ = delivery.ack(BasicAckOptions::default()).await;

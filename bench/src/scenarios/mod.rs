@@ -28,7 +28,7 @@ pub enum Scenario {
     Triton,
     /// A worker's RSS under, after and across image loads, with either allocator.
     Memory,
-    /// The channel-pool publisher vs all publishes on one confirm channel.
+    /// Warren's publisher (1, 2, 4 lanes) vs raw lapin on one shared confirm channel.
     Publish,
     /// p50/p95/p99 at 50% of the relay's maximum rate, fleet vs relay.
     Latency,
