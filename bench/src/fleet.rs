@@ -157,7 +157,9 @@ pub async fn fleet_run_to(
     plan: &LoadPlan,
     to: AnswerTo,
 ) -> anyhow::Result<LoadReport> {
-    let mut settings = settings_for(&vhost(label));
+    // Bound for the run: the vhost is deleted when dropped.
+    let v = vhost(label);
+    let mut settings = settings_for(&v);
     settings.consumer.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
     let fleet = Fleet::start(settings.clone()).await;
     let report = drive_to(&settings, job, plan, to).await;

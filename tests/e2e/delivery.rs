@@ -143,8 +143,8 @@ async fn concurrent_publishes_each_learn_their_own_fate(vhost: Vhost) {
             .map(|(i, r)| format!("{i}: {r:?}"))
             .collect()
     };
-    // The same on one confirm channel with every publish awaiting its own confirm (the earlier
-    // publisher): how often lapin charges a return to another publish there, for comparison.
+    // The same on one confirm channel with every publish awaiting its own confirm, pairing
+    // returns as lapin does: how often a return is charged to another publish, for comparison.
     let shared = conn.create_channel().await.expect("channel");
     shared.confirm_select(Default::default()).await.expect("confirms");
     let on_one_channel = join_all((0..N).map(|i| {
@@ -174,12 +174,60 @@ async fn concurrent_publishes_each_learn_their_own_fate(vhost: Vhost) {
     let wrong = wrong(&outcomes);
     println!(
         "pairing: {N} concurrent mandatory publishes, half unroutable: {} told another message's fate \
-         (on one shared confirm channel: {baseline})",
-        wrong.len()
+         (on one shared confirm channel: {baseline}); {} probes sent",
+        wrong.len(),
+        publisher.probes()
     );
     assert!(baseline > 0, "the scenario no longer provokes mispaired returns on one channel; make it harder");
     assert!(wrong.is_empty(), "{wrong:?}");
     assert_eq!(queue_depth(&settings, "pairing").await as usize, N, "both runs' routed messages");
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_falls_quiet_still_tells_each_publish_its_fate(vhost: Vhost) {
+    // Bursts of publishes at once, routed and returned alternately, each burst awaited before
+    // the next. When lapin handed the last return of a burst to another publish's confirm,
+    // nothing else is in flight to show that lapin holds no other return: the publisher sends a
+    // probe (ledger.rs). Every fate must still be right, and nobody waits for a timeout.
+    const BURSTS: usize = 60;
+    const BURST: usize = 50;
+    let settings = settings_for(&vhost);
+    let conn = std::sync::Arc::new(warren_infra::connect(&settings.broker, "test-quiet").await.expect("connect"));
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare("quiet".into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("declare");
+    let publisher =
+        Publisher::open_with_lanes(conn.clone(), Duration::from_secs(30), BURST, 1).await.expect("publisher");
+    let mut wrong = Vec::new();
+    let started = std::time::Instant::now();
+    for burst in 0..BURSTS {
+        let outcomes = join_all((0..BURST).map(|i| {
+            let publisher = publisher.clone();
+            let key = if i % 2 == 0 { "quiet".to_owned() } else { format!("nowhere-{burst}-{i}") };
+            let props = BasicProperties::default().with_message_id(format!("{burst}-{i}").into());
+            async move { (i, publisher.publish("", &key, b"x", props, true).await) }
+        }))
+        .await;
+        for (i, outcome) in outcomes {
+            let right =
+                if i % 2 == 0 { outcome.is_ok() } else { matches!(outcome, Err(PublishError::Unroutable { .. })) };
+            if !right {
+                wrong.push(format!("burst {burst}, publish {i}: {outcome:?}"));
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "quiet channel: {BURSTS} bursts of {BURST} publishes, half returned: {} told the wrong fate, {} probes sent, {elapsed:?}",
+        wrong.len(),
+        publisher.probes()
+    );
+    assert!(publisher.probes() > 0, "no burst ended undecided: the test no longer reaches the probe; make it harder");
+    assert!(wrong.is_empty(), "{wrong:?}");
+    // A publish left undecided without a probe would wait out its 30 s confirm timeout.
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    assert_eq!(queue_depth(&settings, "quiet").await as usize, BURSTS * BURST / 2);
     let _ = conn.close(200, "done".into()).await;
 }
 
