@@ -5,14 +5,32 @@
 use serde_json::{Value, json};
 
 use crate::Cli;
-use crate::fleet::{AnswerTo, checksum_job, fleet_run_to, median, plan, relay_run_to};
+use crate::fleet::{AnswerTo, checksum_job, fleet_run_to, median, plan, process_run, relay_run_to};
+use crate::procfs::CpuUsed;
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let reply_to = series(cli, AnswerTo::ReplyTo).await?;
     let results = series(cli, AnswerTo::ResultsExchange).await?;
     let mut out = reply_to.clone();
     out["results_exchange"] = results;
+    out["cpu_s_per_job"] = cpu(cli).await?;
     Ok(out)
+}
+
+/// CPU per job of the trivial job's fleet with the worker as its own process (the release
+/// binary): the worker, the load generator (this process) and the broker, each apart.
+async fn cpu(cli: &Cli) -> anyhow::Result<Value> {
+    let p = plan(cli.messages, cli.concurrency, 0.0);
+    let mut runs = Vec::new();
+    for _ in 0..cli.pairs {
+        let (report, used) = process_run("bench-checksum", "checksum", &[], None, &checksum_job(), &p, |_| ()).await?;
+        let used = used.per_job(cli.messages);
+        println!("checksum fleet as a process: {:.0} jobs/s, {}", report.rate(), used.describe());
+        runs.push(used);
+    }
+    let used = CpuUsed::median(&runs);
+    println!("checksum fleet as a process, median CPU per job: {}", used.describe());
+    Ok(used.json(0.0))
 }
 
 async fn series(cli: &Cli, to: AnswerTo) -> anyhow::Result<Value> {
