@@ -12,6 +12,7 @@ mod imaging;
 mod kinds;
 mod observability;
 mod pool;
+mod publisher;
 mod python_contract;
 mod reliability;
 mod stuck;
