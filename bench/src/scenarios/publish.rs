@@ -2,7 +2,7 @@
 //! channel, the fastest way lapin publishes with confirms (and the one that can charge a return
 //! or a nack to the wrong message). The same persistent 1 KiB mandatory messages, `concurrency`
 //! in flight, into one durable queue; the publisher on 1, 2 and 4 confirm channels (lanes).
-//! Runs alternate within each pair, on a fresh vhost each.
+//! Runs alternate within each pair (the baseline first in odd pairs, last in even ones).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,13 +26,24 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let mut lanes: Vec<Vec<f64>> = vec![Vec::new(); LANES.len()];
     for pair in 1..=cli.pairs {
         let v = vhost("bench-publish");
-        let base = rate(&v, cli.messages, cli.concurrency, None).await?;
+        // Odd pairs run the baseline first, even pairs last: neither side always goes first.
+        let mut order: Vec<Option<usize>> = std::iter::once(None).chain((0..LANES.len()).map(Some)).collect();
+        if pair % 2 == 0 {
+            order.reverse();
+        }
+        let mut rates = vec![0.0; LANES.len()];
+        let mut base = 0.0;
+        for which in order {
+            match which {
+                None => base = rate(&v, cli.messages, cli.concurrency, None).await?,
+                Some(i) => rates[i] = rate(&v, cli.messages, cli.concurrency, Some(LANES[i])).await?,
+            }
+        }
         raw.push(base);
         let mut line = format!("publish pair {pair}: raw shared channel {base:.0} msg/s");
         for (i, n) in LANES.iter().enumerate() {
-            let r = rate(&v, cli.messages, cli.concurrency, Some(*n)).await?;
-            line += &format!(", publisher on {n} lane(s) {r:.0} msg/s ({:.2})", r / base);
-            lanes[i].push(r);
+            line += &format!(", publisher on {n} lane(s) {:.0} msg/s ({:.2})", rates[i], rates[i] / base);
+            lanes[i].push(rates[i]);
         }
         println!("{line}");
     }

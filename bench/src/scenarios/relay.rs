@@ -41,8 +41,14 @@ async fn series(cli: &Cli, to: AnswerTo) -> anyhow::Result<Value> {
     let (mut relay, mut fleet) = (Vec::new(), Vec::new());
     let p = plan(cli.messages, cli.concurrency, 0.0);
     for i in 0..cli.pairs {
-        let r = relay_run_to(&checksum_job(), &p, to).await?;
-        let f = fleet_run_to("bench-fleet", &["checksum"], &checksum_job(), &p, to).await?;
+        // Odd pairs run the relay first, even pairs the fleet first.
+        let (r, f) = if i % 2 == 0 {
+            let r = relay_run_to(&checksum_job(), &p, to).await?;
+            (r, fleet_run_to("bench-fleet", &["checksum"], &checksum_job(), &p, to).await?)
+        } else {
+            let f = fleet_run_to("bench-fleet", &["checksum"], &checksum_job(), &p, to).await?;
+            (relay_run_to(&checksum_job(), &p, to).await?, f)
+        };
         println!(
             "relay pair {} (results to {name}): relay {:.0} jobs/s, fleet {:.0} jobs/s",
             i + 1,

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -45,16 +46,19 @@ type Sending = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Se
 /// Why [`Lane::send`] did not send.
 #[derive(Debug)]
 pub enum NotSent {
-    /// The lane is closed or broken: try another (the permit comes back).
-    Unusable(OwnedSemaphorePermit),
+    /// The lane is closed or broken: try another (the permit and properties come back).
+    Unusable(OwnedSemaphorePermit, BasicProperties),
     /// lapin refused the publish at once.
     Failed(lapin::Error),
 }
 
 #[derive(Debug)]
 pub struct Lane {
-    channel: Channel,
+    /// Shared with every publish's future (an `Arc`: cloning a lapin `Channel` costs more).
+    channel: Arc<Channel>,
     state: Arc<Mutex<State>>,
+    /// `State::broken`, readable without the lock.
+    broken: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -68,6 +72,7 @@ struct State {
     collector: Option<Waker>,
     /// A publish on it failed, or its channel is gone: no new publishes.
     broken: bool,
+    broken_flag: Arc<AtomicBool>,
     /// The publisher let go of it.
     closed: bool,
     probes: u64,
@@ -76,6 +81,13 @@ struct State {
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State").field("next", &self.next).field("flying", &self.flying.len()).finish()
+    }
+}
+
+impl State {
+    fn set_broken(&mut self) {
+        self.broken = true;
+        self.broken_flag.store(true, Ordering::Relaxed);
     }
 }
 
@@ -96,15 +108,16 @@ impl Lane {
     pub async fn open(connection: &Connection) -> Result<Arc<Self>, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        let state = Arc::new(Mutex::new(State::default()));
+        let broken = Arc::new(AtomicBool::new(false));
+        let state = State { broken_flag: broken.clone(), ..State::default() };
+        let (channel, state) = (Arc::new(channel), Arc::new(Mutex::new(state)));
         tokio::spawn(collect(channel.clone(), state.clone()));
-        Ok(Arc::new(Self { channel, state }))
+        Ok(Arc::new(Self { channel, state, broken }))
     }
 
-    /// Whether it takes new publishes.
+    /// Whether it takes new publishes (without the lane's lock: asked before every publish).
     pub fn usable(&self) -> bool {
-        let st = lock(&self.state);
-        !st.broken && !st.closed && self.channel.status().connected()
+        !self.broken.load(Ordering::Relaxed) && self.channel.status().connected()
     }
 
     /// Probes sent so far (for tests and logs).
@@ -124,7 +137,7 @@ impl Lane {
     ) -> Result<oneshot::Receiver<Outcome>, NotSent> {
         let mut st = lock(&self.state);
         if st.broken || st.closed {
-            return Err(NotSent::Unusable(permit));
+            return Err(NotSent::Unusable(permit, properties));
         }
         let (reply, verdict) = oneshot::channel();
         let seq = start(&mut st, &self.channel, exchange, routing_key, body.to_vec(), properties, mandatory)
@@ -150,7 +163,7 @@ impl Drop for Lane {
 /// Tags and sends one publish, under the lane's lock (the caller holds `st`).
 fn start(
     st: &mut State,
-    channel: &Channel,
+    channel: &Arc<Channel>,
     exchange: &str,
     routing_key: &str,
     body: Vec<u8>,
@@ -174,7 +187,7 @@ fn start(
         Poll::Pending => Stage::Writing(sending),
         Poll::Ready(Ok(confirm)) => Stage::Confirming(confirm),
         Poll::Ready(Err(e)) => {
-            st.broken = true;
+            st.set_broken();
             return Err(e);
         }
     };
@@ -185,14 +198,14 @@ fn start(
 
 /// The lane's collector: settles publishes as their confirms complete, until the lane is
 /// closed or broken and nothing is left in flight. Then it closes the channel.
-async fn collect(channel: Channel, state: Arc<Mutex<State>>) {
+async fn collect(channel: Arc<Channel>, state: Arc<Mutex<State>>) {
     std::future::poll_fn(|cx| step(&channel, &state, cx)).await;
     if channel.status().connected() {
         let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "publisher lane closed".into())).await;
     }
 }
 
-fn step(channel: &Channel, state: &Mutex<State>, cx: &mut Context<'_>) -> Poll<()> {
+fn step(channel: &Arc<Channel>, state: &Mutex<State>, cx: &mut Context<'_>) -> Poll<()> {
     let mut st = lock(state);
     if !st.collector.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
         st.collector = Some(cx.waker().clone());
@@ -201,7 +214,7 @@ fn step(channel: &Channel, state: &Mutex<State>, cx: &mut Context<'_>) -> Poll<(
         let (batch, mut errors) = scan(&mut st.flying, cx);
         if !batch.is_empty() {
             if batch.iter().any(|c| c.answer == Answer::Failed) {
-                st.broken = true;
+                st.set_broken();
             }
             let strays = st.ledger.strays();
             let verdicts = st.ledger.settle(batch);
@@ -211,7 +224,7 @@ fn step(channel: &Channel, state: &Mutex<State>, cx: &mut Context<'_>) -> Poll<(
             deliver(&mut st, verdicts, &mut errors);
         }
         if !st.broken && !channel.status().connected() {
-            st.broken = true;
+            st.set_broken();
         }
         if !st.flying.is_empty() {
             return Poll::Pending;

@@ -151,15 +151,16 @@ impl Publisher {
             return Err(PublishError::ConfirmTimeout(timeout));
         };
         let slot = &inner.lanes[inner.next.fetch_add(1, Ordering::Relaxed) % inner.lanes.len()];
+        let mut properties = properties;
         let verdict = loop {
             let lane = match tokio::time::timeout_at(deadline, self.lane(slot)).await {
                 Ok(lane) => lane?,
                 Err(_) => return Err(PublishError::ConfirmTimeout(timeout)),
             };
-            match lane.send(exchange, routing_key, body, properties.clone(), mandatory, permit) {
+            match lane.send(exchange, routing_key, body, properties, mandatory, permit) {
                 Ok(verdict) => break verdict,
                 // It broke since it was picked: the next call opens another.
-                Err(NotSent::Unusable(back)) => permit = back,
+                Err(NotSent::Unusable(back, props)) => (permit, properties) = (back, props),
                 Err(NotSent::Failed(e)) => return Err(e.into()),
             }
         };
