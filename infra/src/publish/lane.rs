@@ -47,7 +47,7 @@ type Sending = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Se
 #[derive(Debug)]
 pub enum NotSent {
     /// The lane is closed or broken: try another (the permit and properties come back).
-    Unusable(OwnedSemaphorePermit, BasicProperties),
+    Unusable(OwnedSemaphorePermit, Box<BasicProperties>),
     /// lapin refused the publish at once.
     Failed(lapin::Error),
 }
@@ -137,7 +137,7 @@ impl Lane {
     ) -> Result<oneshot::Receiver<Outcome>, NotSent> {
         let mut st = lock(&self.state);
         if st.broken || st.closed {
-            return Err(NotSent::Unusable(permit, properties));
+            return Err(NotSent::Unusable(permit, Box::new(properties)));
         }
         let (reply, verdict) = oneshot::channel();
         let seq = start(&mut st, &self.channel, exchange, routing_key, body.to_vec(), properties, mandatory)

@@ -160,7 +160,7 @@ impl Publisher {
             match lane.send(exchange, routing_key, body, properties, mandatory, permit) {
                 Ok(verdict) => break verdict,
                 // It broke since it was picked: the next call opens another.
-                Err(NotSent::Unusable(back, props)) => (permit, properties) = (back, props),
+                Err(NotSent::Unusable(back, props)) => (permit, properties) = (back, *props),
                 Err(NotSent::Failed(e)) => return Err(e.into()),
             }
         };
