@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::Cli;
 use crate::fleet::{AnswerTo, checksum_job, fleet_run_to, median, plan, process_run, relay_run_to};
-use crate::procfs::CpuUsed;
+use crate::procfs::{CpuMeter, CpuUsed};
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let reply_to = series(cli, AnswerTo::ReplyTo).await?;
@@ -39,31 +39,57 @@ async fn series(cli: &Cli, to: AnswerTo) -> anyhow::Result<Value> {
         AnswerTo::ResultsExchange => "results exchange",
     };
     let (mut relay, mut fleet) = (Vec::new(), Vec::new());
+    // CPU per job of this process (load generator with the relay or the fleet) and the broker.
+    let (mut relay_cpu, mut fleet_cpu) = (Vec::new(), Vec::new());
     let p = plan(cli.messages, cli.concurrency, 0.0);
+    let metered = |used: CpuUsed| used.per_job(cli.messages);
     for i in 0..cli.pairs {
-        // Odd pairs run the relay first, even pairs the fleet first.
-        let (r, f) = if i % 2 == 0 {
+        let run_relay = async {
+            let meter = CpuMeter::start();
             let r = relay_run_to(&checksum_job(), &p, to).await?;
-            (r, fleet_run_to("bench-fleet", &["checksum"], &checksum_job(), &p, to).await?)
-        } else {
+            anyhow::Ok((r, metered(meter.stop())))
+        };
+        let run_fleet = async {
+            let meter = CpuMeter::start();
             let f = fleet_run_to("bench-fleet", &["checksum"], &checksum_job(), &p, to).await?;
-            (relay_run_to(&checksum_job(), &p, to).await?, f)
+            anyhow::Ok((f, metered(meter.stop())))
+        };
+        // Odd pairs run the relay first, even pairs the fleet first.
+        let ((r, rc), (f, fc)) = if i % 2 == 0 {
+            let r = run_relay.await?;
+            (r, run_fleet.await?)
+        } else {
+            let f = run_fleet.await?;
+            (run_relay.await?, f)
         };
         println!(
-            "relay pair {} (results to {name}): relay {:.0} jobs/s, fleet {:.0} jobs/s",
+            "relay pair {} (results to {name}): relay {:.0} jobs/s, fleet {:.0} jobs/s; CPU/job in ms, relay + load \
+             generator {:.3}, broker {:.3}; fleet + load generator {:.3}, broker {:.3}",
             i + 1,
             r.rate(),
-            f.rate()
+            f.rate(),
+            rc.own * 1e3,
+            rc.broker * 1e3,
+            fc.own * 1e3,
+            fc.broker * 1e3
         );
         relay.push(r.rate());
         fleet.push(f.rate());
+        relay_cpu.push(rc);
+        fleet_cpu.push(fc);
     }
     let (r, f) = (median(relay.clone()), median(fleet.clone()));
+    let (rc, fc) = (CpuUsed::median(&relay_cpu), CpuUsed::median(&fleet_cpu));
     println!(
-        "relay (results to {name}): median relay {r:.0} jobs/s, fleet {f:.0} jobs/s, ratio {:.2} (target >= 0.95)",
-        f / r
+        "relay (results to {name}): median relay {r:.0} jobs/s, fleet {f:.0} jobs/s, ratio {:.2} (target >= 0.95); \
+         median CPU/job in ms: relay + load generator {:.3}, broker {:.3}; fleet + load generator {:.3}, broker {:.3}",
+        f / r,
+        rc.own * 1e3,
+        rc.broker * 1e3,
+        fc.own * 1e3,
+        fc.broker * 1e3
     );
-    Ok(
-        json!({"relay_jobs_per_s": relay, "fleet_jobs_per_s": fleet, "median_relay": r, "median_fleet": f, "ratio": f / r}),
-    )
+    let cpu = |c: &CpuUsed| json!({"process_s_per_job": c.own, "broker_s_per_job": c.broker});
+    Ok(json!({"relay_jobs_per_s": relay, "fleet_jobs_per_s": fleet, "median_relay": r, "median_fleet": f,
+              "ratio": f / r, "cpu_relay": cpu(&rc), "cpu_fleet": cpu(&fc)}))
 }
