@@ -197,6 +197,60 @@ impl Publisher {
     }
 }
 
+/// `properties` without the tag a publisher put in them (`warren-publish-tag`): for tools that
+/// copy messages (`warrenctl dump`), to which the tag of the publish that stored a message is
+/// not part of it. A header table left empty goes too.
+pub fn without_tag(properties: &BasicProperties) -> BasicProperties {
+    let Some(headers) = properties.headers() else { return properties.clone() };
+    if !headers.inner().contains_key(warren_common::headers::PUBLISH_TAG) {
+        return properties.clone();
+    }
+    let mut kept = lapin::types::FieldTable::default();
+    for (k, v) in headers.inner().iter().filter(|(k, _)| k.as_str() != warren_common::headers::PUBLISH_TAG) {
+        kept.insert(k.clone(), v.clone());
+    }
+    if !kept.inner().is_empty() {
+        return properties.clone().with_headers(kept);
+    }
+    // No way to unset one property: built again from the others.
+    let p = properties;
+    let mut out = BasicProperties::default();
+    macro_rules! keep {
+        ($($get:ident => $with:ident),*) => {$( if let Some(v) = p.$get().clone() { out = out.$with(v); } )*};
+    }
+    keep!(content_type => with_content_type, content_encoding => with_content_encoding,
+          delivery_mode => with_delivery_mode, priority => with_priority, correlation_id => with_correlation_id,
+          reply_to => with_reply_to, expiration => with_expiration, message_id => with_message_id,
+          timestamp => with_timestamp, kind => with_type, user_id => with_user_id, app_id => with_app_id,
+          cluster_id => with_cluster_id);
+    out
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    #[test]
+    fn without_tag_leaves_every_other_property_and_header_as_it_was() {
+        let tagged = |mut h: FieldTable| {
+            h.insert(warren_common::headers::PUBLISH_TAG.into(), AMQPValue::LongLongInt(7));
+            h
+        };
+        let mut own = FieldTable::default();
+        own.insert("x".into(), AMQPValue::LongInt(1));
+        let base = BasicProperties::default()
+            .with_message_id("m".into())
+            .with_priority(3)
+            .with_type("t".into())
+            .with_timestamp(9)
+            .with_expiration("60".into());
+        assert_eq!(without_tag(&base.clone().with_headers(tagged(own.clone()))), base.clone().with_headers(own));
+        assert_eq!(without_tag(&base.clone().with_headers(tagged(FieldTable::default()))), base, "no headers left");
+        assert_eq!(without_tag(&base), base);
+    }
 }

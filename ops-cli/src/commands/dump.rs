@@ -42,7 +42,8 @@ pub async fn run(ctx: &Ctx, queue: &str, out: &Path, ack: bool, limit: Option<u6
                 exchange: d.exchange.to_string(),
                 routing_key: d.routing_key.to_string(),
                 redelivered: d.redelivered,
-                properties: d.properties.clone(),
+                // The tag of the publish that stored it is not the message's (a load tags anew).
+                properties: warren_infra::publish::without_tag(&d.properties),
                 body: d.data.clone(),
             },
         )?;
