@@ -140,13 +140,7 @@ pub async fn fleet_run_in(
     plan: &LoadPlan,
     tune: impl FnOnce(&mut Settings),
 ) -> anyhow::Result<LoadReport> {
-    let mut settings = settings_for(v);
-    settings.consumer.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
-    tune(&mut settings);
-    let fleet = Fleet::start(settings.clone()).await;
-    let report = drive(&settings, job, plan).await;
-    fleet.stop().await;
-    report
+    fleet_run_answering(v, kinds, job, plan, tune, AnswerTo::ReplyTo).await
 }
 
 /// [`fleet_run`] of `kinds` with default settings, its results answered to `to`.
@@ -157,10 +151,20 @@ pub async fn fleet_run_to(
     plan: &LoadPlan,
     to: AnswerTo,
 ) -> anyhow::Result<LoadReport> {
-    // Bound for the run: the vhost is deleted when dropped.
-    let v = vhost(label);
-    let mut settings = settings_for(&v);
+    fleet_run_answering(&vhost(label), kinds, job, plan, |_| (), to).await
+}
+
+async fn fleet_run_answering(
+    v: &Vhost,
+    kinds: &[&str],
+    job: &Job,
+    plan: &LoadPlan,
+    tune: impl FnOnce(&mut Settings),
+    to: AnswerTo,
+) -> anyhow::Result<LoadReport> {
+    let mut settings = settings_for(v);
     settings.consumer.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
+    tune(&mut settings);
     let fleet = Fleet::start(settings.clone()).await;
     let report = drive_to(&settings, job, plan, to).await;
     fleet.stop().await;

@@ -193,12 +193,13 @@ async fn a_channel_that_falls_quiet_still_tells_each_publish_its_fate(vhost: Vho
     // probe (ledger.rs). Every fate must still be right, and nobody waits for a timeout.
     const BURSTS: usize = 60;
     const BURST: usize = 50;
+    // Confirms on loopback take milliseconds; short, so that a missing probe fails quickly.
+    const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
     let settings = settings_for(&vhost);
     let conn = std::sync::Arc::new(warren_infra::connect(&settings.broker, "test-quiet").await.expect("connect"));
     let ch = conn.create_channel().await.expect("channel");
     ch.queue_declare("quiet".into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("declare");
-    let publisher =
-        Publisher::open_with_lanes(conn.clone(), Duration::from_secs(30), BURST, 1).await.expect("publisher");
+    let publisher = Publisher::open_with_lanes(conn.clone(), CONFIRM_TIMEOUT, BURST, 1).await.expect("publisher");
     let mut wrong = Vec::new();
     let started = std::time::Instant::now();
     for burst in 0..BURSTS {
@@ -225,8 +226,9 @@ async fn a_channel_that_falls_quiet_still_tells_each_publish_its_fate(vhost: Vho
     );
     assert!(publisher.probes() > 0, "no burst ended undecided: the test no longer reaches the probe; make it harder");
     assert!(wrong.is_empty(), "{wrong:?}");
-    // A publish left undecided without a probe would wait out its 30 s confirm timeout.
-    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    // A publish left undecided without a probe waits out its confirm timeout (and is reported
+    // as such, above): with the probe turned off, this test failed so.
+    assert!(elapsed < CONFIRM_TIMEOUT, "{elapsed:?}");
     assert_eq!(queue_depth(&settings, "quiet").await as usize, BURSTS * BURST / 2);
     let _ = conn.close(200, "done".into()).await;
 }

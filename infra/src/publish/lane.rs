@@ -57,7 +57,7 @@ pub struct Lane {
     /// Shared with every publish's future (an `Arc`: cloning a lapin `Channel` costs more).
     channel: Arc<Channel>,
     state: Arc<Mutex<State>>,
-    /// `State::broken`, readable without the lock.
+    /// `State::broken`, read without the lane's lock.
     broken: Arc<AtomicBool>,
 }
 
@@ -70,9 +70,9 @@ struct State {
     waiters: HashMap<Seq, Waiter>,
     ledger: Ledger,
     collector: Option<Waker>,
-    /// A publish on it failed, or its channel is gone: no new publishes.
-    broken: bool,
-    broken_flag: Arc<AtomicBool>,
+    /// A publish on it failed, or its channel is gone: no new publishes. Written under the
+    /// lane's lock, read without it by [`Lane::usable`].
+    broken: Arc<AtomicBool>,
     /// The publisher let go of it.
     closed: bool,
     probes: u64,
@@ -85,9 +85,12 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
-    fn set_broken(&mut self) {
-        self.broken = true;
-        self.broken_flag.store(true, Ordering::Relaxed);
+    fn broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    fn set_broken(&self) {
+        self.broken.store(true, Ordering::Relaxed);
     }
 }
 
@@ -109,7 +112,7 @@ impl Lane {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let broken = Arc::new(AtomicBool::new(false));
-        let state = State { broken_flag: broken.clone(), ..State::default() };
+        let state = State { broken: broken.clone(), ..State::default() };
         let (channel, state) = (Arc::new(channel), Arc::new(Mutex::new(state)));
         tokio::spawn(collect(channel.clone(), state.clone()));
         Ok(Arc::new(Self { channel, state, broken }))
@@ -136,7 +139,7 @@ impl Lane {
         permit: OwnedSemaphorePermit,
     ) -> Result<oneshot::Receiver<Outcome>, NotSent> {
         let mut st = lock(&self.state);
-        if st.broken || st.closed {
+        if st.broken() || st.closed {
             return Err(NotSent::Unusable(permit, Box::new(properties)));
         }
         let (reply, verdict) = oneshot::channel();
@@ -223,13 +226,13 @@ fn step(channel: &Arc<Channel>, state: &Mutex<State>, cx: &mut Context<'_>) -> P
             }
             deliver(&mut st, verdicts, &mut errors);
         }
-        if !st.broken && !channel.status().connected() {
+        if !st.broken() && !channel.status().connected() {
             st.set_broken();
         }
         if !st.flying.is_empty() {
             return Poll::Pending;
         }
-        if st.ledger.undecided() > 0 && !st.broken {
+        if st.ledger.undecided() > 0 && !st.broken() {
             // Nothing else will complete on this channel to show that lapin holds no more
             // returns: a probe will (see ledger.rs). The loop polls it at once.
             st.probes += 1;
@@ -241,7 +244,7 @@ fn step(channel: &Arc<Channel>, state: &Mutex<State>, cx: &mut Context<'_>) -> P
             }
             continue;
         }
-        if st.broken || st.closed {
+        if st.broken() || st.closed {
             let verdicts = st.ledger.abandon();
             deliver(&mut st, verdicts, &mut errors);
             return Poll::Ready(());

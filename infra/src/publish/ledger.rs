@@ -128,19 +128,17 @@ impl Ledger {
             }
         }
         for Completion { seq, answer } in batch {
-            let returned = self.returns.remove(&seq);
-            let verdict = match answer {
-                Answer::Failed => Verdict::Failed,
-                Answer::Nack(_) => Verdict::Refused,
-                Answer::Ack(_) if returned.is_some() => Verdict::Returned(returned.unwrap_or_default()),
-                Answer::Ack(_) if untagged => Verdict::Unknown("a return came back without its publish tag"),
-                Answer::Ack(Carried::Nothing) => Verdict::Stored,
-                Answer::Ack(Carried::Return { .. }) => {
+            let verdict = match (answer, self.returns.remove(&seq)) {
+                (Answer::Failed, _) => Verdict::Failed,
+                (Answer::Nack(_), _) => Verdict::Refused,
+                (Answer::Ack(_), Some(reply)) => Verdict::Returned(reply),
+                (Answer::Ack(_), None) if untagged => Verdict::Unknown("a return came back without its publish tag"),
+                (Answer::Ack(Carried::Nothing), None) => Verdict::Stored,
+                (Answer::Ack(Carried::Return { .. }), None) => {
                     self.undecided.push(seq);
                     continue;
                 }
             };
-            self.open.remove(&seq);
             verdicts.push((seq, verdict));
         }
         for (seq, _) in &verdicts {
