@@ -13,11 +13,12 @@ COPY infra infra
 COPY consumer consumer
 COPY producer producer
 COPY ops-cli ops-cli
-# tests/ and bench/ are workspace members (cargo reads their manifests) but are not built: only
+# tests/, bench/ and examples/ are workspace members (cargo reads their manifests) but are not built: only
 # the shipped binaries are selected, so features that only warren-bench turns on (warren-common's
 # `pipelines`) stay out of them; a workspace-wide build would unify them in.
 COPY tests tests
 COPY bench bench
+COPY examples examples
 RUN cargo build --release --locked -p warren-consumer -p warren-producer -p warrenctl
 
 # ONNX Runtime is loaded at run time; PyPI's wheel is where a registry serves the library.

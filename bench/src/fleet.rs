@@ -33,7 +33,7 @@ pub fn plan(count: u64, concurrency: usize, rate: f64) -> LoadPlan {
 }
 
 pub fn checksum_job() -> Job {
-    Job::Checksum(ChecksumJob { data: vec![7; 1024], rounds: 1 })
+    Job::from(ChecksumJob { data: vec![7; 1024], rounds: 1 })
 }
 
 /// The photo of the bench's image job (1920x1080, JPEG q90 4:2:0).
@@ -41,7 +41,7 @@ pub const RESIZE_PHOTO: &str = "samples/photos/photo_1920x1080.jpg";
 
 /// The bench's image job: [`RESIZE_PHOTO`] fit into 256x256, bilinear, JPEG quality 85.
 pub fn resize_job() -> anyhow::Result<Job> {
-    Ok(Job::Resize(resize_of(RESIZE_PHOTO)?))
+    Ok(Job::from(resize_of(RESIZE_PHOTO)?))
 }
 
 /// The same job on another photo (a path from the repository's root).
@@ -183,7 +183,7 @@ pub async fn relay_run_to(job: &Job, plan: &LoadPlan, to: AnswerTo) -> anyhow::R
     producer.declare_topology().await?;
     producer.close().await;
     // The same prefetch the fleet uses by default (its pool has one slot per core).
-    let prefetch = warren_consumer::app::default_prefetch(&settings, cores());
+    let prefetch = warren_consumer::routes::default_prefetch(&settings, cores());
     let relay = Relay::start(&settings, "warren.checksum", prefetch).await?;
     let report = drive_to(&settings, job, plan, to).await;
     relay.stop().await;

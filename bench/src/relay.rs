@@ -12,8 +12,8 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::oneshot;
-use warren_common::checksum::ChecksumOutput;
-use warren_common::{Encoding, JobOutput, JobResult, Timing};
+use warren_common::checksum::{Checksum, ChecksumOutput};
+use warren_common::{Encoding, JobResult, Output, Timing};
 use warren_infra::{PublishError, Publisher, Settings};
 
 pub struct Relay {
@@ -31,7 +31,7 @@ impl Relay {
         let mut consumer = channel
             .basic_consume(queue.into(), "relay".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
-        let output = JobOutput::Checksum(ChecksumOutput { bytes: 1024, rounds: 1, crc32: 0 });
+        let output = Output::new::<Checksum>(ChecksumOutput { bytes: 1024, rounds: 1, crc32: 0 });
         let results: Arc<str> = settings.topology.results_exchange.as_str().into();
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

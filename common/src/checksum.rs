@@ -2,9 +2,12 @@
 //! optionally `rounds` times over (each round continues the same hasher), which gives benchmarks
 //! and tests a job whose CPU cost they choose.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::JobError;
+use crate::kind::{BlockingKind, Context, Kind, RouteDefaults};
 use crate::limits::Limits;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +50,36 @@ pub fn checksum(job: &ChecksumJob) -> ChecksumOutput {
         h.update(&job.data);
     }
     ChecksumOutput { bytes: job.data.len() as u64, rounds: job.rounds, crc32: h.finalize() }
+}
+
+/// The `checksum` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checksum;
+
+impl Kind for Checksum {
+    const NAME: &'static str = "checksum";
+    type Input = ChecksumJob;
+    type Output = ChecksumOutput;
+
+    fn validate(&self, input: &ChecksumJob, limits: &Limits) -> Result<(), JobError> {
+        input.validate(limits)
+    }
+
+    fn route() -> RouteDefaults {
+        RouteDefaults { time_limit: Duration::from_secs(30), ..RouteDefaults::default() }
+    }
+}
+
+impl BlockingKind for Checksum {
+    fn run(&self, input: ChecksumJob, _cx: &Context) -> Result<ChecksumOutput, JobError> {
+        Ok(checksum(&input))
+    }
+}
+
+impl From<ChecksumJob> for crate::job::Job {
+    fn from(job: ChecksumJob) -> Self {
+        crate::job::Job::new::<Checksum>(job)
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::JobError;
 use crate::image_io::{self, Decoded};
+use crate::kind::{BatchKind, Context, Kind, RouteDefaults};
 use crate::limits::Limits;
 use crate::resize::Filter;
 
@@ -301,6 +302,52 @@ pub fn top_k(probs: &[f32], k: u32, labels: &[String]) -> Vec<Prediction> {
             score: probs[i],
         })
         .collect()
+}
+
+/// The `ml.classify` kind, over the model it was registered with (ONNX Runtime in-process or
+/// Triton: see the `Classifier` adapters of warren-consumer).
+#[derive(Clone)]
+pub struct Classify {
+    pub model: std::sync::Arc<dyn Classifier>,
+}
+
+impl std::fmt::Debug for Classify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classify").field("model", &self.model.spec().name).finish()
+    }
+}
+
+impl Kind for Classify {
+    const NAME: &'static str = "ml.classify";
+    type Input = ClassifyJob;
+    type Output = ClassifyOutput;
+
+    fn validate(&self, input: &ClassifyJob, _limits: &Limits) -> Result<(), JobError> {
+        input.validate()
+    }
+
+    fn route() -> RouteDefaults {
+        RouteDefaults {
+            time_limit: std::time::Duration::from_secs(30),
+            max_batch: 8,
+            max_batch_wait: std::time::Duration::from_millis(5),
+            ..RouteDefaults::default()
+        }
+    }
+}
+
+impl BatchKind for Classify {
+    fn run_batch(&self, batch: &[(ClassifyJob, Context)]) -> Vec<Result<ClassifyOutput, JobError>> {
+        let Some((_, cx)) = batch.first() else { return Vec::new() };
+        let jobs: Vec<&ClassifyJob> = batch.iter().map(|(j, _)| j).collect();
+        classify_batch(&jobs, self.model.as_ref(), &cx.limits)
+    }
+}
+
+impl From<ClassifyJob> for crate::job::Job {
+    fn from(job: ClassifyJob) -> Self {
+        crate::job::Job::new::<Classify>(job)
+    }
 }
 
 #[cfg(test)]

@@ -1,18 +1,20 @@
 //! The job envelope: a version, the job kind and the kind's parameters.
 //!
 //! JSON: `{"version": 1, "kind": "image.resize", "job": {...}}`.
-//! Bincode: the tuple `(version: u32, kind: String, job)` in bincode 2's standard configuration.
+//! Bincode: the tuple `(version: u32, kind: String, job)` in bincode 2's standard configuration,
+//! `job` being the kind's input type written by serde (docs/contract.md gives each built-in
+//! kind's layout).
 //! The version is read first and on its own, so an envelope of an unknown major version is
 //! refused with that reason whatever the rest of it looks like. Unknown JSON fields are ignored,
-//! so minor, additive changes need no new version.
+//! so minor, additive changes need no new version. Reading stops at the kind: the job's own
+//! bytes are parsed by whoever knows the kind's type ([`JobBody::decode`]).
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::codec::{Encoding, bincode_config, decode_bincode_prefix};
 use crate::error::JobError;
-use crate::job::{Job, JobKind};
+use crate::job::{InputOf, Job};
 
 /// The major version of the envelope this code reads and writes.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -20,21 +22,60 @@ pub const ENVELOPE_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobEnvelope;
 
+/// An envelope read up to its kind: the kind's name and the job's bytes, not yet parsed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Opened<'a> {
+    pub kind: &'a str,
+    pub job: JobBody<'a>,
+}
+
+/// The `job` part of an envelope, borrowed from the message body.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JobBody<'a> {
+    /// The JSON text of the `job` value.
+    Json(&'a str),
+    /// The bincode bytes after the kind, to the end of the body.
+    Bincode(&'a [u8]),
+}
+
+impl JobBody<'_> {
+    /// Parses the job as `T`; a job that does not fit is `invalid_params`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, JobError> {
+        let parsed = match self {
+            Self::Json(text) => serde_json::from_str(text).map_err(|e| e.to_string()),
+            Self::Bincode(bytes) => Encoding::Bincode.decode(bytes),
+        };
+        parsed.map_err(|e| JobError::InvalidParams(format!("job: {e}")))
+    }
+}
+
 impl JobEnvelope {
     pub fn encode(job: &Job, encoding: Encoding) -> Result<Vec<u8>, JobError> {
-        match job {
-            Job::Resize(j) => encode_parts(job.kind(), j, encoding),
-            Job::Classify(j) => encode_parts(job.kind(), j, encoding),
-            Job::Checksum(j) => encode_parts(job.kind(), j, encoding),
-            Job::Fault(j) => encode_parts(job.kind(), j, encoding),
+        #[derive(serde::Serialize)]
+        struct Envelope<'a> {
+            version: u32,
+            kind: &'a str,
+            job: InputOf<'a>,
         }
+        let (kind, input) = (job.kind(), InputOf(job));
+        let out = match encoding {
+            Encoding::Json => {
+                serde_json::to_vec(&Envelope { version: ENVELOPE_VERSION, kind, job: input }).map_err(|e| e.to_string())
+            }
+            Encoding::Bincode if !job.is_typed() => {
+                Err(format!("a {kind} job given as JSON cannot be written as bincode: publish it as JSON"))
+            }
+            Encoding::Bincode => bincode::serde::encode_to_vec((ENVELOPE_VERSION, kind, input), bincode_config())
+                .map_err(|e| e.to_string()),
+        };
+        out.map_err(JobError::Encode)
     }
 
-    /// Parses an envelope. Does not check the job against limits: see [`Job::validate`].
-    pub fn decode(body: &[u8], encoding: Encoding) -> Result<Job, JobError> {
+    /// Reads an envelope up to its kind. Does not look at the job: see [`JobBody::decode`].
+    pub fn open(body: &[u8], encoding: Encoding) -> Result<Opened<'_>, JobError> {
         match encoding {
-            Encoding::Json => decode_json(body),
-            Encoding::Bincode => decode_bincode(body),
+            Encoding::Json => open_json(body),
+            Encoding::Bincode => open_bincode(body),
         }
     }
 
@@ -56,30 +97,15 @@ impl JobEnvelope {
     }
 }
 
-fn encode_parts<T: Serialize>(kind: JobKind, job: &T, encoding: Encoding) -> Result<Vec<u8>, JobError> {
-    #[derive(Serialize)]
-    struct Envelope<'a, T> {
-        version: u32,
-        kind: &'a str,
-        job: &'a T,
-    }
-    let out = match encoding {
-        Encoding::Json => serde_json::to_vec(&Envelope { version: ENVELOPE_VERSION, kind: kind.as_str(), job })
-            .map_err(|e| e.to_string()),
-        Encoding::Bincode => bincode::serde::encode_to_vec((ENVELOPE_VERSION, kind.as_str(), job), bincode_config())
-            .map_err(|e| e.to_string()),
-    };
-    out.map_err(JobError::Encode)
-}
-
-fn decode_json(body: &[u8]) -> Result<Job, JobError> {
+fn open_json(body: &[u8]) -> Result<Opened<'_>, JobError> {
     #[derive(serde::Deserialize)]
     struct VersionOnly {
         version: serde_json::Value,
     }
     #[derive(serde::Deserialize)]
     struct V1<'a> {
-        kind: String,
+        #[serde(borrow)]
+        kind: &'a str,
         #[serde(borrow)]
         job: &'a RawValue,
     }
@@ -88,39 +114,21 @@ fn decode_json(body: &[u8]) -> Result<Job, JobError> {
     check_version(head.version.as_u64().ok_or_else(|| {
         JobError::MalformedEnvelope(format!("version must be a positive integer, got {}", head.version))
     })?)?;
+    // A kind written with escapes cannot be borrowed; no kind name needs any.
     let v1: V1<'_> = serde_json::from_slice(body).map_err(malformed)?;
-    let kind = JobKind::parse(&v1.kind)?;
-    let raw = v1.job.get().as_bytes();
-    Ok(match kind {
-        JobKind::ImageResize => Job::Resize(json_job(raw)?),
-        JobKind::MlClassify => Job::Classify(json_job(raw)?),
-        JobKind::Checksum => Job::Checksum(json_job(raw)?),
-        JobKind::Fault => Job::Fault(json_job(raw)?),
-    })
+    Ok(Opened { kind: v1.kind, job: JobBody::Json(v1.job.get()) })
 }
 
-fn json_job<T: DeserializeOwned>(raw: &[u8]) -> Result<T, JobError> {
-    serde_json::from_slice(raw).map_err(|e| JobError::InvalidParams(format!("job: {e}")))
-}
-
-fn decode_bincode(body: &[u8]) -> Result<Job, JobError> {
+fn open_bincode(body: &[u8]) -> Result<Opened<'_>, JobError> {
     let malformed = |e: String| JobError::MalformedEnvelope(format!("bincode: {e}"));
     let (version, used) = decode_bincode_prefix::<u32>(body).map_err(malformed)?;
     check_version(u64::from(version))?;
     let rest = &body[used..];
-    let (kind, used) = decode_bincode_prefix::<String>(rest).map_err(malformed)?;
-    let kind = JobKind::parse(&kind)?;
-    let rest = &rest[used..];
-    Ok(match kind {
-        JobKind::ImageResize => Job::Resize(bincode_job(rest)?),
-        JobKind::MlClassify => Job::Classify(bincode_job(rest)?),
-        JobKind::Checksum => Job::Checksum(bincode_job(rest)?),
-        JobKind::Fault => Job::Fault(bincode_job(rest)?),
-    })
-}
-
-fn bincode_job<T: DeserializeOwned>(rest: &[u8]) -> Result<T, JobError> {
-    Encoding::Bincode.decode(rest).map_err(|e| JobError::InvalidParams(format!("job: {e}")))
+    let (len, len_used) = decode_bincode_prefix::<u64>(rest).map_err(malformed)?;
+    let end = usize::try_from(len).ok().and_then(|l| len_used.checked_add(l)).filter(|&e| e <= rest.len());
+    let Some(end) = end else { return Err(malformed(format!("kind of {len} bytes past the end of the body"))) };
+    let kind = std::str::from_utf8(&rest[len_used..end]).map_err(|e| malformed(format!("kind: {e}")))?;
+    Ok(Opened { kind, job: JobBody::Bincode(&rest[end..]) })
 }
 
 fn check_version(found: u64) -> Result<(), JobError> {

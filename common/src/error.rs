@@ -67,6 +67,10 @@ pub enum JobError {
     Inference(String),
     #[error("the broker did not store the result ({0}); the job is run again later")]
     ResultNotStored(String),
+    /// An error of a kind's own: its class, a fixed type (documented by the kind, like the
+    /// types above: lowercase words joined by `_`) and a message for people.
+    #[error("{message}")]
+    Kind { class: ErrorClass, error_type: &'static str, message: String },
 }
 
 impl JobError {
@@ -78,6 +82,7 @@ impl JobError {
             | Self::Inference(_)
             | Self::Injected(_)
             | Self::ResultNotStored(_) => ErrorClass::Transient,
+            Self::Kind { class, .. } => *class,
             _ => ErrorClass::Permanent,
         }
     }
@@ -104,7 +109,20 @@ impl JobError {
             Self::ModelUnavailable(_) => "model_unavailable",
             Self::Inference(_) => "inference_failed",
             Self::ResultNotStored(_) => "result_not_stored",
+            Self::Kind { error_type, .. } => error_type,
         }
+    }
+}
+
+impl JobError {
+    /// A kind's own permanent error: retrying cannot help (the input is wrong for it).
+    pub fn permanent(error_type: &'static str, message: impl Into<String>) -> Self {
+        Self::Kind { class: ErrorClass::Permanent, error_type, message: message.into() }
+    }
+
+    /// A kind's own transient error: a later attempt may succeed (a service was down).
+    pub fn transient(error_type: &'static str, message: impl Into<String>) -> Self {
+        Self::Kind { class: ErrorClass::Transient, error_type, message: message.into() }
     }
 }
 

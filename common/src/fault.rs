@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::JobError;
+use crate::kind::{BlockingKind, Context, Kind};
+use crate::limits::Limits;
 
 /// Longest a `fault` job may keep a worker busy.
 pub const MAX_BUSY: Duration = Duration::from_secs(600);
@@ -24,31 +26,41 @@ pub struct FaultJob {
     #[serde(default)]
     pub busy_ms: u64,
     /// Never return: the job's thread sleeps until its process ends (a job stuck for good).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub hang: bool,
     /// Abort the whole worker process (a crash in native code, say), after `busy_ms`.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub abort: bool,
     /// Succeed with an output whose encoding fails (a result that cannot be written).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub unencodable_output: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct FaultOutput {
     /// The attempt (from 0) that succeeded.
     pub attempt: u32,
     /// Set by `unencodable_output`: encoding this output fails.
-    #[serde(default, skip_serializing_if = "is_false", serialize_with = "refuse")]
+    #[serde(default)]
     pub unencodable: bool,
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
-fn refuse<S: serde::Serializer>(_: &bool, _: S) -> Result<S::Ok, S::Error> {
-    Err(serde::ser::Error::custom("the fault job asked for an output that cannot be encoded"))
+/// `{"attempt": n}` in JSON; both fields in bincode, whose fields cannot be left out (a reader
+/// takes them by position); an error when `unencodable` is set.
+impl Serialize for FaultOutput {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        if self.unencodable {
+            return Err(serde::ser::Error::custom("the fault job asked for an output that cannot be encoded"));
+        }
+        let human = s.is_human_readable();
+        let mut out = s.serialize_struct("FaultOutput", if human { 1 } else { 2 })?;
+        out.serialize_field("attempt", &self.attempt)?;
+        if !human {
+            out.serialize_field("unencodable", &false)?;
+        }
+        out.end()
+    }
 }
 
 impl FaultJob {
@@ -85,6 +97,32 @@ pub fn fault(job: &FaultJob, attempt: u32) -> Result<FaultOutput, JobError> {
         )));
     }
     Ok(FaultOutput { attempt, unencodable: job.unencodable_output })
+}
+
+/// The `fault` kind: drills and tests only, no route by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fault;
+
+impl Kind for Fault {
+    const NAME: &'static str = "fault";
+    type Input = FaultJob;
+    type Output = FaultOutput;
+
+    fn validate(&self, input: &FaultJob, _limits: &Limits) -> Result<(), JobError> {
+        input.validate()
+    }
+}
+
+impl BlockingKind for Fault {
+    fn run(&self, input: FaultJob, cx: &Context) -> Result<FaultOutput, JobError> {
+        fault(&input, cx.attempt)
+    }
+}
+
+impl From<FaultJob> for crate::job::Job {
+    fn from(job: FaultJob) -> Self {
+        crate::job::Job::new::<Fault>(job)
+    }
 }
 
 #[cfg(test)]

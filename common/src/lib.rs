@@ -15,6 +15,7 @@ pub mod fault;
 pub mod headers;
 pub mod image_io;
 pub mod job;
+pub mod kind;
 pub mod limits;
 pub mod names;
 #[cfg(feature = "pipelines")]
@@ -24,8 +25,9 @@ pub mod result;
 pub mod retry;
 
 pub use codec::Encoding;
-pub use envelope::{ENVELOPE_VERSION, JobEnvelope};
+pub use envelope::{ENVELOPE_VERSION, JobBody, JobEnvelope, Opened};
 pub use error::{ErrorClass, JobError};
-pub use job::{Job, JobKind, JobOutput, Services};
+pub use job::Job;
+pub use kind::{AsyncKind, BatchKind, BlockingKind, Context, Kind, RouteDefaults};
 pub use limits::Limits;
-pub use result::{JobResult, ResultStatus, Timing};
+pub use result::{JobResult, Output, ResultStatus, Timing};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::JobError;
 use crate::image_io::{self, Format, JpegWriter};
+use crate::kind::{BlockingKind, Context, Kind};
 use crate::limits::Limits;
 use crate::names::{self, UnknownName};
 
@@ -313,6 +314,32 @@ pub(crate) fn resample(
         JobError::Encode(format!("resampling {}x{} to {}x{}: {e}", img.width(), img.height(), size.0, size.1))
     })?;
     Ok(out)
+}
+
+/// The `image.resize` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resize;
+
+impl Kind for Resize {
+    const NAME: &'static str = "image.resize";
+    type Input = ResizeJob;
+    type Output = ResizeOutput;
+
+    fn validate(&self, input: &ResizeJob, limits: &Limits) -> Result<(), JobError> {
+        input.validate(limits)
+    }
+}
+
+impl BlockingKind for Resize {
+    fn run(&self, input: ResizeJob, cx: &Context) -> Result<ResizeOutput, JobError> {
+        resize(&input, &cx.limits)
+    }
+}
+
+impl From<ResizeJob> for crate::job::Job {
+    fn from(job: ResizeJob) -> Self {
+        crate::job::Job::new::<Resize>(job)
+    }
 }
 
 #[cfg(test)]

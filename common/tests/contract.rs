@@ -4,40 +4,66 @@
 #![allow(clippy::unwrap_used)] // tests state their expectations with unwrap_err
 
 use rstest::rstest;
-use warren_common::checksum::ChecksumJob;
-use warren_common::classify::ClassifyJob;
+use warren_common::checksum::{Checksum, ChecksumJob, ChecksumOutput};
+use warren_common::classify::{Classify, ClassifyJob};
 use warren_common::image_io::Format;
-use warren_common::resize::{Filter, ResizeJob, ResizeMode};
-use warren_common::{Encoding, Job, JobEnvelope, JobError, JobOutput, JobResult, Timing};
+use warren_common::resize::{Filter, Resize, ResizeJob, ResizeMode};
+use warren_common::{Encoding, Job, JobEnvelope, JobError, JobResult, Kind, Output, Timing};
 
-fn jobs() -> Vec<Job> {
-    vec![
-        Job::Resize(ResizeJob {
-            image: vec![1, 2, 3],
-            width: 10,
-            height: 20,
-            mode: ResizeMode::Fill,
-            filter: Filter::CatmullRom,
-            format: Some(Format::Webp),
-            quality: Some(70),
-        }),
-        Job::Classify(ClassifyJob { image: vec![9; 100], top_k: Some(3) }),
-        Job::Checksum(ChecksumJob { data: b"hello".to_vec(), rounds: 4 }),
-    ]
+fn resize() -> ResizeJob {
+    ResizeJob {
+        image: vec![1, 2, 3],
+        width: 10,
+        height: 20,
+        mode: ResizeMode::Fill,
+        filter: Filter::CatmullRom,
+        format: Some(Format::Webp),
+        quality: Some(70),
+    }
+}
+
+fn classify() -> ClassifyJob {
+    ClassifyJob { image: vec![9; 100], top_k: Some(3) }
+}
+
+fn checksum() -> ChecksumJob {
+    ChecksumJob { data: b"hello".to_vec(), rounds: 4 }
+}
+
+/// What a worker does with an envelope: open it, find the kind, parse the job as its type.
+fn decode<K: Kind>(body: &[u8], encoding: Encoding) -> Result<K::Input, JobError> {
+    let opened = JobEnvelope::open(body, encoding)?;
+    if opened.kind != K::NAME {
+        return Err(JobError::UnknownKind(opened.kind.to_owned()));
+    }
+    opened.job.decode()
 }
 
 #[rstest]
 fn every_kind_round_trips(#[values(Encoding::Json, Encoding::Bincode)] encoding: Encoding) {
-    for job in jobs() {
-        let body = JobEnvelope::encode(&job, encoding).expect("encode");
-        assert_eq!(JobEnvelope::decode(&body, encoding).expect("decode"), job);
-        assert_eq!(JobEnvelope::peek_kind(&body, encoding).as_deref(), Some(job.kind().as_str()));
-    }
+    let body = JobEnvelope::encode(&Job::new::<Resize>(resize()), encoding).expect("encode");
+    assert_eq!(decode::<Resize>(&body, encoding).expect("decode"), resize());
+    assert_eq!(JobEnvelope::peek_kind(&body, encoding).as_deref(), Some("image.resize"));
+    let body = JobEnvelope::encode(&Job::new::<Classify>(classify()), encoding).expect("encode");
+    assert_eq!(decode::<Classify>(&body, encoding).expect("decode"), classify());
+    let body = JobEnvelope::encode(&Job::new::<Checksum>(checksum()), encoding).expect("encode");
+    assert_eq!(decode::<Checksum>(&body, encoding).expect("decode"), checksum());
+    assert_eq!(JobEnvelope::open(&body, encoding).expect("open").kind, "checksum");
+}
+
+#[test]
+fn a_job_named_at_run_time_is_json_only() {
+    let job = Job::named("video.probe", serde_json::json!({"url": "file:///a.mp4"}));
+    let body = JobEnvelope::encode(&job, Encoding::Json).expect("json");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v, serde_json::json!({"version": 1, "kind": "video.probe", "job": {"url": "file:///a.mp4"}}));
+    let e = JobEnvelope::encode(&job, Encoding::Bincode).unwrap_err().to_string();
+    assert!(e.contains("cannot be written as bincode"), "{e}");
 }
 
 #[test]
 fn json_is_the_documented_shape() {
-    let body = JobEnvelope::encode(&jobs()[2], Encoding::Json).expect("encode");
+    let body = JobEnvelope::encode(&Job::new::<Checksum>(checksum()), Encoding::Json).expect("encode");
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v, serde_json::json!({"version": 1, "kind": "checksum", "job": {"data": "aGVsbG8=", "rounds": 4}}));
 }
@@ -45,7 +71,7 @@ fn json_is_the_documented_shape() {
 #[test]
 fn json_defaults_apply() {
     let body = br#"{"version":1,"kind":"image.resize","job":{"image":"AAEC","width":5,"height":6},"extra":true}"#;
-    let Job::Resize(j) = JobEnvelope::decode(body, Encoding::Json).expect("decode") else { panic!("kind") };
+    let j = decode::<Resize>(body, Encoding::Json).expect("decode");
     assert_eq!((j.mode, j.filter, j.format, j.quality), (ResizeMode::Fit, Filter::Lanczos3, None, None));
 }
 
@@ -55,11 +81,12 @@ fn json_defaults_apply() {
 #[case::no_version(br#"{"kind":"checksum","job":{}}"#.as_slice(), "malformed_envelope")]
 #[case::string_version(br#"{"version":"1","kind":"checksum","job":{}}"#.as_slice(), "malformed_envelope")]
 #[case::future_version(br#"{"version":2,"anything":"else"}"#.as_slice(), "unsupported_version")]
+#[case::no_job(br#"{"version":1,"kind":"checksum"}"#.as_slice(), "malformed_envelope")]
 #[case::unknown_kind(br#"{"version":1,"kind":"video.transcode","job":{}}"#.as_slice(), "unknown_kind")]
 #[case::wrong_types(br#"{"version":1,"kind":"image.resize","job":{"image":"AAEC","width":"wide","height":6}}"#.as_slice(), "invalid_params")]
-#[case::bad_base64(br#"{"version":1,"kind":"checksum","job":{"data":"%%%"}}"#.as_slice(), "invalid_params")]
+#[case::bad_base64(br#"{"version":1,"kind":"image.resize","job":{"image":"%%%","width":5,"height":6}}"#.as_slice(), "invalid_params")]
 fn json_malformations(#[case] body: &[u8], #[case] expected: &str) {
-    let err = JobEnvelope::decode(body, Encoding::Json).unwrap_err();
+    let err = decode::<Resize>(body, Encoding::Json).unwrap_err();
     assert_eq!(err.error_type(), expected, "{err}");
 }
 
@@ -67,18 +94,22 @@ fn json_malformations(#[case] body: &[u8], #[case] expected: &str) {
 fn bincode_malformations() {
     let future = bincode::serde::encode_to_vec((7u32, "checksum"), bincode::config::standard()).expect("enc");
     assert!(matches!(
-        JobEnvelope::decode(&future, Encoding::Bincode),
+        JobEnvelope::open(&future, Encoding::Bincode),
         Err(JobError::UnsupportedVersion { found: 7, .. })
     ));
     let unknown = bincode::serde::encode_to_vec((1u32, "nope"), bincode::config::standard()).expect("enc");
-    assert_eq!(JobEnvelope::decode(&unknown, Encoding::Bincode).unwrap_err().error_type(), "unknown_kind");
-    let mut good = JobEnvelope::encode(&jobs()[2], Encoding::Bincode).expect("enc");
+    assert_eq!(decode::<Checksum>(&unknown, Encoding::Bincode).unwrap_err().error_type(), "unknown_kind");
+    let mut good = JobEnvelope::encode(&Job::new::<Checksum>(checksum()), Encoding::Bincode).expect("enc");
     good.truncate(good.len() - 1);
-    assert_eq!(JobEnvelope::decode(&good, Encoding::Bincode).unwrap_err().error_type(), "invalid_params");
+    assert_eq!(decode::<Checksum>(&good, Encoding::Bincode).unwrap_err().error_type(), "invalid_params");
     // A length prefix claiming 4 GiB must fail cleanly, not allocate.
     let mut hostile = bincode::serde::encode_to_vec((1u32, "checksum"), bincode::config::standard()).expect("enc");
     hostile.extend_from_slice(&[0xFC, 0xFF, 0xFF, 0xFF, 0xFF]);
-    assert!(JobEnvelope::decode(&hostile, Encoding::Bincode).is_err());
+    assert!(decode::<Checksum>(&hostile, Encoding::Bincode).is_err());
+    // So must a kind whose length runs past the body.
+    let mut cut = bincode::serde::encode_to_vec((1u32, "checksum"), bincode::config::standard()).expect("enc");
+    cut.truncate(cut.len() - 2);
+    assert_eq!(JobEnvelope::open(&cut, Encoding::Bincode).unwrap_err().error_type(), "malformed_envelope");
 }
 
 #[rstest]
@@ -86,7 +117,7 @@ fn results_round_trip(#[values(Encoding::Json, Encoding::Bincode)] encoding: Enc
     let ok = JobResult::ok(
         "id-1".into(),
         "checksum".into(),
-        JobOutput::Checksum(warren_common::checksum::ChecksumOutput { bytes: 5, rounds: 1, crc32: 42 }),
+        Output::new::<Checksum>(ChecksumOutput { bytes: 5, rounds: 1, crc32: 42 }),
         0,
         "w1".into(),
         Timing { started_at_us: 1, finished_at_us: 2 },
@@ -101,8 +132,45 @@ fn results_round_trip(#[values(Encoding::Json, Encoding::Bincode)] encoding: Enc
     );
     for r in [ok, failed] {
         let body = r.encode(encoding).expect("encode");
-        assert_eq!(JobResult::decode(&body, encoding).expect("decode"), r);
+        let back = JobResult::decode(&body, encoding).expect("decode");
+        assert_eq!(back, r);
+        assert_eq!(back.output_as::<Checksum>(), r.output_as::<Checksum>());
     }
+}
+
+/// The result's output in each encoding, as docs/contract.md writes it: JSON an object keyed by
+/// the kind; bincode the pair (kind, payload bytes), the payload the output alone in bincode.
+#[test]
+fn an_output_travels_under_its_kind() {
+    let out = ChecksumOutput { bytes: 5, rounds: 1, crc32: 42 };
+    let r = JobResult::ok(
+        "id".into(),
+        "checksum".into(),
+        Output::new::<Checksum>(out.clone()),
+        0,
+        "w".into(),
+        Timing::default(),
+    );
+    let json: serde_json::Value = serde_json::from_slice(&r.encode(Encoding::Json).unwrap()).unwrap();
+    assert_eq!(json["output"], serde_json::json!({"checksum": {"bytes": 5, "rounds": 1, "crc32": 42}}));
+
+    let body = r.encode(Encoding::Bincode).unwrap();
+    let cfg = bincode::config::standard();
+    type Head = (u32, String, String, u8, u8, String);
+    let (head, used): (Head, usize) = bincode::serde::decode_from_slice(&body, cfg).unwrap();
+    assert_eq!(
+        head,
+        (1, "id".into(), "checksum".into(), 0, 1, "checksum".into()),
+        "version, job_id, kind, status ok, Some, kind"
+    );
+    let (payload, _): (Vec<u8>, usize) = bincode::serde::decode_from_slice(&body[used..], cfg).unwrap();
+    assert_eq!(payload, bincode::serde::encode_to_vec(&out, cfg).unwrap());
+    // A reader that does not know the kind still reads the rest of the result.
+    let back = JobResult::decode(&body, Encoding::Bincode).unwrap();
+    assert_eq!((back.attempt, back.worker.as_str()), (0, "w"));
+    assert_eq!(back.output.as_ref().map(Output::kind), Some("checksum"));
+    assert_eq!(back.output_as::<Checksum>(), Some(out));
+    assert!(back.output_as::<Resize>().is_none(), "another kind's output is not taken for this one's");
 }
 
 #[rstest]
@@ -112,4 +180,53 @@ fn results_round_trip(#[values(Encoding::Json, Encoding::Bincode)] encoding: Enc
 #[case(Some("text/plain"), None)]
 fn content_types(#[case] ct: Option<&str>, #[case] expected: Option<Encoding>) {
     assert_eq!(Encoding::from_content_type(ct), expected);
+}
+
+/// The bincode layouts docs/contract.md writes out for other languages, pinned byte by byte
+/// (enum variants by index: reordering a Rust enum must not change the wire).
+#[test]
+fn bincode_layouts_are_the_documented_ones() {
+    use warren_common::fault::{Fault, FaultJob, FaultOutput};
+    let job = ResizeJob {
+        image: vec![0xAB, 0xCD],
+        width: 300,
+        height: 2,
+        mode: ResizeMode::Exact,
+        filter: Filter::Gaussian,
+        format: Some(Format::Jpeg),
+        quality: None,
+    };
+    let body = JobEnvelope::encode(&Job::new::<Resize>(job), Encoding::Bincode).unwrap();
+    let mut expected = vec![1, 12];
+    expected.extend_from_slice(b"image.resize");
+    // image (len 2), width 300 (251 + u16 LE), height 2, mode exact = 2, filter gaussian = 3,
+    // format Some(jpeg = 1), quality None.
+    expected.extend_from_slice(&[2, 0xAB, 0xCD, 251, 0x2C, 0x01, 2, 2, 3, 1, 1, 0]);
+    assert_eq!(body, expected);
+    for (mode, i) in [(ResizeMode::Fit, 0u8), (ResizeMode::Fill, 1), (ResizeMode::Exact, 2)] {
+        assert_eq!(bincode::serde::encode_to_vec(mode, bincode::config::standard()).unwrap(), [i]);
+    }
+    for (filter, i) in [
+        (Filter::Nearest, 0u8),
+        (Filter::Triangle, 1),
+        (Filter::CatmullRom, 2),
+        (Filter::Gaussian, 3),
+        (Filter::Lanczos3, 4),
+    ] {
+        assert_eq!(bincode::serde::encode_to_vec(filter, bincode::config::standard()).unwrap(), [i]);
+    }
+    for (format, i) in [(Format::Png, 0u8), (Format::Jpeg, 1), (Format::Webp, 2)] {
+        assert_eq!(bincode::serde::encode_to_vec(format, bincode::config::standard()).unwrap(), [i]);
+    }
+    // Every field is written, false ones too: bincode takes fields by position.
+    let fault = FaultJob { busy_ms: 5, ..FaultJob::default() };
+    let body = JobEnvelope::encode(&Job::new::<Fault>(fault.clone()), Encoding::Bincode).unwrap();
+    assert_eq!(&body[body.len() - 6..], [0, 0, 5, 0, 0, 0]);
+    assert_eq!(decode::<Fault>(&body, Encoding::Bincode).unwrap(), fault);
+    let out = Output::new::<Fault>(FaultOutput { attempt: 2, unencodable: false });
+    let r = JobResult::ok("j".into(), "fault".into(), out, 2, "w".into(), Timing::default());
+    let back = JobResult::decode(&r.encode(Encoding::Bincode).unwrap(), Encoding::Bincode).unwrap();
+    assert_eq!(back.output_as::<Fault>(), Some(FaultOutput { attempt: 2, unencodable: false }));
+    let json: serde_json::Value = serde_json::from_slice(&r.encode(Encoding::Json).unwrap()).unwrap();
+    assert_eq!(json["output"], serde_json::json!({"fault": {"attempt": 2}}));
 }

@@ -4,8 +4,12 @@
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
+use warren_common::checksum::Checksum;
+use warren_common::classify::ClassifyJob;
+use warren_common::fault::Fault;
 use warren_common::image_io::{self, Format};
-use warren_common::{Encoding, JobEnvelope, Limits};
+use warren_common::resize::Resize;
+use warren_common::{Encoding, JobEnvelope, Kind, Limits};
 
 fn small_limits() -> Limits {
     Limits { max_image_width: 512, max_image_height: 512, max_image_pixels: 100_000, ..Limits::default() }
@@ -102,13 +106,32 @@ fn a_progressive_subsampled_jpeg_decodes_at_every_scale() {
     }
 }
 
+/// What a worker does with a body: open it, parse the job as its kind's input, validate it.
+fn open_and_validate(body: &[u8], encoding: Encoding) {
+    fn as_kind<K: Kind>(kind: &K, job: warren_common::JobBody<'_>) {
+        if let Ok(input) = job.decode::<K::Input>() {
+            let _ = kind.validate(&input, &small_limits());
+        }
+    }
+    let Ok(opened) = JobEnvelope::open(body, encoding) else { return };
+    match opened.kind {
+        "image.resize" => as_kind(&Resize, opened.job),
+        "checksum" => as_kind(&Checksum, opened.job),
+        "fault" => as_kind(&Fault, opened.job),
+        "ml.classify" => {
+            let _ = opened.job.decode::<ClassifyJob>().map(|j| j.validate());
+        }
+        _ => {}
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
 
     #[test]
     fn any_bytes_as_an_envelope(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = JobEnvelope::decode(&body, Encoding::Json);
-        let _ = JobEnvelope::decode(&body, Encoding::Bincode);
+        let _ = JobEnvelope::open(&body, Encoding::Json);
+        let _ = JobEnvelope::open(&body, Encoding::Bincode);
         let _ = JobEnvelope::peek_kind(&body, Encoding::Json);
         let _ = JobEnvelope::peek_kind(&body, Encoding::Bincode);
     }
@@ -118,9 +141,7 @@ proptest! {
                                         tail in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut body = bincode::serde::encode_to_vec((1u32, kind), bincode::config::standard()).unwrap();
         body.extend_from_slice(&tail);
-        if let Ok(job) = JobEnvelope::decode(&body, Encoding::Bincode) {
-            let _ = job.validate(&small_limits());
-        }
+        open_and_validate(&body, Encoding::Bincode);
     }
 
     #[test]
@@ -128,9 +149,7 @@ proptest! {
                            fields in proptest::collection::btree_map("[a-z_]{1,12}", any_json(), 0..6)) {
         let body = serde_json::json!({"version": 1, "kind": kind, "job": fields});
         let body = serde_json::to_vec(&body).unwrap();
-        if let Ok(job) = JobEnvelope::decode(&body, Encoding::Json) {
-            let _ = job.validate(&small_limits());
-        }
+        open_and_validate(&body, Encoding::Json);
     }
 }
 

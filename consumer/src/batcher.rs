@@ -1,43 +1,48 @@
-//! Micro-batching for `ml.classify`: jobs that arrive close together share one model run.
+//! Micro-batching for batched kinds (`BatchKind`): jobs that arrive close together share one run.
 //!
-//! Handlers submit their job and wait for its own answer; a collector task gathers up to
-//! `model.max_batch` jobs, or what arrived within `model.max_batch_wait_ms` of the first, and runs
-//! them as one job on the pool (one slot, the kind's time limit). Each job still has its own
-//! outcome and each delivery is settled (result, retry or dead letter, then ack) by its own
+//! Handlers submit their job and wait for its own answer; a collector task gathers up to the
+//! route's `max_batch` jobs, or what arrived within its `max_batch_wait_ms` of the first, and
+//! runs them as one job on the pool (one slot, the kind's time limit). Each job still has its
+//! own outcome and each delivery is settled (result, retry or dead letter, then ack) by its own
 //! handler. Prefetch for the queue is raised so that a batch can fill.
 //!
 //! A job whose gate closed (its session was lost, or the worker drains) while it waited is
 //! dropped from its batch unstarted. When a batch panics, each of its jobs is run again alone,
-//! so that only the job that panics fails (a failed model run is split the same way, in
-//! `classify_batch`). A batch past its time limit fails every job in it with `timeout`: running
-//! them again one by one could hold them for several time limits.
+//! so that only the job that panics fails (the inputs are lent to the kind, so nothing is copied
+//! for that). A batch past its time limit fails every job in it with `timeout`: running them
+//! again one by one could hold them for several time limits.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use warren_common::classify::{Classifier, ClassifyJob, classify_batch};
-use warren_common::{JobError, JobOutput, Limits, Timing};
+use warren_common::{BatchKind, Context, JobError, Limits, Output, Timing};
 
 use crate::pool::{Ran, WorkerPool};
 
-type Answer = Ran<JobOutput>;
+type Answer = Ran<Output>;
 
-struct Item {
-    job: ClassifyJob,
+struct Item<K: BatchKind> {
+    input: K::Input,
+    attempt: u32,
     gate: CancellationToken,
     reply: oneshot::Sender<Answer>,
 }
 
-#[derive(Clone)]
-pub struct Batcher {
-    tx: mpsc::Sender<Item>,
+pub struct Batcher<K: BatchKind> {
+    tx: mpsc::Sender<Item<K>>,
 }
 
-impl std::fmt::Debug for Batcher {
+impl<K: BatchKind> Clone for Batcher<K> {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone() }
+    }
+}
+
+impl<K: BatchKind> std::fmt::Debug for Batcher<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").finish_non_exhaustive()
+        f.debug_struct("Batcher").field("kind", &K::NAME).finish_non_exhaustive()
     }
 }
 
@@ -50,15 +55,15 @@ pub struct BatchPolicy {
     pub retry_timeouts: bool,
 }
 
-impl Batcher {
+impl<K: BatchKind> Batcher<K> {
     pub fn start(
         pool: WorkerPool,
-        model: Arc<dyn Classifier>,
+        kind: Arc<K>,
         limits: Arc<Limits>,
         policy: BatchPolicy,
         batch_sizes: prometheus::Histogram,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Item>(policy.max_batch.max(1) * 4);
+        let (tx, mut rx) = mpsc::channel::<Item<K>>(policy.max_batch.max(1) * 4);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -75,17 +80,17 @@ impl Batcher {
                 batch_sizes.observe(batch.len() as f64);
                 // Run without waiting here, so the next batch can form meanwhile; the pool's
                 // semaphore bounds how many run at once.
-                let (pool, model, limits, policy) = (pool.clone(), model.clone(), limits.clone(), policy.clone());
-                tokio::spawn(async move { run(batch, pool, model, limits, policy).await });
+                let (pool, kind, limits, policy) = (pool.clone(), kind.clone(), limits.clone(), policy.clone());
+                tokio::spawn(async move { run(batch, pool, kind, limits, policy).await });
             }
         });
         Self { tx }
     }
 
     /// Submits one job and waits for its own outcome; it does not start once `gate` is closed.
-    pub async fn submit(&self, job: ClassifyJob, gate: CancellationToken) -> Answer {
+    pub async fn submit(&self, input: K::Input, attempt: u32, gate: CancellationToken) -> Answer {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Item { job, gate, reply }).await.is_err() {
+        if self.tx.send(Item { input, attempt, gate, reply }).await.is_err() {
             return Ran::Done(Err(JobError::ModelUnavailable("the batcher stopped".into())), Timing::default());
         }
         answer.await.unwrap_or_else(|_| {
@@ -94,67 +99,86 @@ impl Batcher {
     }
 }
 
-async fn run(batch: Vec<Item>, pool: WorkerPool, model: Arc<dyn Classifier>, limits: Arc<Limits>, policy: BatchPolicy) {
+async fn run<K: BatchKind>(
+    batch: Vec<Item<K>>,
+    pool: WorkerPool,
+    kind: Arc<K>,
+    limits: Arc<Limits>,
+    policy: BatchPolicy,
+) {
     // The batch waits for a slot whatever its jobs' gates say; once it has one, only the jobs
     // whose gates are still open start.
     let Some(slot) = pool.slot(&CancellationToken::new()).await else { return };
-    let (live, closed): (Vec<Item>, Vec<Item>) = batch.into_iter().partition(|i| !i.gate.is_cancelled());
-    for item in closed {
-        let _ = item.reply.send(Ran::NotStarted);
+    let mut jobs = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    let deadline = Instant::now() + policy.time_limit;
+    for item in batch {
+        if item.gate.is_cancelled() {
+            let _ = item.reply.send(Ran::NotStarted);
+        } else {
+            jobs.push((item.input, Context::new(item.attempt, deadline, limits.clone())));
+            replies.push((item.reply, item.gate));
+        }
     }
-    if live.is_empty() {
+    if jobs.is_empty() {
         return;
     }
-    let jobs: Vec<ClassifyJob> = live.iter().map(|i| i.job.clone()).collect();
     let n = jobs.len();
+    // Shared with the blocking thread, so that the inputs are still here if the batch panics.
+    let jobs = Arc::new(jobs);
     let (outcome, timing) = {
-        let (model, limits) = (model.clone(), limits.clone());
-        slot.run(policy.time_limit, policy.retry_timeouts, move || {
-            let refs: Vec<&ClassifyJob> = jobs.iter().collect();
-            Ok(classify_batch(&refs, model.as_ref(), &limits))
-        })
-        .await
+        let (kind, jobs) = (kind.clone(), jobs.clone());
+        slot.run(policy.time_limit, policy.retry_timeouts, move || Ok(kind.run_batch(&jobs))).await
     };
     match outcome {
         Ok(outcomes) => {
-            for (item, outcome) in live.into_iter().zip(outcomes) {
-                let _ = item.reply.send(Ran::Done(outcome.map(JobOutput::Classify), timing));
+            let mut outcomes = outcomes.into_iter();
+            for (reply, _) in replies {
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    Err(JobError::Panicked(format!("{} answered a batch of {n} with fewer outcomes", K::NAME)))
+                });
+                let _ = reply.send(Ran::Done(outcome.map(Output::new::<K>), timing));
             }
         }
         Err(e @ JobError::Panicked(_)) if n > 1 => {
             tracing::warn!(error = %e, jobs = n, "batch panicked; running each of its jobs alone");
             // All at once, each on a slot of its own as slots free up (the pool bounds them). A
             // panic usually comes early; at worst this adds max_batch / pool time limits.
-            let solo = live.into_iter().map(|item| {
-                let (pool, model, limits, policy) = (pool.clone(), model.clone(), limits.clone(), policy.clone());
+            let solo = replies.into_iter().enumerate().map(|(i, (reply, gate))| {
+                let (pool, kind, jobs, policy) = (pool.clone(), kind.clone(), jobs.clone(), policy.clone());
                 async move {
-                    let job = item.job;
                     let ran = pool
-                        .run(policy.time_limit, policy.retry_timeouts, &item.gate, move || {
-                            classify_batch(&[&job], model.as_ref(), &limits)
-                                .pop()
-                                .unwrap_or_else(|| Err(JobError::Inference("empty batch".into())))
-                                .map(JobOutput::Classify)
+                        .run(policy.time_limit, policy.retry_timeouts, &gate, move || {
+                            one_of_batch(&*kind, std::slice::from_ref(&jobs[i]))
                         })
                         .await;
-                    let _ = item.reply.send(ran);
+                    let _ = reply.send(ran);
                 }
             });
             futures_util::future::join_all(solo).await;
         }
         Err(e) => {
             tracing::warn!(error = %e, jobs = n, "batch failed");
-            for item in live {
-                let _ = item.reply.send(Ran::Done(Err(e.clone()), timing));
+            for (reply, _) in replies {
+                let _ = reply.send(Ran::Done(Err(e.clone()), timing));
             }
         }
     }
 }
 
+/// Runs a batch of one and takes its answer.
+pub(crate) fn one_of_batch<K: BatchKind>(kind: &K, one: &[(K::Input, Context)]) -> Result<Output, JobError> {
+    kind.run_batch(one)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err(JobError::Panicked(format!("{} answered a batch of one with nothing", K::NAME))))
+        .map(Output::new::<K>)
+}
+
 #[cfg(test)]
 mod tests {
     use ndarray::Array2;
-    use warren_common::classify::{ElementType, InputTensor, ModelSpec};
+    use warren_common::classify::{Classifier, Classify, ClassifyJob, ElementType, InputTensor, ModelSpec};
     use warren_common::resize::Filter;
 
     use super::*;
@@ -177,7 +201,7 @@ mod tests {
     }
 
     /// A batcher of up to 4 jobs waiting `max_wait` over the stand-in model, on a pool of one.
-    fn stub_batcher(max_wait: Duration) -> (Batcher, prometheus::Histogram) {
+    fn stub_batcher(max_wait: Duration) -> (Batcher<Classify>, prometheus::Histogram) {
         let spec = ModelSpec {
             name: "stub".into(),
             input_type: ElementType::F32,
@@ -193,8 +217,8 @@ mod tests {
         };
         let policy = BatchPolicy { max_batch: 4, max_wait, time_limit: Duration::from_secs(30), retry_timeouts: true };
         let histogram = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).expect("h");
-        let model = Arc::new(PanicsOnWhite(spec));
-        let batcher = Batcher::start(WorkerPool::new(1), model, Arc::new(Limits::default()), policy, histogram.clone());
+        let kind = Arc::new(Classify { model: Arc::new(PanicsOnWhite(spec)) });
+        let batcher = Batcher::start(WorkerPool::new(1), kind, Arc::new(Limits::default()), policy, histogram.clone());
         (batcher, histogram)
     }
 
@@ -211,7 +235,7 @@ mod tests {
         let submit = |v: u8| {
             let batcher = batcher.clone();
             tokio::spawn(async move {
-                batcher.submit(ClassifyJob { image: png(v), top_k: Some(1) }, CancellationToken::new()).await
+                batcher.submit(ClassifyJob { image: png(v), top_k: Some(1) }, 0, CancellationToken::new()).await
             })
         };
         let jobs = [submit(0), submit(255), submit(0)];
@@ -233,7 +257,7 @@ mod tests {
         let (batcher, _) = stub_batcher(Duration::from_millis(50));
         let gate = CancellationToken::new();
         gate.cancel();
-        let ran = batcher.submit(ClassifyJob { image: png(0), top_k: None }, gate).await;
+        let ran = batcher.submit(ClassifyJob { image: png(0), top_k: None }, 0, gate).await;
         assert!(matches!(ran, Ran::NotStarted));
     }
 }

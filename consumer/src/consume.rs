@@ -54,16 +54,14 @@ pub async fn consume(
     let mut resubscribing: FuturesUnordered<BoxFuture<'_, (usize, Result<lapin::Consumer, u32>)>> =
         FuturesUnordered::new();
     let mut cancelling: FuturesUnordered<BoxFuture<'_, ()>> = FuturesUnordered::new();
-    let mut model = shared.model_ready.clone();
+    let mut readiness = shared.registry.readiness();
     let mut states = vec![State::Consuming; session.consumers.len()];
-    let wanted = |i: usize, model: &Option<watch::Receiver<bool>>| {
-        !session.consumers[i].0.needs_model || model.as_ref().is_none_or(|r| *r.borrow())
-    };
+    let wanted = |i: usize| session.consumers[i].0.ready.as_ref().is_none_or(|r| *r.borrow());
     // What `subscription` decided, carried out.
     macro_rules! carry_out {
         ($i:expr, $event:expr, $attempt:expr) => {{
             let i = $i;
-            let (next, action) = subscription::step(states[i], $event, wanted(i, &model));
+            let (next, action) = subscription::step(states[i], $event, wanted(i));
             states[i] = next;
             match action {
                 Action::Nothing => {}
@@ -95,7 +93,7 @@ pub async fn consume(
                     return Ended::WornOut(abandoned);
                 }
             }
-            () = changed(&mut model) => {
+            () = changed(&mut readiness) => {
                 for i in 0..states.len() {
                     carry_out!(i, subscription::Event::Check, 0);
                 }
@@ -144,15 +142,15 @@ pub async fn consume(
     }
 }
 
-/// Resolves when the model's readiness changed; never, if it cannot change.
-async fn changed(model: &mut Option<watch::Receiver<bool>>) {
-    if let Some(rx) = model
-        && rx.changed().await.is_ok()
-    {
-        return;
+/// Resolves when the readiness of a kind's backend changed; never, if none can change.
+async fn changed(readiness: &mut Vec<watch::Receiver<bool>>) {
+    // A watcher that ended (it ends only when nobody listens) changes nothing any more.
+    readiness.retain(|rx| rx.has_changed().is_ok());
+    if readiness.is_empty() {
+        return std::future::pending().await;
     }
-    // No model, or its watcher ended (it ends only when nobody listens): nothing changes.
-    std::future::pending().await
+    let each = readiness.iter_mut().map(|rx| Box::pin(rx.changed()));
+    let _ = futures_util::future::select_all(each).await;
 }
 
 /// Cancels queue `i`'s consumer; its end arrives as [`Event::Ended`].
@@ -185,7 +183,7 @@ async fn resubscribe(
     let (served, channel, _) = &session.consumers[i];
     let again = async {
         let setup = session.connection.create_channel().await.context("open channel for topology")?;
-        warren_infra::topology::declare(&setup, &shared.settings).await?;
+        warren_infra::topology::declare_with(&setup, &shared.settings, &shared.routes).await?;
         let _ = setup.close(200, "topology declared".into()).await;
         session::subscribe(channel, served, &shared.worker_id).await
     };

@@ -18,13 +18,13 @@ use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field};
 use warren_common::headers as h;
-use warren_common::job::{self, Services};
-use warren_common::{Encoding, Job, JobEnvelope, JobError, JobKind, JobResult, Timing};
+use warren_common::{Encoding, JobEnvelope, JobError, JobResult, Output, Timing};
 use warren_infra::fields;
 
 use crate::decide::{self, Arrival, Facts, Failure};
 use crate::letters::{self, FailureRecord, Recount};
 use crate::pool::{Ran, now_us};
+use crate::registry::{Input, Missing, Registered, RunCx};
 use crate::settle::{self, Why};
 use crate::worker::{Served, Worker};
 
@@ -54,7 +54,7 @@ pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery
             () = story(&worker, &served, &delivery, &facts) => {}
             () = stop.cancelled() => {
                 tracing::warn!("drain timeout: handing the job back to the broker");
-                settle::hand_back(&worker, &served, &delivery, &facts, peeked_kind(&delivery), Why::Draining).await;
+                settle::hand_back(&worker, &served, &delivery, &facts, peeked_kind(&worker, &delivery), Why::Draining).await;
             }
         }
     };
@@ -68,7 +68,7 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
             worker.metrics.redelivered(&served.queue);
             tracing::warn!(returns, "job came back unanswered; moving it to the returned lane");
             let copy = letters::requeue(settle::input(delivery), &served.returned_queue, Recount::Returns(returns));
-            let _ = settle::deliver(worker, served, delivery, facts, peeked_kind(delivery), copy, None).await;
+            let _ = settle::deliver(worker, served, delivery, facts, peeked_kind(worker, delivery), copy, None).await;
             return;
         }
         Arrival::Poison { returns } => {
@@ -81,20 +81,20 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
         }
     }
     let content_type = delivery.properties.content_type().as_ref().map(|s| s.as_str());
-    let job = match parse(&delivery.data, content_type, facts, worker) {
+    let (registered, input) = match parse(&delivery.data, content_type, facts, worker) {
         Ok(job) => job,
         Err(error) => {
             let kind = peeked(delivery);
-            worker.metrics.job_received(&served.queue, kind_label(&kind));
+            worker.metrics.job_received(&served.queue, worker.registry.label(&kind));
             let now = now_us();
             let timing = Timing { started_at_us: now, finished_at_us: now };
             return fail(worker, served, delivery, facts, &kind, &error, timing).await;
         }
     };
-    let kind = job.kind().as_str();
+    let kind = registered.runner.name();
     tracing::Span::current().record("kind", kind);
     worker.metrics.job_received(&served.queue, kind);
-    let (outcome, timing) = match run(worker, served, job, facts.attempt).await {
+    let (outcome, timing) = match run(worker, served, registered, input, facts.attempt).await {
         Ran::Done(outcome, timing) => (outcome, timing),
         Ran::NotStarted if worker.lost.is_cancelled() => {
             // The broker requeued it with its session; its delivery tag is dead.
@@ -134,23 +134,19 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
     fail(worker, served, delivery, facts, kind, &error, timing).await;
 }
 
-/// Runs the job on the served queue's pool (classify jobs of the work queue through the
-/// micro-batcher), unless the worker's gate closes before it starts.
-async fn run(worker: &Arc<Worker>, served: &Served, job: Job, attempt: u32) -> Ran<warren_common::JobOutput> {
-    let retry_timeouts = worker.settings.consumer.retry_timeouts;
-    match (job, &worker.batcher, served.lane) {
-        (Job::Classify(job), Some(batcher), decide::Lane::Main) => batcher.submit(job, worker.gate.clone()).await,
-        (job, _, _) => {
-            let (settings, classifier) = (worker.settings.clone(), worker.classifier.clone());
-            served
-                .pool
-                .run(served.time_limit, retry_timeouts, &worker.gate, move || {
-                    let services = Services { limits: &settings.limits, classifier: classifier.as_deref(), attempt };
-                    job::run(&job, services)
-                })
-                .await
-        }
-    }
+/// Runs the job in its kind's shape (on the served queue's pool, through a batcher, or on the
+/// runtime), unless the worker's gate closes before it starts.
+async fn run(worker: &Arc<Worker>, served: &Served, kind: &Registered, input: Input, attempt: u32) -> Ran<Output> {
+    let cx = RunCx {
+        attempt,
+        lane: served.lane,
+        pool: &served.pool,
+        gate: &worker.gate,
+        limits: &worker.limits,
+        time_limit: served.time_limit,
+        retry_timeouts: worker.settings.consumer.retry_timeouts,
+    };
+    kind.runner.run(input, cx).await
 }
 
 /// Retries or dead-letters a failed job (with an error result to `reply_to` when given up),
@@ -164,7 +160,7 @@ async fn fail(
     error: &JobError,
     timing: Timing,
 ) {
-    let label = kind_label(kind);
+    let label = worker.registry.label(kind);
     worker.metrics.job_failed(&served.queue, label, error.error_type());
     let record =
         FailureRecord { error, queue: &served.work_queue, worker_id: &worker.worker_id, now_ms: now_us() / 1000 };
@@ -198,25 +194,33 @@ async fn fail(
     }
 }
 
-/// Parses at the boundary: size, content type, envelope, kind served, job id, limits.
-fn parse(body: &[u8], content_type: Option<&str>, facts: &Facts, worker: &Worker) -> Result<Job, JobError> {
-    let limits = &worker.settings.limits;
+/// Parses at the boundary: size, content type, envelope, kind (registered and served), the job's
+/// fields (the kind's type), job id, then the kind's validation against the limits.
+fn parse<'w>(
+    body: &[u8],
+    content_type: Option<&str>,
+    facts: &Facts,
+    worker: &'w Worker,
+) -> Result<(&'w Registered, Input), JobError> {
+    let limits = &worker.limits;
     if body.len() > limits.max_body_bytes {
         return Err(JobError::BodyTooLarge { size: body.len(), limit: limits.max_body_bytes });
     }
     let Some(encoding) = Encoding::from_content_type(content_type) else {
         return Err(JobError::UnsupportedContentType(content_type.unwrap_or_default().to_owned()));
     };
-    let job = JobEnvelope::decode(body, encoding)?;
-    if !worker.kinds.contains(&job.kind()) {
-        return Err(JobError::KindNotServed(job.kind().as_str().to_owned()));
-    }
+    let opened = JobEnvelope::open(body, encoding)?;
+    let registered = worker.registry.get(opened.kind).map_err(|missing| match missing {
+        Missing::Unknown => JobError::UnknownKind(opened.kind.to_owned()),
+        Missing::NotServed => JobError::KindNotServed(opened.kind.to_owned()),
+    })?;
+    let input = registered.runner.decode(opened.job)?;
     if facts.job_id.is_none() {
         // Without an id its result cannot be matched and its duplicates cannot be recognised.
         return Err(JobError::MalformedEnvelope("the message has no message_id (the job id)".into()));
     }
-    job.validate(limits)?;
-    Ok(job)
+    registered.runner.validate(&input, limits)?;
+    Ok((registered, input))
 }
 
 fn results(worker: &Worker) -> letters::ResultsRoute<'_> {
@@ -237,11 +241,7 @@ fn peeked(delivery: &Delivery) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn peeked_kind(delivery: &Delivery) -> &'static str {
-    kind_label(&peeked(delivery))
-}
-
-/// A kind for metric labels: a known kind, or "unknown" (never a string from a message).
-pub(crate) fn kind_label(kind: &str) -> &'static str {
-    JobKind::parse(kind).map(JobKind::as_str).unwrap_or("unknown")
+/// The kind the envelope names, as a metric label.
+fn peeked_kind(worker: &Worker, delivery: &Delivery) -> &'static str {
+    worker.registry.label(&peeked(delivery))
 }

@@ -292,7 +292,8 @@ mod tests {
     #[test]
     fn a_result_that_cannot_be_encoded_is_an_error_not_a_drop() {
         use warren_common::fault::FaultOutput;
-        let output = warren_common::JobOutput::Fault(FaultOutput { attempt: 0, unencodable: true });
+        let output =
+            warren_common::Output::new::<warren_common::fault::Fault>(FaultOutput { attempt: 0, unencodable: true });
         let r = JobResult::ok("job-1".into(), "fault".into(), output, 0, "w".into(), Default::default());
         let results = ResultsRoute { exchange: "warren.results", has_queue: true };
         let e = result(&input_props(), &r, Encoding::Json, results, 0).unwrap_err();

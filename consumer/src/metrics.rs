@@ -117,8 +117,8 @@ impl Metrics {
             batch_size: histogram_vec(
                 r,
                 "warren_batch_size",
-                "Jobs per model run (micro-batching)",
-                &m,
+                "Jobs per run of a batched kind (micro-batching)",
+                &["kind", "model", "backend"],
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             ),
             model_ready: int_gauge_vec(r, "warren_model_ready", "1 while the model can take inference requests", &m),
@@ -225,9 +225,9 @@ impl Metrics {
         self.inference_seconds.with_label_values(&[model, backend])
     }
 
-    /// The histogram of batch sizes for `model`.
-    pub fn batch_size_histogram(&self, model: &str, backend: &str) -> prometheus::Histogram {
-        self.batch_size.with_label_values(&[model, backend])
+    /// The histogram of batch sizes of `kind` (over `model` on `backend`, "" when it has none).
+    pub fn batch_size_histogram(&self, kind: &str, model: &str, backend: &str) -> prometheus::Histogram {
+        self.batch_size.with_label_values(&[kind, model, backend])
     }
 
     /// The gauge kept at 1 while the model is ready, 0 while it is not.

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use warren_common::classify::Classifier;
 use warren_infra::Settings;
-use warren_infra::settings::ModelBackend;
+use warren_infra::settings::{ModelBackend, Route};
 
 use crate::metrics::Metrics;
 use crate::onnx::OrtClassifier;
@@ -28,8 +28,9 @@ impl std::fmt::Debug for Model {
     }
 }
 
-/// Loads the configured model for a worker of `pool` slots; any problem stops start-up.
-pub async fn load(settings: &Settings, pool: usize, metrics: &Metrics) -> anyhow::Result<Model> {
+/// Loads the configured model for a worker of `pool` slots, batched as `route` says; any
+/// problem stops start-up.
+pub async fn load(settings: &Settings, route: &Route, pool: usize, metrics: &Metrics) -> anyhow::Result<Model> {
     let mut model = settings.model.clone();
     let backend = model.backend.as_str();
     let histogram = metrics.inference_histogram(&model.name, backend);
@@ -47,7 +48,7 @@ pub async fn load(settings: &Settings, pool: usize, metrics: &Metrics) -> anyhow
         }
         ModelBackend::Triton => {
             let metrics_of = TritonMetrics { inference_seconds: histogram, errors: metrics.triton_errors() };
-            let triton = TritonClassifier::connect(&model, model.max_batch.max(1), metrics_of).await?;
+            let triton = TritonClassifier::connect(&model, route.max_batch.max(1), metrics_of).await?;
             let ready = triton.watch_readiness(
                 Duration::from_millis(model.triton_ready_interval_ms),
                 metrics.model_ready_gauge(&model.name, backend),

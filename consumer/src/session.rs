@@ -11,29 +11,26 @@ use anyhow::Context as _;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
-use warren_common::JobKind;
-use warren_common::classify::Classifier;
+use warren_infra::settings::Route;
 use warren_infra::{Publisher, Settings, topology};
 
-use crate::batcher::Batcher;
 use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
+use crate::registry::Registry;
 use crate::worker::{Served, Worker};
 
-/// What outlives sessions: settings, the pools, the model, the queues served.
+/// What outlives sessions: settings, the pools, the kinds and their routes, the queues served.
 pub struct Shared {
     pub settings: Arc<Settings>,
     pub pool: WorkerPool,
-    pub classifier: Option<Arc<dyn Classifier>>,
     pub worker_id: String,
-    pub kinds: Vec<JobKind>,
+    pub registry: Arc<Registry>,
+    /// The served kinds' routes, resolved.
+    pub routes: Vec<Route>,
     /// Every queue consumed: each route's work queue, then its returned lane.
     pub served: Vec<Arc<Served>>,
     pub prefetch: u16,
     pub metrics: Arc<Metrics>,
-    pub batcher: Option<Batcher>,
-    /// The model's readiness, when it can change (a Triton server); None: always ready.
-    pub model_ready: Option<tokio::sync::watch::Receiver<bool>>,
     /// The broker node of the current (or last) session, for `/readyz`.
     pub node: Arc<std::sync::Mutex<String>>,
 }
@@ -62,7 +59,7 @@ impl Session {
         let (connection, node) = (Arc::new(connected.connection), connected.node);
         *shared.node.lock().unwrap_or_else(|p| p.into_inner()) = node.clone();
         let setup = connection.create_channel().await.context("open channel for topology")?;
-        topology::declare(&setup, settings).await?;
+        topology::declare_with(&setup, settings, &shared.routes).await?;
         let _ = setup.close(200, "topology declared".into()).await;
 
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
@@ -83,11 +80,10 @@ impl Session {
             settings.clone(),
             connection.clone(),
             publisher,
-            shared.classifier.clone(),
             shared.worker_id.clone(),
-            shared.kinds.clone(),
+            shared.registry.clone(),
+            shared.routes.clone().into(),
             shared.metrics.clone(),
-            shared.batcher.clone(),
         ));
         Ok(Self { connection, node, worker, consumers })
     }

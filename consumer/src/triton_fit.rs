@@ -44,7 +44,7 @@ fn element_type(datatype: &str) -> Option<ElementType> {
 
 /// Checks the model's metadata (inputs, outputs) and config's `max_batch_size` against what
 /// Warren sends and reads: one NCHW FP32/FP16 input, a [batch, classes] FP32/FP16 output, as
-/// many images per request as `model.max_batch`, and one class per label.
+/// many images per request as the ml.classify route's `max_batch`, and one class per label.
 pub fn fit(
     model: &str,
     inputs: &[Tensor],
@@ -75,7 +75,7 @@ pub fn fit(
         (0, 1) => Some(1),
         (0, d) => {
             return Err(format!(
-                "Triton's model {model:?} has no batch dimension and takes exactly {d} images per request; Warren sends 1 to model.max_batch"
+                "Triton's model {model:?} has no batch dimension and takes exactly {d} images per request; Warren sends 1 to the route's max_batch"
             ));
         }
         (n, _) => Some(n as usize),
@@ -84,8 +84,8 @@ pub fn fit(
         && warren_max_batch > most
     {
         return Err(format!(
-            "model.max_batch = {warren_max_batch} but Triton's model {model:?} takes at most {most} images per request \
-             (its max_batch_size); lower model.max_batch or raise max_batch_size in its config.pbtxt"
+            "the ml.classify route's max_batch = {warren_max_batch} but Triton's model {model:?} takes at most {most} images per request \
+             (its max_batch_size); lower the route's max_batch or raise max_batch_size in its config.pbtxt"
         ));
     }
     let Some(output) = outputs.first() else {
@@ -238,7 +238,7 @@ mod tests {
         let err = |inputs: &[Tensor], outputs: &[Tensor], mbs: i32, batch: usize, labels: usize| {
             fit("m", inputs, outputs, mbs, batch, labels).expect_err("refused")
         };
-        assert!(err(&i, &o, 4, 8, 10).contains("model.max_batch = 8 but Triton's model \"m\" takes at most 4"));
+        assert!(err(&i, &o, 4, 8, 10).contains("max_batch = 8 but Triton's model \"m\" takes at most 4"));
         assert!(err(&[tensor("x", "INT64", &[-1, 1, 8, 8])], &o, 8, 8, 10).contains("is INT64; FP32 or FP16"));
         assert!(err(&[tensor("x", "FP32", &[-1, 64])], &o, 8, 8, 10).contains("has shape [-1, 64]; Warren sends NCHW"));
         assert!(err(&[i[0].clone(), i[0].clone()], &o, 8, 8, 10).contains("has 2 inputs"));

@@ -6,29 +6,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::Connection;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use warren_common::JobKind;
-use warren_common::classify::Classifier;
+use warren_common::Limits;
 use warren_common::retry::RetryPolicy;
+use warren_infra::settings::Route;
 use warren_infra::{Publisher, Settings};
 
-use crate::batcher::Batcher;
 use crate::decide::Lane;
 use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
+use crate::registry::Registry;
 
 /// One session's worth of shared state: the connection, its publisher, and what outlives it.
 pub struct Worker {
     pub settings: Arc<Settings>,
     pub connection: Arc<Connection>,
     pub publisher: Publisher,
-    pub classifier: Option<Arc<dyn Classifier>>,
     pub worker_id: String,
-    /// Job kinds this worker runs.
-    pub kinds: Vec<JobKind>,
+    /// The kinds this worker runs.
+    pub registry: Arc<Registry>,
+    /// Their routes, resolved: declared with the fleet's topology.
+    pub routes: Arc<[Route]>,
+    /// The limits every job's context carries.
+    pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
-    /// Micro-batching for classify jobs of the work queue, when enabled.
-    pub batcher: Option<Batcher>,
     /// Cancelled when this session is lost: its deliveries can no longer be acked, and the
     /// broker has requeued them.
     pub lost: CancellationToken,
@@ -39,28 +41,27 @@ pub struct Worker {
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: Arc<Settings>,
         connection: Arc<Connection>,
         publisher: Publisher,
-        classifier: Option<Arc<dyn Classifier>>,
         worker_id: String,
-        kinds: Vec<JobKind>,
+        registry: Arc<Registry>,
+        routes: Arc<[Route]>,
         metrics: Arc<Metrics>,
-        batcher: Option<Batcher>,
     ) -> Self {
         let lost = CancellationToken::new();
         let gate = lost.child_token();
+        let limits = Arc::new(settings.limits.clone());
         Self {
             settings,
             connection,
             publisher,
-            classifier,
             worker_id,
-            kinds,
+            registry,
+            routes,
+            limits,
             metrics,
-            batcher,
             lost,
             gate,
             redeclaring: AtomicBool::new(false),
@@ -77,7 +78,7 @@ impl Worker {
         tokio::spawn(async move {
             let declared = async {
                 let channel = worker.connection.create_channel().await?;
-                warren_infra::topology::declare(&channel, &worker.settings).await?;
+                warren_infra::topology::declare_with(&channel, &worker.settings, &worker.routes).await?;
                 let _ = channel.close(200, "topology declared".into()).await;
                 anyhow::Ok(())
             };
@@ -92,7 +93,7 @@ impl Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("worker_id", &self.worker_id).field("kinds", &self.kinds).finish()
+        f.debug_struct("Worker").field("worker_id", &self.worker_id).field("registry", &self.registry).finish()
     }
 }
 
@@ -101,8 +102,9 @@ impl std::fmt::Debug for Worker {
 pub struct Served {
     /// The queue consumed: the route's work queue, or its returned lane.
     pub queue: String,
-    /// Its jobs need the model: it is not consumed while the model is not ready.
-    pub needs_model: bool,
+    /// The readiness of its kind's backend, when that can be down: while it is false the queue
+    /// is not consumed.
+    pub ready: Option<watch::Receiver<bool>>,
     pub lane: Lane,
     /// The route's work queue: dead letters are keyed by it, retries come back to it.
     pub work_queue: String,

@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use warren_common::Limits;
 use warren_common::codec::Encoding;
+use warren_common::kind::{self, RouteDefaults};
 use warren_common::resize::Filter;
 use warren_common::retry::RetryPolicy;
 
@@ -104,13 +105,18 @@ pub enum QueueType {
 }
 
 /// Jobs of `kind` are published to the jobs exchange with routing key `kind` and land in `queue`.
+/// In `[[routes]]` every field but `kind` is optional: an empty queue or a zero means the kind's
+/// own default (`Kind::route`), which [`Route::resolve`] fills in where the kind is known.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub kind: String,
+    /// "" = the kind's default queue, else `warren.<kind>`.
+    #[serde(default)]
     pub queue: String,
-    /// Longest a job of this kind may run; past it the job fails (see `consumer.retry_timeouts`).
-    #[serde(default = "default_time_limit_ms")]
+    /// Longest a job (or a batch) of this kind may run; past it the job fails (see
+    /// `consumer.retry_timeouts`). 0 = the kind's default.
+    #[serde(default)]
     pub time_limit_ms: u64,
     /// This kind's retry policy, replacing `[retry]` when given.
     #[serde(default)]
@@ -118,10 +124,15 @@ pub struct Route {
     /// Unacked deliveries per consumer of this queue; 0 = `consumer.prefetch`.
     #[serde(default)]
     pub prefetch: u16,
-}
-
-fn default_time_limit_ms() -> u64 {
-    60_000
+    /// Batched kinds: most jobs per run (1 = no batching) and how long the first waits for
+    /// others; 0 / unset = the kind's default.
+    #[serde(default)]
+    pub max_batch: usize,
+    #[serde(default)]
+    pub max_batch_wait_ms: Option<u64>,
+    /// Async kinds: jobs awaiting at once in one worker; 0 = the kind's default.
+    #[serde(default)]
+    pub concurrency: usize,
 }
 
 impl Route {
@@ -129,11 +140,42 @@ impl Route {
         Self {
             kind: kind.to_owned(),
             queue: queue.to_owned(),
-            time_limit_ms: default_time_limit_ms(),
+            time_limit_ms: 0,
             retry: None,
             prefetch: 0,
+            max_batch: 0,
+            max_batch_wait_ms: None,
+            concurrency: 0,
         }
     }
+
+    /// This route with what it leaves open taken from the kind's defaults.
+    pub fn resolve(&self, defaults: &RouteDefaults) -> Route {
+        let queue = match (self.queue.as_str(), defaults.queue.as_str()) {
+            ("", "") => default_queue(&self.kind),
+            ("", q) | (q, _) => q.to_owned(),
+        };
+        let or = |own: u64, default: u64| if own == 0 { default } else { own };
+        Route {
+            kind: self.kind.clone(),
+            queue,
+            time_limit_ms: or(self.time_limit_ms, defaults.time_limit.as_millis() as u64),
+            retry: self.retry.clone().or_else(|| defaults.retry.clone()),
+            prefetch: if self.prefetch == 0 { defaults.prefetch } else { self.prefetch },
+            max_batch: or(self.max_batch as u64, defaults.max_batch as u64).max(1) as usize,
+            max_batch_wait_ms: Some(self.max_batch_wait_ms.unwrap_or(defaults.max_batch_wait.as_millis() as u64)),
+            concurrency: or(self.concurrency as u64, defaults.concurrency as u64).max(1) as usize,
+        }
+    }
+
+    pub fn time_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.time_limit_ms)
+    }
+}
+
+/// The queue of a kind that neither its route nor the kind names: `warren.<kind>`.
+pub fn default_queue(kind: &str) -> String {
+    format!("warren.{kind}")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,10 +220,6 @@ pub struct ModelSettings {
     pub std: Vec<f32>,
     pub resize_filter: Filter,
     pub max_aspect_ratio: f32,
-    /// Micro-batching: most jobs per model run (1 = no batching) ...
-    pub max_batch: usize,
-    /// ... and how long the first job of a batch waits for others.
-    pub max_batch_wait_ms: u64,
     pub outputs: ModelOutputs,
     pub height: usize,
     pub width: usize,
@@ -302,6 +340,11 @@ impl Settings {
             .with_context(|| format!("invalid configuration in {} (WARREN_ENV={env})", dir.display()))?;
         let base = dir.parent().unwrap_or(Path::new("."));
         settings.resolve_paths(base);
+        for r in &mut settings.routes {
+            if r.queue.is_empty() {
+                r.queue = default_queue(&r.kind);
+            }
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -324,12 +367,18 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        for r in &self.routes {
-            warren_common::JobKind::parse(&r.kind)
-                .with_context(|| format!("route for queue {:?} names an unknown job kind", r.queue))?;
+        for k in self.routes.iter().map(|r| &r.kind).chain(&self.consumer.kinds) {
+            anyhow::ensure!(
+                kind::valid_name(k),
+                "{k:?} is not a job kind's name: lowercase words of a-z, 0-9, _ or -, joined by dots"
+            );
         }
-        for k in &self.consumer.kinds {
-            anyhow::ensure!(self.route(k).is_some(), "consumer.kinds names {k:?}, which has no entry in [[routes]]");
+        for (i, r) in self.routes.iter().enumerate() {
+            anyhow::ensure!(
+                !self.routes[..i].iter().any(|o| o.kind == r.kind),
+                "[[routes]] names kind {:?} twice",
+                r.kind
+            );
         }
         anyhow::ensure!(self.broker.confirm_timeout_ms > 0, "broker.confirm_timeout_ms must be positive");
         anyhow::ensure!(
@@ -351,7 +400,6 @@ impl Settings {
             );
         }
         for r in &self.routes {
-            anyhow::ensure!(r.time_limit_ms > 0, "route {}: time_limit_ms must be positive", r.kind);
             if let Some(p) = &r.retry {
                 p.check().map_err(anyhow::Error::msg).with_context(|| format!("route {}: retry", r.kind))?;
             }
@@ -371,15 +419,6 @@ impl Settings {
 
     pub fn route(&self, kind: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.kind == kind)
-    }
-
-    /// The routes this consumer serves: those named in `consumer.kinds`, or all when empty.
-    pub fn consumer_routes(&self) -> Vec<Route> {
-        self.routes
-            .iter()
-            .filter(|r| self.consumer.kinds.is_empty() || self.consumer.kinds.contains(&r.kind))
-            .cloned()
-            .collect()
     }
 
     /// The returned lane of a work queue: jobs that came back unanswered, run one at a time.

@@ -20,7 +20,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::settings::{QueueType, Settings};
+use crate::settings::{QueueType, Route, Settings};
 
 /// Everything Warren declares.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +34,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The fleet's topology: the routes of `[[routes]]`.
     pub fn from_settings(settings: &Settings) -> Self {
+        Self::with_routes(settings, &[])
+    }
+
+    /// The fleet's topology and that of `own` routes (a worker's resolved routes, some of which
+    /// `[[routes]]` may not name).
+    pub fn with_routes(settings: &Settings, own: &[Route]) -> Self {
         let t = &settings.topology;
         let mut plan = Plan {
             exchanges: vec![
@@ -49,7 +56,9 @@ impl Plan {
             plan.queues.push((t.results_queue.clone(), queue_args(settings, None)));
             plan.bindings.push((t.results_queue.clone(), t.results_exchange.clone(), "#".into()));
         }
-        for route in &settings.routes {
+        let mut routes: Vec<&Route> = own.iter().collect();
+        routes.extend(settings.routes.iter().filter(|r| !own.iter().any(|o| o.kind == r.kind)));
+        for route in routes {
             let dead = settings.dead_queue(&route.queue);
             plan.queues.push((dead.clone(), queue_args(settings, None)));
             plan.bindings.push((dead, t.dead_letter_exchange.clone(), route.queue.clone()));
@@ -81,7 +90,12 @@ pub fn reply_queue_args(settings: &Settings) -> FieldTable {
 }
 
 pub async fn declare(channel: &Channel, settings: &Settings) -> anyhow::Result<()> {
-    let plan = Plan::from_settings(settings);
+    declare_with(channel, settings, &[]).await
+}
+
+/// Declares the fleet's topology and that of a worker's own routes.
+pub async fn declare_with(channel: &Channel, settings: &Settings, own: &[Route]) -> anyhow::Result<()> {
+    let plan = Plan::with_routes(settings, own);
     for (name, kind) in &plan.exchanges {
         let kind = if *kind == "direct" { ExchangeKind::Direct } else { ExchangeKind::Topic };
         channel

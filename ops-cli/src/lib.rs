@@ -10,5 +10,6 @@ pub mod commands;
 pub mod context;
 pub mod dumpfile;
 pub mod errors;
+pub mod jobview;
 pub mod mgmt;
 pub mod output;

@@ -6,9 +6,9 @@ mod wire_enum;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use warren_common::Encoding;
 use warren_common::image_io::Format;
 use warren_common::resize::{Filter, ResizeMode};
-use warren_common::{Encoding, JobKind};
 
 use wire_enum::wire_enum;
 
@@ -41,6 +41,37 @@ pub enum Command {
     Checksum(ChecksumArgs),
     /// Generate load: COUNT copies of one job, paced and bounded, with a latency report.
     Load(LoadArgs),
+    /// Publish one job of any kind (JSON), files attached as bytes fields; or, with --each, one
+    /// job per file.
+    Submit(SubmitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The job's kind (its routing key), e.g. image.blurhash.
+    #[arg(long)]
+    pub kind: String,
+    /// The job's input as JSON: inline, or @path to read it from a file.
+    #[arg(long, default_value = "{}")]
+    pub job: String,
+    /// A file's bytes as a field of the job (base64 in JSON): FIELD=PATH; repeatable.
+    #[arg(long = "bytes", value_name = "FIELD=PATH")]
+    pub bytes: Vec<String>,
+    /// One job per file of PATHS, each file's bytes in this field (resize, classify and
+    /// checksum are this with their own field).
+    #[arg(long, value_name = "FIELD", requires = "paths")]
+    pub each: Option<String>,
+    /// With --each: files or directories.
+    pub paths: Vec<PathBuf>,
+    /// Await the result and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --each and --wait: write outputs into this directory.
+    #[arg(long, requires = "wait")]
+    pub out: Option<PathBuf>,
+    /// With --each: jobs in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
 }
 
 #[derive(Args, Debug)]
@@ -81,11 +112,15 @@ pub struct ChecksumArgs {
 
 #[derive(Args, Debug)]
 pub struct LoadArgs {
-    #[arg(long, value_parser = parse_kind, default_value = "checksum")]
-    pub kind: JobKind,
+    /// Any kind: the built-in ones make their job from the flags below; any other needs --job.
+    #[arg(long, default_value = "checksum")]
+    pub kind: String,
     /// The job's input file (image kinds need one); checksum jobs default to SIZE zero bytes.
     #[arg(long)]
     pub input: Option<PathBuf>,
+    /// For a kind this tool has no flags for: its input as JSON (inline or @path), sent as it is.
+    #[arg(long)]
+    pub job: Option<String>,
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
     #[arg(long, default_value_t = 1000)]
@@ -123,8 +158,4 @@ pub struct FilesArgs {
     /// Jobs in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-}
-
-fn parse_kind(s: &str) -> Result<JobKind, String> {
-    JobKind::parse(s).map_err(|e| e.to_string())
 }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use warren_common::headers as h;
-use warren_common::{Encoding, Job, JobEnvelope, JobError, JobResult};
+use warren_common::{Encoding, Job, JobEnvelope, JobError, JobResult, Kind};
 use warren_infra::backoff::Backoff;
 use warren_infra::{PublishError, Publisher, Settings, fields, topology};
 
@@ -113,11 +113,17 @@ impl Producer {
         Ok(())
     }
 
+    /// Publishes a job of kind `K`, typed: `producer.submit::<Resize>(job, &opts)`. Its result
+    /// reads back with `result.output_as::<K>()`.
+    pub async fn submit<K: Kind>(&self, input: K::Input, opts: &PublishOptions) -> Result<Ticket, ProducerError> {
+        self.publish(&Job::new::<K>(input), opts).await
+    }
+
     /// Publishes a job to the jobs exchange with routing key = its kind.
     pub async fn publish(&self, job: &Job, opts: &PublishOptions) -> Result<Ticket, ProducerError> {
         let encoding = opts.encoding.unwrap_or(self.settings.producer.encoding);
         let body = JobEnvelope::encode(job, encoding)?;
-        self.publish_raw(job.kind().as_str(), &body, Some(encoding.content_type()), opts).await
+        self.publish_raw(job.kind(), &body, Some(encoding.content_type()), opts).await
     }
 
     /// Publishes any body, as any publisher in any language could; for interoperability tests

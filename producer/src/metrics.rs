@@ -42,7 +42,8 @@ impl ProducerMetrics {
     }
 
     pub fn published(&self, kind: &str, outcome: &'static str, took: Duration) {
-        let kind = warren_common::JobKind::parse(kind).map(|k| k.as_str()).unwrap_or("unknown");
+        // The kinds this producer's own code publishes; a name that could not be a kind is not a label.
+        let kind = if warren_common::kind::valid_name(kind) { kind } else { "invalid" };
         self.published.with_label_values(&[kind, outcome]).inc();
         if outcome == "acked" {
             self.confirm_seconds.with_label_values(&[kind]).observe(took.as_secs_f64());

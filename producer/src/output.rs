@@ -3,7 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use warren_common::{JobOutput, JobResult, ResultStatus};
+use warren_common::checksum::Checksum;
+use warren_common::classify::Classify;
+use warren_common::fault::Fault;
+use warren_common::resize::Resize;
+use warren_common::{JobResult, Output, ResultStatus};
 
 /// The line printed for a file's result, with where its output was written.
 pub fn result_line(input: &Path, job_id: &str, result: &JobResult, written: Option<&Path>) -> String {
@@ -28,28 +32,46 @@ pub fn totals(ok: usize, failed: usize, waited: bool) -> String {
     }
 }
 
-/// A one-line summary of a result.
+/// A one-line summary of a result: the built-in kinds' outputs in words, any other kind's as
+/// its JSON (clipped).
 pub fn summary(result: &JobResult) -> String {
     match (&result.status, &result.output, &result.error) {
-        (ResultStatus::Ok, Some(JobOutput::Resize(r)), _) => format!(
-            "ok {}x{} -> {}x{} {} ({} bytes)",
+        (ResultStatus::Ok, Some(output), _) => format!("ok {}", output_summary(output)),
+        (_, _, Some(e)) => format!("error {} ({}): {}", e.error_type, e.class.as_str(), e.message),
+        _ => "error: result with neither output nor error".to_owned(),
+    }
+}
+
+fn output_summary(output: &Output) -> String {
+    if let Ok(r) = output.decode::<Resize>() {
+        return format!(
+            "{}x{} -> {}x{} {} ({} bytes)",
             r.source_width,
             r.source_height,
             r.width,
             r.height,
             r.format.as_str(),
             r.image.len()
-        ),
-        (ResultStatus::Ok, Some(JobOutput::Classify(c)), _) => {
-            let top: Vec<String> = c.predictions.iter().map(|p| format!("{} {:.3}", p.label, p.score)).collect();
-            format!("ok {}: {}", c.model, top.join(", "))
+        );
+    }
+    if let Ok(c) = output.decode::<Classify>() {
+        let top: Vec<String> = c.predictions.iter().map(|p| format!("{} {:.3}", p.label, p.score)).collect();
+        return format!("{}: {}", c.model, top.join(", "));
+    }
+    if let Ok(f) = output.decode::<Fault>() {
+        return format!("on attempt {}", f.attempt);
+    }
+    if let Ok(c) = output.decode::<Checksum>() {
+        return format!("crc32 {:08x} over {} bytes x {}", c.crc32, c.bytes, c.rounds);
+    }
+    match output.to_json() {
+        Some(json) => {
+            let text = json.to_string();
+            let clipped: String = text.chars().take(100).collect();
+            let more = if clipped.len() < text.len() { "..." } else { "" };
+            format!("{}: {clipped}{more}", output.kind())
         }
-        (ResultStatus::Ok, Some(JobOutput::Fault(f)), _) => format!("ok on attempt {}", f.attempt),
-        (ResultStatus::Ok, Some(JobOutput::Checksum(c)), _) => {
-            format!("ok crc32 {:08x} over {} bytes x {}", c.crc32, c.bytes, c.rounds)
-        }
-        (_, _, Some(e)) => format!("error {} ({}): {}", e.error_type, e.class.as_str(), e.message),
-        _ => "error: result with neither output nor error".to_owned(),
+        None => format!("{} (a bincode output; ask for JSON to read it here)", output.kind()),
     }
 }
 
@@ -58,15 +80,31 @@ pub fn summary(result: &JobResult) -> String {
 pub fn write(dir: &Path, input: &Path, result: &JobResult) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("job");
-    let (path, bytes) = match &result.output {
-        Some(JobOutput::Resize(r)) => (dir.join(format!("{stem}.{}", r.format.extension())), r.image.clone()),
-        Some(JobOutput::Classify(c)) => (dir.join(format!("{stem}.json")), serde_json::to_vec_pretty(c)?),
-        Some(JobOutput::Fault(f)) => (dir.join(format!("{stem}.json")), serde_json::to_vec_pretty(f)?),
-        Some(JobOutput::Checksum(c)) => (dir.join(format!("{stem}.json")), serde_json::to_vec_pretty(c)?),
-        None => (dir.join(format!("{stem}.error.json")), serde_json::to_vec_pretty(&result.error)?),
+    let resized = result.output.as_ref().and_then(|o| o.decode::<Resize>().ok());
+    let (path, bytes) = match (&result.output, resized) {
+        (_, Some(r)) => (dir.join(format!("{stem}.{}", r.format.extension())), r.image),
+        (Some(output), None) => {
+            let json = output_json(output).context("a bincode output of a kind this tool does not know")?;
+            (dir.join(format!("{stem}.json")), serde_json::to_vec_pretty(&json)?)
+        }
+        (None, None) => (dir.join(format!("{stem}.error.json")), serde_json::to_vec_pretty(&result.error)?),
     };
     std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// An output as JSON: as it came when it came as JSON; a built-in kind's from its type when it
+/// came as bincode.
+fn output_json(output: &Output) -> Option<serde_json::Value> {
+    fn typed<K: warren_common::Kind>(o: &Output) -> Option<serde_json::Value> {
+        o.decode::<K>().ok().and_then(|v| serde_json::to_value(v).ok())
+    }
+    output
+        .to_json()
+        .or_else(|| typed::<Resize>(output))
+        .or_else(|| typed::<Classify>(output))
+        .or_else(|| typed::<Checksum>(output))
+        .or_else(|| typed::<Fault>(output))
 }
 
 #[cfg(test)]
@@ -77,7 +115,7 @@ mod tests {
     use super::*;
 
     fn checksum_result() -> JobResult {
-        let output = JobOutput::Checksum(ChecksumOutput { crc32: 0x1c29_1ca3, bytes: 17, rounds: 2 });
+        let output = Output::new::<Checksum>(ChecksumOutput { crc32: 0x1c29_1ca3, bytes: 17, rounds: 2 });
         JobResult::ok("job-1".into(), "checksum".into(), output, 1, "worker-1".into(), Timing::default())
     }
 
@@ -93,6 +131,13 @@ mod tests {
             "a.bin [job-1] ok crc32 1c291ca3 over 17 bytes x 2 -> out/a.json"
         );
         assert_eq!(no_result_line(Path::new("a.bin"), "job-1", &"timed out"), "a.bin [job-1] error: timed out");
+    }
+
+    #[test]
+    fn any_other_kind_is_summarised_as_its_json() {
+        let body = br#"{"version":1,"job_id":"j","kind":"image.blurhash","status":"ok","output":{"image.blurhash":{"hash":"LEHV6nWB2yk8"}},"error":null,"attempt":0,"worker":"w","timing":{"started_at_us":0,"finished_at_us":0}}"#;
+        let r = JobResult::decode(body, warren_common::Encoding::Json).expect("a result");
+        assert_eq!(summary(&r), r#"ok image.blurhash: {"hash":"LEHV6nWB2yk8"}"#);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub fn cluster_settings(cluster: &Cluster, vhost: &Vhost, order: &[usize]) -> Se
 
 /// A checksum job numbered `i` (its data says which).
 pub fn job(i: usize) -> Job {
-    Job::Checksum(ChecksumJob { data: (i as u64).to_le_bytes().to_vec(), rounds: 1 })
+    Job::from(ChecksumJob { data: (i as u64).to_le_bytes().to_vec(), rounds: 1 })
 }
 
 /// Reads the results queue until every one of `jobs` job ids has a result (acking each), or

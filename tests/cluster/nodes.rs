@@ -193,7 +193,7 @@ async fn warrenctl_status_and_replay_work_on_the_cluster_with_a_node_down() {
     strict.limits.max_body_bytes = 16;
     let fleet = warren_e2e::Fleet::start(strict).await;
     for i in 0..5 {
-        let big = Job::Checksum(warren_common::checksum::ChecksumJob { data: vec![i; 64], rounds: 1 });
+        let big = Job::from(warren_common::checksum::ChecksumJob { data: vec![i; 64], rounds: 1 });
         producer.publish(&big, &PublishOptions::default()).await.expect("publish");
     }
     until("5 dead letters", DEADLINE, || async { depth(&settings, "warren.checksum.dead").await == 5 }).await;

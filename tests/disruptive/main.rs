@@ -116,7 +116,7 @@ async fn a_broker_restart_mid_run_loses_nothing(vhost: Vhost) {
     settings.broker.reconnect_max_ms = 1000;
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let producer = std::sync::Arc::new(producer);
-    let job = |i: usize| Job::Checksum(ChecksumJob { data: (i as u32).to_le_bytes().to_vec(), rounds: 1 });
+    let job = |i: usize| Job::from(ChecksumJob { data: (i as u32).to_le_bytes().to_vec(), rounds: 1 });
     // The first half before the restart; some may still be in flight when the broker stops.
     let mut tickets = Vec::new();
     for i in 0..N / 2 {

@@ -11,7 +11,7 @@ use warren_producer::{Producer, PublishOptions};
 
 /// A job that keeps its worker busy for `ms` (the `fault` route of config/test.toml).
 fn slow_job(ms: u64) -> Job {
-    Job::Fault(FaultJob { busy_ms: ms, ..FaultJob::default() })
+    Job::from(FaultJob { busy_ms: ms, ..FaultJob::default() })
 }
 
 /// The settings the binaries run with here: config/ with the WARREN_ENV=test overlay.

@@ -70,16 +70,16 @@ async fn every_dashboard_query_parses_and_returns_data_on_a_real_prometheus(vhos
     let opts = warren_e2e::want_result();
     for round in 0..4 {
         let jobs = [
-            Job::Checksum(ChecksumJob { data: vec![round; 64], rounds: 1 }),
-            Job::Classify(ClassifyJob { image: digit.clone(), top_k: Some(1) }),
+            Job::from(ChecksumJob { data: vec![round; 64], rounds: 1 }),
+            Job::from(ClassifyJob { image: digit.clone(), top_k: Some(1) }),
             photo_resize(),
             small_resize(b"not an image".to_vec()),
-            Job::Fault(FaultJob { transient_failures: 1, ..FaultJob::default() }),
+            Job::from(FaultJob { transient_failures: 1, ..FaultJob::default() }),
         ];
         for job in &jobs {
             producer.publish(job, &opts).await.expect("publish").wait(DEADLINE).await.expect("a result");
         }
-        let classify = Job::Classify(ClassifyJob { image: digit.clone(), top_k: Some(1) });
+        let classify = Job::from(ClassifyJob { image: digit.clone(), top_k: Some(1) });
         triton_producer.publish(&classify, &opts).await.expect("publish").wait(DEADLINE).await.expect("a result");
         tokio::time::sleep(Duration::from_millis(700)).await;
     }

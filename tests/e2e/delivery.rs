@@ -32,7 +32,7 @@ fn fast_retries(max_attempts: u32) -> RetryPolicy {
 }
 
 fn fault(job: FaultJob) -> Job {
-    Job::Fault(job)
+    Job::from(job)
 }
 
 /// Publishes `body` with `props` through a confirm channel of the test's own.
@@ -312,7 +312,7 @@ async fn a_deleted_work_queue_is_noticed_declared_again_and_consumed_again(vhost
     let back = start.elapsed();
     println!("deleted queue: not ready after {noticed:?}, consuming again after {back:?}");
     assert!(back < Duration::from_secs(10), "{back:?}");
-    let job = Job::Checksum(warren_common::checksum::ChecksumJob { data: b"again".to_vec(), rounds: 1 });
+    let job = Job::from(warren_common::checksum::ChecksumJob { data: b"again".to_vec(), rounds: 1 });
     let ticket = producer.publish(&job, &want_result()).await.expect("the queue exists again");
     assert_eq!(ticket.wait(DEADLINE).await.expect("result").status, ResultStatus::Ok);
     let scrape = Scrape::take(fleet.metrics_addr.expect("metrics"));

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use futures_util::StreamExt as _;
 use rstest::rstest;
 use warren_common::classify::ClassifyJob;
-use warren_common::{Encoding, Job, JobOutput};
+use warren_common::{Encoding, Job};
 use warren_e2e::{DEADLINE, Vhost, fleet_and_producer, repo_root, settings_for, vhost};
 use warren_producer::PublishOptions;
 
@@ -37,9 +37,11 @@ async fn every_sample_matches_the_measured_accuracy(#[case] variant: &str, #[cas
             let path = dir.join("samples").join(&name);
             async move {
                 let image = std::fs::read(&path).expect("sample");
-                let t = producer.publish(&Job::Classify(ClassifyJob { image, top_k: Some(1) }), &opts).await;
+                let t = producer.publish(&Job::from(ClassifyJob { image, top_k: Some(1) }), &opts).await;
                 let r = t.expect("publish").wait(DEADLINE).await.expect("result");
-                let Some(JobOutput::Classify(out)) = r.output else { panic!("{name}: {:?}", r.error) };
+                let Some(out) = r.output_as::<warren_common::classify::Classify>() else {
+                    panic!("{name}: {:?}", r.error)
+                };
                 (name, u64::from(out.predictions[0].index))
             }
         })
@@ -66,8 +68,8 @@ async fn classify_jobs_share_model_runs_and_keep_their_own_outcomes(vhost: Vhost
     let mut settings = settings_for(&vhost);
     settings.consumer.kinds = vec!["ml.classify".into()];
     settings.consumer.pool_size = 1;
-    settings.model.max_batch = 8;
-    settings.model.max_batch_wait_ms = 50;
+    let route = warren_e2e::route(&mut settings, "ml.classify");
+    (route.max_batch, route.max_batch_wait_ms) = (8, Some(50));
     let (fleet, producer) = fleet_and_producer(&settings).await;
     assert_eq!(fleet.prefetch, 4, "the default prefetch (4 per pool slot) ...");
     let addr = fleet.metrics_addr.expect("metrics");
@@ -89,7 +91,7 @@ async fn classify_jobs_share_model_runs_and_keep_their_own_outcomes(vhost: Vhost
         } else {
             std::fs::read(dir.join("samples").join(name)).expect("sample")
         };
-        let job = Job::Classify(ClassifyJob { image, top_k: Some(1) });
+        let job = Job::from(ClassifyJob { image, top_k: Some(1) });
         tickets.push(producer.publish(&job, &warren_e2e::want_result()).await.expect("publish"));
     }
     for (i, (name, t)) in names.iter().zip(tickets).enumerate() {
@@ -98,7 +100,7 @@ async fn classify_jobs_share_model_runs_and_keep_their_own_outcomes(vhost: Vhost
             assert_eq!(r.error.expect("the bad one fails").error_type, "unsupported_format");
             continue;
         }
-        let Some(JobOutput::Classify(out)) = r.output else { panic!("{name}: {:?}", r.error) };
+        let Some(out) = r.output_as::<warren_common::classify::Classify>() else { panic!("{name}: {:?}", r.error) };
         assert_eq!(
             u64::from(out.predictions[0].index),
             expected["models"]["f32"]["predicted"][name].as_u64().expect("p")

@@ -46,7 +46,7 @@ async fn bad_messages_are_dead_lettered_and_the_next_job_succeeds(vhost: Vhost) 
     }
     // The good job after the bad ones: the consumer is still there and still right.
     let good = producer
-        .publish(&Job::Checksum(ChecksumJob { data: b"still alive".to_vec(), rounds: 1 }), &reply)
+        .publish(&Job::from(ChecksumJob { data: b"still alive".to_vec(), rounds: 1 }), &reply)
         .await
         .expect("publish good");
 
@@ -103,7 +103,7 @@ async fn nothing_is_lost_every_job_is_a_result_or_a_dead_letter(vhost: Vhost) {
         } else {
             let encoding = Some(if i % 2 == 0 { Encoding::Json } else { Encoding::Bincode });
             let opts = PublishOptions { encoding, ..reply.clone() };
-            producer.publish(&Job::Checksum(ChecksumJob { data: i.to_le_bytes().to_vec(), rounds: 1 }), &opts).await
+            producer.publish(&Job::from(ChecksumJob { data: i.to_le_bytes().to_vec(), rounds: 1 }), &opts).await
         };
         tickets.push(t.expect("publish confirmed"));
     }
@@ -142,7 +142,7 @@ async fn an_unroutable_publish_is_an_error(vhost: Vhost) {
     );
     // A routable one on the same channel still works.
     producer
-        .publish(&Job::Checksum(ChecksumJob { data: vec![], rounds: 1 }), &PublishOptions::default())
+        .publish(&Job::from(ChecksumJob { data: vec![], rounds: 1 }), &PublishOptions::default())
         .await
         .expect("routable publish");
     producer.close().await;

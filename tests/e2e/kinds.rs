@@ -5,7 +5,7 @@ use warren_common::checksum::ChecksumJob;
 use warren_common::classify::ClassifyJob;
 use warren_common::image_io::{self, Format};
 use warren_common::resize::{Filter, ResizeJob, ResizeMode};
-use warren_common::{Encoding, Job, JobOutput, ResultStatus};
+use warren_common::{Encoding, Job, ResultStatus};
 use warren_e2e::{DEADLINE, Fleet, Vhost, fleet_and_producer, repo_root, settings_for, vhost};
 use warren_producer::{Producer, PublishOptions};
 
@@ -27,7 +27,7 @@ async fn every_kind_in_both_encodings(#[values(Encoding::Json, Encoding::Bincode
         ("china_small.webp", ResizeMode::Exact, Format::Webp, (100, 40)),
     ];
     for (file, mode, format, (w, h)) in cases {
-        let job = Job::Resize(ResizeJob {
+        let job = Job::from(ResizeJob {
             image: photo(file),
             width: 100,
             height: if mode == ResizeMode::Exact { 40 } else { 100 },
@@ -39,7 +39,7 @@ async fn every_kind_in_both_encodings(#[values(Encoding::Json, Encoding::Bincode
         let ticket = producer.publish(&job, &opts).await.expect("publish resize");
         let result = ticket.wait(DEADLINE).await.expect("resize result");
         assert_eq!(result.status, ResultStatus::Ok, "{file}: {:?}", result.error);
-        let Some(JobOutput::Resize(out)) = result.output else { panic!("not a resize output") };
+        let Some(out) = result.output_as::<warren_common::resize::Resize>() else { panic!("not a resize output") };
         assert_eq!((out.width, out.height, out.format), (w, h, format), "{file}");
         assert_eq!(image_io::sniff(&out.image).expect("output is an image"), format);
         let decoded = image::load_from_memory(&out.image).expect("output decodes");
@@ -49,11 +49,13 @@ async fn every_kind_in_both_encodings(#[values(Encoding::Json, Encoding::Bincode
     // ml.classify: a digit the model gets right.
     let sample = std::fs::read(repo_root().join("models/digits/samples/001_label4.png")).expect("digit");
     let ticket = producer
-        .publish(&Job::Classify(ClassifyJob { image: sample, top_k: Some(3) }), &opts)
+        .publish(&Job::from(ClassifyJob { image: sample, top_k: Some(3) }), &opts)
         .await
         .expect("publish classify");
     let result = ticket.wait(DEADLINE).await.expect("classify result");
-    let Some(JobOutput::Classify(out)) = result.output else { panic!("not a classify output: {:?}", result.error) };
+    let Some(out) = result.output_as::<warren_common::classify::Classify>() else {
+        panic!("not a classify output: {:?}", result.error)
+    };
     assert_eq!(out.predictions.len(), 3);
     assert_eq!(out.predictions[0].label, "4");
     assert!(out.predictions.windows(2).all(|w| w[0].score >= w[1].score));
@@ -61,7 +63,7 @@ async fn every_kind_in_both_encodings(#[values(Encoding::Json, Encoding::Bincode
     // checksum: compare with a CRC computed here.
     let data = b"warren checksum payload".repeat(100);
     let ticket = producer
-        .publish(&Job::Checksum(ChecksumJob { data: data.clone(), rounds: 3 }), &opts)
+        .publish(&Job::from(ChecksumJob { data: data.clone(), rounds: 3 }), &opts)
         .await
         .expect("publish checksum");
     let job_id = ticket.job_id.clone();
@@ -71,7 +73,7 @@ async fn every_kind_in_both_encodings(#[values(Encoding::Json, Encoding::Bincode
     for _ in 0..3 {
         h.update(&data);
     }
-    let Some(JobOutput::Checksum(out)) = result.output else { panic!("not a checksum output") };
+    let Some(out) = result.output_as::<warren_common::checksum::Checksum>() else { panic!("not a checksum output") };
     assert_eq!((out.crc32, out.bytes), (h.finalize(), data.len() as u64));
 
     producer.close().await;
@@ -85,7 +87,7 @@ async fn results_without_reply_to_go_to_the_results_queue(vhost: Vhost) {
     let fleet = Fleet::start(settings.clone()).await;
     let producer = Producer::connect(settings.clone()).await.expect("producer connects");
     let ticket = producer
-        .publish(&Job::Checksum(ChecksumJob { data: b"x".to_vec(), rounds: 1 }), &PublishOptions::default())
+        .publish(&Job::from(ChecksumJob { data: b"x".to_vec(), rounds: 1 }), &PublishOptions::default())
         .await
         .expect("publish");
     let got = warren_e2e::collect_messages(&settings, &settings.topology.results_queue, 1, DEADLINE).await;
@@ -107,7 +109,7 @@ async fn quorum_queues_with_a_delivery_limit_work_too(vhost: Vhost) {
     settings.topology.delivery_limit = 5;
     let (fleet, producer) = warren_e2e::fleet_and_producer(&settings).await;
     let ticket = producer
-        .publish(&Job::Checksum(ChecksumJob { data: b"quorum".to_vec(), rounds: 1 }), &warren_e2e::want_result())
+        .publish(&Job::from(ChecksumJob { data: b"quorum".to_vec(), rounds: 1 }), &warren_e2e::want_result())
         .await
         .expect("publish");
     assert_eq!(ticket.wait(DEADLINE).await.expect("result").status, ResultStatus::Ok);
@@ -125,7 +127,7 @@ async fn starting_against_queues_of_the_other_type_says_what_to_do_and_warrenctl
 
     let mut quorum = classic.clone();
     quorum.topology.queue_type = warren_infra::settings::QueueType::Quorum;
-    let e = format!("{:#}", warren_consumer::Application::build(quorum).await.expect_err("refused"));
+    let e = format!("{:#}", warren_consumer::builtin::worker().build(quorum).await.expect_err("refused"));
     println!("quorum worker against classic queues: {e}");
     assert!(e.contains("exists on the broker as another type of queue than topology.queue_type = \"quorum\""), "{e}");
     assert!(e.contains("set topology.queue_type = \"classic\" to keep it") && e.contains("warrenctl dump"), "{e}");

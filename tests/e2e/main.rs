@@ -7,6 +7,7 @@ mod crash;
 mod dashboard;
 mod delivery;
 mod digits;
+mod example;
 mod failures;
 mod imaging;
 mod kinds;

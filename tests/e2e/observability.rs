@@ -20,7 +20,7 @@ async fn counters_and_histograms_move_by_the_right_amounts_and_readyz_follows_th
 
     let mut tickets = Vec::new();
     for i in 0..5u8 {
-        let job = Job::Checksum(ChecksumJob { data: vec![i; 100], rounds: 1 });
+        let job = Job::from(ChecksumJob { data: vec![i; 100], rounds: 1 });
         tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
     }
     for _ in 0..2 {
@@ -135,9 +135,9 @@ async fn every_metric_the_dashboard_queries_is_exported(vhost: Vhost) {
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let digit = std::fs::read(warren_e2e::repo_root().join("models/digits/samples/001_label4.png")).expect("digit");
     let jobs = [
-        Job::Checksum(ChecksumJob { data: vec![1], rounds: 1 }),
-        Job::Classify(warren_common::classify::ClassifyJob { image: digit, top_k: Some(1) }),
-        Job::Classify(warren_common::classify::ClassifyJob { image: b"not an image".to_vec(), top_k: None }),
+        Job::from(ChecksumJob { data: vec![1], rounds: 1 }),
+        Job::from(warren_common::classify::ClassifyJob { image: digit, top_k: Some(1) }),
+        Job::from(warren_common::classify::ClassifyJob { image: b"not an image".to_vec(), top_k: None }),
     ];
     for job in &jobs {
         producer.publish(job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");

@@ -16,7 +16,7 @@ async fn pool_of_two_runs_two_at_a_time(vhost: Vhost) {
     assert_eq!((fleet.pool_size, fleet.prefetch), (2, 10));
     let opts = want_result();
     // Each job hashes 64 KiB x 4000 = 256 MiB: tens of milliseconds, long enough to overlap.
-    let job = Job::Checksum(ChecksumJob { data: vec![7; 64 * 1024], rounds: 4000 });
+    let job = Job::from(ChecksumJob { data: vec![7; 64 * 1024], rounds: 4000 });
     let mut tickets = Vec::new();
     for _ in 0..8 {
         tickets.push(producer.publish(&job, &opts).await.expect("publish"));

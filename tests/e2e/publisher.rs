@@ -404,8 +404,8 @@ async fn refused_results_are_never_acked_as_done_through_the_binary(vhost: Vhost
     declare(&ch, "replies.refusing", refusing(FieldTable::default())).await;
     declare(&ch, "replies.plain", FieldTable::default()).await;
     ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
-    let resize_body = JobEnvelope::encode(&Job::Resize(resize), Encoding::Json).expect("encode");
-    let checksum = Job::Checksum(ChecksumJob { data: b"warren".to_vec(), rounds: 1 });
+    let resize_body = JobEnvelope::encode(&Job::from(resize), Encoding::Json).expect("encode");
+    let checksum = Job::from(ChecksumJob { data: b"warren".to_vec(), rounds: 1 });
     let checksum_body = JobEnvelope::encode(&checksum, Encoding::Json).expect("encode");
 
     // Interleaved: one resize job every (total / resizes) jobs. Nothing here refuses a job, so

@@ -11,7 +11,7 @@ use rstest::rstest;
 use warren_common::fault::FaultJob;
 use warren_common::headers as h;
 use warren_common::retry::RetryPolicy;
-use warren_common::{ErrorClass, Job, JobEnvelope, JobOutput, ResultStatus};
+use warren_common::{ErrorClass, Job, JobEnvelope, ResultStatus};
 use warren_e2e::{
     DEADLINE, Vhost, collect_messages, fleet_and_producer, queue_depth, settings_for, vhost, want_result,
 };
@@ -25,7 +25,7 @@ fn with_fault_route(vhost: &Vhost, time_limit_ms: u64, retry: RetryPolicy) -> Se
 }
 
 fn fault(transient_failures: u32, panic: bool, busy_ms: u64) -> Job {
-    Job::Fault(FaultJob { transient_failures, panic, busy_ms, ..FaultJob::default() })
+    Job::from(FaultJob { transient_failures, panic, busy_ms, ..FaultJob::default() })
 }
 
 fn fast_retries(max_attempts: u32) -> RetryPolicy {
@@ -43,8 +43,8 @@ async fn a_job_that_fails_twice_succeeds_on_its_third_attempt_after_the_delays(v
     assert_eq!(result.status, ResultStatus::Ok, "{:?}", result.error);
     assert_eq!(result.attempt, 2);
     assert_eq!(
-        result.output,
-        Some(JobOutput::Fault(warren_common::fault::FaultOutput { attempt: 2, unencodable: false }))
+        result.output_as::<warren_common::fault::Fault>(),
+        Some(warren_common::fault::FaultOutput { attempt: 2, unencodable: false })
     );
     // Delays of 200 ms then 400 ms, each at least 90% of nominal with 10% jitter.
     let published_us = published_at.duration_since(std::time::UNIX_EPOCH).expect("clock").as_micros() as u64;
@@ -197,7 +197,7 @@ async fn a_job_that_keeps_coming_back_is_dead_lettered_as_poison(vhost: Vhost) {
 async fn a_time_limit_the_broker_would_not_tolerate_is_refused(vhost: Vhost) {
     let mut settings = settings_for(&vhost);
     settings.broker.consumer_timeout_ms = 60_000;
-    let err = warren_consumer::Application::build(settings).await.expect_err("refused");
+    let err = warren_consumer::builtin::worker().build(settings).await.expect_err("refused");
     let message = format!("{err:#}");
     assert!(message.contains("consumer_timeout"), "{message}");
 }
@@ -317,7 +317,7 @@ async fn every_bad_input_is_dead_lettered_with_its_own_reason(vhost: Vhost) {
 }
 
 fn fault_free_checksum() -> Job {
-    Job::Checksum(warren_common::checksum::ChecksumJob { data: b"fine".to_vec(), rounds: 1 })
+    Job::from(warren_common::checksum::ChecksumJob { data: b"fine".to_vec(), rounds: 1 })
 }
 
 #[rstest]
@@ -356,7 +356,7 @@ async fn a_producer_whose_connection_is_killed_reconnects_and_gets_its_results(v
     settings.broker.reconnect_max_ms = 500;
     let (fleet, producer) = fleet_and_producer(&settings).await;
     // Results that come while the producer is away wait in its reply queue.
-    let slow = producer.publish(&Job::Fault(FaultJob { busy_ms: 1500, ..fault_spec() }), &want_result()).await;
+    let slow = producer.publish(&Job::from(FaultJob { busy_ms: 1500, ..fault_spec() }), &want_result()).await;
     let slow = slow.expect("publish");
     // Both of the producer's connections: the publishing one and the reply consumer's.
     let closed = tokio::task::block_in_place(|| vhost.close_connections("producer"));

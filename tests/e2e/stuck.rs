@@ -21,7 +21,7 @@ fn settings(vhost: &Vhost) -> warren_infra::Settings {
 }
 
 fn job(f: FaultJob) -> Job {
-    Job::Fault(f)
+    Job::from(f)
 }
 
 #[rstest]

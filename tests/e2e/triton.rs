@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use rstest::rstest;
 use warren_common::classify::ClassifyJob;
-use warren_common::{Encoding, Job, JobOutput, headers as h};
+use warren_common::{Encoding, Job, headers as h};
 use warren_e2e::triton::{Served, Triton};
 use warren_e2e::{DEADLINE, Fleet, Vhost, collect_messages, fleet_and_producer, repo_root, settings_for, vhost};
 use warren_infra::settings::ModelBackend;
@@ -47,7 +47,7 @@ fn samples(variant: &str) -> Vec<(String, Vec<u8>, u64)> {
 }
 
 fn classify(image: &[u8]) -> Job {
-    Job::Classify(ClassifyJob { image: image.to_vec(), top_k: Some(1) })
+    Job::from(ClassifyJob { image: image.to_vec(), top_k: Some(1) })
 }
 
 #[rstest]
@@ -70,7 +70,9 @@ async fn every_digit_through_triton_gets_the_answer_onnx_runtime_gave(
             async move {
                 let t = producer.publish(&classify(image), &opts).await.expect("publish");
                 let r = t.wait(DEADLINE).await.expect("result");
-                let Some(JobOutput::Classify(out)) = r.output else { panic!("{name}: {:?}", r.error) };
+                let Some(out) = r.output_as::<warren_common::classify::Classify>() else {
+                    panic!("{name}: {:?}", r.error)
+                };
                 (name.clone(), u64::from(out.predictions[0].index), *expected)
             }
         })
@@ -132,7 +134,9 @@ async fn triton_killed_mid_run_and_restarted_loses_no_job_and_readiness_follows_
                         let t = producer.publish(&classify(image), &warren_e2e::want_result()).await.expect("publish");
                         let id = t.job_id.clone();
                         let r = t.wait(DEADLINE).await.unwrap_or_else(|e| panic!("job {i} ({name}) lost: {e}"));
-                        let Some(JobOutput::Classify(out)) = r.output else { panic!("{name}: {:?}", r.error) };
+                        let Some(out) = r.output_as::<warren_common::classify::Classify>() else {
+                            panic!("{name}: {:?}", r.error)
+                        };
                         assert_eq!(u64::from(out.predictions[0].index), *expected, "{name}");
                         answered.fetch_add(1, Ordering::Relaxed);
                         (id, r.attempt)
@@ -215,7 +219,7 @@ async fn a_model_triton_lacks_or_that_does_not_fit_stops_start_up_with_the_reaso
         change(&mut s);
         async move {
             let started = Instant::now();
-            let e = warren_consumer::Application::build(s).await.expect_err("refused");
+            let e = warren_consumer::builtin::worker().build(s).await.expect_err("refused");
             (format!("{e:#}"), started.elapsed())
         }
     };
@@ -235,11 +239,11 @@ async fn a_model_triton_lacks_or_that_does_not_fit_stops_start_up_with_the_reaso
 
     let (e, _) = refused(&|s| {
         s.model.triton_model = "digits_b4".into();
-        s.model.max_batch = 8;
+        warren_e2e::route(s, "ml.classify").max_batch = 8;
     })
     .await;
     println!("batch: {e}");
-    assert!(e.contains("model.max_batch = 8 but Triton's model \"digits_b4\" takes at most 4"), "{e}");
+    assert!(e.contains("max_batch = 8 but Triton's model \"digits_b4\" takes at most 4"), "{e}");
 
     let (e, _) = refused(&|s| s.model.labels_path = repo_root().join("models/squeezenet/labels.txt")).await;
     assert!(e.contains("gives 10 classes but model.labels_path has 1000 labels"), "{e}");
@@ -301,7 +305,8 @@ async fn an_overloaded_triton_refuses_requests_and_their_jobs_are_retried_until_
     };
     let triton = Triton::start(&[busy]).await;
     let mut settings = triton_settings(&vhost, &triton, "busy");
-    (settings.consumer.pool_size, settings.model.max_batch) = (6, 1);
+    settings.consumer.pool_size = 6;
+    warren_e2e::route(&mut settings, "ml.classify").max_batch = 1;
     settings.retry.max_attempts = 40;
     (settings.retry.base_delay_ms, settings.retry.max_delay_ms) = (200, 1000);
     let (fleet, producer) = fleet_and_producer(&settings).await;
@@ -312,7 +317,7 @@ async fn an_overloaded_triton_refuses_requests_and_their_jobs_are_retried_until_
     let mut retried = 0;
     for (t, (name, _, expected)) in tickets.into_iter().zip(&samples) {
         let r = t.expect("publish").wait(DEADLINE).await.expect("result");
-        let Some(JobOutput::Classify(out)) = r.output else { panic!("{name}: {:?}", r.error) };
+        let Some(out) = r.output_as::<warren_common::classify::Classify>() else { panic!("{name}: {:?}", r.error) };
         assert_eq!(u64::from(out.predictions[0].index), *expected, "{name}");
         retried += usize::from(r.attempt > 0);
     }

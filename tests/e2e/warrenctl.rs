@@ -246,7 +246,7 @@ async fn a_replay_killed_midway_loses_nothing(vhost: Vhost) {
     let fleet = Fleet::start(strict).await;
     let producer = Producer::connect(settings.clone()).await.expect("producer");
     for _ in 0..N {
-        let job = Job::Checksum(ChecksumJob { data: vec![1; 200], rounds: 1 });
+        let job = Job::from(ChecksumJob { data: vec![1; 200], rounds: 1 });
         producer.publish(&job, &PublishOptions::default()).await.expect("publish");
     }
     let deadline = std::time::Instant::now() + DEADLINE;
@@ -298,7 +298,7 @@ async fn purge_asks_first_and_reports_what_it_removed(vhost: Vhost) {
     let producer = Producer::connect(settings.clone()).await.expect("producer");
     producer.declare_topology().await.expect("topology");
     for _ in 0..4 {
-        let job = Job::Checksum(ChecksumJob { data: vec![], rounds: 1 });
+        let job = Job::from(ChecksumJob { data: vec![], rounds: 1 });
         producer.publish(&job, &PublishOptions::default()).await.expect("publish");
     }
     let (code, _, err) = ctl(&vhost, &["purge", "warren.checksum"]).await;
@@ -341,7 +341,7 @@ async fn topology_apply_then_diff_and_status(vhost: Vhost) {
     let producer = Producer::connect(settings.clone()).await.expect("producer");
     for _ in 0..3 {
         producer
-            .publish(&Job::Checksum(ChecksumJob { data: vec![], rounds: 1 }), &PublishOptions::default())
+            .publish(&Job::from(ChecksumJob { data: vec![], rounds: 1 }), &PublishOptions::default())
             .await
             .expect("publish");
     }

@@ -8,7 +8,6 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use warren_consumer::Application;
 use warren_infra::Settings;
 
 use crate::{Vhost, repo_root};
@@ -37,7 +36,7 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn start(settings: Settings) -> Self {
-        let app = Application::build(settings).await.expect("consumer starts");
+        let app = warren_consumer::builtin::worker().build(settings).await.expect("consumer starts");
         let (pool_size, prefetch, health, metrics_addr) =
             (app.pool_size(), app.prefetch(), app.health(), app.metrics_addr());
         let (tx, rx) = oneshot::channel::<()>();

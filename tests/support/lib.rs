@@ -41,13 +41,22 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The `[[routes]]` entry of `kind`, added (everything left to the kind's defaults) if missing.
+pub fn route<'s>(settings: &'s mut warren_infra::Settings, kind: &str) -> &'s mut warren_infra::settings::Route {
+    if settings.route(kind).is_none() {
+        settings.routes.push(warren_infra::settings::Route::new(kind, ""));
+    }
+    let i = settings.routes.iter().position(|r| r.kind == kind).unwrap_or_default();
+    &mut settings.routes[i]
+}
+
 /// How long a test waits for something that should happen in well under a second.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// An `image.resize` job of `image` to fit 32x32 in the source's format: cheap to run, and the
 /// job the failure tests corrupt or limit.
 pub fn small_resize(image: Vec<u8>) -> Job {
-    Job::Resize(ResizeJob {
+    Job::from(ResizeJob {
         image,
         width: 32,
         height: 32,

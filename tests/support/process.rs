@@ -22,7 +22,12 @@ impl ConsumerProcess {
     /// Starts the binary on `vhost` with the repository's config plus `env`, and waits until it
     /// says it is consuming.
     pub async fn start(vhost: &Vhost, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(bin("warren-consumer"));
+        Self::start_bin("warren-consumer", vhost, env).await
+    }
+
+    /// [`Self::start`] for another worker binary (a user's, built on warren-consumer).
+    pub async fn start_bin(name: &str, vhost: &Vhost, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(bin(name));
         cmd.current_dir(repo_root())
             .env("WARREN_CONFIG_DIR", repo_root().join("config"))
             .env("WARREN__BROKER__URL", vhost.amqp_url())
@@ -34,7 +39,7 @@ impl ConsumerProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start warren-consumer");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let seen: Arc<(Mutex<String>, Notify)> = Arc::default();
         let log = tokio::spawn({
@@ -88,6 +93,11 @@ impl ConsumerProcess {
         let script = format!("kill -{name} {}", self.pid());
         let status = Command::new("bash").args(["-c", &script]).status().await.expect("kill");
         assert!(status.success(), "kill -{name}");
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Waits for the process to exit; returns its exit code (None if killed by a signal) and log.

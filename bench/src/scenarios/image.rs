@@ -18,7 +18,7 @@ use warren_common::{Encoding, Job, JobEnvelope, Limits};
 use warren_e2e::{TempDir, repo_root};
 
 use crate::Cli;
-use crate::fleet::{RESIZE_PHOTO, cores, median, plan, process_run, resize_job, resize_of};
+use crate::fleet::{RESIZE_PHOTO, cores, median, plan, process_run, resize_of};
 use crate::procfs::{CpuMeter, CpuUsed};
 
 /// The rates measured in each pair, by these names (also their keys in the report).
@@ -39,8 +39,8 @@ const GOAL_FLEET: f64 = 1.0;
 pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let min = Duration::from_millis(cli.measure_ms);
     let pipelines = block_in_place(|| resize_pipelines(min))?;
-    let job = resize_job()?;
-    let Job::Resize(resize_job) = &job else { anyhow::bail!("not a resize job") };
+    let resize_job = &resize_of(RESIZE_PHOTO)?;
+    let job = Job::from(resize_job.clone());
     let photo = repo_root().join(RESIZE_PHOTO);
     let quality = block_in_place(|| output_quality(&photo, resize_job))?;
     let message_bytes = |e| JobEnvelope::encode(&job, e).map(|b| b.len()).context("encoding the job's envelope");
@@ -49,7 +49,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let mut runs = Runs::default();
     let (mut fleet_cpu, mut bincode_cpu) = (Vec::new(), Vec::new());
     for i in 0..cli.pairs {
-        let (f, b) = pair(cli, &photo, &job, &mut runs).await?;
+        let (f, b) = pair(cli, &photo, &job, resize_job, &mut runs).await?;
         println!(
             "image pair {}: Pillow full {:.1} / {:.1} jobs/s (1 / {c} processes), draft {:.1} / {:.1}; Warren \
              in-process {:.1} / {:.1} (1 / {c} threads); fleet {:.1} jobs/s ({}), bincode jobs {:.1} ({})",
@@ -115,8 +115,13 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
 /// One pair: Pillow (full and draft, one process and one per core), Warren in-process (one
 /// thread, every core), then the fleet with JSON and with bincode jobs, each pushed to `runs`.
 /// Returns the two fleet runs' CPU per job.
-async fn pair(cli: &Cli, photo: &Path, job: &Job, runs: &mut Runs) -> anyhow::Result<(CpuUsed, CpuUsed)> {
-    let Job::Resize(resize_job) = job else { anyhow::bail!("not a resize job") };
+async fn pair(
+    cli: &Cli,
+    photo: &Path,
+    job: &Job,
+    resize_job: &ResizeJob,
+    runs: &mut Runs,
+) -> anyhow::Result<(CpuUsed, CpuUsed)> {
     let (min, n) = (Duration::from_millis(cli.measure_ms), cli.heavy_messages);
     for (name, draft, processes) in [
         (PILLOW_FULL_1, false, 1),

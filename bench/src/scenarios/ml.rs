@@ -11,7 +11,7 @@ use warren_common::classify::{Classifier, ClassifyJob, ClassifyOutput, classify_
 use warren_common::resize::Filter;
 use warren_common::{Job, Limits};
 use warren_consumer::onnx::OrtClassifier;
-use warren_e2e::repo_root;
+use warren_e2e::{ConfigDir, repo_root};
 use warren_infra::Settings;
 
 use crate::Cli;
@@ -213,12 +213,18 @@ async fn run_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
         None => None,
     };
     drop(model);
-    let job = Job::Classify(ClassifyJob { image: png, top_k: Some(1) });
+    let job = Job::from(ClassifyJob { image: png, top_k: Some(1) });
     // The worker is the release binary with the same model settings, as its own process.
     let env = model_env(&settings.model)?;
     let loaded = format!("model={}", m.name);
+    // Batching is the route's: an overlay (config/test.toml with max_batch = 1 on ml.classify).
+    let test_overlay = std::fs::read_to_string(repo_root().join("config/test.toml")).context("config/test.toml")?;
+    let classify_route = "kind = \"ml.classify\"\n";
+    anyhow::ensure!(test_overlay.contains(classify_route), "config/test.toml has no ml.classify route");
+    let unbatched_dir =
+        ConfigDir::with_overlay(&test_overlay.replace(classify_route, "kind = \"ml.classify\"\nmax_batch = 1\n"));
     let mut unbatched_env = env.clone();
-    unbatched_env.push(("WARREN__MODEL__MAX_BATCH".into(), "1".into()));
+    unbatched_env.push(("WARREN_CONFIG_DIR".into(), unbatched_dir.path().to_owned()));
     let (mut fleet, mut p99, mut cpu, mut unbatched) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..cli.pairs {
         let p = plan(m.jobs, cli.concurrency, 0.0);
@@ -254,7 +260,8 @@ async fn run_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
         "fleet_p99_ms": p99, "median_p99_ms": median(p99),
         "fleet_max_batch_1_jobs_per_s": unbatched.clone(), "median_fleet_max_batch_1": median(unbatched),
         "cpu_s_per_job": CpuUsed::median(&cpu).json(best_cpu),
-        "max_batch": settings.model.max_batch, "max_batch_wait_ms": settings.model.max_batch_wait_ms,
+        "max_batch": settings.route("ml.classify").map(|r| r.max_batch),
+        "max_batch_wait_ms": settings.route("ml.classify").map(|r| r.max_batch_wait_ms),
     });
     if let Some(photo) = photo {
         report["photo_1920x1080"] = photo;

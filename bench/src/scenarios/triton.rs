@@ -22,7 +22,7 @@ use crate::fleet::{cores, median, plan, process_run_beside};
 use crate::procfs::{self, CpuUsed};
 use crate::scenarios::ml::{MlModel, in_process_classify_beside, model_env, models};
 
-/// Images per request where a batch is measured: the fleet's default `model.max_batch`.
+/// Images per request where a batch is measured: the default `max_batch` of the ml.classify route.
 const BATCH: usize = 8;
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
@@ -105,7 +105,7 @@ async fn run_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
     drop((ort, remote));
 
     // The fleet through RabbitMQ: the worker binary with either backend.
-    let job = Job::Classify(ClassifyJob { image, top_k: Some(1) });
+    let job = Job::from(ClassifyJob { image, top_k: Some(1) });
     let base = model_env(&settings.model)?;
     let triton_env = |pool: usize| {
         let mut env = base.clone();

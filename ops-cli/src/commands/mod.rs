@@ -14,7 +14,7 @@ use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use warren_common::headers as h;
-use warren_common::{Encoding, Job, JobEnvelope};
+use warren_common::{Encoding, JobEnvelope};
 use warren_infra::fields;
 
 use crate::cli::Command;
@@ -68,11 +68,7 @@ pub fn describe(d: &lapin::message::Delivery) -> Value {
     let str_of = |name: &str| fields::get_str(headers, name);
     let encoding = Encoding::from_content_type(p.content_type().as_ref().map(|s| s.as_str()));
     let kind = encoding.and_then(|e| JobEnvelope::peek_kind(&d.data, e));
-    let image = encoding.and_then(|e| JobEnvelope::decode(&d.data, e).ok()).and_then(|job| match job {
-        Job::Resize(j) => Some(summarise_image(&j.image)),
-        Job::Classify(j) => Some(summarise_image(&j.image)),
-        _ => None,
-    });
+    let (job, image) = encoding.map(|e| crate::jobview::view(&d.data, e)).unwrap_or_default();
     let mut v = json!({
         "job_id": p.message_id().as_ref().map(|s| s.to_string()),
         "kind": kind,
@@ -82,6 +78,9 @@ pub fn describe(d: &lapin::message::Delivery) -> Value {
         "attempt": fields::get_u64(headers, h::ATTEMPT),
         "redelivered": d.redelivered,
     });
+    if let Some(job) = job {
+        v["job"] = job;
+    }
     if let Some(img) = image {
         v["image"] = img;
     }
@@ -98,13 +97,4 @@ pub fn describe(d: &lapin::message::Delivery) -> Value {
         });
     }
     v
-}
-
-fn summarise_image(bytes: &[u8]) -> Value {
-    let format = warren_common::image_io::sniff(bytes).map(|f| f.as_str()).ok();
-    let dims = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|r| r.into_dimensions().ok());
-    json!({"format": format, "width": dims.map(|d| d.0), "height": dims.map(|d| d.1), "bytes": bytes.len()})
 }

@@ -1,12 +1,12 @@
-//! What resize, classify and checksum share: one job per input file, stamped from the command's
-//! template, `--concurrency` in flight; with `--wait`, each result printed (and, with `--out`,
+//! What resize, classify, checksum and `submit --each` share: one job per input file, made by the
+//! command's stamp from the file's bytes, `--concurrency` in flight; with `--wait`, each result printed (and, with `--out`,
 //! written), and the command fails when any job did.
 
 use std::path::Path;
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
-use warren_common::{Job, JobKind, ResultStatus};
+use warren_common::{Job, ResultStatus};
 use warren_infra::PublishError;
 
 use super::Ctx;
@@ -15,8 +15,12 @@ use crate::client::{ProducerError, PublishOptions};
 use crate::exit_code::Outcome;
 use crate::{inputs, output};
 
-pub async fn publish(ctx: &mut Ctx, template: &Job, args: &FilesArgs) -> anyhow::Result<Outcome> {
-    let files = inputs::collect(&args.paths, template.kind() != JobKind::Checksum)?;
+/// Makes one file's job from its bytes.
+pub type Stamp<'a> = &'a (dyn Fn(Vec<u8>) -> anyhow::Result<Job> + Sync);
+
+/// One job per file of `args.paths` (with `images_only`, directories give their images only).
+pub async fn publish(ctx: &mut Ctx, stamp: Stamp<'_>, images_only: bool, args: &FilesArgs) -> anyhow::Result<Outcome> {
+    let files = inputs::collect(&args.paths, images_only)?;
     anyhow::ensure!(!files.is_empty(), "no input files found in {:?}", args.paths);
     if args.wait {
         ctx.producer.enable_replies().await?;
@@ -24,7 +28,7 @@ pub async fn publish(ctx: &mut Ctx, template: &Job, args: &FilesArgs) -> anyhow:
     let ctx = &*ctx;
     let opts = PublishOptions { encoding: ctx.encoding, want_result: args.wait, job_id: None };
     let outcomes = futures_util::stream::iter(&files)
-        .map(|path| one_file(ctx, template, path, &opts, args))
+        .map(|path| one_file(ctx, stamp, path, &opts, args))
         .buffered(args.concurrency.max(1))
         .collect::<Vec<_>>()
         .await;
@@ -44,13 +48,14 @@ pub async fn publish(ctx: &mut Ctx, template: &Job, args: &FilesArgs) -> anyhow:
 /// Publishes one file's job; with --wait, prints and writes its result. Ok(false) = job failed.
 async fn one_file(
     ctx: &Ctx,
-    template: &Job,
+    stamp: Stamp<'_>,
     path: &Path,
     opts: &PublishOptions,
     args: &FilesArgs,
 ) -> anyhow::Result<bool> {
     let data = tokio::fs::read(path).await.with_context(|| format!("reading {}", path.display()))?;
-    let ticket = ctx.producer.publish(&template.with_input(data), opts).await.map_err(|e| publish_error(path, &e))?;
+    let job = stamp(data).with_context(|| format!("making the job of {}", path.display()))?;
+    let ticket = ctx.producer.publish(&job, opts).await.map_err(|e| publish_error(path, &e))?;
     if !args.wait {
         return Ok(true);
     }

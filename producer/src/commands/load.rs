@@ -2,21 +2,20 @@
 //! paced and bounded, and its report.
 
 use anyhow::Context as _;
-use warren_common::checksum::ChecksumJob;
-use warren_common::classify::ClassifyJob;
-use warren_common::fault::FaultJob;
-use warren_common::resize::{Filter, ResizeJob, ResizeMode};
-use warren_common::{Job, JobKind};
+use warren_common::checksum::{Checksum, ChecksumJob};
+use warren_common::classify::{Classify, ClassifyJob};
+use warren_common::fault::{Fault, FaultJob};
+use warren_common::resize::{Filter, Resize, ResizeJob, ResizeMode};
+use warren_common::{Job, Kind};
 
-use super::Ctx;
+use super::{Ctx, submit};
 use crate::cli::LoadArgs;
 use crate::client::PublishOptions;
 use crate::exit_code::Outcome;
 use crate::load::{self as generator, LoadPlan};
 
 pub async fn run(ctx: &mut Ctx, args: &LoadArgs) -> anyhow::Result<Outcome> {
-    let data = input(args)?;
-    let template = template(args);
+    let job = job(args, input(args)?)?;
     if args.wait {
         ctx.producer.enable_replies().await?;
     }
@@ -28,7 +27,7 @@ pub async fn run(ctx: &mut Ctx, args: &LoadArgs) -> anyhow::Result<Outcome> {
         result_timeout: ctx.result_timeout,
     };
     let opts = PublishOptions { encoding: ctx.encoding, ..Default::default() };
-    let report = generator::run(&ctx.producer, template.with_input(data), opts, &plan).await;
+    let report = generator::run(&ctx.producer, job, opts, &plan).await;
     report.print();
     Ok(Outcome::from_failures(report.publish_errors > 0 || report.failed > 0 || report.timeouts > 0))
 }
@@ -37,16 +36,19 @@ pub async fn run(ctx: &mut Ctx, args: &LoadArgs) -> anyhow::Result<Outcome> {
 fn input(args: &LoadArgs) -> anyhow::Result<Vec<u8>> {
     match &args.input {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display())),
-        None if matches!(args.kind, JobKind::Checksum | JobKind::Fault) => Ok(vec![0u8; args.size]),
-        None => anyhow::bail!("--input is required for {} load", args.kind),
+        None if [Resize::NAME, Classify::NAME].contains(&args.kind.as_str()) => {
+            anyhow::bail!("--input is required for {} load", args.kind)
+        }
+        None => Ok(vec![0u8; args.size]),
     }
 }
 
-/// The job every copy is stamped from.
-fn template(args: &LoadArgs) -> Job {
-    match args.kind {
-        JobKind::ImageResize => Job::Resize(ResizeJob {
-            image: Vec::new(),
+/// The job every copy is a copy of.
+fn job(args: &LoadArgs, data: Vec<u8>) -> anyhow::Result<Job> {
+    Ok(match args.kind.as_str() {
+        _ if args.job.is_some() => submit::named(&args.kind, args.job.as_deref().unwrap_or("{}"), &[])?,
+        Resize::NAME => Job::new::<Resize>(ResizeJob {
+            image: data,
             width: args.width,
             height: args.height,
             mode: ResizeMode::Fit,
@@ -54,11 +56,12 @@ fn template(args: &LoadArgs) -> Job {
             format: None,
             quality: None,
         }),
-        JobKind::MlClassify => Job::Classify(ClassifyJob { image: Vec::new(), top_k: Some(1) }),
-        JobKind::Checksum => Job::Checksum(ChecksumJob { data: Vec::new(), rounds: args.rounds }),
+        Classify::NAME => Job::new::<Classify>(ClassifyJob { image: data, top_k: Some(1) }),
+        Checksum::NAME => Job::new::<Checksum>(ChecksumJob { data, rounds: args.rounds }),
         // A fault job with nothing to inject: the fleet's overhead with no payload at all.
-        JobKind::Fault => Job::Fault(FaultJob::default()),
-    }
+        Fault::NAME => Job::new::<Fault>(FaultJob::default()),
+        other => anyhow::bail!("--job is required for {other} load (its input as JSON)"),
+    })
 }
 
 #[cfg(test)]
@@ -76,7 +79,10 @@ mod tests {
     fn checksum_load_defaults_to_size_zero_bytes() {
         let a = args(&["load", "--size", "10", "--rounds", "3"]);
         assert_eq!(input(&a).unwrap(), vec![0u8; 10]);
-        assert_eq!(template(&a), Job::Checksum(ChecksumJob { data: Vec::new(), rounds: 3 }));
+        let j = job(&a, vec![0; 10]).unwrap();
+        let body = warren_common::JobEnvelope::encode(&j, warren_common::Encoding::Json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["job"], serde_json::json!({"data": "AAAAAAAAAAAAAA==", "rounds": 3}));
     }
 
     #[test]
@@ -84,7 +90,18 @@ mod tests {
         let err = input(&args(&["load", "--kind", "image.resize"])).unwrap_err();
         assert_eq!(err.to_string(), "--input is required for image.resize load");
         let a = args(&["load", "--kind", "image.resize", "--width", "32", "--input", "Cargo.toml"]);
-        let Job::Resize(j) = template(&a) else { panic!("a resize job") };
-        assert_eq!((j.width, j.height, j.mode, j.filter), (32, 64, ResizeMode::Fit, Filter::Triangle));
+        let j = job(&a, vec![1]).unwrap();
+        let body = warren_common::JobEnvelope::encode(&j, warren_common::Encoding::Json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((v["job"]["width"].as_u64(), v["job"]["height"].as_u64()), (Some(32), Some(64)));
+        assert_eq!((v["job"]["mode"].as_str(), v["job"]["filter"].as_str()), (Some("fit"), Some("triangle")));
+    }
+
+    #[test]
+    fn any_other_kind_loads_from_its_json() {
+        let a = args(&["load", "--kind", "video.probe", "--job", r#"{"url":"x"}"#]);
+        assert_eq!(job(&a, Vec::new()).unwrap().kind(), "video.probe");
+        let e = job(&args(&["load", "--kind", "video.probe"]), Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("--job is required for video.probe"), "{e}");
     }
 }

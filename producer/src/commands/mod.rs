@@ -5,6 +5,7 @@ pub mod classify;
 pub mod files;
 pub mod load;
 pub mod resize;
+pub mod submit;
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ pub async fn run(ctx: &mut Ctx, command: Command) -> anyhow::Result<Outcome> {
         Command::Classify(args) => classify::run(ctx, &args).await,
         Command::Checksum(args) => checksum::run(ctx, &args).await,
         Command::Load(args) => load::run(ctx, &args).await,
+        Command::Submit(args) => submit::run(ctx, &args).await,
     }
 }
 

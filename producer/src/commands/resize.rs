@@ -1,19 +1,20 @@
 //! `warren-producer resize`: an `image.resize` job for every image in PATHS.
 
 use warren_common::Job;
-use warren_common::resize::ResizeJob;
+use warren_common::resize::{Resize, ResizeJob};
 
 use super::{Ctx, files};
 use crate::cli::ResizeArgs;
 use crate::exit_code::Outcome;
 
 pub async fn run(ctx: &mut Ctx, args: &ResizeArgs) -> anyhow::Result<Outcome> {
-    files::publish(ctx, &template(args), &args.files).await
+    let stamp = |image| Ok(Job::new::<Resize>(ResizeJob { image, ..template(args) }));
+    files::publish(ctx, &stamp, true, &args.files).await
 }
 
 /// The job every image is stamped into.
-fn template(args: &ResizeArgs) -> Job {
-    Job::Resize(ResizeJob {
+fn template(args: &ResizeArgs) -> ResizeJob {
+    ResizeJob {
         image: Vec::new(),
         width: args.width,
         height: args.height,
@@ -21,7 +22,7 @@ fn template(args: &ResizeArgs) -> Job {
         filter: args.filter,
         format: args.format,
         quality: args.quality,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -35,8 +36,7 @@ mod tests {
 
     fn job(args: &[&str]) -> ResizeJob {
         let Command::Resize(args) = parse(args) else { panic!("a resize command") };
-        let Job::Resize(job) = template(&args) else { panic!("a resize job") };
-        job
+        template(&args)
     }
 
     #[test]
