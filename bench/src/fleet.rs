@@ -14,14 +14,10 @@ use warren_producer::{Producer, PublishOptions};
 
 use crate::procfs::{CpuMeter, CpuUsed};
 use crate::relay::Relay;
+pub use crate::stats::median;
 
 pub fn cores() -> usize {
     std::thread::available_parallelism().map(usize::from).unwrap_or(1)
-}
-
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
 pub fn vhost(label: &str) -> Vhost {

@@ -7,6 +7,7 @@ mod fleet;
 mod procfs;
 mod relay;
 mod scenarios;
+mod stats;
 
 use std::path::PathBuf;
 

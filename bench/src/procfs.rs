@@ -131,7 +131,7 @@ impl CpuUsed {
 
     /// Field by field, the median of runs.
     pub fn median(runs: &[Self]) -> Self {
-        let m = |f: fn(&Self) -> f64| crate::fleet::median(runs.iter().map(f).collect());
+        let m = |f: fn(&Self) -> f64| crate::stats::median(runs.iter().map(f).collect());
         Self {
             own: m(|c| c.own),
             broker: m(|c| c.broker),

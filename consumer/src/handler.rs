@@ -26,7 +26,7 @@ use crate::letters::{self, FailureRecord, Recount};
 use crate::pool::{Ran, now_us};
 use crate::registry::{Input, Missing, Registered, RunCx};
 use crate::settle::{self, Why};
-use crate::worker::{Served, Worker};
+use crate::worker::{Held, Served, Worker};
 
 /// Handles one delivery. `stop` is cancelled when the drain timeout passes: a job still running
 /// then is handed back to the broker rather than left hanging.
@@ -48,27 +48,29 @@ pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery
         queue = %served.queue,
         redelivered = delivery.redelivered,
     );
+    let held = Held { worker: &worker, served: &served, delivery: &delivery, facts: &facts, kind: "unknown" };
     let work = async {
         tracing::debug!("job started");
         tokio::select! {
-            () = story(&worker, &served, &delivery, &facts) => {}
+            () = story(&held) => {}
             () = stop.cancelled() => {
                 tracing::warn!("drain timeout: handing the job back to the broker");
-                settle::hand_back(&worker, &served, &delivery, &facts, peeked_kind(&worker, &delivery), Why::Draining).await;
+                settle::hand_back(&Held { kind: peeked_kind(&worker, &delivery), ..held }, Why::Draining).await;
             }
         }
     };
     work.instrument(span).await;
 }
 
-async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts: &Facts) {
+async fn story(held: &Held<'_>) {
+    let Held { worker, served, delivery, facts, .. } = *held;
     match decide::on_arrival(facts, worker.settings.consumer.max_redeliveries) {
         Arrival::Process => {}
         Arrival::ToReturnedLane { returns } => {
             worker.metrics.redelivered(&served.queue);
             tracing::warn!(returns, "job came back unanswered; moving it to the returned lane");
             let copy = letters::requeue(settle::input(delivery), &served.returned_queue, Recount::Returns(returns));
-            let _ = settle::deliver(worker, served, delivery, facts, peeked_kind(worker, delivery), copy, None).await;
+            let _ = settle::deliver(&Held { kind: peeked_kind(worker, delivery), ..*held }, copy, None).await;
             return;
         }
         Arrival::Poison { returns } => {
@@ -76,8 +78,7 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
             let now = now_us();
             let timing = Timing { started_at_us: now, finished_at_us: now };
             let error = JobError::RedeliveryLimit { deliveries: returns };
-            let kind = peeked(delivery);
-            return fail(worker, served, delivery, facts, &kind, &error, timing).await;
+            return fail(held, &peeked(delivery), &error, timing).await;
         }
     }
     let content_type = delivery.properties.content_type().as_ref().map(|s| s.as_str());
@@ -88,10 +89,11 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
             worker.metrics.job_received(&served.queue, worker.registry.label(&kind));
             let now = now_us();
             let timing = Timing { started_at_us: now, finished_at_us: now };
-            return fail(worker, served, delivery, facts, &kind, &error, timing).await;
+            return fail(held, &kind, &error, timing).await;
         }
     };
     let kind = registered.runner.name();
+    let held = &Held { kind, ..*held };
     tracing::Span::current().record("kind", kind);
     worker.metrics.job_received(&served.queue, kind);
     let (outcome, timing) = match run(worker, served, registered, input, facts.attempt).await {
@@ -103,7 +105,7 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
         }
         Ran::NotStarted => {
             worker.metrics.not_started(&served.queue, "draining");
-            settle::hand_back(worker, served, delivery, facts, kind, Why::Draining).await;
+            settle::hand_back(held, Why::Draining).await;
             return;
         }
     };
@@ -118,7 +120,7 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
                 JobResult::ok(job_id, kind.to_owned(), output, facts.attempt, worker.worker_id.clone(), timing);
             let sent =
                 match letters::result(&delivery.properties, &result, encoding(delivery), results(worker), now_us()) {
-                    Ok(letter) => settle::deliver(worker, served, delivery, facts, kind, letter, None).await,
+                    Ok(letter) => settle::deliver(held, letter, None).await,
                     Err(e) => Err(e),
                 };
             match sent {
@@ -131,7 +133,7 @@ async fn story(worker: &Arc<Worker>, served: &Served, delivery: &Delivery, facts
         }
         Err(e) => e,
     };
-    fail(worker, served, delivery, facts, kind, &error, timing).await;
+    fail(held, kind, &error, timing).await;
 }
 
 /// Runs the job in its kind's shape (on the served queue's pool, through a batcher, or on the
@@ -150,17 +152,11 @@ async fn run(worker: &Arc<Worker>, served: &Served, kind: &Registered, input: In
 }
 
 /// Retries or dead-letters a failed job (with an error result to `reply_to` when given up),
-/// then settles the delivery.
-async fn fail(
-    worker: &Arc<Worker>,
-    served: &Served,
-    delivery: &Delivery,
-    facts: &Facts,
-    kind: &str,
-    error: &JobError,
-    timing: Timing,
-) {
+/// then settles the delivery. `kind` is the kind the envelope names, as results carry it.
+async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing) {
+    let Held { worker, served, delivery, facts, .. } = *held;
     let label = worker.registry.label(kind);
+    let held = &Held { kind: label, ..*held };
     worker.metrics.job_failed(&served.queue, label, error.error_type());
     let record =
         FailureRecord { error, queue: &served.work_queue, worker_id: &worker.worker_id, now_ms: now_us() / 1000 };
@@ -171,7 +167,7 @@ async fn fail(
             let queue = worker.settings.retry_queue(&served.work_queue, delay);
             tracing::info!(next_attempt, delay_ms = ttl.as_millis() as u64, error = %error, "transient failure; retrying later");
             let letter = letters::retry(input, record, next_attempt, &queue, ttl);
-            settle::deliver(worker, served, delivery, facts, label, letter, None).await
+            settle::deliver(held, letter, None).await
         }
         Failure::DeadLetter { reason } => {
             tracing::warn!(reason, error_type = error.error_type(), error = %error,
@@ -184,13 +180,13 @@ async fn fail(
             let courtesy = delivery.properties.reply_to().as_ref().and_then(|_| {
                 letters::result(&delivery.properties, &result, encoding(delivery), results(worker), now_us()).ok()
             });
-            settle::deliver(worker, served, delivery, facts, label, letter, courtesy).await
+            settle::deliver(held, letter, courtesy).await
         }
     };
     if let Err(e) = settled {
         // Only a result can come back as a failure, and this is a retry or dead letter.
         tracing::error!(error = %e, "a failure's own publish came back as a failure; handing the job back");
-        settle::hand_back(worker, served, delivery, facts, label, Why::Refused).await;
+        settle::hand_back(held, Why::Refused).await;
     }
 }
 

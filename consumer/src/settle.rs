@@ -12,10 +12,10 @@ use warren_infra::PublishError;
 
 use std::sync::Arc;
 
-use crate::decide::{self, Facts, Published, Purpose, Settle};
+use crate::decide::{self, Published, Purpose, Settle};
 use crate::letters::{Input, Letter, Recount};
 use crate::pool::now_us;
-use crate::worker::{Served, Worker};
+use crate::worker::{Held, Worker};
 
 /// How a delivery ended, for the caller's metrics and logs.
 pub type Label = &'static str;
@@ -69,15 +69,8 @@ pub async fn publish(worker: &Arc<Worker>, letter: &Letter<'_>) -> Published {
 /// `then` (an error result, say) is published after `letter` is stored and before the ack.
 /// `Err` hands the job back to the caller as a failure to dispose of (a result the broker did
 /// not store), never acked.
-pub async fn deliver(
-    worker: &Arc<Worker>,
-    served: &Served,
-    delivery: &Delivery,
-    facts: &Facts,
-    kind: &'static str,
-    letter: Letter<'_>,
-    then: Option<Letter<'_>>,
-) -> Result<Label, JobError> {
+pub async fn deliver(held: &Held<'_>, letter: Letter<'_>, then: Option<Letter<'_>>) -> Result<Label, JobError> {
+    let Held { worker, served, delivery, facts, kind } = *held;
     let published = publish(worker, &letter).await;
     let settle = decide::after_publish(letter.purpose, published);
     if settle == Settle::Ack
@@ -98,7 +91,7 @@ pub async fn deliver(
             pause(worker, facts.handbacks).await;
             if !worker.lost.is_cancelled() && nack_requeue(delivery).await { "handed_back" } else { "abandoned" }
         }
-        Settle::HandBack => return Ok(hand_back(worker, served, delivery, facts, kind, Why::Refused).await),
+        Settle::HandBack => return Ok(hand_back(held, Why::Refused).await),
         Settle::Abandon => decide::counted_outcome(&settle, letter.purpose, false),
     };
     let since = (label == "ok")
@@ -122,14 +115,8 @@ pub enum Why {
 /// a refusal it first waits, longer each time the same job is handed back (`warren-handbacks`),
 /// so that a broker refusing it is not met with a tight loop, and tries the copy a few times;
 /// only when no copy can be stored is the delivery nacked with requeue (that return counts).
-pub async fn hand_back(
-    worker: &Arc<Worker>,
-    served: &Served,
-    delivery: &Delivery,
-    facts: &Facts,
-    kind: &'static str,
-    why: Why,
-) -> Label {
+pub async fn hand_back(held: &Held<'_>, why: Why) -> Label {
+    let Held { worker, served, delivery, facts, kind } = *held;
     const TRIES: u32 = 3;
     let (count, tries) = match why {
         Why::Draining => (Recount::Nothing, 1),

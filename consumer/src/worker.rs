@@ -1,11 +1,12 @@
-//! What the handlers of one session share (the worker), and what each consumed queue brings
-//! (served). The delivery path's modules import these types; nothing here imports them back.
+//! What the handlers of one session share (the worker), what each consumed queue brings
+//! (served), and one delivery as it travels the path (held). The delivery path's modules import these types; nothing here imports them back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::Connection;
+use lapin::message::Delivery;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use warren_common::Limits;
@@ -13,7 +14,7 @@ use warren_common::retry::RetryPolicy;
 use warren_infra::settings::Route;
 use warren_infra::{Publisher, Settings};
 
-use crate::decide::Lane;
+use crate::decide::{Facts, Lane};
 use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
 use crate::registry::Registry;
@@ -116,4 +117,15 @@ pub struct Served {
     pub retry: RetryPolicy,
     /// Where its jobs run: the worker's pool, or the lane's own single slot.
     pub pool: WorkerPool,
+}
+
+/// One delivery on its way through the path: what every step needs of it, passed as one value.
+#[derive(Debug, Clone, Copy)]
+pub struct Held<'a> {
+    pub worker: &'a Arc<Worker>,
+    pub served: &'a Served,
+    pub delivery: &'a Delivery,
+    pub facts: &'a Facts,
+    /// Its kind as a metric label: a registered kind's name, or "unknown".
+    pub kind: &'static str,
 }

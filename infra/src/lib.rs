@@ -10,11 +10,13 @@ pub mod fields;
 pub mod metrics;
 pub mod nodes;
 pub mod publish;
+pub mod redact;
 pub mod serve;
 pub mod settings;
 pub mod telemetry;
 pub mod topology;
 
-pub use broker::{Connected, connect, connect_node, redact_url};
+pub use broker::{Connected, connect, connect_node};
 pub use publish::{PublishError, Publisher};
+pub use redact::redact_url;
 pub use settings::Settings;

@@ -17,7 +17,7 @@ use warren_common::kind::{self, RouteDefaults};
 use warren_common::resize::Filter;
 use warren_common::retry::RetryPolicy;
 
-use crate::broker::redact_url;
+use crate::redact::redact_url;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

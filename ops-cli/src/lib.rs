@@ -11,5 +11,6 @@ pub mod context;
 pub mod dumpfile;
 pub mod errors;
 pub mod jobview;
+pub mod messages;
 pub mod mgmt;
 pub mod output;

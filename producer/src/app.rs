@@ -8,7 +8,8 @@ use warren_infra::{Settings, settings};
 
 use crate::cli::Cli;
 use crate::client::Producer;
-use crate::commands::{self, Ctx};
+use crate::commands;
+use crate::context::Ctx;
 use crate::exit_code::Outcome;
 
 pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {

@@ -159,3 +159,12 @@ pub struct FilesArgs {
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
 }
+
+/// The parsed command line for `args` (after the program name); for the commands' tests.
+#[cfg(test)]
+pub(crate) fn parse(args: &[&str]) -> Command {
+    use clap::Parser as _;
+    Cli::try_parse_from(std::iter::once("warren-producer").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{args:?} parses: {e}"))
+        .command
+}

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod context;
 pub mod exit_code;
 pub mod inputs;
 pub mod load;

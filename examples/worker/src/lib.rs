@@ -1,14 +1,10 @@
-//! Three job kinds of a user's own, one of each shape Warren runs:
-//! - [`Blurhash`] (`image.blurhash`): blocking CPU work on the bounded pool;
-//! - [`Normalize`] (`vector.normalize`): batched work through the micro-batcher;
-//! - [`Catalog`] (`catalog.price`): async work that awaits an HTTP service.
+//! Three job kinds of a user's own, one of each shape Warren runs, each in a file named for it:
+//! - `image.blurhash` ([`image_blurhash::Blurhash`]): blocking CPU work on the bounded pool;
+//! - `vector.normalize` ([`vector_normalize::Normalize`]): batched work through the micro-batcher;
+//! - `catalog.price` ([`catalog_price::Catalog`]): async work that awaits an HTTP service.
 //!
-//! Each kind is one file: its types, its errors, its work and its tests.
+//! A kind is its file (types, errors, work, tests), a line here and a line in `main.rs`.
 
-mod blurhash;
-mod catalog;
-mod normalize;
-
-pub use blurhash::{Blurhash, BlurhashJob, BlurhashOutput};
-pub use catalog::{Catalog, PriceJob, PriceOutput};
-pub use normalize::{Normalize, NormalizeJob, NormalizeOutput};
+pub mod catalog_price;
+pub mod image_blurhash;
+pub mod vector_normalize;

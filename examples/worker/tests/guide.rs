@@ -10,7 +10,10 @@ fn kinds_guide_is_the_example() {
     let guide = read("../../docs/kinds.md");
     let main = read("src/main.rs");
     assert!(guide.contains(main.trim_end()), "docs/kinds.md must show src/main.rs verbatim");
-    let normalize = read("src/normalize.rs");
+    let normalize = read("src/vector_normalize.rs");
     let code = &normalize[..normalize.find("#[cfg(test)]").expect("tests")];
-    assert!(guide.contains(code.trim_end()), "docs/kinds.md must show src/normalize.rs (without its tests) verbatim");
+    assert!(
+        guide.contains(code.trim_end()),
+        "docs/kinds.md must show src/vector_normalize.rs (without its tests) verbatim"
+    );
 }

@@ -8,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 
-use super::{depth, take};
 use crate::context::Ctx;
 use crate::dumpfile::{self, DumpHeader, DumpRecord};
 use crate::errors::Result;
+use crate::messages::{depth, take};
 use crate::output;
 
 pub async fn run(ctx: &Ctx, queue: &str, out: &Path, ack: bool, limit: Option<u64>) -> Result<()> {

@@ -7,9 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::counts;
 use crate::context::Ctx;
 use crate::errors::Result;
+use crate::messages::counts;
 use crate::mgmt::QueueInfo;
 use crate::output;
 

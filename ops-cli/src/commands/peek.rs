@@ -5,9 +5,9 @@
 
 use lapin::options::BasicNackOptions;
 
-use super::{depth, describe, take};
 use crate::context::Ctx;
 use crate::errors::Result;
+use crate::messages::{depth, describe, take};
 use crate::output;
 
 pub async fn run(ctx: &Ctx, queue: &str, count: u32, wide: bool) -> Result<()> {

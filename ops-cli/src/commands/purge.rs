@@ -3,9 +3,9 @@
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
-use super::depth;
 use crate::context::Ctx;
 use crate::errors::{CtlError, Result};
+use crate::messages::depth;
 use crate::output;
 
 pub async fn run(ctx: &Ctx, queue: &str, yes: bool) -> Result<()> {

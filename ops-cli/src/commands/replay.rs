@@ -17,9 +17,9 @@ use warren_common::headers as h;
 use warren_common::{Encoding, JobEnvelope};
 use warren_infra::{Publisher, fields};
 
-use super::{depth, take};
 use crate::context::Ctx;
 use crate::errors::{CtlError, Result};
+use crate::messages::{depth, take};
 use crate::output;
 
 pub const REPLAYED_AT: &str = "warren-replayed-at";

@@ -3,8 +3,9 @@
 use warren_common::Job;
 use warren_common::checksum::{Checksum, ChecksumJob};
 
-use super::{Ctx, files};
+use super::files;
 use crate::cli::ChecksumArgs;
+use crate::context::Ctx;
 use crate::exit_code::Outcome;
 
 pub async fn run(ctx: &mut Ctx, args: &ChecksumArgs) -> anyhow::Result<Outcome> {

@@ -3,8 +3,9 @@
 use warren_common::Job;
 use warren_common::classify::{Classify, ClassifyJob};
 
-use super::{Ctx, files};
+use super::files;
 use crate::cli::ClassifyArgs;
+use crate::context::Ctx;
 use crate::exit_code::Outcome;
 
 pub async fn run(ctx: &mut Ctx, args: &ClassifyArgs) -> anyhow::Result<Outcome> {

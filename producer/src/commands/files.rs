@@ -9,9 +9,9 @@ use futures_util::StreamExt as _;
 use warren_common::{Job, ResultStatus};
 use warren_infra::PublishError;
 
-use super::Ctx;
 use crate::cli::FilesArgs;
 use crate::client::{ProducerError, PublishOptions};
+use crate::context::Ctx;
 use crate::exit_code::Outcome;
 use crate::{inputs, output};
 

@@ -8,9 +8,10 @@ use warren_common::fault::{Fault, FaultJob};
 use warren_common::resize::{Filter, Resize, ResizeJob, ResizeMode};
 use warren_common::{Job, Kind};
 
-use super::{Ctx, submit};
+use super::submit;
 use crate::cli::LoadArgs;
 use crate::client::PublishOptions;
+use crate::context::Ctx;
 use crate::exit_code::Outcome;
 use crate::load::{self as generator, LoadPlan};
 
@@ -68,7 +69,7 @@ fn job(args: &LoadArgs, data: Vec<u8>) -> anyhow::Result<Job> {
 mod tests {
     use super::*;
     use crate::cli::Command;
-    use crate::commands::parse;
+    use crate::cli::parse;
 
     fn args(argv: &[&str]) -> LoadArgs {
         let Command::Load(args) = parse(argv) else { panic!("a load command") };

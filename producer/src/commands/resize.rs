@@ -3,8 +3,9 @@
 use warren_common::Job;
 use warren_common::resize::{Resize, ResizeJob};
 
-use super::{Ctx, files};
+use super::files;
 use crate::cli::ResizeArgs;
+use crate::context::Ctx;
 use crate::exit_code::Outcome;
 
 pub async fn run(ctx: &mut Ctx, args: &ResizeArgs) -> anyhow::Result<Outcome> {
@@ -32,7 +33,7 @@ mod tests {
 
     use super::*;
     use crate::cli::Command;
-    use crate::commands::parse;
+    use crate::cli::parse;
 
     fn job(args: &[&str]) -> ResizeJob {
         let Command::Resize(args) = parse(args) else { panic!("a resize command") };

@@ -10,9 +10,10 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 use warren_common::{Encoding, Job, ResultStatus, kind};
 
-use super::{Ctx, files};
+use super::files;
 use crate::cli::{FilesArgs, SubmitArgs};
 use crate::client::PublishOptions;
+use crate::context::Ctx;
 use crate::exit_code::Outcome;
 use crate::output;
 
