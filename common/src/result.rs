@@ -102,7 +102,8 @@ impl JobResult {
 /// receives the result, and parsed by a reader that knows the kind ([`Output::decode`]).
 #[derive(Clone)]
 pub struct Output {
-    kind: String,
+    /// The kind's own name when written by a worker (no allocation per job).
+    kind: std::borrow::Cow<'static, str>,
     body: Body,
 }
 
@@ -125,7 +126,7 @@ impl Output {
     where
         K::Output: std::fmt::Debug,
     {
-        Self { kind: K::NAME.to_owned(), body: Body::Value(Arc::new(output)) }
+        Self { kind: std::borrow::Cow::Borrowed(K::NAME), body: Body::Value(Arc::new(output)) }
     }
 
     /// The kind's name, the key it travels under.
@@ -262,13 +263,13 @@ impl<'de> Visitor<'de> for OutputVisitor {
         if map.next_key::<de::IgnoredAny>()?.is_some() {
             return Err(de::Error::custom("an output object has exactly one key, the kind"));
         }
-        Ok(Output { kind, body: Body::Json(Arc::from(raw)) })
+        Ok(Output { kind: kind.into(), body: Body::Json(Arc::from(raw)) })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Output, A::Error> {
         let kind: String = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
         let payload: ByteBuf = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
-        Ok(Output { kind, body: Body::Bincode(payload.0.into()) })
+        Ok(Output { kind: kind.into(), body: Body::Bincode(payload.0.into()) })
     }
 }
 
