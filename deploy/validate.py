@@ -16,6 +16,7 @@ Exit status 1 with one line per problem.
 import base64
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -156,8 +157,13 @@ def secret_value(secret, key):
 
 
 routes = {r["queue"]: r["kind"] for r in CONFIG.get("routes", [])}  # work queue -> job kind
-docs = []  # (label, document) of every Kubernetes object in deploy/kubernetes
-for f in sorted(K8S.glob("*.yaml")):
+# The example worker's kinds (examples/worker: their `const NAME`s), each on its default queue
+# warren.<kind>; its manifests (examples/*/deploy/) are checked with deploy/kubernetes's.
+for source in sorted(ROOT.glob("examples/*/src/*.rs")):
+    for kind in re.findall(r'const NAME: &\'static str = "([^"]+)";', source.read_text()):
+        routes[f"warren.{kind}"] = kind
+docs = []  # (label, document) of every Kubernetes object in deploy/kubernetes and examples/*/deploy
+for f in sorted(K8S.glob("*.yaml")) + sorted(ROOT.glob("examples/*/deploy/*.yaml")):
     if f.name == "kustomization.yaml":
         continue
     try:

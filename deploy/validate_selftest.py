@@ -116,6 +116,12 @@ CASES = [
     ("manifest left out of the kustomization",
      [(K + "kustomization.yaml", "  - consumer-checksum.yaml\n", "")],
      "kustomization: consumer-checksum.yaml is not in resources"),
+    ("the example worker scaled on a queue none of its kinds has",
+     [("examples/worker/deploy/kubernetes.yaml", "queueName: warren.catalog.price", "queueName: warren.catalog.prices")],
+     "metadata.queueName 'warren.catalog.prices' is none of Warren's work queues"),
+    ("the example worker's Deployment without a readiness probe",
+     [("examples/worker/deploy/kubernetes.yaml", "path: /readyz", "path: /ready")],
+     "warren-example-worker: readiness is not /readyz"),
     ("compose grace period below the drain timeout (the root argument covers every file)",
      [("docker-compose.yml", "stop_grace_period: 40s", "stop_grace_period: 20s")],
      "stop_grace_period 20s <= drain timeout"),
@@ -123,10 +129,11 @@ CASES = [
 
 
 def copy_inputs(dest):
-    """The files validate.py reads: compose and what it mounts, Dockerfile, config/, deploy/."""
+    """The files validate.py reads: compose and what it mounts, Dockerfile, config/, deploy/,
+    the example worker's kinds and manifests."""
     for name in ("docker-compose.yml", "Dockerfile"):
         shutil.copy2(ROOT / name, dest / name)
-    for name in ("config", "deploy"):
+    for name in ("config", "deploy", "examples/worker/src", "examples/worker/deploy"):
         shutil.copytree(ROOT / name, dest / name)
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     for svc in (compose.get("services") or {}).values():
