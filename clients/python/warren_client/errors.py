@@ -76,7 +76,13 @@ ModelInputMismatch = _kind("ModelInputMismatch", "model_input_mismatch", Permane
 EncodeFailed = _kind("EncodeFailed", "encode_failed", PermanentJobError)
 JobPanicked = _kind("JobPanicked", "panic", PermanentJobError)
 RedeliveryLimit = _kind("RedeliveryLimit", "redelivery_limit", PermanentJobError)
-JobTimedOut = _kind("JobTimedOut", "timeout", TransientJobError)
+#: ``timeout`` is transient unless the worker runs with ``consumer.retry_timeouts = false``: catch
+#: ``JobTimedOut`` for either; ``job_error`` gives a permanent one ``PermanentJobTimedOut``.
+JobTimedOut = _kind("JobTimedOut", "timeout", JobError)
+TransientJobTimedOut: type[JobError] = type("TransientJobTimedOut", (JobTimedOut, TransientJobError),
+                            {"__doc__": "Warren error type ``timeout``, transient (retried, then given up)."})
+PermanentJobTimedOut: type[JobError] = type("PermanentJobTimedOut", (JobTimedOut, PermanentJobError),
+                            {"__doc__": "Warren error type ``timeout`` from a worker that does not retry timeouts."})
 ModelUnavailable = _kind("ModelUnavailable", "model_unavailable", TransientJobError)
 InferenceFailed = _kind("InferenceFailed", "inference_failed", TransientJobError)
 InjectedFault = _kind("InjectedFault", "injected_fault", TransientJobError)
@@ -87,18 +93,28 @@ BY_TYPE: dict[str, type[JobError]] = {
     c.error_type: c
     for c in (UnsupportedContentType, BodyTooLarge, MalformedEnvelope, UnsupportedVersion, UnknownKind,
               KindNotServed, InvalidParams, UnsupportedFormat, CorruptImage, LimitExceeded, ModelInputMismatch,
-              EncodeFailed, JobPanicked, RedeliveryLimit, JobTimedOut, ModelUnavailable, InferenceFailed,
+              EncodeFailed, JobPanicked, RedeliveryLimit, TransientJobTimedOut, ModelUnavailable, InferenceFailed,
               InjectedFault, ResultNotStored)
+}
+
+#: Types whose class the worker's configuration decides: (type, class on the wire) -> exception.
+_BY_TYPE_AND_CLASS: dict[tuple[str, str], type[JobError]] = {
+    ("timeout", "transient"): TransientJobTimedOut,
+    ("timeout", "permanent"): PermanentJobTimedOut,
 }
 
 
 __all__ = ["WarrenError", "Unroutable", "Nacked", "Timeout", "ConnectionLost", "JobError", "PermanentJobError",
-           "TransientJobError", "BY_TYPE", "job_error"] + [c.__name__ for c in BY_TYPE.values()]
+           "TransientJobError", "BY_TYPE", "job_error", "JobTimedOut", "PermanentJobTimedOut"] + \
+    [c.__name__ for c in BY_TYPE.values()]
 
 
 def job_error(error: dict[str, object], job_id: str = "") -> JobError:
-    """The exception for a result's ``error`` object; an unknown type keeps its class's family."""
+    """The exception for a result's ``error`` object: its type's class, in the family its class on
+    the wire says (``timeout`` can be either); a type Warren does not list (a kind's own) is
+    ``TransientJobError`` or ``PermanentJobError`` by its class."""
     error_type = str(error.get("type", "unknown"))
     error_class = str(error.get("class", "permanent"))
-    cls = BY_TYPE.get(error_type) or (TransientJobError if error_class == "transient" else PermanentJobError)
+    cls = (_BY_TYPE_AND_CLASS.get((error_type, error_class)) or BY_TYPE.get(error_type)
+           or (TransientJobError if error_class == "transient" else PermanentJobError))
     return cls(str(error.get("message", error_type)), job_id=job_id, error_type=error_type, error_class=error_class)
