@@ -4,9 +4,39 @@
 //! node after the one it was on, so a worker whose node died moves on instead of dialling it
 //! again first. A full round of failures is then waited out by the caller's backoff.
 
-/// The addresses of a comma-separated list, trimmed, empty entries dropped.
+/// The addresses of a comma-separated list, trimmed, empty entries dropped. A comma starts a new
+/// address only where a scheme (`amqp://`, `http://`, ...) follows it, so that a comma inside a
+/// password never cuts its URL in two.
 pub fn split(list: &str) -> Vec<&str> {
-    list.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+    ranges(list)
+        .into_iter()
+        .map(|(a, b)| list[a..b].trim_matches(|c: char| c.is_whitespace() || c == ','))
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Where each address of `list` lies (byte ranges, untrimmed: blanks and stray commas around an
+/// address are [`split`]'s to drop).
+pub fn ranges(list: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, _) in list.match_indices(',') {
+        if starts_with_scheme(&list[i + 1..]) {
+            out.push((start, i));
+            start = i + 1;
+        }
+    }
+    out.push((start, list.len()));
+    out
+}
+
+/// Whether `s` (leading blanks aside) begins with `scheme://`.
+fn starts_with_scheme(s: &str) -> bool {
+    let s = s.trim_start();
+    let Some(end) = s.find("://") else { return false };
+    let scheme = &s[..end];
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// The order in which to dial `count` nodes, starting from `start` (any number: it wraps).
@@ -20,11 +50,12 @@ pub fn next_start(count: usize, connected: usize) -> usize {
 }
 
 /// `host:port` of an AMQP or HTTP URL, without credentials, path or query: how logs, connection
-/// names and `/readyz` name a node.
+/// names and `/readyz` name a node. Credentials end at the URL's last `@` (a host never holds
+/// one), so nothing of a password with reserved characters in it shows.
 pub fn host_port(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    &host[..host.find(['/', '?', '#']).unwrap_or(host.len())]
 }
 
 #[cfg(test)]
@@ -36,6 +67,20 @@ mod tests {
         assert_eq!(split("amqp://a:5672/%2f"), vec!["amqp://a:5672/%2f"]);
         assert_eq!(split(" amqp://a , amqp://b,,amqp://c ,"), vec!["amqp://a", "amqp://b", "amqp://c"]);
         assert!(split(" , ").is_empty());
+    }
+
+    #[test]
+    fn a_comma_in_a_password_does_not_split_its_url() {
+        assert_eq!(split("amqp://u:a,b@h1/%2f, amqps://v:c@h2/%2f"), vec!["amqp://u:a,b@h1/%2f", "amqps://v:c@h2/%2f"]);
+        assert_eq!(split("amqp://u:a,,b@h1"), vec!["amqp://u:a,,b@h1"]);
+    }
+
+    #[test]
+    fn a_node_is_named_without_any_of_a_password_that_holds_reserved_characters() {
+        for c in ['/', '?', '#', '@'] {
+            let url = format!("amqp://u:pa{c}ss@h:5672/%2f");
+            assert_eq!(host_port(&url), "h:5672", "{c:?}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use warren_common::kind::{self, RouteDefaults};
 use warren_common::resize::Filter;
 use warren_common::retry::RetryPolicy;
 
-use crate::redact::redact_url;
+use crate::redact::{check_urls, redact_url};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,6 +380,7 @@ impl Settings {
                 r.kind
             );
         }
+        check_urls(&self.broker.url).map_err(|e| anyhow::anyhow!("broker.url: {e}"))?;
         anyhow::ensure!(self.broker.confirm_timeout_ms > 0, "broker.confirm_timeout_ms must be positive");
         anyhow::ensure!(
             0 < self.broker.reconnect_min_ms && self.broker.reconnect_min_ms <= self.broker.reconnect_max_ms,

@@ -4,6 +4,7 @@
 mod bench;
 mod binaries;
 mod crash;
+mod credentials;
 mod dashboard;
 mod delivery;
 mod digits;

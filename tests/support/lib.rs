@@ -17,7 +17,7 @@ use std::time::Duration;
 use warren_common::Job;
 use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 
-pub use broker::{Vhost, vhost};
+pub use broker::{Vhost, management_url, vhost};
 pub use fleet::{Fleet, collect_messages, fleet_and_producer, queue_depth, settings_for, want_result};
 pub use process::{ConfigDir, ConsumerProcess};
 pub use temp::TempDir;
