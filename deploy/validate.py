@@ -398,6 +398,12 @@ for label, d in docs:
         protocol = md.get("protocol", "auto")
         check(protocol in RABBITMQ_PROTOCOLS, f"{where}: metadata.protocol {protocol!r} is none of amqp, http, auto")
         check(mode in (None, "QueueLength") or protocol == "http", f"{where}: mode {mode} needs protocol http (KEDA reads rates from the management API)")
+        check(protocol == "http" or mode != "QueueLength",
+              f"{where}: protocol {protocol}: QueueLength over AMQP counts only ready messages, so a fleet busy with "
+              "full prefetches looks idle and is scaled down mid-job (kedacore/keda#5050): use protocol http, whose "
+              "QueueLength counts ready and unacked messages")
+        check(md.get("excludeUnacknowledged", "false") != "true",
+              f"{where}: metadata.excludeUnacknowledged \"true\" counts only ready messages: jobs held in prefetch would not count")
         value = md.get("value")
         check(is_number(value) and float(value) > 0, f"{where}: metadata.value {value!r} is not a positive number in a string")
         if "activationValue" in md:
