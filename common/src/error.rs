@@ -135,8 +135,46 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
+/// Longest error message a result or a dead letter carries, in bytes (UTF-8), ellipsis included.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+impl JobError {
+    /// The message for people, cut to [`MAX_MESSAGE_BYTES`] at a character boundary (with `…`
+    /// when cut): a message can quote the input (an unknown kind's name), which has no bound.
+    pub fn bounded_message(&self) -> String {
+        let mut message = self.to_string();
+        if message.len() > MAX_MESSAGE_BYTES {
+            let mut cut = MAX_MESSAGE_BYTES - '…'.len_utf8();
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        message
+    }
+}
+
 impl From<&JobError> for ErrorInfo {
     fn from(e: &JobError) -> Self {
-        Self { class: e.class(), error_type: e.error_type().to_owned(), message: e.to_string() }
+        Self { class: e.class(), error_type: e.error_type().to_owned(), message: e.bounded_message() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_message_is_at_most_2_kib_in_bytes_whatever_it_quotes() {
+        for c in ["x", "é", "€", "𝄞"] {
+            let long = JobError::UnknownKind(c.repeat(5_000));
+            let info = ErrorInfo::from(&long);
+            assert!(info.message.len() <= MAX_MESSAGE_BYTES, "{c}: {} bytes", info.message.len());
+            assert!(info.message.len() > MAX_MESSAGE_BYTES - 8, "{c}: cut no shorter than needed");
+            assert!(info.message.ends_with('…'), "{c}: marked as cut");
+        }
+        let short = JobError::UnknownKind("nope".into());
+        assert_eq!(ErrorInfo::from(&short).message, "unknown job kind \"nope\"", "a short message is whole");
     }
 }

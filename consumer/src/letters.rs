@@ -18,9 +18,6 @@ use warren_infra::fields;
 
 use crate::decide::Purpose;
 
-/// The longest error message kept in a header; the rest is cut (headers are not for essays).
-const MAX_MESSAGE_LEN: usize = 2048;
-
 /// One message to publish, and what it is for.
 #[derive(Debug, Clone)]
 pub struct Letter<'a> {
@@ -169,15 +166,7 @@ pub fn requeue<'a>(input: Input<'a>, queue: &str, count: Recount) -> Letter<'a> 
 /// from; the first failure's time is kept across retries.
 fn failure_headers(input: Input<'_>, f: FailureRecord<'_>) -> FieldTable {
     let mut headers = input.properties.headers().clone().unwrap_or_default();
-    let mut message = f.error.to_string();
-    if message.len() > MAX_MESSAGE_LEN {
-        let mut cut = MAX_MESSAGE_LEN;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push('…');
-    }
+    let message = f.error.bounded_message();
     fields::set_str(&mut headers, h::ERROR_CLASS, f.error.class().as_str());
     fields::set_str(&mut headers, h::ERROR_TYPE, f.error.error_type());
     fields::set_str(&mut headers, h::ERROR_MESSAGE, message);
@@ -264,6 +253,15 @@ mod tests {
         assert_eq!(fields::get_str(hs, h::ERROR_TYPE).as_deref(), Some("corrupt_image"));
         assert_eq!(fields::get_str(hs, h::ORIGINAL_EXCHANGE).as_deref(), Some("warren.jobs"));
         assert_eq!(fields::get_str(hs, "custom").as_deref(), Some("kept"));
+    }
+
+    #[test]
+    fn a_dead_letters_error_message_is_at_most_2_kib_in_bytes() {
+        let props = input_props();
+        let error = JobError::UnknownKind("k".repeat(5_000));
+        let dead = dead_letter(input(&props), record(&error), 0, "permanent_error", "warren.dlx");
+        let message = fields::get_str(dead.properties.headers().as_ref(), h::ERROR_MESSAGE).expect("a message");
+        assert!(message.len() <= 2048 && message.ends_with('…'), "{} bytes", message.len());
     }
 
     #[test]

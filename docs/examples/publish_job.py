@@ -26,6 +26,8 @@ channel = connection.channel()
 channel.confirm_delivery()  # publisher confirms: basic_publish raises if the broker refuses
 
 # A private queue for our results; the broker deletes it when we disconnect.
+# Exclusive: simple, but results arriving after this connection is gone are lost (see Guarantees);
+# a producer that must not lose them declares a durable queue of its own instead.
 reply_queue = channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
 
 jobs = [("checksum", {"data": base64.b64encode(b"hello from python").decode(), "rounds": 1})]

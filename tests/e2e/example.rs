@@ -226,6 +226,10 @@ async fn a_job_that_kills_the_example_worker_each_time_is_stopped_as_poison(vhos
     let dead = collect_messages(&settings, "warren.catalog.price.dead", 1, DEADLINE).await;
     let headers = dead[0].properties.headers().as_ref();
     assert_eq!(fields::get_str(headers, h::ERROR_TYPE).as_deref(), Some("redelivery_limit"));
+    // As docs/contract.md says: 4 deaths, dead-lettered on the 5th delivery, 3 returns recorded.
+    assert_eq!(fields::get_u64(headers, h::REDELIVERIES), Some(3));
+    let message = fields::get_str(headers, h::ERROR_MESSAGE).unwrap_or_default();
+    assert!(message.contains("delivered 4 times"), "{message}");
     println!("poison: given up after {deaths} worker deaths, {} requests", catalog.requests("CRASH"));
     assert_eq!(u64::from(catalog.requests("CRASH")), deaths, "one run per death, none after");
     assert!(deaths >= 2, "it ran again after the first death");
