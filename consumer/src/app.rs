@@ -137,7 +137,6 @@ impl Application {
             metrics: metrics.clone(),
             node: Arc::default(),
         };
-        let session = Session::open(&shared).await?;
         let health = Arc::new(Health {
             metrics: metrics.clone(),
             queues: shared.served.iter().map(|s| s.queue.clone()).collect(),
@@ -146,6 +145,8 @@ impl Application {
             registry,
             node: shared.node.clone(),
         });
+        // Served before the first connection: a worker waiting for its broker is alive
+        // (/healthz) and says why it is not ready (/readyz).
         let metrics_addr = match settings.telemetry.metrics_addr.as_str() {
             "" => None,
             addr => {
@@ -153,6 +154,7 @@ impl Application {
                 Some(warren_infra::serve::spawn(addr, metrics.registry.clone(), move || probe.status()).await?)
             }
         };
+        let session = Session::first(&shared).await?;
         tracing::info!(
             broker = %settings.broker.redacted_url(),
             node = %session.node,

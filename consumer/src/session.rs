@@ -54,8 +54,43 @@ pub struct Session {
 
 impl Session {
     pub async fn open(shared: &Shared) -> anyhow::Result<Self> {
+        let connected = warren_infra::connect_node(&shared.settings.broker, "consumer").await?;
+        Self::start(shared, connected).await
+    }
+
+    /// The first session of a worker: while no node answers, dial again with the reconnect
+    /// backoff for up to `broker.startup_timeout_ms` (each failure logged, with no credential);
+    /// whatever fails once connected (the topology, a refused consumer) stops start-up at once.
+    pub async fn first(shared: &Shared) -> anyhow::Result<Self> {
+        let broker = &shared.settings.broker;
+        let mut backoff = warren_infra::backoff::Backoff::new(
+            Duration::from_millis(broker.reconnect_min_ms),
+            Duration::from_millis(broker.reconnect_max_ms),
+        );
+        // A TLS file that cannot be read is a mistake to fix, not a broker to wait for.
+        warren_infra::broker::tls_config(broker)?;
+        let give_up = tokio::time::Instant::now() + Duration::from_millis(broker.startup_timeout_ms);
+        let connected = loop {
+            match warren_infra::connect_node(broker, "consumer").await {
+                Ok(connected) => break connected,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    if tokio::time::Instant::now() + delay >= give_up {
+                        return Err(e.context(format!(
+                            "no broker node answered within broker.startup_timeout_ms = {}",
+                            broker.startup_timeout_ms
+                        )));
+                    }
+                    tracing::warn!(error = format!("{e:#}"), next_try_in = ?delay, "no broker node answers yet; waiting for one");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        Self::start(shared, connected).await
+    }
+
+    async fn start(shared: &Shared, connected: warren_infra::Connected) -> anyhow::Result<Self> {
         let settings = &shared.settings;
-        let connected = warren_infra::connect_node(&settings.broker, "consumer").await?;
         let (connection, node) = (Arc::new(connected.connection), connected.node);
         *shared.node.lock().unwrap_or_else(|p| p.into_inner()) = node.clone();
         let setup = connection.create_channel().await.context("open channel for topology")?;

@@ -75,7 +75,7 @@ async fn connect_one(
 }
 
 /// The CA to trust instead of the system's, and the client certificate to present, when set.
-fn tls_config(broker: &BrokerSettings) -> anyhow::Result<Option<OwnedTLSConfig>> {
+pub fn tls_config(broker: &BrokerSettings) -> anyhow::Result<Option<OwnedTLSConfig>> {
     let read = |p: &std::path::Path, what: &str| {
         std::fs::read(p).with_context(|| format!("reading broker.{what} {}", p.display()))
     };

@@ -53,6 +53,10 @@ pub struct BrokerSettings {
     pub tls_key_file: PathBuf,
     /// How long dialling one node may take before the next is tried.
     pub connect_timeout_ms: u64,
+    /// How long a worker starting while no node answers keeps dialling (with the reconnect
+    /// backoff) before it gives up; not ready meanwhile. Tools (warrenctl, the producer's CLI)
+    /// fail at once instead.
+    pub startup_timeout_ms: u64,
     /// Where the next connection starts in the list of nodes; shared by clones of these
     /// settings, so a process moves on from the node it lost (`nodes`).
     #[serde(skip)]
@@ -78,6 +82,7 @@ impl std::fmt::Debug for BrokerSettings {
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("startup_timeout_ms", &self.startup_timeout_ms)
             .finish()
     }
 }

@@ -218,3 +218,54 @@ async fn warrenctl_status_and_replay_work_on_the_cluster_with_a_node_down() {
     .await;
     println!("warrenctl on the cluster with wr1 down: status listed the dead letters, replay moved 5 back");
 }
+
+/// A worker started while no node of its list answers waits for one (issue 24, item 11): alive
+/// on `/healthz`, not ready on `/readyz`, then consuming once the node is back 20 s later, its
+/// jobs answered, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_its_broker_is_down_waits_for_it() {
+    let cluster = Cluster::get();
+    let _turn = Cluster::turn().await;
+    let vhost = cluster.vhost("startup-wait");
+    let on_a = cluster_settings(cluster, &vhost, &[0]);
+    let on_b = cluster_settings(cluster, &vhost, &[1, 2]);
+    cluster.node("stop", 0).await;
+    let mut env = consumer_env(&on_a);
+    env.push(("WARREN__BROKER__RECONNECT_MAX_MS".into(), "2000".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut worker = ConsumerProcess::spawn_bin("warren-consumer", &vhost, &env);
+    worker.wait_for_log("no broker node answers yet").await;
+    let log = worker.log();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .expect("the worker serves /healthz before it connects")
+        .to_owned();
+    let get = |path: &str| match ureq::get(&format!("http://{addr}{path}")).call() {
+        Ok(r) => r.status().as_u16(),
+        Err(ureq::Error::StatusCode(code)) => code,
+        Err(e) => panic!("{path}: {e}"),
+    };
+    // The broker stays away for 20 s: that is the scenario, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(!worker.exited(), "the worker waited:\n{}", worker.log());
+    assert_eq!((get("/healthz"), get("/readyz")), (200, 503), "alive, not ready");
+    assert!(!worker.log().contains("change-me") && !worker.log().contains(":guest@"), "no credential logged");
+    cluster.node("restart", 0).await;
+    worker.wait_for_log("consumer ready").await;
+    until("the worker ready", DEADLINE, || std::future::ready(get("/readyz") == 200)).await;
+    let mut producer = Producer::connect(on_b.clone()).await.expect("producer on node B");
+    producer.enable_replies().await.expect("a reply queue");
+    for i in 0..20 {
+        let ticket = producer.publish(&job(i), &warren_e2e::want_result()).await.expect("publish");
+        assert!(ticket.wait(DEADLINE).await.expect("answered").status == warren_common::ResultStatus::Ok);
+    }
+    let tries = worker.log().matches("no broker node answers yet").count();
+    println!("startup wait: {tries} tries while the node was down, then consuming; 20 jobs answered");
+    assert!(!worker.exited(), "no restart");
+    worker.signal("TERM").await;
+    assert_eq!(worker.wait().await.0, Some(0));
+    producer.close().await;
+}

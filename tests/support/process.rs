@@ -27,6 +27,13 @@ impl ConsumerProcess {
 
     /// [`Self::start`] for another worker binary (a user's, built on warren-consumer).
     pub async fn start_bin(name: &str, vhost: &Vhost, env: &[(&str, &str)]) -> Self {
+        let process = Self::spawn_bin(name, vhost, env);
+        process.wait_for_log("consumer ready").await;
+        process
+    }
+
+    /// Starts the binary without waiting for it to be ready.
+    pub fn spawn_bin(name: &str, vhost: &Vhost, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(bin(name));
         cmd.current_dir(repo_root())
             .env("WARREN_CONFIG_DIR", repo_root().join("config"))
@@ -56,9 +63,7 @@ impl ConsumerProcess {
                 seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
             }
         });
-        let process = Self { child, log, seen };
-        process.wait_for_log("consumer ready").await;
-        process
+        Self { child, log, seen }
     }
 
     /// Whether the process has exited (without waiting).
