@@ -98,3 +98,46 @@ async fn a_missing_onnx_runtime_is_a_clear_start_up_error() {
     assert!(stderr.contains("ONNX Runtime 1.31.1 not found"), "{stderr}");
     assert!(stderr.contains("scripts/setup.sh") && stderr.contains("ORT_DYLIB_PATH"), "{stderr}");
 }
+
+/// `<worker> routes --json`: the kinds a worker binary serves, their effective routes (its
+/// `[[routes]]` entries over the kinds' defaults) and the topology, without connecting.
+#[tokio::test]
+async fn a_worker_prints_its_effective_routes_without_connecting() {
+    let routes = |binary: &str, env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(bin(binary));
+        cmd.args(["routes", "--json"])
+            .current_dir(repo_root())
+            .env("WARREN_CONFIG_DIR", repo_root().join("config"))
+            .env("WARREN_ENV", "local")
+            // Nothing listens here: printing routes must not dial.
+            .env("WARREN__BROKER__URL", "amqp://guest:guest@127.0.0.1:1/%2f");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("runs");
+        assert!(out.status.success(), "{binary} routes: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("one JSON document")
+    };
+    let stock = routes("warren-consumer", &[]);
+    let kinds: Vec<&str> =
+        stock["routes"].as_array().expect("routes").iter().filter_map(|r| r["kind"].as_str()).collect();
+    assert_eq!(kinds, ["image.resize", "ml.classify", "checksum"], "fault is opt-in: no route, not served");
+    let classify = &stock["routes"][1];
+    assert_eq!((classify["shape"].as_str(), classify["max_batch"].as_u64()), (Some("batched"), Some(8)));
+    assert_eq!(classify["queue"], "warren.ml.classify");
+    assert!(stock["queues"].as_array().expect("queues").iter().any(|q| q == "warren.checksum.dead"));
+
+    let example = routes("warren-example-worker", &[("WARREN__CONSUMER__POOL_SIZE", "2")]);
+    let rows = example["routes"].as_array().expect("routes");
+    let shapes: Vec<(&str, &str)> =
+        rows.iter().filter_map(|r| Some((r["kind"].as_str()?, r["shape"].as_str()?))).collect();
+    assert_eq!(shapes, [("image.blurhash", "blocking"), ("vector.normalize", "batched"), ("catalog.price", "async")]);
+    let catalog = &rows[2];
+    assert_eq!((catalog["concurrency"].as_u64(), catalog["prefetch"].as_u64()), (Some(32), Some(32)), "{catalog}");
+    assert_eq!(example["other_workers_routes"], serde_json::json!(["image.resize", "ml.classify", "checksum"]));
+
+    let narrowed = routes("warren-consumer", &[("WARREN__CONSUMER__KINDS", "checksum,fault")]);
+    let kinds: Vec<&str> =
+        narrowed["routes"].as_array().expect("routes").iter().filter_map(|r| r["kind"].as_str()).collect();
+    assert_eq!(kinds, ["checksum", "fault"], "consumer.kinds serves an opt-in kind too");
+}
