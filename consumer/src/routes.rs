@@ -112,23 +112,31 @@ pub fn check_time_limits(settings: &Settings, routes: &[(Route, u16, Runs)], poo
     let on_pool = routes.iter().filter(|(_, _, r)| r.on_pool);
     let held: usize = on_pool.clone().map(|(_, prefetch, r)| usize::from(*prefetch).div_ceil(r.per_run.max(1))).sum();
     let rounds = held.div_ceil(pool.max(1)) as u64;
-    let longest = on_pool.map(|(route, ..)| route.time_limit_ms).max().unwrap_or(0);
-    let mut worst = (longest.saturating_mul(rounds), longest, rounds, held);
+    let longest = on_pool.clone().map(|(route, ..)| route.time_limit_ms).max().unwrap_or(0);
+    // A batch that panics is run again one job at a time (`batcher`): up to ceil(max_batch / pool)
+    // more rounds of its time limit for a job of it.
+    let rerun = on_pool
+        .filter(|(_, _, r)| r.per_run > 1)
+        .map(|(route, _, r)| route.time_limit_ms.saturating_mul(r.per_run.div_ceil(pool.max(1)) as u64))
+        .max()
+        .unwrap_or(0);
+    let mut worst = (longest.saturating_mul(rounds).saturating_add(rerun), longest, rounds, held, rerun);
     for (route, prefetch, r) in routes.iter().filter(|(_, _, r)| !r.on_pool) {
         let rounds = usize::from(*prefetch).div_ceil(r.concurrency.max(1)) as u64;
         let wait = route.time_limit_ms.saturating_mul(rounds);
         if wait > worst.0 {
-            worst = (wait, route.time_limit_ms, rounds, usize::from(*prefetch));
+            worst = (wait, route.time_limit_ms, rounds, usize::from(*prefetch), 0);
         }
     }
-    let (waits, longest, rounds, held) = worst;
+    let (waits, longest, rounds, held, rerun) = worst;
     let broker = &settings.broker;
     let worst_ms = waits + 6 * broker.confirm_timeout_ms + 3 * broker.reconnect_max_ms;
     let budget_ms = settings.broker.consumer_timeout_ms / 10 * 9;
     anyhow::ensure!(
         worst_ms <= budget_ms,
         "a job could stay unacked for {worst_ms} ms (time limit {longest} ms x {rounds} rounds of the {held} runs \
-         the prefetched jobs need on {pool} slots, plus 6 confirm timeouts and 3 reconnect_max_ms pauses), over 90% of \
+         the prefetched jobs need on {pool} slots, plus {rerun} ms if its batch panics and is re-run one by one, \
+         plus 6 confirm timeouts and 3 reconnect_max_ms pauses), over 90% of \
          broker.consumer_timeout_ms = {}: lower time_limit_ms or consumer.prefetch, raise consumer.pool_size, \
          or raise the broker's consumer_timeout and broker.consumer_timeout_ms with it",
         settings.broker.consumer_timeout_ms
@@ -218,8 +226,17 @@ mod tests {
         // 4 rounds of 10 min do not.
         let e = check_time_limits(&s, &[(route(600_000), 8, ONE)], 2).expect_err("too long").to_string();
         assert!(e.contains("x 4 rounds"), "{e}");
-        // A batch of 8 takes one slot: 16 held are 2 runs, one round on 2 slots.
-        assert!(check_time_limits(&s, &[(route(600_000), 16, Runs { per_run: 8, ..ONE })], 2).is_ok());
+        // A batch of 8 takes one slot: 16 held are 2 runs, one round on 2 slots (plus its re-runs,
+        // below).
+        assert!(check_time_limits(&s, &[(route(200_000), 16, Runs { per_run: 8, ..ONE })], 2).is_ok());
+        // A batch that panics is run again job by job: a job of it can wait its batch's run, then
+        // ceil(max_batch / pool) more rounds of solo runs. 16 held in batches of 8 on 2 slots:
+        // 1 round (its batch), then 4 solo rounds: 5 x 300 s + 270 s of confirms and pauses is
+        // over 90 % of 1,800 s; 5 x 200 s + 270 s is not.
+        let batched = Runs { per_run: 8, ..ONE };
+        let e = check_time_limits(&s, &[(route(300_000), 16, batched)], 2).expect_err("reruns counted").to_string();
+        assert!(e.contains("re-run one by one"), "{e}");
+        assert!(check_time_limits(&s, &[(route(200_000), 16, batched)], 2).is_ok(), "6 x 200 s + 270 s fits");
         // An async kind waits on its own concurrency, not on the pool.
         let io = Runs { per_run: 1, on_pool: false, concurrency: 16 };
         assert!(check_time_limits(&s, &[(route(600_000), 16, io)], 1).is_ok());
