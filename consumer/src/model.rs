@@ -47,7 +47,13 @@ pub async fn load(settings: &Settings, route: &Route, pool: usize, metrics: &Met
             Model { classifier: Arc::new(loaded), ready: None }
         }
         ModelBackend::Triton => {
-            let metrics_of = TritonMetrics { inference_seconds: histogram, errors: metrics.triton_errors() };
+            let errors = metrics.triton_errors();
+            // Exported from the start, at 0: a dashboard or alert sees "no failures yet" rather
+            // than no series (the codes a server that is down or slow gives).
+            for code in ["unavailable", "deadline_exceeded"] {
+                errors.with_label_values(&[code]);
+            }
+            let metrics_of = TritonMetrics { inference_seconds: histogram, errors };
             let triton = TritonClassifier::connect(&model, route.max_batch.max(1), metrics_of).await?;
             let ready = triton.watch_readiness(
                 Duration::from_millis(model.triton_ready_interval_ms),
