@@ -218,6 +218,31 @@ fn bincode_layouts_are_the_documented_ones() {
     for (format, i) in [(Format::Png, 0u8), (Format::Jpeg, 1), (Format::Webp, 2)] {
         assert_eq!(bincode::serde::encode_to_vec(format, bincode::config::standard()).unwrap(), [i]);
     }
+    // checksum: data bytes, rounds; ml.classify: image bytes, top_k Option of u32.
+    let body = JobEnvelope::encode(&Job::new::<Checksum>(checksum()), Encoding::Bincode).unwrap();
+    assert_eq!(&body[body.len() - 7..], [5, b'h', b'e', b'l', b'l', b'o', 4]);
+    let body = JobEnvelope::encode(
+        &Job::new::<Classify>(ClassifyJob { image: vec![7, 8], top_k: Some(3) }),
+        Encoding::Bincode,
+    )
+    .unwrap();
+    assert_eq!(&body[body.len() - 5..], [2, 7, 8, 1, 3]);
+    // Outputs: image.resize and ml.classify, as the contract's table writes them.
+    let cfg = bincode::config::standard();
+    let resized = warren_common::resize::ResizeOutput {
+        image: vec![9],
+        format: Format::Jpeg,
+        width: 2,
+        height: 3,
+        source_width: 4,
+        source_height: 5,
+    };
+    assert_eq!(bincode::serde::encode_to_vec(&resized, cfg).unwrap(), [1, 9, 1, 2, 3, 4, 5]);
+    let classified = warren_common::classify::ClassifyOutput {
+        model: "m".into(),
+        predictions: vec![warren_common::classify::Prediction { label: "a".into(), index: 1, score: 0.5 }],
+    };
+    assert_eq!(bincode::serde::encode_to_vec(&classified, cfg).unwrap(), [1, b'm', 1, 1, b'a', 1, 0, 0, 0, 0x3f]);
     // Every field is written, false ones too: bincode takes fields by position.
     let fault = FaultJob { busy_ms: 5, ..FaultJob::default() };
     let body = JobEnvelope::encode(&Job::new::<Fault>(fault.clone()), Encoding::Bincode).unwrap();

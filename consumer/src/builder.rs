@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
 use crate::registry::{Registered, Runner};
 use crate::routes::Runs;
-use crate::shapes::{Batched, Blocking, Io};
+use crate::shapes::{Batched, Blocking, Io, Typed};
 
 /// What a kind's factory is given: the worker's settings, the kind's effective route, the pool
 /// and the metrics registry (for a kind's own metrics).
@@ -151,7 +151,9 @@ impl WorkerBuilder {
         F: FnOnce(Setup) -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<Loaded<K>>> + Send + 'static,
     {
-        self.register::<K, _, _>(Shape::Blocking, make, |loaded, _| Arc::new(Blocking(Arc::new(loaded.kind))))
+        self.register::<K, _, _>(Shape::Blocking, make, |loaded, _| {
+            Arc::new(Typed { kind: Arc::new(loaded.kind), shape: Blocking })
+        })
     }
 
     /// Registers batched work, gathered by the micro-batcher (route `max_batch`, `max_batch_wait_ms`).
@@ -185,7 +187,7 @@ impl WorkerBuilder {
                     setup.metrics.batch_size_histogram(K::NAME, &model, &backend),
                 )
             });
-            Arc::new(Batched { kind, batcher })
+            Arc::new(Typed { kind, shape: Batched { batcher } })
         })
     }
 
@@ -203,7 +205,7 @@ impl WorkerBuilder {
     {
         self.register::<K, _, _>(Shape::Async, make, |loaded, setup| {
             let permits = Arc::new(Semaphore::new(setup.route.concurrency.max(1)));
-            Arc::new(Io { kind: Arc::new(loaded.kind), permits })
+            Arc::new(Typed { kind: Arc::new(loaded.kind), shape: Io { permits } })
         })
     }
 

@@ -1,6 +1,7 @@
 //! The three shapes of a kind, carried out: blocking work on the bounded pool, batched work
 //! through the micro-batcher (or alone on the pool), async work on the runtime under the kind's
-//! own concurrency limit. Each turns a typed kind into a [`Runner`].
+//! own concurrency limit. [`Typed`] turns a typed kind and its shape into a [`Runner`]: parsing,
+//! validation and getting the input back in its type are written once, for every shape.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -16,135 +17,102 @@ use crate::decide::Lane;
 use crate::pool::{Ran, now_us, panic_message};
 use crate::registry::{Input, RunCx, Runner};
 
-/// Parses a job of kind `K`.
-fn decode<K: Kind>(job: JobBody<'_>) -> Result<Input, JobError> {
-    Ok(Box::new(job.decode::<K::Input>()?))
+/// How one shape runs a job of kind `K`, given its input in its type.
+pub trait ShapeRun<K: Kind>: Send + Sync {
+    fn run<'a>(&'a self, kind: &'a Arc<K>, input: K::Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>>;
 }
 
-/// Validates a parsed job of kind `K`.
-fn validate<K: Kind>(kind: &K, input: &Input, limits: &Limits) -> Result<(), JobError> {
-    match input.downcast_ref::<K::Input>() {
-        Some(input) => kind.validate(input, limits),
-        None => Err(JobError::Panicked(format!("{}: input of another type", K::NAME))),
-    }
+/// A kind and the shape it runs in: the [`Runner`] the delivery path sees.
+pub struct Typed<K, S> {
+    pub kind: Arc<K>,
+    pub shape: S,
 }
 
-/// The input back in its type. It was opened by the same runner, so this cannot fail; if it
-/// did, the job fails permanently rather than the worker.
-fn typed<K: Kind>(input: Input) -> Result<K::Input, JobError> {
-    input
-        .downcast::<K::Input>()
-        .map(|b| *b)
-        .map_err(|_| JobError::Panicked(format!("{}: input of another type", K::NAME)))
-}
-
-fn failed(e: JobError) -> Ran<Output> {
-    let now = now_us();
-    Ran::Done(Err(e), Timing { started_at_us: now, finished_at_us: now })
-}
-
-/// A [`BlockingKind`] on the pool.
-pub struct Blocking<K>(pub Arc<K>);
-
-impl<K: BlockingKind> Runner for Blocking<K> {
+impl<K: Kind, S: ShapeRun<K>> Runner for Typed<K, S> {
     fn name(&self) -> &'static str {
         K::NAME
     }
 
     fn decode(&self, job: JobBody<'_>) -> Result<Input, JobError> {
-        decode::<K>(job)
+        Ok(Box::new(job.decode::<K::Input>()?))
     }
 
     fn validate(&self, input: &Input, limits: &Limits) -> Result<(), JobError> {
-        validate(&*self.0, input, limits)
+        match input.downcast_ref::<K::Input>() {
+            Some(input) => self.kind.validate(input, limits),
+            None => Err(another_type::<K>()),
+        }
     }
 
     fn run<'a>(&'a self, input: Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
-        let kind = self.0.clone();
-        Box::pin(async move {
-            let input = match typed::<K>(input) {
-                Ok(i) => i,
-                Err(e) => return failed(e),
-            };
-            let (attempt, limits, limit) = (cx.attempt, cx.limits.clone(), cx.time_limit);
-            cx.pool
-                .run(cx.time_limit, cx.retry_timeouts, cx.gate, move || {
-                    let cx = Context::new(attempt, Instant::now() + limit, limits);
-                    kind.run(input, &cx).map(Output::new::<K>)
-                })
-                .await
-        })
+        // The input was decoded by this runner, so it is of this type; if it were not, the job
+        // fails permanently rather than the worker.
+        match input.downcast::<K::Input>() {
+            Ok(input) => self.shape.run(&self.kind, *input, cx),
+            Err(_) => {
+                let now = now_us();
+                Box::pin(std::future::ready(Ran::Done(
+                    Err(another_type::<K>()),
+                    Timing { started_at_us: now, finished_at_us: now },
+                )))
+            }
+        }
     }
 }
 
-/// A [`BatchKind`]: jobs of the work queue through its batcher, when it batches; the returned
-/// lane's jobs, and every job when it does not, alone on the pool.
+fn another_type<K: Kind>() -> JobError {
+    JobError::Panicked(format!("{}: input of another type", K::NAME))
+}
+
+/// Runs `work` on the served queue's pool with the job's context, unless its gate closes first.
+async fn on_pool<F>(cx: RunCx<'_>, work: F) -> Ran<Output>
+where
+    F: FnOnce(Context) -> Result<Output, JobError> + Send + 'static,
+{
+    let (attempt, limits, limit) = (cx.attempt, cx.limits.clone(), cx.time_limit);
+    cx.pool
+        .run(cx.time_limit, cx.retry_timeouts, cx.gate, move || {
+            work(Context::new(attempt, Instant::now() + limit, limits))
+        })
+        .await
+}
+
+/// [`BlockingKind`]s: on the pool.
+pub struct Blocking;
+
+impl<K: BlockingKind> ShapeRun<K> for Blocking {
+    fn run<'a>(&'a self, kind: &'a Arc<K>, input: K::Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
+        let kind = kind.clone();
+        Box::pin(on_pool(cx, move |cx| kind.run(input, &cx).map(Output::new::<K>)))
+    }
+}
+
+/// [`BatchKind`]s: jobs of the work queue through the batcher, when the route batches; the
+/// returned lane's jobs, and every job when it does not, alone on the pool.
 pub struct Batched<K: BatchKind> {
-    pub kind: Arc<K>,
     pub batcher: Option<Batcher<K>>,
 }
 
-impl<K: BatchKind> Runner for Batched<K> {
-    fn name(&self) -> &'static str {
-        K::NAME
-    }
-
-    fn decode(&self, job: JobBody<'_>) -> Result<Input, JobError> {
-        decode::<K>(job)
-    }
-
-    fn validate(&self, input: &Input, limits: &Limits) -> Result<(), JobError> {
-        validate(&*self.kind, input, limits)
-    }
-
-    fn run<'a>(&'a self, input: Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
-        Box::pin(async move {
-            let input = match typed::<K>(input) {
-                Ok(i) => i,
-                Err(e) => return failed(e),
-            };
-            match (&self.batcher, cx.lane) {
-                (Some(batcher), Lane::Main) => batcher.submit(input, cx.attempt, cx.gate.clone()).await,
-                _ => {
-                    let (kind, attempt, limits, limit) =
-                        (self.kind.clone(), cx.attempt, cx.limits.clone(), cx.time_limit);
-                    cx.pool
-                        .run(cx.time_limit, cx.retry_timeouts, cx.gate, move || {
-                            let cx = Context::new(attempt, Instant::now() + limit, limits);
-                            one_of_batch(&*kind, &[(input, cx)])
-                        })
-                        .await
-                }
+impl<K: BatchKind> ShapeRun<K> for Batched<K> {
+    fn run<'a>(&'a self, kind: &'a Arc<K>, input: K::Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
+        match (&self.batcher, cx.lane) {
+            (Some(batcher), Lane::Main) => Box::pin(batcher.submit(input, cx.attempt, cx.gate.clone())),
+            _ => {
+                let kind = kind.clone();
+                Box::pin(on_pool(cx, move |cx| one_of_batch(&*kind, &[(input, cx)])))
             }
-        })
+        }
     }
 }
 
-/// An [`AsyncKind`] on the runtime, at most `concurrency` jobs at once in this worker.
-pub struct Io<K> {
-    pub kind: Arc<K>,
+/// [`AsyncKind`]s: on the runtime, at most `permits` jobs at once in this worker.
+pub struct Io {
     pub permits: Arc<Semaphore>,
 }
 
-impl<K: AsyncKind> Runner for Io<K> {
-    fn name(&self) -> &'static str {
-        K::NAME
-    }
-
-    fn decode(&self, job: JobBody<'_>) -> Result<Input, JobError> {
-        decode::<K>(job)
-    }
-
-    fn validate(&self, input: &Input, limits: &Limits) -> Result<(), JobError> {
-        validate(&*self.kind, input, limits)
-    }
-
-    fn run<'a>(&'a self, input: Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
+impl<K: AsyncKind> ShapeRun<K> for Io {
+    fn run<'a>(&'a self, kind: &'a Arc<K>, input: K::Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
         Box::pin(async move {
-            let input = match typed::<K>(input) {
-                Ok(i) => i,
-                Err(e) => return failed(e),
-            };
             let _permit = tokio::select! {
                 biased;
                 () = cx.gate.cancelled() => return Ran::NotStarted,
@@ -157,7 +125,7 @@ impl<K: AsyncKind> Runner for Io<K> {
             let started_at_us = now_us();
             let context = Context::new(cx.attempt, Instant::now() + cx.time_limit, cx.limits.clone());
             // A panic in the kind's future fails its job, as on the pool.
-            let work = AssertUnwindSafe(self.kind.run(input, context)).catch_unwind();
+            let work = AssertUnwindSafe(kind.run(input, context)).catch_unwind();
             let result = match tokio::time::timeout(cx.time_limit, work).await {
                 Ok(Ok(r)) => r.map(Output::new::<K>),
                 Ok(Err(payload)) => Err(JobError::Panicked(panic_message(payload.as_ref()))),
