@@ -3,13 +3,14 @@
 //! permit), and gives it back when its work ends, by a panic too. A job past its time limit gives
 //! its slot back at once, but its thread cannot be stopped from outside and runs on until the
 //! work returns: such threads are counted ([`WorkerPool::abandoned`]), and the worker stops for
-//! good once there are as many as slots (`decide::worn_out`), so at most twice `size` threads
-//! ever run jobs. A job waits for its slot behind a gate: when the gate closes first (its session
+//! good once there are as many as slots (`decide::worn_out`). Until it has stopped, a job past
+//! its limit while the pool already has `size` abandoned threads keeps its slot until its thread
+//! ends, so at most twice `size` threads ever run jobs, during the worn-out grace too. A job waits for its slot behind a gate: when the gate closes first (its session
 //! was lost, or the worker is draining) the job never starts.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,8 @@ use warren_common::{JobError, Timing};
 const RUNNING: u8 = 0;
 const GIVEN_UP: u8 = 1;
 const FINISHED: u8 = 2;
+/// Past its limit with no room for another abandoned thread: it keeps its slot until it ends.
+const HELD: u8 = 3;
 
 #[derive(Debug, Clone)]
 pub struct WorkerPool {
@@ -104,19 +107,22 @@ impl Slot {
     /// Runs `work` on a blocking thread in the caller's tracing span, for at most `limit`. A
     /// panic inside `work` becomes a permanent [`JobError::Panicked`]; passing the limit becomes
     /// [`JobError::TimedOut`] (transient when `retry_timeouts`) and frees the slot at once,
-    /// leaving the thread to finish on its own, counted as abandoned.
+    /// leaving the thread to finish on its own, counted as abandoned; but when the pool already
+    /// has `size` abandoned threads the slot stays taken until the thread ends.
     pub async fn run<T, F>(self, limit: Duration, retry_timeouts: bool, work: F) -> (Result<T, JobError>, Timing)
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T, JobError> + Send + 'static,
     {
-        let Slot { permit: _permit, pool } = self;
-        let _running = pool.running.as_ref().map(GaugeGuard::new);
+        let Slot { permit, pool } = self;
+        // The slot (and the in-flight gauge) as long as the job holds it: given back by the
+        // thread when it ends, or by us at the limit.
+        let claim = Arc::new(Mutex::new(Some((permit, pool.running.clone().map(GaugeGuard::new)))));
         let span = Span::current();
-        // RUNNING -> GIVEN_UP (the limit passed first) or RUNNING -> FINISHED; whoever moves
-        // second knows the other's move happened, so the abandoned count is exact.
+        // RUNNING -> GIVEN_UP or HELD (the limit passed first) or RUNNING -> FINISHED; whoever
+        // moves second knows the other's move happened, so the abandoned count is exact.
         let state = Arc::new(AtomicU8::new(RUNNING));
-        let (job_state, abandoned) = (state.clone(), pool.abandoned.clone());
+        let (job_state, abandoned, job_claim) = (state.clone(), pool.abandoned.clone(), claim.clone());
         let started_at_us = now_us();
         let handle = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
@@ -125,6 +131,7 @@ impl Slot {
             // after a panic is sound.
             let result = catch_unwind(AssertUnwindSafe(work))
                 .unwrap_or_else(|payload| Err(JobError::Panicked(panic_message(payload.as_ref()))));
+            drop(lock(&job_claim).take());
             if job_state.swap(FINISHED, Ordering::AcqRel) == GIVEN_UP {
                 abandoned.fetch_sub(1, Ordering::AcqRel);
             }
@@ -135,13 +142,25 @@ impl Slot {
             // Only reachable if the runtime shuts down under us.
             Ok(Err(e)) => (Err(JobError::Panicked(format!("worker thread lost: {e}"))), Timing::default()),
             Err(_) => {
-                // Count first, so the thread can never subtract before we added.
-                pool.abandoned.fetch_add(1, Ordering::AcqRel);
-                if state.compare_exchange(RUNNING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire).is_err() {
-                    // It finished just now, after the limit: not abandoned after all.
+                // Count first, so the thread can never subtract before we added; the count
+                // taken decides whether there is room for one more abandoned thread.
+                let room = pool.abandoned.fetch_add(1, Ordering::AcqRel) < pool.size;
+                let next = if room { GIVEN_UP } else { HELD };
+                let moved = state.compare_exchange(RUNNING, next, Ordering::AcqRel, Ordering::Acquire).is_ok();
+                if !room || !moved {
+                    // No room (it keeps its slot), or it finished just now, after the limit.
                     pool.abandoned.fetch_sub(1, Ordering::AcqRel);
                 }
-                tracing::warn!(?limit, "job passed its time limit; its slot is freed and its thread abandoned");
+                if moved && room {
+                    drop(lock(&claim).take());
+                    tracing::warn!(?limit, "job passed its time limit; its slot is freed and its thread abandoned");
+                } else if moved {
+                    tracing::warn!(
+                        ?limit,
+                        abandoned = pool.size,
+                        "job passed its time limit with the pool worn out; its slot stays taken until its thread ends"
+                    );
+                }
                 (
                     Err(JobError::TimedOut { limit, retry: retry_timeouts }),
                     Timing { started_at_us, finished_at_us: now_us() },
@@ -151,17 +170,22 @@ impl Slot {
     }
 }
 
-/// Holds a gauge one higher for as long as it lives.
-struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
-impl<'a> GaugeGuard<'a> {
-    fn new(g: &'a prometheus::IntGauge) -> Self {
+/// Holds a gauge one higher for as long as it lives.
+struct GaugeGuard(prometheus::IntGauge);
+
+impl GaugeGuard {
+    fn new(g: prometheus::IntGauge) -> Self {
         g.inc();
         Self(g)
     }
 }
 
-impl Drop for GaugeGuard<'_> {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -289,6 +313,40 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while pool.abandoned() > 0 {
             assert!(std::time::Instant::now() < deadline, "the abandoned job never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn job_threads_never_exceed_twice_the_pool_even_while_it_wears_out() {
+        // Every job overruns its limit: each frees its slot while the pool has fewer abandoned
+        // threads than slots; past that, an overrunning job keeps its slot until its thread
+        // ends, so no more than `2 * size` threads ever run jobs.
+        let pool = WorkerPool::new(2);
+        let (live, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (pool, live, peak) = (pool.clone(), live.clone(), peak.clone());
+            tasks.push(tokio::spawn(async move {
+                pool.run(Duration::from_millis(30), true, &open(), move || {
+                    peak.fetch_max(live.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(400));
+                    live.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            let (r, _) = done(t.await.expect("task"));
+            assert_eq!(r.unwrap_err().error_type(), "timeout", "every job overran its limit");
+        }
+        println!("8 overrunning jobs on a pool of 2: at most {} job threads at once", peak.load(Ordering::SeqCst));
+        assert!(peak.load(Ordering::SeqCst) <= 4, "{} job threads at once on a pool of 2", peak.load(Ordering::SeqCst));
+        assert!(pool.abandoned() <= 2, "abandoned count {} past the pool size", pool.abandoned());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.abandoned() > 0 || pool.in_flight() > 0 || live.load(Ordering::SeqCst) > 0 {
+            assert!(std::time::Instant::now() < deadline, "job threads never ended");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
