@@ -312,8 +312,17 @@ async fn drain(
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(unfinished = tracker.len(), ?drain, "drain timeout; handing unfinished jobs back to the broker");
         stop.cancel();
-        // Each handler hands its job back now; give those copies and acks a moment.
-        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        // Each running job is handed back now; a settle already begun finishes first (its
+        // letter, then the ack), bounded by the confirm timeout.
+        let confirm_timeout = Duration::from_millis(shared.settings.broker.confirm_timeout_ms);
+        let bound = crate::settle::drain_settle_bound(confirm_timeout);
+        if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                unsettled = tracker.len(),
+                ?bound,
+                "settles still unanswered by the broker; closing (the broker requeues their jobs)"
+            );
+        }
     }
     if let Ok(Err(e)) =
         tokio::time::timeout(BROKER_REPLY, session.connection.close(200, "worker stopping".into())).await

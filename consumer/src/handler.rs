@@ -51,18 +51,15 @@ pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery
     let held = Held { worker: &worker, served: &served, delivery: &delivery, facts: &facts, kind: "unknown" };
     let work = async {
         tracing::debug!("job started");
-        tokio::select! {
-            () = story(&held) => {}
-            () = stop.cancelled() => {
-                tracing::warn!("drain timeout: handing the job back to the broker");
-                settle::hand_back(&Held { kind: peeked_kind(&worker, &delivery), ..held }, Why::Draining).await;
-            }
-        }
+        story(&held, &stop).await;
     };
     work.instrument(span).await;
 }
 
-async fn story(held: &Held<'_>) {
+/// The delivery's path. `stop` (the drain timeout) cuts only the wait for a slot and the run:
+/// once a settle has begun it finishes (each publish bounded by the confirm timeout), so that a
+/// copy the broker may already hold is never followed by a hand-back beside it.
+async fn story(held: &Held<'_>, stop: &CancellationToken) {
     let Held { worker, served, delivery, facts, .. } = *held;
     match decide::on_arrival(facts, worker.settings.consumer.max_redeliveries) {
         Arrival::Process => {}
@@ -96,7 +93,15 @@ async fn story(held: &Held<'_>) {
     let held = &Held { kind, ..*held };
     tracing::Span::current().record("kind", kind);
     worker.metrics.job_received(&served.queue, kind);
-    let (outcome, timing) = match run(worker, served, registered, input, facts.attempt).await {
+    let ran = tokio::select! {
+        ran = run(worker, served, registered, input, facts.attempt) => ran,
+        () = stop.cancelled() => {
+            tracing::warn!("drain timeout: handing the job back to the broker");
+            settle::hand_back(held, Why::Draining).await;
+            return;
+        }
+    };
+    let (outcome, timing) = match ran {
         Ran::Done(outcome, timing) => (outcome, timing),
         Ran::NotStarted if worker.lost.is_cancelled() => {
             // The broker requeued it with its session; its delivery tag is dead.

@@ -101,6 +101,13 @@ pub async fn deliver(held: &Held<'_>, letter: Letter<'_>, then: Option<Letter<'_
     Ok(label)
 }
 
+/// How long a drain waits, after its timeout, for the settles begun to finish: a settle
+/// publishes at most twice in a row while the worker drains (a letter, then its error result or
+/// one hand-back copy), each bounded by the confirm timeout, then acks.
+pub fn drain_settle_bound(confirm_timeout: Duration) -> Duration {
+    confirm_timeout.saturating_mul(2) + Duration::from_secs(2)
+}
+
 /// Why Warren hands a job back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why {
@@ -120,6 +127,9 @@ pub async fn hand_back(held: &Held<'_>, why: Why) -> Label {
     const TRIES: u32 = 3;
     let (count, tries) = match why {
         Why::Draining => (Recount::Nothing, 1),
+        // While the worker drains, one try: the drain waits for settles begun for a bounded
+        // time (`drain_settle_bound`).
+        Why::Refused if worker.gate.is_cancelled() => (Recount::HandBacks(facts.handbacks.saturating_add(1)), 1),
         Why::Refused => (Recount::HandBacks(facts.handbacks.saturating_add(1)), TRIES),
     };
     let mut label = "abandoned";
@@ -147,7 +157,8 @@ pub async fn hand_back(held: &Held<'_>, why: Why) -> Label {
     label
 }
 
-/// Waits before a hand-back (`decide::hand_back_pause`), unless the session goes first.
+/// Waits before a hand-back (`decide::hand_back_pause`), unless the session goes or the worker
+/// starts draining first.
 async fn pause(worker: &Worker, handbacks: u32) {
     let broker = &worker.settings.broker;
     let pause = decide::hand_back_pause(
@@ -159,7 +170,7 @@ async fn pause(worker: &Worker, handbacks: u32) {
     tracing::warn!(?pause, handbacks, "the broker refused what the job needs; handing it back after a pause");
     tokio::select! {
         () = tokio::time::sleep(pause) => {}
-        () = worker.lost.cancelled() => {}
+        () = worker.gate.cancelled() => {}
     }
 }
 

@@ -166,3 +166,61 @@ async fn a_broker_restart_mid_run_loses_nothing(vhost: Vhost) {
     }
     fleet.stop().await;
 }
+
+/// Issue 24, item 5: the drain timeout must not cut a settle in half. A job fails once (its
+/// retry copy must replace it), the memory alarm holds that copy's confirm, and SIGTERM comes
+/// with a drain timeout of 1 s. Cutting the settle then (as the drain did) handed the job back
+/// beside its retry copy, and the broker stored both once the alarm cleared: two copies of one
+/// job. Once begun, a settle finishes (bounded by the confirm timeout): one copy.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_never_cuts_a_settle_in_half(vhost: Vhost) {
+    use warren_common::fault::FaultJob;
+    use warren_e2e::{ConfigDir, ConsumerProcess, queue_depth};
+    let _turn = BROKER.lock().await;
+    let mut settings = settings_for(&vhost);
+    settings.routes.push(warren_infra::settings::Route::new("fault", "warren.fault"));
+    let config = ConfigDir::with_overlay(
+        r#"
+[[routes]]
+kind = "fault"
+queue = "warren.fault"
+retry = { max_attempts = 3, base_delay_ms = 300, max_delay_ms = 300, jitter = 0.0 }
+"#,
+    );
+    let producer = warren_producer::Producer::connect(settings.clone()).await.expect("producer");
+    producer.declare_topology().await.expect("topology");
+    let job = Job::from(FaultJob { transient_failures: 1, ..FaultJob::default() });
+    producer.publish(&job, &warren_producer::PublishOptions::default()).await.expect("publish");
+    producer.close().await;
+    let alarm = MemoryAlarm::raise().await;
+    let env = [
+        ("WARREN_CONFIG_DIR", config.path()),
+        ("WARREN__CONSUMER__KINDS", "fault"),
+        ("WARREN__CONSUMER__DRAIN_TIMEOUT_MS", "1000"),
+        ("WARREN__BROKER__CONFIRM_TIMEOUT_MS", "20000"),
+        ("RUST_LOG", "info,lapin=error"),
+    ];
+    let consumer = ConsumerProcess::start(&vhost, &env).await;
+    // The job failed and its retry copy is on its way, its confirm held by the alarm.
+    consumer.wait_for_log("transient failure; retrying later").await;
+    consumer.signal("TERM").await;
+    consumer.wait_for_log("drain timeout").await;
+    drop(alarm);
+    let (code, log) = consumer.wait().await;
+    assert_eq!(code, Some(0), "{log}");
+    let retry_queue = "warren.fault.retry.300ms";
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while queue_depth(&settings, retry_queue).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the retry copy never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let returned = settings.returned_queue("warren.fault");
+    let mut copies = 0;
+    for queue in ["warren.fault", returned.as_str(), "warren.fault.dead", retry_queue] {
+        let n = queue_depth(&settings, queue).await;
+        println!("drain under a memory alarm: {n} copies in {queue}");
+        copies += n;
+    }
+    assert_eq!(copies, 1, "one job, one copy across all queues\n{log}");
+}
