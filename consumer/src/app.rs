@@ -329,6 +329,8 @@ async fn drain(
     {
         tracing::debug!(error = %e, "close connection");
     }
+    // The session is over: its background tasks (the topology check) end.
+    session.worker.lost.cancel();
 }
 
 fn worker_id(configured: &str) -> String {

@@ -192,10 +192,25 @@ pub fn hand_back_pause(handbacks: u32, min: Duration, max: Duration, unit: f64) 
     ceiling.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
+/// What a worker's readiness depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness<'a> {
+    pub connected: bool,
+    /// Each served queue: whether it is consumed.
+    pub consuming: &'a [bool],
+    /// Every served kind's backend (model) is ready.
+    pub model_ready: bool,
+    /// No part of the topology (an exchange) is known to be missing.
+    pub topology_whole: bool,
+    pub abandoned: usize,
+    pub pool: usize,
+}
+
 /// Whether a worker is ready for work: connected, consuming every queue it serves, its model
-/// (if any) ready, and not worn down by job threads that ran past their time limits.
-pub fn ready(connected: bool, consuming: &[bool], model_ready: bool, abandoned: usize, pool: usize) -> bool {
-    connected && consuming.iter().all(|c| *c) && model_ready && !worn_out(abandoned, pool)
+/// (if any) ready, its topology whole, and not worn down by job threads that ran past their
+/// time limits.
+pub fn ready(r: Readiness<'_>) -> bool {
+    r.connected && r.consuming.iter().all(|c| *c) && r.model_ready && r.topology_whole && !worn_out(r.abandoned, r.pool)
 }
 
 /// Threads abandoned at their time limit keep running and cannot be stopped. Once there are
@@ -335,13 +350,22 @@ mod tests {
     }
 
     #[test]
-    fn readiness_needs_every_queue_the_model_and_a_pool_not_worn_out() {
-        assert!(ready(true, &[true, true], true, 0, 2));
-        assert!(!ready(false, &[true, true], true, 0, 2));
-        assert!(!ready(true, &[true, false], true, 0, 2), "one queue not consumed");
-        assert!(!ready(true, &[true, true], false, 0, 2), "the model is not ready");
-        assert!(ready(true, &[true], true, 1, 2));
-        assert!(!ready(true, &[true], true, 2, 2), "as many abandoned threads as slots");
+    fn readiness_needs_every_queue_the_model_the_topology_and_a_pool_not_worn_out() {
+        let all = Readiness {
+            connected: true,
+            consuming: &[true, true],
+            model_ready: true,
+            topology_whole: true,
+            abandoned: 0,
+            pool: 2,
+        };
+        assert!(ready(all));
+        assert!(!ready(Readiness { connected: false, ..all }));
+        assert!(!ready(Readiness { consuming: &[true, false], ..all }), "one queue not consumed");
+        assert!(!ready(Readiness { model_ready: false, ..all }), "the model is not ready");
+        assert!(!ready(Readiness { topology_whole: false, ..all }), "an exchange is missing");
+        assert!(ready(Readiness { consuming: &[true], abandoned: 1, ..all }));
+        assert!(!ready(Readiness { consuming: &[true], abandoned: 2, ..all }), "as many abandoned threads as slots");
         assert!(worn_out(1, 0));
     }
 

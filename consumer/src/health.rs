@@ -21,17 +21,18 @@ pub struct Health {
 }
 
 impl Health {
-    /// Connected, consuming every queue, every kind's backend ready, and not worn out by
-    /// abandoned job threads.
+    /// Connected, consuming every queue, every kind's backend ready, the topology whole, and not
+    /// worn out by abandoned job threads.
     pub fn is_ready(&self) -> bool {
         let abandoned = self.pools.iter().map(WorkerPool::abandoned).sum();
-        decide::ready(
-            self.metrics.is_connected(),
-            &self.metrics.consuming_each(&self.queues),
-            self.model_ready(),
+        decide::ready(decide::Readiness {
+            connected: self.metrics.is_connected(),
+            consuming: &self.metrics.consuming_each(&self.queues),
+            model_ready: self.model_ready(),
+            topology_whole: !self.metrics.is_topology_missing(),
             abandoned,
-            self.pool_size,
-        )
+            pool: self.pool_size,
+        })
     }
 
     /// Ready or not, with the node it is on or what is missing: the body of `/readyz`.
@@ -52,6 +53,9 @@ impl Health {
         }
         for kind in self.registry.not_ready() {
             missing.push(format!("the model (backend) of {kind} is not ready"));
+        }
+        if self.metrics.is_topology_missing() {
+            missing.push("an exchange of the topology is missing; declaring the topology again".to_owned());
         }
         let abandoned: usize = self.pools.iter().map(WorkerPool::abandoned).sum();
         if decide::worn_out(abandoned, self.pool_size) {

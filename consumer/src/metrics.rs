@@ -40,6 +40,8 @@ pub struct Metrics {
     batch_size: HistogramVec,
     model_ready: IntGaugeVec,
     triton_errors: IntCounterVec,
+    topology_missing: IntGauge,
+    topology_declared: IntCounterVec,
 }
 
 impl Metrics {
@@ -122,6 +124,19 @@ impl Metrics {
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             ),
             model_ready: int_gauge_vec(r, "warren_model_ready", "1 while the model can take inference requests", &m),
+            topology_missing: int_gauge(
+                r,
+                "warren_topology_missing",
+                "1 while part of the topology (an exchange) is missing and not yet declared again",
+            ),
+            topology_declared: counter_vec(
+                r,
+                "warren_topology_redeclared_total",
+                "Topology declared again after a part of it was found missing, by how it was found \
+                 (publish: a publish met a deleted exchange; check: the periodic check; unroutable: \
+                 a queue missing)",
+                &["found_by"],
+            ),
             triton_errors: counter_vec(
                 r,
                 "warren_triton_errors_total",
@@ -137,6 +152,9 @@ impl Metrics {
 
     pub fn configured(&self, pool: usize, prefetch: &[(String, u16)]) {
         self.pool_capacity.set(pool as i64);
+        for found_by in ["publish", "check", "unroutable"] {
+            self.topology_declared.with_label_values(&[found_by]).inc_by(0);
+        }
         for (q, p) in prefetch {
             self.prefetch.with_label_values(&[q.as_str()]).set(i64::from(*p));
         }
@@ -202,6 +220,22 @@ impl Metrics {
 
     pub fn connected(&self, up: bool) {
         self.connected.set(i64::from(up));
+    }
+
+    /// Part of the topology was found missing.
+    pub fn topology_missing(&self) {
+        self.topology_missing.set(1);
+    }
+
+    /// The topology was declared again after `found_by` found part of it missing.
+    pub fn topology_restored(&self, found_by: &'static str) {
+        self.topology_missing.set(0);
+        self.topology_declared.with_label_values(&[found_by]).inc();
+    }
+
+    /// Whether part of the topology is missing now.
+    pub fn is_topology_missing(&self) -> bool {
+        self.topology_missing.get() != 0
     }
 
     pub fn reconnected(&self) {

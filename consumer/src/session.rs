@@ -120,6 +120,7 @@ impl Session {
             shared.routes.clone().into(),
             shared.metrics.clone(),
         ));
+        worker.watch_topology();
         Ok(Self { connection, node, worker, consumers })
     }
 }

@@ -32,9 +32,18 @@ pub fn input(delivery: &Delivery) -> Input<'_> {
 
 /// Publishes `letter` and waits for the broker's answer. A failed channel ends the session.
 pub async fn publish(worker: &Arc<Worker>, letter: &Letter<'_>) -> Published {
-    let (exchange, key, body, props) = (&letter.exchange, &letter.routing_key, &letter.body, letter.properties.clone());
-    let result = worker.publisher.publish(exchange, key, body, props, true).await;
+    let (exchange, key, body) = (&letter.exchange, &letter.routing_key, &letter.body);
+    let mut result = worker.publisher.publish(exchange, key, body, letter.properties.clone(), true).await;
     worker.metrics.published(target(letter.purpose), PublishError::outcome(&result));
+    if result.as_ref().is_err_and(PublishError::missing_exchange) {
+        // Deleted under us (the broker stored none of what it closed the channel on): declare
+        // the topology again and publish once more.
+        tracing::warn!(exchange = %exchange, "a publish met a missing exchange; declaring the topology again");
+        if worker.restore_topology("publish").await {
+            result = worker.publisher.publish(exchange, key, body, letter.properties.clone(), true).await;
+            worker.metrics.published(target(letter.purpose), PublishError::outcome(&result));
+        }
+    }
     let published = match &result {
         Ok(()) => Published::Stored,
         Err(PublishError::Unroutable { .. }) => Published::Unroutable,

@@ -2,17 +2,19 @@
 //! (served), and one delivery as it travels the path (held). The delivery path's modules import these types; nothing here imports them back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use lapin::Connection;
 use lapin::message::Delivery;
+use lapin::options::ExchangeDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ExchangeKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use warren_common::Limits;
 use warren_common::retry::RetryPolicy;
 use warren_infra::settings::Route;
-use warren_infra::{Publisher, Settings};
+use warren_infra::{PublishError, Publisher, Settings};
 
 use crate::decide::{Facts, Lane};
 use crate::metrics::Metrics;
@@ -38,7 +40,10 @@ pub struct Worker {
     /// Cancelled when no job of this session may start any more: the session is lost (a child
     /// of `lost`), or the worker is draining.
     pub gate: CancellationToken,
-    redeclaring: AtomicBool,
+    /// Held while the topology is declared again.
+    declaring: tokio::sync::Mutex<()>,
+    /// Declarations made again so far.
+    declarations: AtomicU64,
 }
 
 impl Worker {
@@ -65,30 +70,111 @@ impl Worker {
             metrics,
             lost,
             gate,
-            redeclaring: AtomicBool::new(false),
+            declaring: tokio::sync::Mutex::new(()),
+            declarations: AtomicU64::new(0),
         }
     }
 
-    /// The topology is missing something (a publish to a delay queue or the dead-letter
-    /// exchange came back unroutable): declare it again, once at a time, in the background.
+    /// The topology is missing a queue (a publish to a delay queue or the dead-letter exchange
+    /// came back unroutable): declare it again, in the background.
     pub fn redeclare_topology(self: &Arc<Self>) {
-        if self.redeclaring.swap(true, Ordering::AcqRel) {
+        let worker = self.clone();
+        tokio::spawn(async move { worker.restore_topology("unroutable").await });
+    }
+
+    /// Declares the whole topology again (exchanges, queues, bindings) after `found_by`
+    /// (publish, check, unroutable) found part of it missing; not ready meanwhile. One
+    /// declaration at a time: a caller that waited while another one succeeded takes that one.
+    /// Whether the topology is whole again.
+    pub async fn restore_topology(&self, found_by: &'static str) -> bool {
+        let seen = self.declarations.load(Ordering::Acquire);
+        self.metrics.topology_missing();
+        let _one = self.declaring.lock().await;
+        if self.declarations.load(Ordering::Acquire) != seen {
+            return true;
+        }
+        let declared = async {
+            let channel = self.connection.create_channel().await?;
+            warren_infra::topology::declare_with(&channel, &self.settings, &self.routes).await?;
+            let _ = channel.close(200, "topology declared".into()).await;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), declared).await {
+            Ok(Ok(())) => {
+                self.declarations.fetch_add(1, Ordering::AcqRel);
+                self.metrics.topology_restored(found_by);
+                tracing::warn!(found_by, "part of Warren's topology was missing (deleted?); declared it again");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(found_by, error = format!("{e:#}"), "could not declare the topology again");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(found_by, "no answer declaring the topology again");
+                false
+            }
+        }
+    }
+
+    /// Every `consumer.topology_check_ms`, until the session is lost, checks that the jobs,
+    /// results and dead-letter exchanges exist (passive declarations) and declares the topology
+    /// again when one does not: the broker itself publishes through them (retries back to the
+    /// work queues go through the default exchange, but dead letters of the work queues and
+    /// every producer's job go through these), and drops silently what meets a missing one.
+    pub fn watch_topology(self: &Arc<Self>) {
+        let every = Duration::from_millis(self.settings.consumer.topology_check_ms);
+        if every.is_zero() {
             return;
         }
         let worker = self.clone();
         tokio::spawn(async move {
-            let declared = async {
-                let channel = worker.connection.create_channel().await?;
-                warren_infra::topology::declare_with(&channel, &worker.settings, &worker.routes).await?;
-                let _ = channel.close(200, "topology declared".into()).await;
-                anyhow::Ok(())
-            };
-            match declared.await {
-                Ok(()) => tracing::warn!("a queue of Warren's topology was missing; declared it again"),
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "could not declare the topology again"),
+            loop {
+                tokio::select! {
+                    () = worker.lost.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                match tokio::time::timeout(Duration::from_secs(10), worker.missing_exchanges()).await {
+                    Ok(Ok(missing)) if missing.is_empty() => {
+                        if worker.metrics.is_topology_missing() {
+                            // A declaration failed earlier: try again.
+                            worker.restore_topology("check").await;
+                        }
+                    }
+                    Ok(Ok(missing)) => {
+                        tracing::warn!(?missing, "exchanges of Warren's topology are missing; declaring it again");
+                        worker.restore_topology("check").await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "could not check the topology"),
+                    Err(_) => tracing::debug!("no answer checking the topology"),
+                }
             }
-            worker.redeclaring.store(false, Ordering::Release);
         });
+    }
+
+    /// The exchanges of the topology that do not exist, by passive declarations (one that fails
+    /// closes its channel, so the next opens another).
+    async fn missing_exchanges(&self) -> Result<Vec<String>, lapin::Error> {
+        let t = &self.settings.topology;
+        let mut missing = Vec::new();
+        let mut channel = None;
+        for name in [&t.jobs_exchange, &t.results_exchange, &t.dead_letter_exchange] {
+            let ch = match channel.take() {
+                Some(ch) => ch,
+                None => self.connection.create_channel().await?,
+            };
+            let options = ExchangeDeclareOptions { passive: true, ..Default::default() };
+            match ch.exchange_declare(name.as_str().into(), ExchangeKind::Direct, options, FieldTable::default()).await
+            {
+                Ok(()) => channel = Some(ch),
+                Err(e) if PublishError::Amqp(e.clone()).missing_exchange() => missing.push(name.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(ch) = channel {
+            let _ = ch.close(200, "topology checked".into()).await;
+        }
+        Ok(missing)
     }
 }
 

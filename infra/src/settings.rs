@@ -196,6 +196,10 @@ pub struct ConsumerSettings {
     pub max_redeliveries: u32,
     /// Whether a job past its time limit is retried (transient) or dead-lettered (permanent).
     pub retry_timeouts: bool,
+    /// How often the worker checks that the topology's exchanges exist and declares the
+    /// topology again when one is missing (0 = never; a publish that meets a missing exchange
+    /// still declares it again).
+    pub topology_check_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

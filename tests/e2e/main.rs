@@ -18,5 +18,6 @@ mod publisher;
 mod python_contract;
 mod reliability;
 mod stuck;
+mod topology;
 mod triton;
 mod warrenctl;

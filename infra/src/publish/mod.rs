@@ -40,6 +40,21 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// The broker closed the channel with 404 NOT_FOUND: the exchange published to does not
+    /// exist (deleted under us). Every publish in flight on that channel fails with the same
+    /// error and none of them was stored (the broker drops what follows a channel error), so
+    /// each may be published again once the topology is declared again.
+    pub fn missing_exchange(&self) -> bool {
+        use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+        match self {
+            Self::Amqp(e) => matches!(
+                e.kind(),
+                lapin::ErrorKind::ProtocolError(amqp) if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+            ),
+            _ => false,
+        }
+    }
+
     /// How a publish ended, as a fixed metric label: `acked` (for `Ok`), `unroutable`, `nacked`,
     /// `timeout` or `error`.
     pub fn outcome(result: &Result<(), PublishError>) -> &'static str {
