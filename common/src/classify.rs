@@ -194,7 +194,7 @@ fn classify_batch_decoding(
         }
         // No image is to blame when the model is unavailable (a server down, overloaded or past
         // its deadline): every job of the batch fails alike, and is retried later.
-        Err(e) if images.len() == 1 || matches!(e, JobError::ModelUnavailable(_)) => {
+        Err(e) if images.len() == 1 || matches!(e, JobError::ModelUnavailable(_) | JobError::ModelRequestFailed(_)) => {
             for &i in &slots {
                 outcomes[i] = Err(e.clone());
             }

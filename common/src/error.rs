@@ -61,8 +61,14 @@ pub enum JobError {
     TimedOut { limit: Duration, retry: bool },
     #[error("{0}")]
     Injected(String),
+    /// The kind's backend (model server) is down, overloaded or lacks the model: no job's
+    /// doing, so the job goes back to its queue without spending an attempt.
     #[error("model unavailable: {0}")]
     ModelUnavailable(String),
+    /// A request to the backend failed in a way this job may have caused (past its deadline,
+    /// cancelled, aborted): transient, and it spends an attempt. Same type on the wire.
+    #[error("model unavailable: {0}")]
+    ModelRequestFailed(String),
     #[error("inference failed: {0}")]
     Inference(String),
     #[error("the broker did not store the result ({0}); the job is run again later")]
@@ -79,6 +85,7 @@ impl JobError {
             Self::TimedOut { retry: false, .. } => ErrorClass::Permanent,
             Self::TimedOut { retry: true, .. }
             | Self::ModelUnavailable(_)
+            | Self::ModelRequestFailed(_)
             | Self::Inference(_)
             | Self::Injected(_)
             | Self::ResultNotStored(_) => ErrorClass::Transient,
@@ -106,7 +113,7 @@ impl JobError {
             Self::RedeliveryLimit { .. } => "redelivery_limit",
             Self::TimedOut { .. } => "timeout",
             Self::Injected(_) => "injected_fault",
-            Self::ModelUnavailable(_) => "model_unavailable",
+            Self::ModelUnavailable(_) | Self::ModelRequestFailed(_) => "model_unavailable",
             Self::Inference(_) => "inference_failed",
             Self::ResultNotStored(_) => "result_not_stored",
             Self::Kind { error_type, .. } => error_type,

@@ -215,7 +215,9 @@ impl Application {
             shared.metrics.connected(true);
             let mut deliveries = Deliveries::new();
             for (i, (_, _, consumer)) in session.consumers.iter().enumerate() {
-                deliveries.push(events(i, consumer.clone()));
+                if let Some(consumer) = consumer {
+                    deliveries.push(events(i, consumer.clone()));
+                }
             }
             let ended = consume(&shared, &session, &mut deliveries, &tracker, &stop, &mut shutdown).await;
             shared.metrics.connected(false);

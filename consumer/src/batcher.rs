@@ -91,10 +91,10 @@ impl<K: BatchKind> Batcher<K> {
     pub async fn submit(&self, input: K::Input, attempt: u32, gate: CancellationToken) -> Answer {
         let (reply, answer) = oneshot::channel();
         if self.tx.send(Item { input, attempt, gate, reply }).await.is_err() {
-            return Ran::Done(Err(JobError::ModelUnavailable("the batcher stopped".into())), Timing::default());
+            return Ran::Done(Err(JobError::ModelRequestFailed("the batcher stopped".into())), Timing::default());
         }
         answer.await.unwrap_or_else(|_| {
-            Ran::Done(Err(JobError::ModelUnavailable("the batch was lost".into())), Timing::default())
+            Ran::Done(Err(JobError::ModelRequestFailed("the batch was lost".into())), Timing::default())
         })
     }
 }

@@ -55,7 +55,8 @@ pub async fn consume(
         FuturesUnordered::new();
     let mut cancelling: FuturesUnordered<BoxFuture<'_, ()>> = FuturesUnordered::new();
     let mut readiness = shared.registry.readiness();
-    let mut states = vec![State::Consuming; session.consumers.len()];
+    let mut states: Vec<State> =
+        session.consumers.iter().map(|(_, _, c)| if c.is_some() { State::Consuming } else { State::Paused }).collect();
     let wanted = |i: usize| session.consumers[i].0.ready.as_ref().is_none_or(|r| *r.borrow());
     // What `subscription` decided, carried out.
     macro_rules! carry_out {
@@ -74,7 +75,7 @@ pub async fn consume(
             action
         }};
     }
-    // A session opened while the model was down consumes nothing that needs it.
+    // A model that went down or came back while the session was opened.
     for i in 0..states.len() {
         carry_out!(i, subscription::Event::Check, 0);
     }
@@ -85,6 +86,10 @@ pub async fn consume(
             () = shutdown.as_mut() => return Ended::Shutdown,
             () = session.worker.lost.cancelled() => return Ended::Lost("the publishing connection failed".into()),
             _ = check.tick() => {
+                // Noticed here too: with every queue paused nothing else would notice it.
+                if !session.connection.status().connected() {
+                    return Ended::Lost("the broker closed the connection".into());
+                }
                 let abandoned = shared.abandoned();
                 shared.metrics.abandoned_now(abandoned);
                 if !decide::worn_out(abandoned, shared.pool.size()) {
@@ -136,7 +141,9 @@ pub async fn consume(
                     }
                     carry_out!(i, subscription::Event::Ended, 0);
                 }
-                None => return Ended::Lost("the broker closed the connection".into()),
+                // The last consumer ended (each end was handled above): with every queue paused
+                // that is no lost connection, which the tick above notices on its own.
+                None => {}
             },
         }
     }

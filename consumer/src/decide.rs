@@ -83,10 +83,23 @@ pub enum Failure {
     Retry { next_attempt: u32, delay: Duration },
     /// Given up, with this reason (`warren-dead-reason`).
     DeadLetter { reason: &'static str },
+    /// Not the job's fault: its kind's backend (model server) was down. Back to its queue
+    /// without spending an attempt (`warren-handbacks` + 1, after a pause that grows with it).
+    HandBack,
 }
 
-/// Transient failures with attempts left are retried; anything else is dead-lettered.
-pub fn on_failure(error: &JobError, attempt: u32, policy: &RetryPolicy) -> Failure {
+/// How many times a job goes back without spending an attempt because its backend was
+/// unavailable; past that, such a failure spends attempts like any transient one, so that a
+/// backend that keeps failing one job while it answers the others cannot hold it forever.
+pub const UNAVAILABLE_HANDBACKS: u32 = 20;
+
+/// A backend that was unavailable hands the job back (up to [`UNAVAILABLE_HANDBACKS`] times,
+/// counted by `handbacks`); other transient failures with attempts left are retried; anything
+/// else is dead-lettered.
+pub fn on_failure(error: &JobError, attempt: u32, handbacks: u32, policy: &RetryPolicy) -> Failure {
+    if matches!(error, JobError::ModelUnavailable(_)) && handbacks < UNAVAILABLE_HANDBACKS {
+        return Failure::HandBack;
+    }
     if error.class() == ErrorClass::Transient && policy.should_retry(attempt) {
         let next_attempt = attempt.saturating_add(1);
         return Failure::Retry { next_attempt, delay: policy.nominal_delay(next_attempt) };
@@ -291,27 +304,30 @@ mod tests {
     fn transient_failures_are_retried_until_the_last_attempt() {
         let transient = JobError::Injected("x".into());
         assert_eq!(
-            on_failure(&transient, 0, &policy()),
+            on_failure(&transient, 0, 0, &policy()),
             Failure::Retry { next_attempt: 1, delay: Duration::from_millis(100) }
         );
         assert_eq!(
-            on_failure(&transient, 1, &policy()),
+            on_failure(&transient, 1, 0, &policy()),
             Failure::Retry { next_attempt: 2, delay: Duration::from_millis(200) }
         );
-        assert_eq!(on_failure(&transient, 2, &policy()), Failure::DeadLetter { reason: "attempts_exhausted" });
-        assert_eq!(on_failure(&transient, u32::MAX, &policy()), Failure::DeadLetter { reason: "attempts_exhausted" });
+        assert_eq!(on_failure(&transient, 2, 0, &policy()), Failure::DeadLetter { reason: "attempts_exhausted" });
+        assert_eq!(
+            on_failure(&transient, u32::MAX, 0, &policy()),
+            Failure::DeadLetter { reason: "attempts_exhausted" }
+        );
     }
 
     #[test]
     fn permanent_failures_and_poison_are_dead_lettered_at_once() {
         let corrupt = JobError::CorruptImage("x".into());
-        assert_eq!(on_failure(&corrupt, 0, &policy()), Failure::DeadLetter { reason: "permanent_error" });
+        assert_eq!(on_failure(&corrupt, 0, 0, &policy()), Failure::DeadLetter { reason: "permanent_error" });
         let poison = JobError::RedeliveryLimit { deliveries: 4 };
-        assert_eq!(on_failure(&poison, 0, &policy()), Failure::DeadLetter { reason: "redelivery_limit" });
+        assert_eq!(on_failure(&poison, 0, 0, &policy()), Failure::DeadLetter { reason: "redelivery_limit" });
         let unencodable = JobError::Encode("x".into());
-        assert_eq!(on_failure(&unencodable, 0, &policy()), Failure::DeadLetter { reason: "permanent_error" });
+        assert_eq!(on_failure(&unencodable, 0, 0, &policy()), Failure::DeadLetter { reason: "permanent_error" });
         let not_stored = JobError::ResultNotStored("x".into());
-        assert!(matches!(on_failure(&not_stored, 0, &policy()), Failure::Retry { .. }));
+        assert!(matches!(on_failure(&not_stored, 0, 0, &policy()), Failure::Retry { .. }));
     }
 
     #[test]
@@ -347,6 +363,23 @@ mod tests {
         assert_eq!(counted_outcome(&Settle::Ack, Purpose::Retry, false), "abandoned");
         assert_eq!(counted_outcome(&Settle::Ack, Purpose::DeadLetter, true), "dead_lettered");
         assert_eq!(counted_outcome(&Settle::HandBack, Purpose::Retry, true), "handed_back");
+    }
+
+    #[test]
+    fn a_backend_down_hands_the_job_back_without_spending_an_attempt() {
+        let down = JobError::ModelUnavailable("Triton answered UNAVAILABLE".into());
+        assert_eq!(on_failure(&down, 0, 0, &policy()), Failure::HandBack);
+        assert_eq!(on_failure(&down, 2, 0, &policy()), Failure::HandBack, "even with no attempt left");
+        assert_eq!(on_failure(&down, 0, UNAVAILABLE_HANDBACKS - 1, &policy()), Failure::HandBack);
+        // Handed back that often: it spends attempts like any transient failure.
+        assert!(matches!(on_failure(&down, 0, UNAVAILABLE_HANDBACKS, &policy()), Failure::Retry { .. }));
+        assert_eq!(
+            on_failure(&down, 2, UNAVAILABLE_HANDBACKS, &policy()),
+            Failure::DeadLetter { reason: "attempts_exhausted" }
+        );
+        // Other transient failures are the job's own: they spend attempts.
+        let inference = JobError::Inference("bad tensor".into());
+        assert!(matches!(on_failure(&inference, 0, 0, &policy()), Failure::Retry { .. }));
     }
 
     #[test]

@@ -166,7 +166,13 @@ async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing) {
     let record =
         FailureRecord { error, queue: &served.work_queue, worker_id: &worker.worker_id, now_ms: now_us() / 1000 };
     let input = settle::input(delivery);
-    let settled = match decide::on_failure(error, facts.attempt, &served.retry) {
+    let settled = match decide::on_failure(error, facts.attempt, facts.handbacks, &served.retry) {
+        Failure::HandBack => {
+            tracing::warn!(error = %error, handbacks = facts.handbacks,
+                "the kind's backend is unavailable; handing the job back without spending an attempt");
+            settle::hand_back(held, Why::Unavailable).await;
+            return;
+        }
         Failure::Retry { next_attempt, delay } => {
             let ttl = served.retry.jittered(delay, rand::random::<f64>());
             let queue = worker.settings.retry_queue(&served.work_queue, delay);

@@ -49,7 +49,9 @@ pub struct Session {
     /// The broker node it is connected to (`host:port`).
     pub node: String,
     pub worker: Arc<Worker>,
-    pub consumers: Vec<(Arc<Served>, Channel, lapin::Consumer)>,
+    /// Each served queue, its channel, and its consumer: none while its kind's backend is not
+    /// ready (a paused queue is never subscribed, not even for a moment).
+    pub consumers: Vec<(Arc<Served>, Channel, Option<lapin::Consumer>)>,
 }
 
 impl Session {
@@ -107,8 +109,14 @@ impl Session {
         let mut consumers = Vec::with_capacity(shared.served.len());
         for served in &shared.served {
             let channel = connection.create_channel().await.context("open consuming channel")?;
-            let consumer = subscribe(&channel, served, &shared.worker_id).await?;
-            shared.metrics.consuming(&served.queue, true);
+            let consumer = if served.ready.as_ref().is_none_or(|r| *r.borrow()) {
+                let consumer = subscribe(&channel, served, &shared.worker_id).await?;
+                shared.metrics.consuming(&served.queue, true);
+                Some(consumer)
+            } else {
+                tracing::info!(queue = %served.queue, "not consuming the queue while its model is not ready");
+                None
+            };
             consumers.push((served.clone(), channel, consumer));
         }
         let worker = Arc::new(Worker::new(

@@ -124,6 +124,8 @@ pub enum Why {
     Draining,
     /// The broker did not store a publish the job needed (its retry copy or dead letter).
     Refused,
+    /// The kind's backend was unavailable: not the job's fault, so no attempt is spent.
+    Unavailable,
 }
 
 /// Gives the delivery back to the broker as a fresh copy at the end of its queue, acked once the
@@ -138,12 +140,14 @@ pub async fn hand_back(held: &Held<'_>, why: Why) -> Label {
         Why::Draining => (Recount::Nothing, 1),
         // While the worker drains, one try: the drain waits for settles begun for a bounded
         // time (`drain_settle_bound`).
-        Why::Refused if worker.gate.is_cancelled() => (Recount::HandBacks(facts.handbacks.saturating_add(1)), 1),
-        Why::Refused => (Recount::HandBacks(facts.handbacks.saturating_add(1)), TRIES),
+        Why::Refused | Why::Unavailable if worker.gate.is_cancelled() => {
+            (Recount::HandBacks(facts.handbacks.saturating_add(1)), 1)
+        }
+        Why::Refused | Why::Unavailable => (Recount::HandBacks(facts.handbacks.saturating_add(1)), TRIES),
     };
     let mut label = "abandoned";
     for i in 0..tries {
-        if why == Why::Refused {
+        if why != Why::Draining {
             pause(worker, facts.handbacks.saturating_add(i)).await;
         }
         if worker.lost.is_cancelled() {
@@ -176,7 +180,7 @@ async fn pause(worker: &Worker, handbacks: u32) {
         Duration::from_millis(broker.reconnect_max_ms),
         rand::random::<f64>(),
     );
-    tracing::warn!(?pause, handbacks, "the broker refused what the job needs; handing it back after a pause");
+    tracing::warn!(?pause, handbacks, "handing the job back after a pause");
     tokio::select! {
         () = tokio::time::sleep(pause) => {}
         () = worker.gate.cancelled() => {}

@@ -122,18 +122,16 @@ pub fn fit(
     })
 }
 
-/// What a failed request means for its jobs. Both are transient (retried with backoff); a
-/// model that is unavailable (down, overloaded, past the deadline, not loaded) is no image's
-/// fault, so a failed batch is not split to find a guilty image.
+/// What a failed request means for its jobs. All are transient. A server that is down,
+/// overloaded or lacks the model is no job's fault: its jobs go back without spending an
+/// attempt. A request past its deadline, cancelled or aborted may be its jobs' doing (a slow
+/// input): they spend an attempt. Neither kind of failure is an image's fault, so a failed
+/// batch is not split to find a guilty image; anything else is an inference failure.
 pub fn job_error(code: Code, message: &str) -> JobError {
     let text = format!("Triton answered {}: {message}", code_label(code));
     match code {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::ResourceExhausted
-        | Code::Cancelled
-        | Code::Aborted
-        | Code::NotFound => JobError::ModelUnavailable(text),
+        Code::Unavailable | Code::ResourceExhausted | Code::NotFound => JobError::ModelUnavailable(text),
+        Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => JobError::ModelRequestFailed(text),
         _ => JobError::Inference(text),
     }
 }
@@ -279,6 +277,14 @@ mod tests {
             job_error(Code::DeadlineExceeded, "late").to_string(),
             "model unavailable: Triton answered deadline_exceeded: late"
         );
+        // A server down, overloaded or without the model is no job's doing (handed back
+        // without an attempt); a request past its deadline may be (it spends one).
+        for code in [Code::Unavailable, Code::ResourceExhausted, Code::NotFound] {
+            assert!(matches!(job_error(code, "x"), JobError::ModelUnavailable(_)), "{code:?}");
+        }
+        for code in [Code::DeadlineExceeded, Code::Cancelled, Code::Aborted] {
+            assert!(matches!(job_error(code, "x"), JobError::ModelRequestFailed(_)), "{code:?}");
+        }
     }
 
     #[test]

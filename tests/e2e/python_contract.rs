@@ -64,6 +64,7 @@ fn every_job_error() -> Vec<JobError> {
         JobError::TimedOut { limit: Duration::ZERO, retry: true },
         JobError::Injected(String::new()),
         JobError::ModelUnavailable(String::new()),
+        JobError::ModelRequestFailed(String::new()),
         JobError::Inference(String::new()),
         JobError::ResultNotStored(String::new()),
     ];
@@ -86,6 +87,7 @@ fn every_job_error() -> Vec<JobError> {
             | JobError::TimedOut { .. }
             | JobError::Injected(_)
             | JobError::ModelUnavailable(_)
+            | JobError::ModelRequestFailed(_)
             | JobError::Inference(_)
             | JobError::ResultNotStored(_) => {}
             // A kind's own error: its type is documented by the kind, not in the contract's table.

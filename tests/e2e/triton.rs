@@ -189,6 +189,73 @@ async fn triton_killed_mid_run_and_restarted_loses_no_job_and_readiness_follows_
     fleet.stop().await;
 }
 
+/// Issue 24, item 2: an outage spends no attempts. Triton is stopped (SIGSTOP: it accepts
+/// connections and answers nothing), 500 jobs wait, and the worker's connection is closed three
+/// times meanwhile. Before, each new session subscribed every queue before pausing the classify
+/// queue again, so a prefetch's worth of jobs failed as `model_unavailable` and was retried
+/// with its attempt raised, each time. Now a paused queue is never subscribed, and a job whose
+/// backend was unavailable goes back without spending an attempt: no retry, no dead letter.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_with_lost_connections_spends_no_attempt(vhost: Vhost) {
+    const JOBS: usize = 500;
+    let triton = Triton::start(&[Served::digits("digits", "f32")]).await;
+    let mut settings = triton_settings(&vhost, &triton, "digits");
+    settings.model.triton_timeout_ms = 1_000;
+    settings.broker.reconnect_min_ms = 100;
+    settings.broker.reconnect_max_ms = 500;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    triton.signal("STOP").await;
+    let not_ready = until("the worker notices", Duration::from_secs(20), || !fleet.health.is_ready()).await;
+    let samples = samples("f32");
+    let mut tickets = Vec::with_capacity(JOBS);
+    for i in 0..JOBS {
+        let t = producer.publish(&classify(&samples[i % samples.len()].1), &warren_e2e::want_result()).await;
+        tickets.push(t.expect("publish"));
+    }
+    for round in 1..=3 {
+        let before = fleet.health.reconnects();
+        // The API lists a new connection a moment after it opens.
+        let start = Instant::now();
+        while tokio::task::block_in_place(|| vhost.close_connections("consumer")) == 0 {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "round {round}: the worker's connection was never listed ({})",
+                fleet.health.status().1
+            );
+        }
+        until("the worker reconnects", DEADLINE, || fleet.health.reconnects() > before).await;
+        let consumers = queue_consumers(&settings, "warren.ml.classify").await;
+        assert_eq!(consumers, 0, "round {round}: the classify queue is not consumed while Triton is down");
+        // Not a condition to await: the window in which jobs a new session took (before: every
+        // queue was subscribed for a moment) would fail at Triton's 1 s request deadline.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+    triton.signal("CONT").await;
+    let back = until("the worker is ready again", Duration::from_secs(30), || fleet.health.is_ready()).await;
+    let mut attempts = BTreeMap::new();
+    for t in tickets {
+        let r = t.wait(DEADLINE).await.expect("every job answered once Triton is back");
+        assert!(r.error.is_none(), "{:?}", r.error);
+        *attempts.entry(r.attempt).or_insert(0usize) += 1;
+    }
+    let addr = fleet.metrics_addr.expect("metrics");
+    let s = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(addr));
+    let retries = s.value("warren_publishes_total", &[("target", "retry"), ("outcome", "acked")]);
+    let dead = s.value("warren_publishes_total", &[("target", "dead_letter"), ("outcome", "acked")]);
+    println!(
+        "Triton stopped, {JOBS} jobs, 3 lost connections: not ready after {not_ready:?}, ready {back:?} after SIGCONT; \
+         results by attempt {attempts:?}; {} retry copies, {} dead letters",
+        retries + 0.0,
+        dead + 0.0
+    );
+    assert_eq!(attempts.get(&0), Some(&JOBS), "every job answered on its first attempt: {attempts:?}");
+    assert_eq!((retries, dead), (0.0, 0.0), "no retry copy, no dead letter");
+    assert_eq!(warren_e2e::queue_depth(&settings, "warren.ml.classify.dead").await, 0);
+    producer.close().await;
+    fleet.stop().await;
+}
+
 /// Consumers of `queue` now (a passive declare: exact, unlike the management API's statistics).
 async fn queue_consumers(settings: &Settings, queue: &str) -> u32 {
     let conn = warren_infra::connect(&settings.broker, "test-consumers").await.expect("connect");
@@ -297,9 +364,10 @@ async fn a_request_past_its_deadline_is_cancelled_and_its_job_retried_then_dead_
 
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_overloaded_triton_refuses_requests_and_their_jobs_are_retried_until_answered(vhost: Vhost) {
+async fn an_overloaded_triton_refuses_requests_and_their_jobs_are_handed_back_until_answered(vhost: Vhost) {
     // Triton's own overload answer: a model whose queue holds one request and that takes
-    // 200 ms a run refuses the rest with UNAVAILABLE ("Exceeds maximum queue size").
+    // 200 ms a run refuses the rest with UNAVAILABLE ("Exceeds maximum queue size"). No job's
+    // fault: each goes back to the queue after a pause, without spending an attempt.
     let busy = Served {
         edits: vec![(
             "dynamic_batching { }".into(),
@@ -312,8 +380,7 @@ async fn an_overloaded_triton_refuses_requests_and_their_jobs_are_retried_until_
     let mut settings = triton_settings(&vhost, &triton, "busy");
     settings.consumer.pool_size = 6;
     warren_e2e::route(&mut settings, "ml.classify").max_batch = 1;
-    settings.retry.max_attempts = 40;
-    (settings.retry.base_delay_ms, settings.retry.max_delay_ms) = (200, 1000);
+    (settings.broker.reconnect_min_ms, settings.broker.reconnect_max_ms) = (100, 1000);
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let samples = samples("f32");
     let (jobs, opts) =
@@ -329,8 +396,13 @@ async fn an_overloaded_triton_refuses_requests_and_their_jobs_are_retried_until_
     let addr = fleet.metrics_addr.expect("metrics");
     let s = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(addr));
     let refused = s.value("warren_triton_errors_total", &[("code", "unavailable")]);
-    println!("overloaded Triton: 24 of 24 answered, {retried} after retries, {refused} requests refused");
-    assert!(refused > 0.0 && retried > 0, "the server was never overloaded: the test proves nothing");
+    let handed_back = s.value("warren_jobs_completed_total", &[("outcome", "handed_back")]);
+    println!(
+        "overloaded Triton: 24 of 24 answered, {retried} after retries, {refused} requests refused, \
+         {handed_back} jobs handed back"
+    );
+    assert!(refused > 0.0 && handed_back > 0.0, "the server was never overloaded: the test proves nothing");
+    assert_eq!(retried, 0, "an overloaded server spends no job's attempts");
     producer.close().await;
     fleet.stop().await;
 }

@@ -114,6 +114,13 @@ impl Triton {
     }
 
     /// SIGKILLs the server and its stubs, as a crash would, and waits until it is gone.
+    /// Sends `signal` (STOP, CONT) to the server's whole process group (its backends too).
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("Triton runs");
+        let sent = Command::new("bash").args(["-c", &format!("kill -{signal} -- -{pid}")]).status().await;
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{signal} Triton");
+    }
+
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
