@@ -224,3 +224,67 @@ retry = { max_attempts = 3, base_delay_ms = 300, max_delay_ms = 300, jitter = 0.
     }
     assert_eq!(copies, 1, "one job, one copy across all queues\n{log}");
 }
+
+/// Issue 24, item 6: nothing piles up while the broker holds confirms back. Under a memory
+/// alarm, 400 publishes of 64 KiB to a queue that does not exist (mandatory: each would come
+/// back as a return, as a result to a deleted reply queue does) all give up at their confirm
+/// timeout; the publishes sent and unanswered never exceed the in-flight bound (plus one probe
+/// per lane), each holding its body, and all are answered once the alarm clears.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_held_back_by_a_memory_alarm_stay_within_the_in_flight_bound(vhost: Vhost) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const IN_FLIGHT: usize = 8;
+    const PUBLISHES: usize = 400;
+    const BODY: usize = 64 * 1024;
+    let _turn = BROKER.lock().await;
+    let settings = settings_for(&vhost);
+    let conn = Arc::new(warren_infra::connect(&settings.broker, "test-held").await.expect("connect"));
+    let timeout = Duration::from_millis(500);
+    let publisher = warren_infra::Publisher::open(conn.clone(), timeout, IN_FLIGHT).await.expect("publisher");
+    let lanes = warren_infra::Publisher::DEFAULT_LANES;
+    let alarm = MemoryAlarm::raise().await;
+    let (peak, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let sampler = tokio::spawn({
+        let (publisher, peak, done) = (publisher.clone(), peak.clone(), done.clone());
+        async move {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(publisher.unanswered(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let body = vec![7u8; BODY];
+    let started = std::time::Instant::now();
+    let outcomes = futures_util::future::join_all((0..PUBLISHES).map(|_| {
+        let props = lapin::BasicProperties::default();
+        publisher.publish("", "warren.no-such-reply-queue", &body, props, true)
+    }))
+    .await;
+    let held_for = started.elapsed();
+    let timed_out = outcomes.iter().filter(|o| matches!(o, Err(warren_infra::PublishError::ConfirmTimeout(_)))).count();
+    let while_blocked = publisher.unanswered();
+    drop(alarm);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while publisher.unanswered() > 0 {
+        assert!(std::time::Instant::now() < deadline, "{} publishes never answered", publisher.unanswered());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    sampler.await.expect("sampler");
+    let after = publisher.publish("", "warren.no-such-reply-queue", b"x", Default::default(), true).await;
+    let peak = peak.load(Ordering::Relaxed);
+    println!(
+        "memory alarm for {held_for:?}: {PUBLISHES} publishes of {} KiB, {timed_out} timed out; at most {peak} sent and \
+         unanswered at once (bound {IN_FLIGHT} + {lanes} probes, {} KiB of bodies), {while_blocked} when the alarm cleared, \
+         0 after; the next publish: {after:?}",
+        BODY / 1024,
+        (IN_FLIGHT + lanes) * BODY / 1024
+    );
+    assert_eq!(timed_out, PUBLISHES, "every publish gave up at its confirm timeout");
+    assert!(peak <= IN_FLIGHT + lanes, "{peak} publishes held at once");
+    assert!(peak >= 1, "the alarm held some back: the test proves something");
+    assert!(matches!(after, Err(warren_infra::PublishError::Unroutable { .. })), "{after:?}");
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "done".into())).await;
+}

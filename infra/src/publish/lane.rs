@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -75,6 +75,8 @@ struct State {
     broken: Arc<AtomicBool>,
     /// The publisher let go of it.
     closed: bool,
+    /// Publishes sent and not yet answered, over every lane of the publisher (probes too).
+    unanswered: Arc<AtomicUsize>,
     probes: u64,
 }
 
@@ -108,11 +110,12 @@ struct Waiter {
 
 impl Lane {
     /// Opens a confirm channel on `connection` and starts its collector.
-    pub async fn open(connection: &Connection) -> Result<Arc<Self>, lapin::Error> {
+    /// `unanswered` counts the publishes sent on it and not yet answered.
+    pub async fn open(connection: &Connection, unanswered: Arc<AtomicUsize>) -> Result<Arc<Self>, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let broken = Arc::new(AtomicBool::new(false));
-        let state = State { broken: broken.clone(), ..State::default() };
+        let state = State { broken: broken.clone(), unanswered, ..State::default() };
         let (channel, state) = (Arc::new(channel), Arc::new(Mutex::new(state)));
         tokio::spawn(collect(channel.clone(), state.clone()));
         Ok(Arc::new(Self { channel, state, broken }))
@@ -195,6 +198,7 @@ fn start(
         }
     };
     st.flying.insert(seq, stage);
+    st.unanswered.fetch_add(1, Ordering::Relaxed);
     st.ledger.sent(seq);
     Ok(seq)
 }
@@ -214,7 +218,9 @@ fn step(channel: &Arc<Channel>, state: &Mutex<State>, cx: &mut Context<'_>) -> P
         st.collector = Some(cx.waker().clone());
     }
     loop {
+        let before = st.flying.len();
         let (batch, mut errors) = scan(&mut st.flying, cx);
+        st.unanswered.fetch_sub(before - st.flying.len(), Ordering::Relaxed);
         if !batch.is_empty() {
             if batch.iter().any(|c| c.answer == Answer::Failed) {
                 st.set_broken();

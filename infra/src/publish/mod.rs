@@ -83,6 +83,8 @@ struct Inner {
     /// At most this many publishes in flight; more wait for one to end.
     slots: Arc<Semaphore>,
     confirm_timeout: Duration,
+    /// Publishes sent and not yet answered by the broker, over every lane.
+    unanswered: Arc<AtomicUsize>,
 }
 
 /// One lane's place: the lane in use, replaced when its channel fails.
@@ -120,8 +122,9 @@ impl Publisher {
     ) -> Result<Self, lapin::Error> {
         let control = connection.create_channel().await?;
         let lanes: Vec<Slot> = (0..lanes.max(1)).map(|_| Slot::default()).collect();
+        let unanswered = Arc::new(AtomicUsize::new(0));
         // The first lane opens now, so that a broker refusing channels fails here.
-        *lock(&lanes[0].current) = Some(Lane::open(&connection).await?);
+        *lock(&lanes[0].current) = Some(Lane::open(&connection, unanswered.clone()).await?);
         let inner = Inner {
             connection,
             control,
@@ -129,6 +132,7 @@ impl Publisher {
             next: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(in_flight.max(1))),
             confirm_timeout,
+            unanswered,
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -141,6 +145,15 @@ impl Publisher {
     /// Whether the connection behind this publisher is still up.
     pub fn is_connected(&self) -> bool {
         self.inner.connection.status().connected()
+    }
+
+    /// Publishes sent and not yet answered by the broker (confirmed, refused, or failed with
+    /// their channel), over every lane, probes included. A caller that stopped waiting (its
+    /// confirm timeout) keeps its place in the in-flight bound until the answer comes, so this
+    /// never exceeds that bound plus one probe per lane: nothing piles up while the broker
+    /// holds confirms back (a memory alarm), however long.
+    pub fn unanswered(&self) -> usize {
+        self.inner.unanswered.load(Ordering::Relaxed)
     }
 
     /// Probes the lanes in use have sent to settle a publish (see `ledger.rs`).
@@ -206,7 +219,7 @@ impl Publisher {
         if let Some(lane) = lock(&slot.current).as_ref().filter(|l| l.usable()) {
             return Ok(lane.clone());
         }
-        let lane = Lane::open(&self.inner.connection).await?;
+        let lane = Lane::open(&self.inner.connection, self.inner.unanswered.clone()).await?;
         *lock(&slot.current) = Some(lane.clone());
         Ok(lane)
     }
