@@ -214,8 +214,10 @@ fn score(images: &[Decoded], model: &dyn Classifier) -> Result<Array2<f32>, JobE
     let spec = model.spec();
     let scores = model.infer(preprocess_batch(images, spec)?)?;
     if scores.nrows() != images.len() || scores.ncols() != spec.labels.len() {
-        return Err(JobError::ModelInputMismatch(format!(
-            "the model returned {}x{} scores, expected {}x{}",
+        // The model's fault, not an image's (a server now serving another version): the job
+        // goes back without spending an attempt.
+        return Err(JobError::ModelUnavailable(format!(
+            "the model returned {}x{} scores, expected {}x{} (did the model change?)",
             scores.nrows(),
             scores.ncols(),
             images.len(),

@@ -54,6 +54,8 @@ pub struct TritonClassifier {
     url: String,
     model: String,
     version: String,
+    /// The most images Warren puts in one request.
+    max_batch: usize,
     timeout: Duration,
     runtime: tokio::runtime::Handle,
     metrics: TritonMetrics,
@@ -88,23 +90,9 @@ impl TritonClassifier {
         .await?;
 
         let what = || format!("model {model:?} on Triton at {url}");
-        let metadata = ask(client
-            .model_metadata(question(proto::ModelMetadataRequest { name: model.clone(), version: version.clone() })))
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the metadata of {}: {}", what(), describe(&e)))?;
-        let config =
-            ask(client
-                .model_config(question(proto::ModelConfigRequest { name: model.clone(), version: version.clone() })))
+        let (fit, config) = read_fit(&mut client, &model, &version, max_batch, labels.len())
             .await
-            .map_err(|e| anyhow::anyhow!("reading the config of {}: {}", what(), describe(&e)))?
-            .config
-            .with_context(|| format!("Triton sent no config for {}", what()))?;
-        let tensors = |ts: Vec<proto::model_metadata_response::TensorMetadata>| -> Vec<Tensor> {
-            ts.into_iter().map(|t| Tensor { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
-        };
-        let (inputs, outputs) = (tensors(metadata.inputs), tensors(metadata.outputs));
-        let fit = triton_fit::fit(&model, &inputs, &outputs, config.max_batch_size, max_batch, labels.len())
-            .map_err(anyhow::Error::msg)?;
+            .map_err(|why| anyhow::anyhow!("{why} ({})", what()))?;
         let spec = model_spec::from_nchw(settings, labels, fit.input_type, &fit.nchw)
             .with_context(|| format!("the input {:?} of {}", fit.input, what()))?;
         tracing::info!(
@@ -120,19 +108,23 @@ impl TritonClassifier {
             url,
             model,
             version,
+            max_batch,
             timeout: Duration::from_millis(settings.triton_timeout_ms),
             runtime: tokio::runtime::Handle::current(),
             metrics,
         })
     }
 
-    /// Asks every `interval` whether the model is ready; the answer is kept in the receiver
-    /// (and `gauge`) for as long as anyone holds one.
+    /// Asks every `interval` whether the model is ready and is still the model the worker
+    /// started with (its metadata and config read again: a new version with another class
+    /// count or input, loaded under the same name, is not ready for this worker); the answer is
+    /// kept in the receiver (and `gauge`) for as long as anyone holds one.
     pub fn watch_readiness(&self, interval: Duration, gauge: IntGauge) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(true);
         gauge.set(1);
         let (mut client, model, version, url) =
             (self.client.clone(), self.model.clone(), self.version.clone(), self.url.clone());
+        let (started_with, max_batch, labels) = (self.fit.clone(), self.max_batch, self.spec.labels.len());
         self.runtime.spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -142,7 +134,17 @@ impl TritonClassifier {
                     _ = tick.tick() => {}
                 }
                 let (ready, why) = match is_ready(&mut client, &model, &version).await {
-                    Ok(true) => (true, String::new()),
+                    Ok(true) => match read_fit(&mut client, &model, &version, max_batch, labels).await {
+                        Ok((fit, _)) if fit == started_with => (true, String::new()),
+                        Ok((fit, _)) => (
+                            false,
+                            format!(
+                                "the model changed on the server ({fit:?}; this worker started with \
+                                 {started_with:?}): restart the worker to take it, or serve the earlier model again"
+                            ),
+                        ),
+                        Err(why) => (false, format!("the model changed on the server and does not fit: {why}")),
+                    },
                     Ok(false) => (false, "the server says the model is not ready".to_owned()),
                     Err(e) => (false, describe(&e)),
                 };
@@ -237,6 +239,34 @@ fn message(status: &Status) -> String {
         Some(cause) if cause != status.message() => format!("{} ({cause})", status.message()),
         _ => status.message().to_owned(),
     }
+}
+
+/// Reads the model's metadata and config and checks that it fits Warren's preprocessing
+/// (`triton_fit::fit`); the error says what does not fit, or which question failed.
+async fn read_fit(
+    client: &mut Client,
+    model: &str,
+    version: &str,
+    max_batch: usize,
+    labels: usize,
+) -> Result<(Fit, proto::ModelConfig), String> {
+    let (name, version) = (model.to_owned(), version.to_owned());
+    let metadata =
+        ask(client
+            .model_metadata(question(proto::ModelMetadataRequest { name: name.clone(), version: version.clone() })))
+        .await
+        .map_err(|e| format!("reading the metadata: {}", describe(&e)))?;
+    let config = ask(client.model_config(question(proto::ModelConfigRequest { name, version })))
+        .await
+        .map_err(|e| format!("reading the config: {}", describe(&e)))?
+        .config
+        .ok_or_else(|| "Triton sent no config".to_owned())?;
+    let tensors = |ts: Vec<proto::model_metadata_response::TensorMetadata>| -> Vec<Tensor> {
+        ts.into_iter().map(|t| Tensor { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
+    };
+    let (inputs, outputs) = (tensors(metadata.inputs), tensors(metadata.outputs));
+    let fit = triton_fit::fit(model, &inputs, &outputs, config.max_batch_size, max_batch, labels)?;
+    Ok((fit, config))
 }
 
 /// A status in one line: its code, message and cause.

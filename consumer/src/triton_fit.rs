@@ -185,7 +185,12 @@ pub fn encode(input: &InputTensor) -> (&'static str, Vec<i64>, Vec<u8>) {
 
 /// One row of scores per image from an output's raw contents, checked against what was asked.
 pub fn decode(datatype: &str, shape: &[i64], raw: &[u8], rows: usize) -> Result<Array2<f32>, JobError> {
-    let mismatch = |why: String| JobError::ModelInputMismatch(format!("Triton's answer {why}"));
+    // The server answers for a model other than the one the worker checked at start-up (a new
+    // version loaded under the same name): no image's fault, so the job goes back without
+    // spending an attempt, while the readiness check pauses the route.
+    let mismatch = |why: String| {
+        JobError::ModelUnavailable(format!("Triton's answer {why} (did the model change on the server?)"))
+    };
     let (r, c) = match *shape {
         [r, c] if r >= 0 && c >= 0 => (r as usize, c as usize),
         _ => return Err(mismatch(format!("has shape {shape:?}, not [batch, classes]"))),

@@ -22,6 +22,9 @@ Parameters read from config.pbtxt (`parameters { key: ... value: { string_value:
   intra_op_threads  ONNX Runtime intra-op threads, default 1 (spinning is always off)
   delay_ms       a drill: wait this long before each execution, default 0 (Warren's tests use
                  it to make a model slower than the client's deadline)
+  extra_classes  a drill: append this many classes (scores of -30) to every output, default 0
+                 (with the config's output dims raised to match: Warren's tests load it as a
+                 new version with another class count under the same name)
 
 With dynamic batching Triton hands `execute` several requests at once: their inputs are
 concatenated along axis 0, run in one session call, and the outputs split back per request. A
@@ -114,6 +117,7 @@ class TritonPythonModel:
         self.feed_types = {name: _ORT_TO_NUMPY.get(ort_inputs[name]) for name, _ in self.inputs}
         self.output_names = [name for name, _ in self.outputs]
         self.delay = float(_param(config, "delay_ms", "0")) / 1000.0
+        self.extra_classes = int(_param(config, "extra_classes", "0"))
 
     def _feeds(self, request):
         feeds = {}
@@ -127,6 +131,9 @@ class TritonPythonModel:
         return feeds
 
     def _respond(self, results):
+        if self.extra_classes > 0:
+            results = [np.concatenate([r, np.full((r.shape[0], self.extra_classes), -30.0, dtype=r.dtype)], axis=1)
+                       for r in results]
         tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value, dtype=dtype))
                    for (name, dtype), value in zip(self.outputs, results)]
         return pb_utils.InferenceResponse(output_tensors=tensors)

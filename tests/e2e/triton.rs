@@ -256,6 +256,66 @@ async fn an_outage_with_lost_connections_spends_no_attempt(vhost: Vhost) {
     fleet.stop().await;
 }
 
+/// Issue 24, item 4: a model that changes under a running worker dead-letters nothing. With
+/// explicit model control, version 2 of `digits` (12 classes) is loaded under the same name
+/// and 100 jobs are published at once. Before, every job the worker took then failed as a
+/// permanent `model_input_mismatch`, one attempt each, at full speed. Now the readiness check
+/// reads the model's metadata again and pauses the route (not ready) while it is not the model
+/// the worker started with, the jobs that met it go back without spending an attempt, and the
+/// worker resumes when version 1 is served again.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_changes_under_the_worker_pauses_its_route_and_dead_letters_nothing(vhost: Vhost) {
+    const JOBS: usize = 100;
+    let v1 = Served::digits("digits", "f32");
+    let v2 = Served {
+        edits: vec![("dims: [ 10 ]".into(), "dims: [ 12 ]".into())],
+        parameters: vec![("extra_classes".into(), "2".into())],
+        ..v1.clone()
+    };
+    let triton =
+        Triton::start_with(std::slice::from_ref(&v1), &["--model-control-mode=explicit", "--load-model=digits"]).await;
+    let mut settings = triton_settings(&vhost, &triton, "digits");
+    (settings.broker.reconnect_min_ms, settings.broker.reconnect_max_ms) = (100, 500);
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    triton.load(&v2, 2).await;
+    let samples = samples("f32");
+    let opts = warren_e2e::want_result();
+    let mut tickets = Vec::with_capacity(JOBS);
+    for i in 0..JOBS {
+        let (name, image, expected) = &samples[i % samples.len()];
+        tickets.push((name, *expected, producer.publish(&classify(image), &opts).await.expect("publish")));
+    }
+    let paused = until("the worker sees the model changed", Duration::from_secs(20), || !fleet.health.is_ready()).await;
+    let why = fleet.health.status().1;
+    println!("version 2 loaded: not ready after {paused:?}: {why}");
+    assert!(why.contains("ml.classify"), "{why}");
+    let consumers = queue_consumers(&settings, "warren.ml.classify").await;
+    assert_eq!(consumers, 0, "the classify queue is paused while the model does not fit");
+    triton.load(&v1, 1).await;
+    let back = until("the worker is ready again", Duration::from_secs(30), || fleet.health.is_ready()).await;
+    let mut first_attempt = 0;
+    for (name, expected, t) in tickets {
+        let r = t.wait(DEADLINE).await.expect("every job answered once version 1 is back");
+        let Some(out) = r.output_as::<warren_common::classify::Classify>() else { panic!("{name}: {:?}", r.error) };
+        assert_eq!(u64::from(out.predictions[0].index), expected, "{name}");
+        first_attempt += usize::from(r.attempt == 0);
+    }
+    let addr = fleet.metrics_addr.expect("metrics");
+    let s = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(addr));
+    let handed_back = s.value("warren_jobs_completed_total", &[("outcome", "handed_back")]) + 0.0;
+    let dead = s.value("warren_publishes_total", &[("target", "dead_letter")]) + 0.0;
+    println!(
+        "model changed under the worker: {JOBS} jobs, {handed_back} handed back while version 2 was served, \
+         ready again {back:?} after version 1 returned; {first_attempt} answered on their first attempt, {dead} dead letters"
+    );
+    assert_eq!(dead, 0.0, "nothing dead-lettered");
+    assert_eq!(first_attempt, JOBS, "no attempt spent");
+    assert_eq!(warren_e2e::queue_depth(&settings, "warren.ml.classify.dead").await, 0);
+    producer.close().await;
+    fleet.stop().await;
+}
+
 /// Consumers of `queue` now (a passive declare: exact, unlike the management API's statistics).
 async fn queue_consumers(settings: &Settings, queue: &str) -> u32 {
     let conn = warren_infra::connect(&settings.broker, "test-consumers").await.expect("connect");

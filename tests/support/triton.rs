@@ -44,11 +44,18 @@ pub struct Triton {
     pub http_port: u16,
     metrics_port: u16,
     log: PathBuf,
+    /// Extra tritonserver arguments (e.g. explicit model control), kept for restarts.
+    args: Vec<String>,
 }
 
 impl Triton {
     /// Writes the repository, starts the server and waits until every model is ready.
     pub async fn start(models: &[Served]) -> Self {
+        Self::start_with(models, &[]).await
+    }
+
+    /// [`Self::start`] with extra tritonserver arguments.
+    pub async fn start_with(models: &[Served], args: &[&str]) -> Self {
         let repo = std::env::temp_dir().join(format!("warren-triton-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&repo).expect("repository dir");
         for m in models {
@@ -56,7 +63,8 @@ impl Triton {
         }
         let [grpc_port, http_port, metrics_port] = free_ports();
         let log = repo.join("tritonserver.log");
-        let mut triton = Self { child: None, repo, grpc_port, http_port, metrics_port, log };
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut triton = Self { child: None, repo, grpc_port, http_port, metrics_port, log, args };
         triton.launch().await;
         triton
     }
@@ -78,6 +86,7 @@ impl Triton {
             .args(["serve", self.repo.to_str().expect("utf-8 path")])
             .args([self.grpc_port, self.http_port, self.metrics_port].map(|p| p.to_string()))
             .args(["--exit-timeout-secs=2", "--log-verbose=0"])
+            .args(&self.args)
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             // Its Python stubs are its children: a group of its own is killed whole.
@@ -128,6 +137,30 @@ impl Triton {
             }
             let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
         }
+    }
+
+    /// With explicit model control: writes `model` into the repository as `version` (the only
+    /// version directory left, so the server serves it) and asks the server to load it, as an
+    /// operator rolling out a new version under the same name would.
+    pub async fn load(&self, model: &Served, version: u32) {
+        write_model(&self.repo, model).await;
+        let dir = self.repo.join(&model.name);
+        for entry in std::fs::read_dir(&dir).expect("model dir").flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.parse::<u32>().is_ok_and(|v| v != 1 && v != version) {
+                std::fs::remove_dir_all(entry.path()).expect("remove a version");
+            }
+        }
+        if version != 1 {
+            std::fs::create_dir_all(dir.join(version.to_string())).expect("version dir");
+            std::fs::rename(dir.join("1/model.py"), dir.join(format!("{version}/model.py"))).expect("move model.py");
+            std::fs::remove_dir_all(dir.join("1")).expect("remove version 1");
+        }
+        let url = format!("http://127.0.0.1:{}/v2/repository/models/{}/load", self.http_port, model.name);
+        let loaded = tokio::task::spawn_blocking(move || ureq::post(&url).send_empty().map(|r| r.status().as_u16()))
+            .await
+            .expect("load request");
+        assert!(matches!(loaded, Ok(200)), "loading {} version {version}: {loaded:?}\n{}", model.name, self.log_text());
     }
 
     /// Starts the server again on the same ports and repository, and waits until it is ready.
