@@ -63,8 +63,9 @@ fn every_job_error() -> Vec<JobError> {
         // Transient by default (`consumer.retry_timeouts`), as the Python client files it.
         JobError::TimedOut { limit: Duration::ZERO, retry: true },
         JobError::Injected(String::new()),
+        // ModelRequestFailed is not listed: it is `model_unavailable` on the wire too (it only
+        // spends an attempt where ModelUnavailable does not), so it has no type of its own.
         JobError::ModelUnavailable(String::new()),
-        JobError::ModelRequestFailed(String::new()),
         JobError::Inference(String::new()),
         JobError::ResultNotStored(String::new()),
     ];
@@ -111,6 +112,12 @@ fn warrens_error_types_are_the_python_clients_and_the_contracts_each_in_its_clas
     let warren: BTreeMap<String, String> =
         every_job_error().iter().map(|e| (e.error_type().to_owned(), e.class().as_str().to_owned())).collect();
     assert_eq!(warren.len(), every_job_error().len(), "each error has a type of its own");
+    let failed_request = JobError::ModelRequestFailed(String::new());
+    assert_eq!(
+        (failed_request.error_type(), failed_request.class().as_str()),
+        ("model_unavailable", "transient"),
+        "a failed model request is model_unavailable on the wire"
+    );
 
     let code = "import json, warren_client as w\n\
                 print(json.dumps({t: 'transient' if issubclass(c, w.TransientJobError) else 'permanent'\n\
