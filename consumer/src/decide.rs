@@ -126,6 +126,8 @@ pub enum Purpose {
     ErrorResult,
     /// A copy in a delay queue, for the next attempt.
     Retry,
+    /// A copy in a delay queue for the same attempt: its backend was unavailable.
+    SetAside,
     /// A copy in the dead-letter queue.
     DeadLetter,
     /// A copy put back in a work queue or returned lane (a hand-back, or a counted return).
@@ -175,7 +177,9 @@ pub fn after_publish(purpose: Purpose, published: Published) -> Settle {
         }
         (U::Result { .. }, P::Refused) => Settle::Fail(JobError::ResultNotStored("the broker refused it".into())),
         (U::Result { .. }, P::TimedOut) => Settle::Fail(JobError::ResultNotStored("no confirm in time".into())),
-        (U::Retry | U::DeadLetter | U::Requeue, P::Unroutable | P::Refused | P::TimedOut) => Settle::HandBack,
+        (U::Retry | U::SetAside | U::DeadLetter | U::Requeue, P::Unroutable | P::Refused | P::TimedOut) => {
+            Settle::HandBack
+        }
     }
 }
 
@@ -187,6 +191,7 @@ pub fn counted_outcome(settle: &Settle, what: Purpose, ack_sent: bool) -> &'stat
         (Settle::Ack, true) => match what {
             Purpose::Result { .. } => "ok",
             Purpose::Retry => "retried",
+            Purpose::SetAside => "set_aside",
             Purpose::DeadLetter | Purpose::ErrorResult => "dead_lettered",
             Purpose::Requeue => "requeued",
         },
@@ -334,7 +339,7 @@ mod tests {
     fn only_what_the_broker_stored_lets_the_input_be_acked() {
         use {Published as P, Purpose as U};
         let (reply, record) = (U::Result { must_route: false }, U::Result { must_route: true });
-        for purpose in [reply, record, U::ErrorResult, U::Retry, U::DeadLetter, U::Requeue] {
+        for purpose in [reply, record, U::ErrorResult, U::Retry, U::SetAside, U::DeadLetter, U::Requeue] {
             assert_eq!(after_publish(purpose, P::Stored), Settle::Ack);
             assert_eq!(after_publish(purpose, P::Lost), Settle::Abandon);
         }
@@ -345,7 +350,7 @@ mod tests {
             assert!(matches!(after_publish(result, P::Refused), Settle::Fail(JobError::ResultNotStored(_))));
             assert!(matches!(after_publish(result, P::TimedOut), Settle::Fail(JobError::ResultNotStored(_))));
         }
-        for purpose in [U::Retry, U::DeadLetter, U::Requeue] {
+        for purpose in [U::Retry, U::SetAside, U::DeadLetter, U::Requeue] {
             for outcome in [P::Unroutable, P::Refused, P::TimedOut] {
                 assert_eq!(after_publish(purpose, outcome), Settle::HandBack, "{purpose:?} {outcome:?}");
             }

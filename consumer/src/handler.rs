@@ -48,7 +48,14 @@ pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery
         queue = %served.queue,
         redelivered = delivery.redelivered,
     );
-    let held = Held { worker: &worker, served: &served, delivery: &delivery, facts: &facts, kind: "unknown" };
+    let held = Held {
+        worker: &worker,
+        served: &served,
+        delivery: &delivery,
+        facts: &facts,
+        kind: "unknown",
+        trace_id: &trace_id,
+    };
     let work = async {
         tracing::debug!("job started");
         story(&held, &stop).await;
@@ -67,7 +74,12 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
             worker.metrics.redelivered(&served.queue);
             tracing::warn!(returns, "job came back unanswered; moving it to the returned lane");
             let copy = letters::requeue(settle::input(delivery), &served.returned_queue, Recount::Returns(returns));
-            let _ = settle::deliver(&Held { kind: peeked_kind(worker, delivery), ..*held }, copy, None).await;
+            let held = &Held { kind: peeked_kind(worker, delivery), ..*held };
+            if settle::deliver(held, copy, None).await == Ok("requeued") {
+                let mut event = held.event("returned");
+                event.returns = Some(returns);
+                worker.events.emit(event);
+            }
             return;
         }
         Arrival::Poison { returns } => {
@@ -93,6 +105,8 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     let held = &Held { kind, ..*held };
     tracing::Span::current().record("kind", kind);
     worker.metrics.job_received(&served.queue, kind);
+    worker.events.emit(held.event("received"));
+    worker.events.emit(held.event("started"));
     let ran = tokio::select! {
         ran = run(worker, served, registered, input, facts.attempt) => ran,
         () = stop.cancelled() => {
@@ -123,14 +137,20 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
             let job_id = facts.job_id.clone().unwrap_or_default();
             let result =
                 JobResult::ok(job_id, kind.to_owned(), output, facts.attempt, worker.worker_id.clone(), timing);
-            let sent =
-                match letters::result(&delivery.properties, &result, encoding(delivery), results(worker), now_us()) {
-                    Ok(letter) => settle::deliver(held, letter, None).await,
-                    Err(e) => Err(e),
-                };
+            let letter = letters::result(&delivery.properties, &result, encoding(delivery), results(worker), now_us());
+            let output_bytes = letter.as_ref().map(|l| l.body.len()).unwrap_or_default();
+            let sent = match letter {
+                Ok(letter) => settle::deliver(held, letter, None).await,
+                Err(e) => Err(e),
+            };
             match sent {
-                Ok(_) => {
+                Ok(label) => {
                     tracing::info!(run_ms = ran_for.as_millis() as u64, "job done");
+                    if label == "ok" {
+                        let mut event = held.event("succeeded");
+                        (event.run_ms, event.output_bytes) = (Some(ran_for.as_millis() as u64), Some(output_bytes));
+                        worker.events.emit(event);
+                    }
                     return;
                 }
                 Err(e) => e,
@@ -168,17 +188,43 @@ async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing) {
     let input = settle::input(delivery);
     let settled = match decide::on_failure(error, facts.attempt, facts.handbacks, &served.retry) {
         Failure::HandBack => {
-            tracing::warn!(error = %error, handbacks = facts.handbacks,
-                "the kind's backend is unavailable; handing the job back without spending an attempt");
-            settle::hand_back(held, Why::Unavailable).await;
-            return;
+            // Through a delay queue of the route (acked once stored, so that no delivery is held
+            // while it waits, and a lost connection meanwhile cannot count as a return); back
+            // to the queue at once, after a pause, when the route has no delay queue.
+            let tiers = served.retry.tiers();
+            let Some(&delay) = tiers.get(facts.handbacks as usize).or(tiers.last()) else {
+                tracing::warn!(error = %error, handbacks = facts.handbacks,
+                    "the kind's backend is unavailable; handing the job back without spending an attempt");
+                settle::hand_back(held, Why::Unavailable).await;
+                return;
+            };
+            let ttl = served.retry.jittered(delay, rand::random::<f64>());
+            let queue = worker.settings.retry_queue(&served.work_queue, delay);
+            tracing::warn!(error = %error, handbacks = facts.handbacks, delay_ms = ttl.as_millis() as u64,
+                "the kind's backend is unavailable; setting the job aside without spending an attempt");
+            let handbacks = facts.handbacks.saturating_add(1);
+            let letter = letters::set_aside(input, record, facts.attempt, handbacks, &queue, ttl);
+            let settled = settle::deliver(held, letter, None).await;
+            if settled == Ok("set_aside") {
+                let mut event = held.event("handed_back");
+                (event.reason, event.delay_ms, event.error) =
+                    (Some("unavailable"), Some(ttl.as_millis() as u64), Some(error.into()));
+                worker.events.emit(event);
+            }
+            settled
         }
         Failure::Retry { next_attempt, delay } => {
             let ttl = served.retry.jittered(delay, rand::random::<f64>());
             let queue = worker.settings.retry_queue(&served.work_queue, delay);
             tracing::info!(next_attempt, delay_ms = ttl.as_millis() as u64, error = %error, "transient failure; retrying later");
             let letter = letters::retry(input, record, next_attempt, &queue, ttl);
-            settle::deliver(held, letter, None).await
+            let settled = settle::deliver(held, letter, None).await;
+            if settled == Ok("retried") {
+                let mut event = held.event("retried");
+                (event.delay_ms, event.error) = (Some(ttl.as_millis() as u64), Some(error.into()));
+                worker.events.emit(event);
+            }
+            settled
         }
         Failure::DeadLetter { reason } => {
             tracing::warn!(reason, error_type = error.error_type(), error = %error,
@@ -191,7 +237,13 @@ async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing) {
             let courtesy = delivery.properties.reply_to().as_ref().and_then(|_| {
                 letters::result(&delivery.properties, &result, encoding(delivery), results(worker), now_us()).ok()
             });
-            settle::deliver(held, letter, courtesy).await
+            let settled = settle::deliver(held, letter, courtesy).await;
+            if settled == Ok("dead_lettered") {
+                let mut event = held.event("dead_lettered");
+                (event.error, event.reason) = (Some(error.into()), Some(reason));
+                worker.events.emit(event);
+            }
+            settled
         }
     };
     if let Err(e) = settled {

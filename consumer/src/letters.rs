@@ -111,6 +111,25 @@ pub fn retry<'a>(
     }
 }
 
+/// The job again, in the delay queue `queue`, for the same `attempt` (its backend was
+/// unavailable: no attempt is spent), with `warren-handbacks` = `handbacks`, expiring after
+/// `ttl`. Acked once stored, so that nothing holds it while it waits.
+pub fn set_aside<'a>(
+    input: Input<'a>,
+    failure: FailureRecord<'_>,
+    attempt: u32,
+    handbacks: u32,
+    queue: &str,
+    ttl: Duration,
+) -> Letter<'a> {
+    let mut letter = retry(input, failure, attempt, queue, ttl);
+    let mut headers = letter.properties.headers().clone().unwrap_or_default();
+    fields::set_u64(&mut headers, h::HANDBACKS, u64::from(handbacks));
+    letter.properties = letter.properties.with_headers(headers);
+    letter.purpose = Purpose::SetAside;
+    letter
+}
+
 /// The job with the reason it was given up, to the dead-letter exchange (key = work queue).
 pub fn dead_letter<'a>(
     input: Input<'a>,

@@ -13,6 +13,7 @@ pub mod builtin;
 mod cli;
 mod consume;
 pub mod decide;
+pub mod events;
 pub mod handler;
 pub mod health;
 pub mod lender;

@@ -42,6 +42,7 @@ pub struct Metrics {
     triton_errors: IntCounterVec,
     topology_missing: IntGauge,
     topology_declared: IntCounterVec,
+    events: IntCounterVec,
 }
 
 impl Metrics {
@@ -124,6 +125,13 @@ impl Metrics {
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             ),
             model_ready: int_gauge_vec(r, "warren_model_ready", "1 while the model can take inference requests", &m),
+            events: counter_vec(
+                r,
+                "warren_events_total",
+                "Lifecycle events, by outcome (published: confirmed by the broker; dropped: the \
+                 buffer was full, never waiting; not_stored: the broker did not confirm it)",
+                &["outcome"],
+            ),
             topology_missing: int_gauge(
                 r,
                 "warren_topology_missing",
@@ -152,6 +160,9 @@ impl Metrics {
 
     pub fn configured(&self, pool: usize, prefetch: &[(String, u16)]) {
         self.pool_capacity.set(pool as i64);
+        for outcome in ["published", "dropped", "not_stored"] {
+            self.events.with_label_values(&[outcome]).inc_by(0);
+        }
         for found_by in ["publish", "check", "unroutable"] {
             self.topology_declared.with_label_values(&[found_by]).inc_by(0);
         }
@@ -222,6 +233,16 @@ impl Metrics {
         self.connected.set(i64::from(up));
     }
 
+    /// A lifecycle event was published, dropped or not stored.
+    pub fn event(&self, outcome: &'static str) {
+        self.events.with_label_values(&[outcome]).inc();
+    }
+
+    /// Lifecycle events with `outcome` so far.
+    pub fn events(&self, outcome: &str) -> u64 {
+        self.events.with_label_values(&[outcome]).get()
+    }
+
     /// Part of the topology was found missing.
     pub fn topology_missing(&self) {
         self.topology_missing.set(1);
@@ -231,6 +252,11 @@ impl Metrics {
     pub fn topology_restored(&self, found_by: &'static str) {
         self.topology_missing.set(0);
         self.topology_declared.with_label_values(&[found_by]).inc();
+    }
+
+    /// The whole topology was declared (a new session): nothing is missing.
+    pub fn topology_whole(&self) {
+        self.topology_missing.set(0);
     }
 
     /// Whether part of the topology is missing now.

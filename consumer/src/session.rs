@@ -98,6 +98,7 @@ impl Session {
         let setup = connection.create_channel().await.context("open channel for topology")?;
         topology::declare_with(&setup, settings, &shared.routes).await?;
         let _ = setup.close(200, "topology declared".into()).await;
+        shared.metrics.topology_whole();
 
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
         // Every held delivery has at most one publish in flight at a time (a result, then an

@@ -36,8 +36,8 @@ pub async fn publish(worker: &Arc<Worker>, letter: &Letter<'_>) -> Published {
     let mut result = worker.publisher.publish(exchange, key, body, letter.properties.clone(), true).await;
     worker.metrics.published(target(letter.purpose), PublishError::outcome(&result));
     if result.as_ref().is_err_and(PublishError::missing_exchange) {
-        // Deleted under us (the broker stored none of what it closed the channel on): declare
-        // the topology again and publish once more.
+        // Deleted under us: declare the topology again and publish once more (at least once: a
+        // publish sent before the failing one on its channel may have been stored).
         tracing::warn!(exchange = %exchange, "a publish met a missing exchange; declaring the topology again");
         if worker.restore_topology("publish").await {
             result = worker.publisher.publish(exchange, key, body, letter.properties.clone(), true).await;
@@ -79,7 +79,7 @@ pub async fn publish(worker: &Arc<Worker>, letter: &Letter<'_>) -> Published {
 /// `Err` hands the job back to the caller as a failure to dispose of (a result the broker did
 /// not store), never acked.
 pub async fn deliver(held: &Held<'_>, letter: Letter<'_>, then: Option<Letter<'_>>) -> Result<Label, JobError> {
-    let Held { worker, served, delivery, facts, kind } = *held;
+    let Held { worker, served, delivery, facts, kind, .. } = *held;
     let published = publish(worker, &letter).await;
     let settle = decide::after_publish(letter.purpose, published);
     if settle == Settle::Ack
@@ -111,10 +111,12 @@ pub async fn deliver(held: &Held<'_>, letter: Letter<'_>, then: Option<Letter<'_
 }
 
 /// How long a drain waits, after its timeout, for the settles begun to finish: a settle
-/// publishes at most twice in a row while the worker drains (a letter, then its error result or
-/// one hand-back copy), each bounded by the confirm timeout, then acks.
+/// publishes at most three times in a row once the worker drains (a result that is not stored,
+/// then its retry copy or dead letter, then one hand-back copy; or a letter and its error
+/// result), each bounded by the confirm timeout, and may declare the topology again once
+/// (bounded by 10 s), then acks.
 pub fn drain_settle_bound(confirm_timeout: Duration) -> Duration {
-    confirm_timeout.saturating_mul(2) + Duration::from_secs(2)
+    confirm_timeout.saturating_mul(3) + Duration::from_secs(12)
 }
 
 /// Why Warren hands a job back.
@@ -134,7 +136,7 @@ pub enum Why {
 /// so that a broker refusing it is not met with a tight loop, and tries the copy a few times;
 /// only when no copy can be stored is the delivery nacked with requeue (that return counts).
 pub async fn hand_back(held: &Held<'_>, why: Why) -> Label {
-    let Held { worker, served, delivery, facts, kind } = *held;
+    let Held { worker, served, delivery, facts, kind, .. } = *held;
     const TRIES: u32 = 3;
     let (count, tries) = match why {
         Why::Draining => (Recount::Nothing, 1),
@@ -160,13 +162,24 @@ pub async fn hand_back(held: &Held<'_>, why: Why) -> Label {
                 break;
             }
             Published::Lost => break,
-            _ if i + 1 == tries => {
+            // The last try, or the worker started draining meanwhile (one try then).
+            _ if i + 1 == tries || (why != Why::Draining && worker.gate.is_cancelled()) => {
                 label = if nack_requeue(delivery).await { "handed_back" } else { "abandoned" };
+                break;
             }
             _ => {}
         }
     }
     worker.metrics.job_settled(&served.queue, kind, label, None);
+    if label == "handed_back" {
+        let mut event = held.event("handed_back");
+        event.reason = Some(match why {
+            Why::Draining => "draining",
+            Why::Refused => "refused",
+            Why::Unavailable => "unavailable",
+        });
+        worker.events.emit(event);
+    }
     label
 }
 
@@ -193,6 +206,7 @@ fn target(purpose: Purpose) -> &'static str {
         Purpose::Result { .. } => "result",
         Purpose::ErrorResult => "error_result",
         Purpose::Retry => "retry",
+        Purpose::SetAside => "set_aside",
         Purpose::DeadLetter => "dead_letter",
         Purpose::Requeue => "requeue",
     }

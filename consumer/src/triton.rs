@@ -135,7 +135,10 @@ impl TritonClassifier {
                 }
                 let (ready, why) = match is_ready(&mut client, &model, &version).await {
                     Ok(true) => match read_fit(&mut client, &model, &version, max_batch, labels).await {
-                        Ok((fit, _)) if fit == started_with => (true, String::new()),
+                        // A new max_batch_size that still takes Warren's batches changes nothing.
+                        Ok((fit, _)) if Fit { max_batch: started_with.max_batch, ..fit.clone() } == started_with => {
+                            (true, String::new())
+                        }
                         Ok((fit, _)) => (
                             false,
                             format!(

@@ -2,7 +2,7 @@
 //! (served), and one delivery as it travels the path (held). The delivery path's modules import these types; nothing here imports them back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -40,10 +40,13 @@ pub struct Worker {
     /// Cancelled when no job of this session may start any more: the session is lost (a child
     /// of `lost`), or the worker is draining.
     pub gate: CancellationToken,
+    /// Where its handlers queue the jobs' lifecycle events.
+    pub events: crate::events::Events,
     /// Held while the topology is declared again.
     declaring: tokio::sync::Mutex<()>,
-    /// Declarations made again so far.
+    /// Declarations made again (or tried) so far, and whether the last one succeeded.
     declarations: AtomicU64,
+    declared_ok: AtomicBool,
 }
 
 impl Worker {
@@ -59,7 +62,9 @@ impl Worker {
         let lost = CancellationToken::new();
         let gate = lost.child_token();
         let limits = Arc::new(settings.limits.clone());
+        let events = crate::events::Events::start(connection.clone(), &settings, metrics.clone(), lost.clone());
         Self {
+            events,
             settings,
             connection,
             publisher,
@@ -72,6 +77,7 @@ impl Worker {
             gate,
             declaring: tokio::sync::Mutex::new(()),
             declarations: AtomicU64::new(0),
+            declared_ok: AtomicBool::new(true),
         }
     }
 
@@ -87,11 +93,14 @@ impl Worker {
     /// declaration at a time: a caller that waited while another one succeeded takes that one.
     /// Whether the topology is whole again.
     pub async fn restore_topology(&self, found_by: &'static str) -> bool {
-        let seen = self.declarations.load(Ordering::Acquire);
+        // Missing first: a declaration that ends after this is seen, by its count, below.
         self.metrics.topology_missing();
+        let seen = self.declarations.load(Ordering::Acquire);
         let _one = self.declaring.lock().await;
         if self.declarations.load(Ordering::Acquire) != seen {
-            return true;
+            // Another caller declared (or tried to) while this one waited: take its outcome
+            // rather than try again one after another.
+            return self.declared_ok.load(Ordering::Acquire);
         }
         let declared = async {
             let channel = self.connection.create_channel().await?;
@@ -99,9 +108,11 @@ impl Worker {
             let _ = channel.close(200, "topology declared".into()).await;
             anyhow::Ok(())
         };
-        match tokio::time::timeout(Duration::from_secs(10), declared).await {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), declared).await;
+        self.declared_ok.store(matches!(outcome, Ok(Ok(()))), Ordering::Release);
+        self.declarations.fetch_add(1, Ordering::AcqRel);
+        match outcome {
             Ok(Ok(())) => {
-                self.declarations.fetch_add(1, Ordering::AcqRel);
                 self.metrics.topology_restored(found_by);
                 tracing::warn!(found_by, "part of Warren's topology was missing (deleted?); declared it again");
                 true
@@ -214,4 +225,17 @@ pub struct Held<'a> {
     pub facts: &'a Facts,
     /// Its kind as a metric label: a registered kind's name, or "unknown".
     pub kind: &'static str,
+    /// The W3C trace id the producer started ("" when none).
+    pub trace_id: &'a str,
+}
+
+impl Held<'_> {
+    /// The lifecycle event `event` of this delivery's job, now.
+    pub fn event(&self, event: &'static str) -> crate::events::Event {
+        let job_id = self.facts.job_id.as_deref().unwrap_or("");
+        let mut e = crate::events::Event::new(event, job_id, self.kind, &self.served.queue, &self.worker.worker_id);
+        e.attempt = self.facts.attempt;
+        e.trace_id = self.trace_id.to_owned();
+        e
+    }
 }

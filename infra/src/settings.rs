@@ -100,6 +100,9 @@ pub struct TopologySettings {
     pub queue_type: QueueType,
     /// For quorum work queues: `x-delivery-limit` (0 = none).
     pub delivery_limit: u32,
+    /// Workers publish each job's lifecycle events here (topic, routing key
+    /// `<kind>.<event>`); "" = no events.
+    pub events_exchange: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -200,6 +203,9 @@ pub struct ConsumerSettings {
     /// topology again when one is missing (0 = never; a publish that meets a missing exchange
     /// still declares it again).
     pub topology_check_ms: u64,
+    /// Lifecycle events waiting to be published, at most; past that new ones are dropped (and
+    /// counted) rather than slow a job down.
+    pub events_buffer: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -52,6 +52,9 @@ impl Plan {
             queues: Vec::new(),
             bindings: Vec::new(),
         };
+        if !t.events_exchange.is_empty() {
+            plan.exchanges.push((t.events_exchange.clone(), "topic"));
+        }
         if !t.results_queue.is_empty() {
             plan.queues.push((t.results_queue.clone(), queue_args(settings, None)));
             plan.bindings.push((t.results_queue.clone(), t.results_exchange.clone(), "#".into()));

@@ -8,6 +8,7 @@ mod credentials;
 mod dashboard;
 mod delivery;
 mod digits;
+mod events;
 mod example;
 mod failures;
 mod imaging;

@@ -112,6 +112,11 @@ async fn the_check_finds_a_deleted_exchange_and_declares_it_again(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("deleted {exchange}: declared again by the check after {:?} (every 200 ms)", start.elapsed());
+    // Counted once the declaration (which made the exchange exist) has ended, bindings included.
+    while redeclared(&fleet, "check") < 1.0 {
+        assert!(start.elapsed() < DEADLINE, "the check never counted its declaration");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Its binding is back: a mandatory publish is routed (no return).
     let conn = std::sync::Arc::new(warren_infra::connect(&settings.broker, "test-route").await.expect("connect"));
     let publisher = warren_infra::Publisher::open(conn.clone(), Duration::from_secs(10), 4).await.expect("publisher");
@@ -125,11 +130,6 @@ async fn the_check_finds_a_deleted_exchange_and_declares_it_again(
         let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("answered");
         assert_eq!(r.status, ResultStatus::Ok);
         producer.close().await;
-    }
-    // Counted once the declaration (which made the exchange exist) has ended.
-    while redeclared(&fleet, "check") < 1.0 {
-        assert!(start.elapsed() < DEADLINE, "the check never counted its declaration");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     fleet.stop().await;
 }

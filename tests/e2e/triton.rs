@@ -303,7 +303,9 @@ async fn a_model_that_changes_under_the_worker_pauses_its_route_and_dead_letters
     }
     let addr = fleet.metrics_addr.expect("metrics");
     let s = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(addr));
-    let handed_back = s.value("warren_jobs_completed_total", &[("outcome", "handed_back")]) + 0.0;
+    let handed_back = s.value("warren_jobs_completed_total", &[("outcome", "handed_back")])
+        + s.value("warren_jobs_completed_total", &[("outcome", "set_aside")])
+        + 0.0;
     let dead = s.value("warren_publishes_total", &[("target", "dead_letter")]) + 0.0;
     println!(
         "model changed under the worker: {JOBS} jobs, {handed_back} handed back while version 2 was served, \
@@ -456,7 +458,8 @@ async fn an_overloaded_triton_refuses_requests_and_their_jobs_are_handed_back_un
     let addr = fleet.metrics_addr.expect("metrics");
     let s = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(addr));
     let refused = s.value("warren_triton_errors_total", &[("code", "unavailable")]);
-    let handed_back = s.value("warren_jobs_completed_total", &[("outcome", "handed_back")]);
+    let handed_back = s.value("warren_jobs_completed_total", &[("outcome", "handed_back")])
+        + s.value("warren_jobs_completed_total", &[("outcome", "set_aside")]);
     println!(
         "overloaded Triton: 24 of 24 answered, {retried} after retries, {refused} requests refused, \
          {handed_back} jobs handed back"

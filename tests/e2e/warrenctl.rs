@@ -321,7 +321,7 @@ async fn topology_apply_then_diff_and_status(vhost: Vhost) {
     assert!(out.contains("+ queue warren.checksum is missing"), "{out}");
     let (code, out, _) = ctl(&vhost, &["topology", "apply"]).await;
     assert_eq!(code, 0);
-    assert!(out.contains("declared 3 exchanges"), "{out}");
+    assert!(out.contains("declared 4 exchanges"), "{out}");
     let (code, out, _) = ctl(&vhost, &["topology", "diff"]).await;
     assert_eq!((code, out.contains("no differences")), (0, true), "{out}");
 

@@ -40,10 +40,12 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// The broker closed the channel with 404 NOT_FOUND: the exchange published to does not
+    /// The broker closed the channel with 404 NOT_FOUND: an exchange published to does not
     /// exist (deleted under us). Every publish in flight on that channel fails with the same
-    /// error and none of them was stored (the broker drops what follows a channel error), so
-    /// each may be published again once the topology is declared again.
+    /// error: the one that met the missing exchange and those after it were not stored (the
+    /// broker drops what follows a channel error), but one sent before it may have been, so
+    /// publishing them again once the topology is declared again may store a second copy (at
+    /// least once).
     pub fn missing_exchange(&self) -> bool {
         use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
         match self {

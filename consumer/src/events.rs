@@ -1,0 +1,231 @@
+//! Lifecycle events: one JSON message per step of a job (`docs/contract.md`, "Lifecycle
+//! events"), published to the events exchange with routing key `<kind>.<event>`, for status
+//! stores and other tools.
+//!
+//! Off the delivery path: the handler only queues an event (bounded by
+//! `consumer.events_buffer`; a full queue drops it, counted in
+//! `warren_events_total{outcome="dropped"}`), and a task of the session publishes them on a
+//! publisher of its own, with confirms, up to [`PUBLISHING`] at a time. Nothing about a job's
+//! settle waits for its events, and an event is published after the step it reports is settled
+//! with the broker, never before.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::{BasicProperties, Connection};
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use warren_common::JobError;
+use warren_infra::{Publisher, Settings};
+
+use crate::metrics::Metrics;
+
+/// Events published at once by a session's event task.
+pub const PUBLISHING: usize = 128;
+
+/// One step of one job. Fields that do not apply to a step are left out of the JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// The format's version: 1.
+    pub version: u32,
+    /// received, started, succeeded, retried, dead_lettered, returned, handed_back.
+    pub event: &'static str,
+    pub job_id: String,
+    /// A kind the worker runs, or "unknown" (a job it could not read or does not know).
+    pub kind: &'static str,
+    /// The queue the job was taken from.
+    pub queue: String,
+    pub worker_id: String,
+    /// The job's attempt (from 0) when the step happened.
+    pub attempt: u32,
+    /// When the step happened, in microseconds since the Unix epoch.
+    pub at_us: u64,
+    /// The W3C trace id the producer started, when it sent one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
+    /// succeeded: how long the job ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_ms: Option<u64>,
+    /// succeeded: the size of the result message's body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<usize>,
+    /// retried: the delay before the next attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// retried, dead_lettered: what failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<EventError>,
+    /// dead_lettered: `warren-dead-reason`; handed_back: draining, refused or unavailable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// returned: how many times the job has come back unanswered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub returns: Option<u32>,
+}
+
+/// An error as an event carries it: as a result does.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventError {
+    pub class: &'static str,
+    #[serde(rename = "type")]
+    pub error_type: &'static str,
+    pub message: String,
+}
+
+impl From<&JobError> for EventError {
+    fn from(e: &JobError) -> Self {
+        Self { class: e.class().as_str(), error_type: e.error_type(), message: e.bounded_message() }
+    }
+}
+
+impl Event {
+    /// The step `event` of a job, with every optional field left out.
+    pub fn new(event: &'static str, job_id: &str, kind: &'static str, queue: &str, worker_id: &str) -> Self {
+        Self {
+            version: 1,
+            event,
+            job_id: job_id.to_owned(),
+            kind,
+            queue: queue.to_owned(),
+            worker_id: worker_id.to_owned(),
+            attempt: 0,
+            at_us: crate::pool::now_us(),
+            trace_id: String::new(),
+            run_ms: None,
+            output_bytes: None,
+            delay_ms: None,
+            error: None,
+            reason: None,
+            returns: None,
+        }
+    }
+
+    /// Its routing key: `<kind>.<event>`.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}", self.kind, self.event)
+    }
+}
+
+/// Where a session's handlers queue their events.
+#[derive(Debug)]
+pub struct Events {
+    tx: Option<mpsc::Sender<Event>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Events {
+    /// No events (no events exchange, or a buffer of 0).
+    pub fn off(metrics: Arc<Metrics>) -> Self {
+        Self { tx: None, metrics }
+    }
+
+    /// Starts the session's event task on `connection`; it ends when `lost` is cancelled or
+    /// every sender is gone.
+    pub fn start(
+        connection: Arc<Connection>,
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        lost: CancellationToken,
+    ) -> Self {
+        let exchange = settings.topology.events_exchange.clone();
+        let buffer = settings.consumer.events_buffer;
+        if exchange.is_empty() || buffer == 0 {
+            return Self::off(metrics);
+        }
+        let (tx, rx) = mpsc::channel(buffer);
+        let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
+        tokio::spawn(publish_all(connection, exchange, confirm_timeout, rx, metrics.clone(), lost));
+        Self { tx: Some(tx), metrics }
+    }
+
+    /// Queues `event` for publishing, or drops it (counted) when the queue is full or closed.
+    /// Never waits.
+    pub fn emit(&self, event: Event) {
+        let Some(tx) = &self.tx else { return };
+        if tx.try_send(event).is_err() {
+            self.metrics.event("dropped");
+        }
+    }
+}
+
+async fn publish_all(
+    connection: Arc<Connection>,
+    exchange: String,
+    confirm_timeout: Duration,
+    mut rx: mpsc::Receiver<Event>,
+    metrics: Arc<Metrics>,
+    lost: CancellationToken,
+) {
+    let publisher = match Publisher::open_with_lanes(connection, confirm_timeout, PUBLISHING, 1).await {
+        Ok(p) => p,
+        Err(e) => {
+            // Closing the receiver makes every later event count as dropped.
+            tracing::warn!(error = %e, "could not open a channel for lifecycle events; they are dropped");
+            return;
+        }
+    };
+    let (slots, exchange) = (Arc::new(Semaphore::new(PUBLISHING)), Arc::new(exchange));
+    loop {
+        let event = tokio::select! {
+            () = lost.cancelled() => return,
+            event = rx.recv() => match event { Some(e) => e, None => return },
+        };
+        // The semaphore is never closed.
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (publisher, exchange, metrics) = (publisher.clone(), exchange.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = match serde_json::to_vec(&event) {
+                Ok(body) => {
+                    let properties = BasicProperties::default()
+                        .with_content_type("application/json".into())
+                        .with_delivery_mode(2)
+                        .with_type("warren.event".into())
+                        .with_message_id(event.job_id.as_str().into())
+                        .with_timestamp(event.at_us / 1_000_000);
+                    let published = publisher.publish(&exchange, &event.routing_key(), &body, properties, false).await;
+                    if published.is_ok() { "published" } else { "not_stored" }
+                }
+                Err(_) => "not_stored",
+            };
+            metrics.event(outcome);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_leaves_out_what_does_not_apply_and_is_routed_by_kind_and_step() {
+        let mut e = Event::new("retried", "j1", "checksum", "warren.checksum", "w1");
+        e.attempt = 1;
+        e.delay_ms = Some(200);
+        e.error = Some((&JobError::Injected("boom".into())).into());
+        let json: serde_json::Value = serde_json::to_value(&e).expect("json");
+        assert_eq!(e.routing_key(), "checksum.retried");
+        assert_eq!(json["event"], "retried");
+        assert_eq!(json["attempt"], 1);
+        assert_eq!(json["delay_ms"], 200);
+        assert_eq!(json["error"]["type"], "injected_fault");
+        assert_eq!(json["error"]["class"], "transient");
+        for absent in ["run_ms", "output_bytes", "reason", "returns", "trace_id"] {
+            assert!(json.get(absent).is_none(), "{absent} left out");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_event_and_counts_it_without_waiting() {
+        let metrics = Arc::new(Metrics::new());
+        let (tx, _rx) = mpsc::channel(1);
+        let events = Events { tx: Some(tx), metrics: metrics.clone() };
+        events.emit(Event::new("received", "a", "checksum", "q", "w"));
+        events.emit(Event::new("received", "b", "checksum", "q", "w"));
+        assert_eq!(metrics.events("dropped"), 1);
+        let closed = Events { tx: Some(mpsc::channel(1).0), metrics: metrics.clone() };
+        closed.emit(Event::new("received", "c", "checksum", "q", "w"));
+        assert_eq!(metrics.events("dropped"), 2, "a closed queue drops too");
+    }
+}
