@@ -131,11 +131,14 @@ impl Slot {
             // after a panic is sound.
             let result = catch_unwind(AssertUnwindSafe(work))
                 .unwrap_or_else(|payload| Err(JobError::Panicked(panic_message(payload.as_ref()))));
+            // The end is taken before the slot is given back: a job that takes the slot next
+            // starts after it.
+            let timing = Timing { started_at_us, finished_at_us: now_us() };
             drop(lock(&job_claim).take());
             if job_state.swap(FINISHED, Ordering::AcqRel) == GIVEN_UP {
                 abandoned.fetch_sub(1, Ordering::AcqRel);
             }
-            (result, Timing { started_at_us, finished_at_us: now_us() })
+            (result, timing)
         });
         match tokio::time::timeout(limit, handle).await {
             Ok(Ok(done)) => done,

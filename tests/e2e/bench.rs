@@ -64,6 +64,7 @@ fn the_benchmark_runs_every_scenario_and_reports_figures() {
         "/publish/ratio",
         "/cluster/ratio",
         "/cluster/quorum_three_nodes/median_p99_ms",
+        "/events/ratio",
     ] {
         figure(path);
     }

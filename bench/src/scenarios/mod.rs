@@ -1,6 +1,7 @@
 //! The scenarios, one module each; each returns its part of the report.
 
 pub mod cluster;
+pub mod events;
 pub mod image;
 pub mod latency;
 pub mod memory;
@@ -34,4 +35,6 @@ pub enum Scenario {
     Latency,
     /// Classic queues on the one default node vs quorum queues on the three-node cluster.
     Cluster,
+    /// The trivial fleet with lifecycle events off against on (each routed to a queue).
+    Events,
 }
