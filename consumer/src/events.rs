@@ -5,9 +5,12 @@
 //! Off the delivery path: the handler only queues an event (bounded by
 //! `consumer.events_buffer`; a full queue drops it, counted in
 //! `warren_events_total{outcome="dropped"}`), and a task of the session publishes them on a
-//! publisher of its own, with confirms, up to [`PUBLISHING`] at a time. Nothing about a job's
-//! settle waits for its events, and an event is published after the step it reports is settled
-//! with the broker, never before.
+//! publisher of its own, with confirms, [`PUBLISHING`] messages at a time. Each message holds
+//! the events queued meanwhile that share a routing key (a JSON array, up to [`MAX_BATCH`]), so
+//! that under load the broker routes one message for many events rather than one each (three
+//! messages a job more than tripled the broker's work and cut the trivial fleet's rate by a
+//! third). Nothing about a job's settle waits for its events, and an event is published after
+//! the step it reports is settled with the broker, never before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +24,12 @@ use warren_infra::{Publisher, Settings};
 
 use crate::metrics::Metrics;
 
-/// Events published at once by a session's event task.
-pub const PUBLISHING: usize = 128;
+/// Event messages in flight at once from a session's event task: few, so that events queued
+/// while they are confirmed go together in the next messages.
+pub const PUBLISHING: usize = 4;
+
+/// Most events taken from the buffer at once (then split by routing key).
+pub const MAX_BATCH: usize = 512;
 
 /// One step of one job. Fields that do not apply to a step are left out of the JSON.
 #[derive(Debug, Clone, Serialize)]
@@ -167,29 +174,45 @@ async fn publish_all(
     };
     let (slots, exchange) = (Arc::new(Semaphore::new(PUBLISHING)), Arc::new(exchange));
     loop {
-        let event = tokio::select! {
+        // Waits for a free message slot first: what is queued meanwhile goes in one batch.
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let first = tokio::select! {
             () = lost.cancelled() => return,
             event = rx.recv() => match event { Some(e) => e, None => return },
         };
-        // The semaphore is never closed.
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let mut by_key: Vec<(String, Vec<Event>)> = Vec::new();
+        for event in batch {
+            let key = event.routing_key();
+            match by_key.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, events)) => events.push(event),
+                None => by_key.push((key, vec![event])),
+            }
+        }
         let (publisher, exchange, metrics) = (publisher.clone(), exchange.clone(), metrics.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let outcome = match serde_json::to_vec(&event) {
-                Ok(body) => {
-                    let properties = BasicProperties::default()
-                        .with_content_type("application/json".into())
-                        .with_delivery_mode(2)
-                        .with_type("warren.event".into())
-                        .with_message_id(event.job_id.as_str().into())
-                        .with_timestamp(event.at_us / 1_000_000);
-                    let published = publisher.publish(&exchange, &event.routing_key(), &body, properties, false).await;
-                    if published.is_ok() { "published" } else { "not_stored" }
-                }
-                Err(_) => "not_stored",
-            };
-            metrics.event(outcome);
+            for (key, events) in by_key {
+                let outcome = match serde_json::to_vec(&events) {
+                    Ok(body) => {
+                        let properties = BasicProperties::default()
+                            .with_content_type("application/json".into())
+                            .with_delivery_mode(2)
+                            .with_type("warren.events".into())
+                            .with_timestamp(events[0].at_us / 1_000_000);
+                        let published = publisher.publish(&exchange, &key, &body, properties, false).await;
+                        if published.is_ok() { "published" } else { "not_stored" }
+                    }
+                    Err(_) => "not_stored",
+                };
+                metrics.events_ended(outcome, events.len());
+            }
         });
     }
 }

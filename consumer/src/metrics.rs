@@ -235,7 +235,12 @@ impl Metrics {
 
     /// A lifecycle event was published, dropped or not stored.
     pub fn event(&self, outcome: &'static str) {
-        self.events.with_label_values(&[outcome]).inc();
+        self.events_ended(outcome, 1);
+    }
+
+    /// `n` lifecycle events were published, dropped or not stored.
+    pub fn events_ended(&self, outcome: &'static str, n: usize) {
+        self.events.with_label_values(&[outcome]).inc_by(n as u64);
     }
 
     /// Lifecycle events with `outcome` so far.

@@ -54,18 +54,25 @@ async fn every_step_of_a_job_is_an_event_routed_by_kind_and_step(vhost: Vhost) {
         .await
         .expect("consume");
     let mut by_job: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut seen = 0;
     let collect = async {
-        for _ in 0..EVENTS {
+        while seen < EVENTS {
             let d = consumer.next().await.expect("an event").expect("delivery");
             d.ack(BasicAckOptions::default()).await.expect("ack");
-            let e: Value = serde_json::from_slice(&d.data).expect("JSON");
-            let key = format!("{}.{}", e["kind"].as_str().expect("kind"), e["event"].as_str().expect("event"));
-            assert_eq!(d.routing_key.as_str(), key, "routed by kind and step");
             assert_eq!(d.properties.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
-            by_job.entry(e["job_id"].as_str().expect("job id").to_owned()).or_default().push(e);
+            // A JSON array of the events queued together that share this routing key.
+            let events: Vec<Value> = serde_json::from_slice(&d.data).expect("a JSON array");
+            assert!(!events.is_empty());
+            for e in events {
+                let key = format!("{}.{}", e["kind"].as_str().expect("kind"), e["event"].as_str().expect("event"));
+                assert_eq!(d.routing_key.as_str(), key, "routed by kind and step");
+                by_job.entry(e["job_id"].as_str().expect("job id").to_owned()).or_default().push(e);
+                seen += 1;
+            }
         }
     };
     tokio::time::timeout(DEADLINE, collect).await.expect("every event within the deadline");
+    assert_eq!(seen, EVENTS);
     let steps = |id: &str| -> Vec<(String, u64)> {
         let mut events = by_job.get(id).cloned().unwrap_or_default();
         events.sort_by_key(|e| e["at_us"].as_u64().expect("at_us"));
