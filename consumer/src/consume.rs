@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, FuturesUnordered, SelectAll};
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -189,9 +188,7 @@ async fn resubscribe(
     tokio::time::sleep(ceiling).await;
     let (served, channel, _) = &session.consumers[i];
     let again = async {
-        let setup = session.connection.create_channel().await.context("open channel for topology")?;
-        warren_infra::topology::declare_with(&setup, &shared.settings, &shared.routes).await?;
-        let _ = setup.close(200, "topology declared".into()).await;
+        warren_infra::topology::declare_on(&session.connection, &shared.settings, &shared.routes).await?;
         session::subscribe(channel, served, &shared.worker_id).await
     };
     match again.await {

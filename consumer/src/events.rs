@@ -146,11 +146,11 @@ impl Events {
         Self { tx: Some(tx), metrics }
     }
 
-    /// Queues `event` for publishing, or drops it (counted) when the queue is full or closed.
-    /// Never waits.
-    pub fn emit(&self, event: Event) {
+    /// Queues the event `make` builds for publishing, or drops it (counted) when the queue is
+    /// full or closed. Never waits; builds nothing while events are off.
+    pub fn emit(&self, make: impl FnOnce() -> Event) {
         let Some(tx) = &self.tx else { return };
-        if tx.try_send(event).is_err() {
+        if tx.try_send(make()).is_err() {
             self.metrics.event("dropped");
         }
     }
@@ -244,11 +244,11 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (tx, _rx) = mpsc::channel(1);
         let events = Events { tx: Some(tx), metrics: metrics.clone() };
-        events.emit(Event::new("received", "a", "checksum", "q", "w"));
-        events.emit(Event::new("received", "b", "checksum", "q", "w"));
+        events.emit(|| Event::new("received", "a", "checksum", "q", "w"));
+        events.emit(|| Event::new("received", "b", "checksum", "q", "w"));
         assert_eq!(metrics.events("dropped"), 1);
         let closed = Events { tx: Some(mpsc::channel(1).0), metrics: metrics.clone() };
-        closed.emit(Event::new("received", "c", "checksum", "q", "w"));
+        closed.emit(|| Event::new("received", "c", "checksum", "q", "w"));
         assert_eq!(metrics.events("dropped"), 2, "a closed queue drops too");
     }
 }

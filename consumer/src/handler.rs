@@ -76,9 +76,11 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
             let copy = letters::requeue(settle::input(delivery), &served.returned_queue, Recount::Returns(returns));
             let held = &Held { kind: peeked_kind(worker, delivery), ..*held };
             if settle::deliver(held, copy, None).await == Ok("requeued") {
-                let mut event = held.event("returned");
-                event.returns = Some(returns);
-                worker.events.emit(event);
+                worker.events.emit(|| {
+                    let mut event = held.event("returned");
+                    event.returns = Some(returns);
+                    event
+                });
             }
             return;
         }
@@ -105,8 +107,8 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     let held = &Held { kind, ..*held };
     tracing::Span::current().record("kind", kind);
     worker.metrics.job_received(&served.queue, kind);
-    worker.events.emit(held.event("received"));
-    worker.events.emit(held.event("started"));
+    worker.events.emit(|| held.event("received"));
+    worker.events.emit(|| held.event("started"));
     let ran = tokio::select! {
         ran = run(worker, served, registered, input, facts.attempt) => ran,
         () = stop.cancelled() => {
@@ -147,9 +149,11 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
                 Ok(label) => {
                     tracing::info!(run_ms = ran_for.as_millis() as u64, "job done");
                     if label == "ok" {
-                        let mut event = held.event("succeeded");
-                        (event.run_ms, event.output_bytes) = (Some(ran_for.as_millis() as u64), Some(output_bytes));
-                        worker.events.emit(event);
+                        worker.events.emit(|| {
+                            let mut event = held.event("succeeded");
+                            (event.run_ms, event.output_bytes) = (Some(ran_for.as_millis() as u64), Some(output_bytes));
+                            event
+                        });
                     }
                     return;
                 }
@@ -206,10 +210,12 @@ async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing) {
             let letter = letters::set_aside(input, record, facts.attempt, handbacks, &queue, ttl);
             let settled = settle::deliver(held, letter, None).await;
             if settled == Ok("set_aside") {
-                let mut event = held.event("handed_back");
-                (event.reason, event.delay_ms, event.error) =
-                    (Some("unavailable"), Some(ttl.as_millis() as u64), Some(error.into()));
-                worker.events.emit(event);
+                worker.events.emit(|| {
+                    let mut event = held.event("handed_back");
+                    (event.reason, event.delay_ms, event.error) =
+                        (Some("unavailable"), Some(ttl.as_millis() as u64), Some(error.into()));
+                    event
+                });
             }
             settled
         }
@@ -220,9 +226,11 @@ async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing) {
             let letter = letters::retry(input, record, next_attempt, &queue, ttl);
             let settled = settle::deliver(held, letter, None).await;
             if settled == Ok("retried") {
-                let mut event = held.event("retried");
-                (event.delay_ms, event.error) = (Some(ttl.as_millis() as u64), Some(error.into()));
-                worker.events.emit(event);
+                worker.events.emit(|| {
+                    let mut event = held.event("retried");
+                    (event.delay_ms, event.error) = (Some(ttl.as_millis() as u64), Some(error.into()));
+                    event
+                });
             }
             settled
         }
@@ -239,9 +247,11 @@ async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing) {
             });
             let settled = settle::deliver(held, letter, courtesy).await;
             if settled == Ok("dead_lettered") {
-                let mut event = held.event("dead_lettered");
-                (event.error, event.reason) = (Some(error.into()), Some(reason));
-                worker.events.emit(event);
+                worker.events.emit(|| {
+                    let mut event = held.event("dead_lettered");
+                    (event.error, event.reason) = (Some(error.into()), Some(reason));
+                    event
+                });
             }
             settled
         }

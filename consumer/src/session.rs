@@ -95,9 +95,7 @@ impl Session {
         let settings = &shared.settings;
         let (connection, node) = (Arc::new(connected.connection), connected.node);
         *shared.node.lock().unwrap_or_else(|p| p.into_inner()) = node.clone();
-        let setup = connection.create_channel().await.context("open channel for topology")?;
-        topology::declare_with(&setup, settings, &shared.routes).await?;
-        let _ = setup.close(200, "topology declared".into()).await;
+        topology::declare_on(&connection, settings, &shared.routes).await?;
         shared.metrics.topology_whole();
 
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);

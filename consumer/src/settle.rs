@@ -172,13 +172,15 @@ pub async fn hand_back(held: &Held<'_>, why: Why) -> Label {
     }
     worker.metrics.job_settled(&served.queue, kind, label, None);
     if label == "handed_back" {
-        let mut event = held.event("handed_back");
-        event.reason = Some(match why {
-            Why::Draining => "draining",
-            Why::Refused => "refused",
-            Why::Unavailable => "unavailable",
+        worker.events.emit(|| {
+            let mut event = held.event("handed_back");
+            event.reason = Some(match why {
+                Why::Draining => "draining",
+                Why::Refused => "refused",
+                Why::Unavailable => "unavailable",
+            });
+            event
         });
-        worker.events.emit(event);
     }
     label
 }

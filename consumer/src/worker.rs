@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use warren_common::Limits;
 use warren_common::retry::RetryPolicy;
 use warren_infra::settings::Route;
-use warren_infra::{PublishError, Publisher, Settings};
+use warren_infra::{Publisher, Settings};
 
 use crate::decide::{Facts, Lane};
 use crate::metrics::Metrics;
@@ -102,12 +102,7 @@ impl Worker {
             // rather than try again one after another.
             return self.declared_ok.load(Ordering::Acquire);
         }
-        let declared = async {
-            let channel = self.connection.create_channel().await?;
-            warren_infra::topology::declare_with(&channel, &self.settings, &self.routes).await?;
-            let _ = channel.close(200, "topology declared".into()).await;
-            anyhow::Ok(())
-        };
+        let declared = warren_infra::topology::declare_on(&self.connection, &self.settings, &self.routes);
         let outcome = tokio::time::timeout(Duration::from_secs(10), declared).await;
         self.declared_ok.store(matches!(outcome, Ok(Ok(()))), Ordering::Release);
         self.declarations.fetch_add(1, Ordering::AcqRel);
@@ -178,7 +173,7 @@ impl Worker {
             match ch.exchange_declare(name.as_str().into(), ExchangeKind::Direct, options, FieldTable::default()).await
             {
                 Ok(()) => channel = Some(ch),
-                Err(e) if PublishError::Amqp(e.clone()).missing_exchange() => missing.push(name.clone()),
+                Err(e) if warren_infra::publish::not_found(&e) => missing.push(name.clone()),
                 Err(e) => return Err(e),
             }
         }

@@ -96,6 +96,15 @@ pub async fn declare(channel: &Channel, settings: &Settings) -> anyhow::Result<(
     declare_with(channel, settings, &[]).await
 }
 
+/// [`declare_with`] on a channel of its own, opened on `connection` and closed after (a refused
+/// declaration closes its channel, so none of a caller's is used).
+pub async fn declare_on(connection: &lapin::Connection, settings: &Settings, own: &[Route]) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await.context("open channel for topology")?;
+    declare_with(&channel, settings, own).await?;
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
 /// Declares the fleet's topology and that of a worker's own routes.
 pub async fn declare_with(channel: &Channel, settings: &Settings, own: &[Route]) -> anyhow::Result<()> {
     let plan = Plan::with_routes(settings, own);

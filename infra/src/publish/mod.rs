@@ -47,14 +47,7 @@ impl PublishError {
     /// publishing them again once the topology is declared again may store a second copy (at
     /// least once).
     pub fn missing_exchange(&self) -> bool {
-        use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-        match self {
-            Self::Amqp(e) => matches!(
-                e.kind(),
-                lapin::ErrorKind::ProtocolError(amqp) if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
-            ),
-            _ => false,
-        }
+        matches!(self, Self::Amqp(e) if not_found(e))
     }
 
     /// How a publish ended, as a fixed metric label: `acked` (for `Ok`), `unroutable`, `nacked`,
@@ -225,6 +218,13 @@ impl Publisher {
         *lock(&slot.current) = Some(lane.clone());
         Ok(lane)
     }
+}
+
+/// Whether the broker closed the channel with 404 NOT_FOUND (an exchange or queue named by the
+/// call does not exist).
+pub fn not_found(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
 }
 
 /// `properties` without the tag a publisher put in them (`warren-publish-tag`): for tools that
