@@ -9,7 +9,9 @@
 #      baseline of warren-bench use (pika, Pillow);
 #   5. NVIDIA Triton Inference Server 2.51 (CPU, from PyPI's nvidia-pytriton wheel) for the
 #      Triton backend's tests and benchmark: scripts/triton.sh install, cached;
-#   6. Debian's prometheus (the server the dashboard test runs) and pytest.
+#   6. Debian's prometheus (the server the dashboard test runs) and pytest;
+#   7. Debian's chromium and chromium-driver (the console's browser test) and a running
+#      PostgreSQL (the console's tests against it).
 # Prints nothing but progress; `source <(scripts/setup.sh --env)` exports ORT_DYLIB_PATH.
 set -euo pipefail
 
@@ -96,8 +98,13 @@ build_tools() {
   command -v prometheus >/dev/null || missing+=(prometheus)
   # scripts/cluster.sh makes the test cluster's TLS certificates with it.
   command -v openssl >/dev/null || missing+=(openssl)
+  # The console's page is tested in a real browser: headless Chromium through ChromeDriver.
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  # The console's PostgreSQL tests: a server from Debian's packages (usually there already).
+  command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
   if ((${#missing[@]})); then
-    log "installing ${missing[*]} (cmake and nasm build libjpeg-turbo with its SIMD code; prometheus runs the dashboard test; openssl makes the test cluster's certificates)"
+    log "installing ${missing[*]} (cmake and nasm build libjpeg-turbo with its SIMD code; prometheus runs the dashboard test; openssl makes the test cluster's certificates; chromium tests the console's page; postgresql stores its tests' events)"
     # Debian's prometheus package would start its service: policy-rc.d forbids services from
     # starting during this install (unless the machine has a policy of its own).
     local policy=/usr/sbin/policy-rc.d ours=""
@@ -148,8 +155,29 @@ PY
   fi
 }
 
+# The console's tests store events in a real PostgreSQL on 127.0.0.1:5432 (trust auth, as this
+# machine's comes): start its cluster when it is down.
+start_postgres() {
+  if pg_isready -q -h 127.0.0.1 -p 5432; then
+    log "PostgreSQL answering on 127.0.0.1:5432"
+    return
+  fi
+  log "starting PostgreSQL"
+  local version cluster
+  read -r version cluster _ < <(pg_lsclusters --no-header | head -n 1)
+  [[ -n "${version:-}" ]] || { log "no PostgreSQL cluster to start (pg_createcluster one)"; exit 1; }
+  pg_ctlcluster "$version" "$cluster" start
+  for _ in $(seq 1 60); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && return
+    sleep 0.5
+  done
+  log "PostgreSQL did not answer on 127.0.0.1:5432"
+  exit 1
+}
+
 build_tools
 fetch_onnxruntime
 start_broker
+start_postgres
 python_deps
 "$(dirname "$0")/triton.sh" install

@@ -73,8 +73,16 @@ impl FaultJob {
 }
 
 pub fn fault(job: &FaultJob, attempt: u32) -> Result<FaultOutput, JobError> {
-    let until = Instant::now() + Duration::from_millis(job.busy_ms);
+    fault_reporting(job, attempt, |_| {})
+}
+
+/// [`fault`], reporting how much of `busy_ms` has passed as it goes.
+pub fn fault_reporting(job: &FaultJob, attempt: u32, progress: impl Fn(f64)) -> Result<FaultOutput, JobError> {
+    let start = Instant::now();
+    let busy = Duration::from_millis(job.busy_ms);
+    let until = start + busy;
     while Instant::now() < until {
+        progress(start.elapsed().as_secs_f64() / busy.as_secs_f64());
         // Sleep in short steps: a busy worker that a time limit gave up on still ends soon.
         std::thread::sleep(Duration::from_millis(5).min(until.saturating_duration_since(Instant::now())));
     }
@@ -115,7 +123,7 @@ impl Kind for Fault {
 
 impl BlockingKind for Fault {
     fn run(&self, input: FaultJob, cx: &Context) -> Result<FaultOutput, JobError> {
-        fault(&input, cx.attempt)
+        fault_reporting(&input, cx.attempt, |f| cx.progress(f, "busy"))
     }
 }
 

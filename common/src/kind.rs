@@ -73,11 +73,47 @@ pub struct Context {
     pub limits: Arc<Limits>,
     /// The job's span (job id, kind, attempt, trace id); the worker enters it around the work.
     pub span: tracing::Span,
+    /// Where [`Context::progress`] reports go (a `progress` lifecycle event).
+    pub reporter: Progress,
+}
+
+/// A job's progress reports: to the worker's lifecycle events, or nowhere.
+#[derive(Clone, Default)]
+pub struct Progress(Option<Arc<Report>>);
+
+/// What receives a job's progress: a fraction and a short text.
+type Report = dyn Fn(f64, &str) + Send + Sync;
+
+impl Progress {
+    pub fn to(report: impl Fn(f64, &str) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(report)))
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Progress(reported)" } else { "Progress(none)" })
+    }
 }
 
 impl Context {
     pub fn new(attempt: u32, deadline: Instant, limits: Arc<Limits>) -> Self {
-        Self { attempt, deadline, limits, span: tracing::Span::current() }
+        Self { attempt, deadline, limits, span: tracing::Span::current(), reporter: Progress::default() }
+    }
+
+    pub fn with_progress(mut self, reporter: Progress) -> Self {
+        self.reporter = reporter;
+        self
+    }
+
+    /// Reports how far the job is (`fraction`, 0 to 1, clamped) with a short text: a `progress`
+    /// lifecycle event for consoles. Cheap and never blocks; the worker publishes at most a few
+    /// a second per job and drops the rest.
+    pub fn progress(&self, fraction: f64, text: &str) {
+        if let Some(report) = &self.reporter.0 {
+            let fraction = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
+            report(fraction, text);
+        }
     }
 
     /// Time left before the deadline (zero once past it).

@@ -28,6 +28,6 @@ pub use codec::Encoding;
 pub use envelope::{ENVELOPE_VERSION, JobBody, JobEnvelope, Opened};
 pub use error::{ErrorClass, JobError};
 pub use job::Job;
-pub use kind::{AsyncKind, BatchKind, BlockingKind, Context, Kind, RouteDefaults};
+pub use kind::{AsyncKind, BatchKind, BlockingKind, Context, Kind, Progress, RouteDefaults};
 pub use limits::Limits;
 pub use result::{JobResult, Output, ResultStatus, Timing};

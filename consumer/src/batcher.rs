@@ -28,6 +28,7 @@ struct Item<K: BatchKind> {
     attempt: u32,
     gate: CancellationToken,
     reply: oneshot::Sender<Answer>,
+    progress: warren_common::Progress,
 }
 
 pub struct Batcher<K: BatchKind> {
@@ -88,9 +89,15 @@ impl<K: BatchKind> Batcher<K> {
     }
 
     /// Submits one job and waits for its own outcome; it does not start once `gate` is closed.
-    pub async fn submit(&self, input: K::Input, attempt: u32, gate: CancellationToken) -> Answer {
+    pub async fn submit(
+        &self,
+        input: K::Input,
+        attempt: u32,
+        gate: CancellationToken,
+        progress: warren_common::Progress,
+    ) -> Answer {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Item { input, attempt, gate, reply }).await.is_err() {
+        if self.tx.send(Item { input, attempt, gate, reply, progress }).await.is_err() {
             return Ran::Done(Err(JobError::ModelRequestFailed("the batcher stopped".into())), Timing::default());
         }
         answer.await.unwrap_or_else(|_| {
@@ -116,7 +123,7 @@ async fn run<K: BatchKind>(
         if item.gate.is_cancelled() {
             let _ = item.reply.send(Ran::NotStarted);
         } else {
-            jobs.push((item.input, Context::new(item.attempt, deadline, limits.clone())));
+            jobs.push((item.input, Context::new(item.attempt, deadline, limits.clone()).with_progress(item.progress)));
             replies.push((item.reply, item.gate));
         }
     }
@@ -235,7 +242,14 @@ mod tests {
         let submit = |v: u8| {
             let batcher = batcher.clone();
             tokio::spawn(async move {
-                batcher.submit(ClassifyJob { image: png(v), top_k: Some(1) }, 0, CancellationToken::new()).await
+                batcher
+                    .submit(
+                        ClassifyJob { image: png(v), top_k: Some(1) },
+                        0,
+                        CancellationToken::new(),
+                        Default::default(),
+                    )
+                    .await
             })
         };
         let jobs = [submit(0), submit(255), submit(0)];
@@ -257,7 +271,7 @@ mod tests {
         let (batcher, _) = stub_batcher(Duration::from_millis(50));
         let gate = CancellationToken::new();
         gate.cancel();
-        let ran = batcher.submit(ClassifyJob { image: png(0), top_k: None }, 0, gate).await;
+        let ran = batcher.submit(ClassifyJob { image: png(0), top_k: None }, 0, gate, Default::default()).await;
         assert!(matches!(ran, Ran::NotStarted));
     }
 }

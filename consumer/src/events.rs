@@ -69,6 +69,12 @@ pub struct Event {
     /// returned: how many times the job has come back unanswered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub returns: Option<u32>,
+    /// progress: how far the job is, 0 to 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// progress: the kind's short text (at most 200 characters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// An error as an event carries it: as a result does.
@@ -105,6 +111,8 @@ impl Event {
             error: None,
             reason: None,
             returns: None,
+            fraction: None,
+            text: None,
         }
     }
 
@@ -153,6 +161,38 @@ impl Events {
         if tx.try_send(make()).is_err() {
             self.metrics.event("dropped");
         }
+    }
+}
+
+/// Progress reports of one job a second, at most: the first always, then one per this.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+impl Events {
+    /// Where a job's [`warren_common::Context::progress`] reports go: `progress` events made
+    /// from `template` (the job's), the first report at once and then at most one per
+    /// [`PROGRESS_EVERY`] (the others are skipped, not counted as dropped), texts cut to 200
+    /// characters. Nothing while events are off.
+    pub fn reporter(&self, template: impl FnOnce() -> Event) -> warren_common::Progress {
+        let Some(tx) = self.tx.clone() else { return warren_common::Progress::default() };
+        let (template, metrics) = (template(), self.metrics.clone());
+        let last = std::sync::Mutex::new(None::<std::time::Instant>);
+        warren_common::Progress::to(move |fraction, text| {
+            let now = std::time::Instant::now();
+            {
+                let Ok(mut last) = last.lock() else { return };
+                if last.is_some_and(|at| now.duration_since(at) < PROGRESS_EVERY) {
+                    return;
+                }
+                *last = Some(now);
+            }
+            let mut e = template.clone();
+            e.at_us = crate::pool::now_us();
+            e.fraction = Some(fraction);
+            e.text = Some(text.chars().take(200).collect());
+            if tx.try_send(e).is_err() {
+                metrics.event("dropped");
+            }
+        })
     }
 }
 
@@ -237,6 +277,27 @@ mod tests {
         for absent in ["run_ms", "output_bytes", "reason", "returns", "trace_id"] {
             assert!(json.get(absent).is_none(), "{absent} left out");
         }
+    }
+
+    #[tokio::test]
+    async fn progress_reports_are_events_a_few_a_second_with_short_texts() {
+        let metrics = Arc::new(Metrics::new());
+        let (tx, mut rx) = mpsc::channel(16);
+        let events = Events { tx: Some(tx), metrics: metrics.clone() };
+        let cx = warren_common::Context::new(0, std::time::Instant::now(), Arc::default())
+            .with_progress(events.reporter(|| Event::new("progress", "j", "checksum", "q", "w")));
+        cx.progress(0.25, &"x".repeat(500));
+        cx.progress(0.5, "skipped: too soon");
+        let first = rx.try_recv().expect("the first report is an event");
+        assert_eq!((first.event, first.fraction), ("progress", Some(0.25)));
+        assert_eq!(first.text.as_deref().map(str::len), Some(200));
+        assert!(rx.try_recv().is_err(), "a report within {PROGRESS_EVERY:?} is skipped");
+        std::thread::sleep(PROGRESS_EVERY);
+        cx.progress(7.0, "past the end");
+        assert_eq!(rx.try_recv().expect("a later report").fraction, Some(1.0), "clamped");
+        assert_eq!(metrics.events("dropped"), 0);
+        let off = Events::off(metrics);
+        assert!(format!("{:?}", off.reporter(|| unreachable!("built while off"))).contains("none"));
     }
 
     #[tokio::test]

@@ -109,8 +109,9 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     worker.metrics.job_received(&served.queue, kind);
     worker.events.emit(|| held.event("received"));
     worker.events.emit(|| held.event("started"));
+    let progress = worker.events.reporter(|| held.event("progress"));
     let ran = tokio::select! {
-        ran = run(worker, served, registered, input, facts.attempt) => ran,
+        ran = run(worker, served, registered, input, facts.attempt, progress) => ran,
         () = stop.cancelled() => {
             tracing::warn!("drain timeout: handing the job back to the broker");
             settle::hand_back(held, Why::Draining).await;
@@ -167,7 +168,14 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
 
 /// Runs the job in its kind's shape (on the served queue's pool, through a batcher, or on the
 /// runtime), unless the worker's gate closes before it starts.
-async fn run(worker: &Arc<Worker>, served: &Served, kind: &Registered, input: Input, attempt: u32) -> Ran<Output> {
+async fn run(
+    worker: &Arc<Worker>,
+    served: &Served,
+    kind: &Registered,
+    input: Input,
+    attempt: u32,
+    progress: warren_common::Progress,
+) -> Ran<Output> {
     let cx = RunCx {
         attempt,
         lane: served.lane,
@@ -176,6 +184,7 @@ async fn run(worker: &Arc<Worker>, served: &Served, kind: &Registered, input: In
         limits: &worker.limits,
         time_limit: served.time_limit,
         retry_timeouts: worker.settings.consumer.retry_timeouts,
+        progress,
     };
     kind.runner.run(input, cx).await
 }

@@ -32,6 +32,8 @@ pub struct RunCx<'a> {
     pub limits: &'a Arc<Limits>,
     pub time_limit: Duration,
     pub retry_timeouts: bool,
+    /// Where the job's progress reports go.
+    pub progress: warren_common::Progress,
 }
 
 /// One registered kind, as the delivery path sees it.

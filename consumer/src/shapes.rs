@@ -69,10 +69,10 @@ async fn on_pool<F>(cx: RunCx<'_>, work: F) -> Ran<Output>
 where
     F: FnOnce(Context) -> Result<Output, JobError> + Send + 'static,
 {
-    let (attempt, limits, limit) = (cx.attempt, cx.limits.clone(), cx.time_limit);
+    let (attempt, limits, limit, progress) = (cx.attempt, cx.limits.clone(), cx.time_limit, cx.progress.clone());
     cx.pool
         .run(cx.time_limit, cx.retry_timeouts, cx.gate, move || {
-            work(Context::new(attempt, Instant::now() + limit, limits))
+            work(Context::new(attempt, Instant::now() + limit, limits).with_progress(progress))
         })
         .await
 }
@@ -96,7 +96,7 @@ pub struct Batched<K: BatchKind> {
 impl<K: BatchKind> ShapeRun<K> for Batched<K> {
     fn run<'a>(&'a self, kind: &'a Arc<K>, input: K::Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
         match (&self.batcher, cx.lane) {
-            (Some(batcher), Lane::Main) => Box::pin(batcher.submit(input, cx.attempt, cx.gate.clone())),
+            (Some(batcher), Lane::Main) => Box::pin(batcher.submit(input, cx.attempt, cx.gate.clone(), cx.progress)),
             _ => {
                 let kind = kind.clone();
                 Box::pin(on_pool(cx, move |cx| one_of_batch(&*kind, &[(input, cx)])))
@@ -123,7 +123,8 @@ impl<K: AsyncKind> ShapeRun<K> for Io {
                 },
             };
             let started_at_us = now_us();
-            let context = Context::new(cx.attempt, Instant::now() + cx.time_limit, cx.limits.clone());
+            let context =
+                Context::new(cx.attempt, Instant::now() + cx.time_limit, cx.limits.clone()).with_progress(cx.progress);
             // A panic in the kind's future fails its job, as on the pool.
             let work = AssertUnwindSafe(kind.run(input, context)).catch_unwind();
             let result = match tokio::time::timeout(cx.time_limit, work).await {

@@ -31,6 +31,7 @@ pub struct Settings {
     pub limits: Limits,
     pub model: ModelSettings,
     pub telemetry: TelemetrySettings,
+    pub console: ConsoleSettings,
 }
 
 #[derive(Clone, Deserialize)]
@@ -206,6 +207,50 @@ pub struct ConsumerSettings {
     /// Lifecycle events waiting to be published, at most; past that new ones are dropped (and
     /// counted) rather than slow a job down.
     pub events_buffer: usize,
+}
+
+/// `warren-console`, the status store and web console (`docs/console.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Where the page, the API and /metrics are served.
+    pub addr: String,
+    /// `sqlite://<file>` (created when missing) or `postgres://...` (several consoles may share it).
+    pub database_url: String,
+    /// The console's durable queue, bound to the events exchange with `#`.
+    pub queue: String,
+    /// Events stored in one transaction, at most.
+    pub batch: usize,
+    /// How long a batch waits to fill once its first event came.
+    pub batch_wait_ms: u64,
+    /// Unacked events the console holds (at least `batch`).
+    pub prefetch: u16,
+    /// Jobs not heard of for this long are deleted with their events.
+    pub retention_hours: u64,
+    /// How often retention runs.
+    pub retention_check_ms: u64,
+    /// Bearer token that actions changing a queue (replay) need; "" turns actions off.
+    pub token: Secret,
+}
+
+/// A secret from the configuration: never printed by `Debug`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "(none)" } else { "(redacted)" })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -81,6 +81,25 @@ impl Plan {
         }
         plan
     }
+
+    /// What `warren-console` consumes: its queue, bound to the events exchange with `#`, which
+    /// dead-letters (an event message it cannot read) to its own dead-letter queue.
+    pub fn console(settings: &Settings) -> Self {
+        let t = &settings.topology;
+        let queue = settings.console.queue.clone();
+        let dead = settings.dead_queue(&queue);
+        Plan {
+            exchanges: vec![(t.events_exchange.clone(), "topic"), (t.dead_letter_exchange.clone(), "direct")],
+            queues: vec![
+                (dead.clone(), queue_args(settings, None)),
+                (queue.clone(), queue_args(settings, Some(&queue))),
+            ],
+            bindings: vec![
+                (dead, t.dead_letter_exchange.clone(), queue.clone()),
+                (queue, t.events_exchange.clone(), "#".into()),
+            ],
+        }
+    }
 }
 
 /// The arguments of a producer's reply queue: durable, expiring once unused for
@@ -107,7 +126,11 @@ pub async fn declare_on(connection: &lapin::Connection, settings: &Settings, own
 
 /// Declares the fleet's topology and that of a worker's own routes.
 pub async fn declare_with(channel: &Channel, settings: &Settings, own: &[Route]) -> anyhow::Result<()> {
-    let plan = Plan::with_routes(settings, own);
+    declare_plan(channel, settings, &Plan::with_routes(settings, own)).await
+}
+
+/// Declares `plan`'s exchanges, queues and bindings (idempotently).
+pub async fn declare_plan(channel: &Channel, settings: &Settings, plan: &Plan) -> anyhow::Result<()> {
     for (name, kind) in &plan.exchanges {
         let kind = if *kind == "direct" { ExchangeKind::Direct } else { ExchangeKind::Topic };
         channel

@@ -77,7 +77,7 @@ pub enum Command {
     /// Send dead letters back to where they came from (or --to), confirmed one by one.
     Replay {
         dead_queue: String,
-        /// Only matching messages: reason=..,kind=..,since=<RFC 3339 or epoch ms>,error_type=..
+        /// Only matching messages: reason=..,kind=..,since=<RFC 3339 or epoch ms>,error_type=..,job_id=..
         #[arg(long)]
         filter: Option<String>,
         #[arg(long)]
@@ -91,6 +91,13 @@ pub enum Command {
         /// EXCHANGE or EXCHANGE/ROUTING_KEY instead of each message's origin.
         #[arg(long)]
         to: Option<String>,
+    },
+    /// What happened to a job: its status, attempts and timeline, from warren-console.
+    Job {
+        job_id: String,
+        /// The console's base URL (default: http://<console.addr of the configuration>).
+        #[arg(long, env = "WARRENCTL_CONSOLE_URL")]
+        console_url: Option<String>,
     },
     /// Remove every ready message of a queue.
     Purge {

@@ -25,6 +25,18 @@ impl Ctx {
         if let Some(url) = &g.url {
             settings.broker.url = url.clone();
         }
+        Self::from_settings(settings, g.mgmt_url.clone(), g.mgmt_user.clone(), g.mgmt_password.clone(), g.json)
+    }
+
+    /// From loaded settings; the management API and its credentials default to each AMQP
+    /// node's host (port 15672) and the AMQP URL's user.
+    pub fn from_settings(
+        settings: Settings,
+        mgmt_url: Option<String>,
+        mgmt_user: Option<String>,
+        mgmt_password: Option<String>,
+        json: bool,
+    ) -> Result<Self> {
         let urls = warren_infra::nodes::split(&settings.broker.url);
         let uris = urls
             .iter()
@@ -32,13 +44,12 @@ impl Ctx {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| CtlError::Config(format!("bad AMQP URL in {}: {e}", settings.broker.redacted_url())))?;
         let uri = uris.first().ok_or_else(|| CtlError::Config("the AMQP URL names no node".into()))?;
-        let user = g.mgmt_user.clone().unwrap_or_else(|| uri.authority.userinfo.username.clone());
-        let password = g.mgmt_password.clone().unwrap_or_else(|| uri.authority.userinfo.password.clone());
-        // By default, each AMQP node's management API on its host (port 15672).
-        let mgmt_url = g.mgmt_url.clone().unwrap_or_else(|| {
+        let user = mgmt_user.unwrap_or_else(|| uri.authority.userinfo.username.clone());
+        let password = mgmt_password.unwrap_or_else(|| uri.authority.userinfo.password.clone());
+        let mgmt_url = mgmt_url.unwrap_or_else(|| {
             uris.iter().map(|u| format!("http://{}:15672", u.authority.host)).collect::<Vec<_>>().join(",")
         });
-        Ok(Self { vhost: uri.vhost.clone(), mgmt: Mgmt::new(&mgmt_url, &user, &password), settings, json: g.json })
+        Ok(Self { vhost: uri.vhost.clone(), mgmt: Mgmt::new(&mgmt_url, &user, &password), settings, json })
     }
 
     pub async fn connect(&self) -> Result<lapin::Connection> {

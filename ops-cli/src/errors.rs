@@ -8,6 +8,10 @@ pub enum CtlError {
     Config(String),
     #[error("queue {0:?} not found")]
     QueueNotFound(String),
+    #[error("{0}")]
+    JobNotFound(String),
+    #[error("console: {0}")]
+    Console(String),
     #[error("broker: {0}")]
     Broker(String),
     #[error("management API: {0}")]
@@ -28,8 +32,8 @@ impl CtlError {
         match self {
             Self::Partial { .. } | Self::Differs(_) => 1,
             Self::Usage(_) | Self::Config(_) => 2,
-            Self::Broker(_) | Self::Management(_) => 3,
-            Self::QueueNotFound(_) => 4,
+            Self::Broker(_) | Self::Management(_) | Self::Console(_) => 3,
+            Self::QueueNotFound(_) | Self::JobNotFound(_) => 4,
             Self::Aborted => 5,
             Self::Io(_) => 6,
         }

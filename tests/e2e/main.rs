@@ -3,6 +3,7 @@
 
 mod bench;
 mod binaries;
+mod console;
 mod crash;
 mod credentials;
 mod dashboard;

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod console;
 pub mod fleet;
 pub mod process;
 pub mod prometheus;

@@ -100,6 +100,48 @@ def consumer(vhost: str):
     assert c.stop() == 0, "".join(c.log)
 
 
+class Console:
+    """The warren-console binary on a vhost, on a free port, with a SQLite file of its own."""
+
+    def __init__(self, vhost: str, tmp: pathlib.Path) -> None:
+        binary = os.environ.get("WARREN_CONSOLE_BIN", str(ROOT / "target" / "debug" / "warren-console"))
+        if not os.path.exists(binary):
+            pytest.fail(f"{binary} is not built: run `cargo build --workspace --bins` (scripts/test.sh does)")
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        full_env = dict(os.environ, WARREN_CONFIG_DIR=str(ROOT / "config"), WARREN_ENV="test",
+                        WARREN__BROKER__URL=amqp_url(vhost), WARREN__CONSOLE__ADDR=f"127.0.0.1:{port}",
+                        WARREN__CONSOLE__DATABASE_URL=f"sqlite://{tmp / 'console.db'}", NO_COLOR="1")
+        self.proc = subprocess.Popen([binary], cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+        def ready() -> bool:
+            try:
+                return urllib.request.urlopen(self.url + "/readyz", timeout=2).status == 200
+            except OSError:
+                return False
+        wait_until("the console is ready", ready)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture
+def console(vhost: str, tmp_path: pathlib.Path):
+    c = Console(vhost, tmp_path)
+    yield c
+    assert c.stop() == 0
+
+
 def wait_until(what: str, condition, deadline: float = 60.0) -> None:
     until = time.monotonic() + deadline
     while not condition():

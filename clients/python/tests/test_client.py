@@ -45,6 +45,24 @@ def test_every_kind_runs_and_comes_back_as_documented(vhost, consumer):
         assert (r.ok, r.attempt, r.value) == (True, 1, {"attempt": 1})
 
 
+def test_status_answers_what_happened_to_a_job_from_the_console(vhost, console, consumer):
+    with Client(amqp_url(vhost), console_url=console.url) as client:
+        assert client.status("no-such-job") is None
+        job_id = client.submit("checksum", {"data": b"status"})
+        assert client.result(job_id).ok
+        found: dict = {}
+
+        def succeeded() -> bool:
+            found.update(client.status(job_id) or {})
+            return found.get("job", {}).get("status") == "succeeded"
+        wait_until("the console has the job's success", succeeded)
+        assert [e["event"] for e in found["timeline"]] == ["received", "started", "succeeded"]
+        assert found["job"]["kind"] == "checksum" and found["attempts"][0]["outcome"] == "succeeded"
+        assert warren_client.status(job_id, console.url)["job"]["job_id"] == job_id
+    with pytest.raises(warren_client.WarrenError):
+        warren_client.status("x", "http://127.0.0.1:9", timeout=2)
+
+
 def test_a_bad_input_is_an_error_result_with_its_exception_class(vhost, consumer):
     with Client(amqp_url(vhost)) as client:
         r = client.run("image.resize", {"image": b"not an image", "width": 8, "height": 8})

@@ -8,6 +8,9 @@ import json
 import logging
 import random
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections import OrderedDict
 from typing import Any, Mapping
@@ -67,6 +70,7 @@ class Client:
         confirm_timeout: float = 30.0,
         reconnect_timeout: float = 60.0,
         connection_name: str = "warren-client-python",
+        console_url: str = "http://127.0.0.1:8470",
     ) -> None:
         if queue_type not in ("classic", "quorum"):
             raise ValueError(f"queue_type must be 'classic' or 'quorum', not {queue_type!r}")
@@ -76,6 +80,7 @@ class Client:
         for params in self._params:
             params.client_properties = {"connection_name": connection_name}
         self._exchange = jobs_exchange
+        self.console_url = console_url
         self._reply_args = {"x-expires": int(reply_queue_expires_ms), "x-queue-type": queue_type}
         self._publish_timeout = publish_timeout
         self._confirm_timeout = confirm_timeout
@@ -272,6 +277,12 @@ class Client:
             self._delivered.popitem(last=False)
         return result
 
+    def status(self, job_id: str, timeout: float = 10.0) -> dict[str, Any] | None:
+        """What warren-console knows of ``job_id`` (``console_url``): ``{"job": {...}, "attempts":
+        [...], "timeline": [...]}`` as ``GET /api/jobs/{id}`` answers (docs/console.md), or None
+        when the console has not heard of it (yet)."""
+        return status(job_id, self.console_url, timeout)
+
     def run(self, kind: str, job: Mapping[str, Any], timeout: float = 60.0, **submit: Any) -> Result:
         """``submit`` then ``result``."""
         return self.result(self.submit(kind, job, **submit), timeout)
@@ -292,3 +303,19 @@ class Client:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def status(job_id: str, console_url: str = "http://127.0.0.1:8470", timeout: float = 10.0) -> dict[str, Any] | None:
+    """``Client.status`` without a client: the console's answer for ``job_id``, or None when it
+    has not heard of it. Raises ``WarrenError`` when the console does not answer."""
+    url = f"{console_url.rstrip('/')}/api/jobs/{urllib.parse.quote(job_id, safe='')}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            found: dict[str, Any] = json.loads(answer.read())
+            return found
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise WarrenError(f"console {console_url}: {e.code} {e.read().decode(errors='replace')}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise WarrenError(f"console {console_url}: {e}") from e

@@ -2,6 +2,7 @@
 
 pub mod dump;
 pub mod inspect;
+pub mod job;
 pub mod load;
 pub mod peek;
 pub mod purge;
@@ -23,6 +24,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<()> {
             let opts = replay::Options { filter, limit, rate, dry_run, to };
             replay::run(ctx, &dead_queue, opts).await
         }
+        Command::Job { job_id, console_url } => job::run(ctx, &job_id, console_url.as_deref()),
         Command::Purge { queue, yes } => purge::run(ctx, &queue, yes).await,
         Command::Topology { action } => topology::run(ctx, action).await,
     }

@@ -57,6 +57,7 @@ struct Filter {
     kind: Option<String>,
     error_type: Option<String>,
     since_ms: Option<u64>,
+    job_id: Option<String>,
 }
 
 impl Filter {
@@ -70,8 +71,11 @@ impl Filter {
                 "kind" => f.kind = Some(value.into()),
                 "error_type" | "type" => f.error_type = Some(value.into()),
                 "since" => f.since_ms = Some(parse_since(value)?),
+                "job_id" | "job" => f.job_id = Some(value.into()),
                 other => {
-                    return Err(CtlError::Usage(format!("unknown filter {other:?} (reason, kind, error_type, since)")));
+                    return Err(CtlError::Usage(format!(
+                        "unknown filter {other:?} (reason, kind, error_type, since, job_id)"
+                    )));
                 }
             }
         }
@@ -81,6 +85,9 @@ impl Filter {
     fn matches(&self, d: &lapin::message::Delivery) -> bool {
         let headers = d.properties.headers().as_ref();
         let header = |name| fields::get_str(headers, name);
+        if self.job_id.as_ref().is_some_and(|id| d.properties.message_id().as_ref().map(|m| m.as_str()) != Some(id)) {
+            return false;
+        }
         if self.reason.as_ref().is_some_and(|r| header(h::DEAD_REASON).as_ref() != Some(r)) {
             return false;
         }
@@ -104,7 +111,7 @@ impl Filter {
 }
 
 /// `since=` takes an RFC 3339 time, milliseconds since the epoch, or an age like `2h` / `30m`.
-fn parse_since(value: &str) -> Result<u64> {
+pub fn parse_since(value: &str) -> Result<u64> {
     if let Ok(ms) = value.parse::<u64>() {
         return Ok(ms);
     }
@@ -117,7 +124,45 @@ fn parse_since(value: &str) -> Result<u64> {
     Ok(at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
 }
 
+/// What a replay did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    pub queue: String,
+    pub dry_run: bool,
+    pub replayed: u64,
+    /// Left in place by the filter.
+    pub skipped: u64,
+    /// Could not be replayed (no origin, or the broker refused the copy); left in place.
+    pub failed: u64,
+    /// With `dry_run`: where each would go.
+    pub plan: Vec<serde_json::Value>,
+}
+
+/// `warrenctl replay`: replays and prints what it did.
 pub async fn run(ctx: &Ctx, dead_queue: &str, opts: Options) -> Result<()> {
+    let dry_run = opts.dry_run;
+    let report = replay(ctx, dead_queue, opts, true).await?;
+    let Report { replayed, skipped, failed, plan, .. } = &report;
+    let verb = if dry_run { "would replay" } else { "replayed" };
+    if ctx.json {
+        output::json(&json!(report));
+    } else {
+        for p in plan {
+            output::line(format!(
+                "would replay {} -> {} ({})",
+                p["job_id"],
+                p["to"].as_str().unwrap_or(""),
+                p["reason"]
+            ));
+        }
+        output::line(format!("{verb} {replayed}, skipped {skipped} (filter), failed {failed} from {dead_queue}"));
+    }
+    if *failed > 0 { Err(CtlError::Partial { failed: *failed, total: replayed + failed }) } else { Ok(()) }
+}
+
+/// Replays the dead letters of `dead_queue` that `opts` selects (the same code for
+/// `warrenctl replay` and the console's replay action); `progress` shows a bar on the terminal.
+pub async fn replay(ctx: &Ctx, dead_queue: &str, opts: Options, progress: bool) -> Result<Report> {
     let filter = Filter::parse(opts.filter.as_deref())?;
     let to = opts.to.as_deref().map(|t| match t.split_once('/') {
         Some((ex, key)) => (ex.to_owned(), Some(key.to_owned())),
@@ -128,7 +173,11 @@ pub async fn run(ctx: &Ctx, dead_queue: &str, opts: Options) -> Result<()> {
     let ch = conn.create_channel().await?;
     let timeout = Duration::from_millis(ctx.settings.broker.confirm_timeout_ms);
     let publisher = Publisher::open(conn.clone(), timeout, 1).await?;
-    let bar = output::progress(Some(opts.limit.unwrap_or(ready).min(ready)), "replaying");
+    let bar = if progress {
+        output::progress(Some(opts.limit.unwrap_or(ready).min(ready)), "replaying")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let (mut replayed, mut skipped, mut failed) = (0u64, 0u64, 0u64);
     let mut plan = Vec::new();
     let mut held = Vec::new();
@@ -191,22 +240,7 @@ pub async fn run(ctx: &Ctx, dead_queue: &str, opts: Options) -> Result<()> {
         ch.basic_nack(tag, BasicNackOptions { multiple: false, requeue: true }).await?;
     }
     let _ = conn.close(200, "replayed".into()).await;
-    let verb = if opts.dry_run { "would replay" } else { "replayed" };
-    if ctx.json {
-        output::json(&json!({"queue": dead_queue, "dry_run": opts.dry_run, "replayed": replayed, "skipped": skipped,
-                             "failed": failed, "plan": plan}));
-    } else {
-        for p in &plan {
-            output::line(format!(
-                "would replay {} -> {} ({})",
-                p["job_id"],
-                p["to"].as_str().unwrap_or(""),
-                p["reason"]
-            ));
-        }
-        output::line(format!("{verb} {replayed}, skipped {skipped} (filter), failed {failed} from {dead_queue}"));
-    }
-    if failed > 0 { Err(CtlError::Partial { failed, total: replayed + failed }) } else { Ok(()) }
+    Ok(Report { queue: dead_queue.to_owned(), dry_run: opts.dry_run, replayed, skipped, failed, plan })
 }
 
 /// The headers of a replayed job: broker `x-*` and Warren's failure headers removed, the attempt
