@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Checks the deployment files without a Docker engine or a cluster: they parse, and they say
 what Warren needs (probes, drain-friendly grace periods, a KEDA ScaledObject per consumer
-Deployment, Prometheus scraping consumers and RabbitMQ, a dashboard whose panels have queries).
+Deployment, a console whose SQLite file is on a volume and is written by one replica, whose
+token is a secret, Prometheus scraping consumers, the console and RabbitMQ, a dashboard whose
+panels have queries and that is what deploy/grafana/make_dashboard.py writes).
 `docker-compose config -q` (compose schema) runs too when docker-compose is installed.
 The Kubernetes manifests are validated against Kubernetes' own schemas (kubernetes-validate,
 strict), KEDA's objects against the fields KEDA documents, and their references to each other
@@ -42,8 +44,34 @@ def check(cond, message):
 # docker-compose.yml
 compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 services = compose.get("services", {})
-for name in ["rabbitmq", "consumer-resize", "consumer-classify", "consumer-checksum", "producer", "prometheus", "grafana"]:
+for name in ["rabbitmq", "consumer-resize", "consumer-classify", "consumer-checksum", "console", "producer", "prometheus",
+             "grafana"]:
     check(name in services, f"compose: service {name} missing")
+
+
+def runs_console(entrypoint, command):
+    """Whether a container runs warren-console (the image's entrypoint is warren-consumer)."""
+    words = [w for part in (entrypoint, command) for w in (part if isinstance(part, list) else str(part or "").split())]
+    return bool(words) and str(words[0]).rsplit("/", 1)[-1] == "warren-console"
+
+
+def console_port(addr):
+    """The port of a console.addr that other hosts reach (0.0.0.0:P or [::]:P), else None."""
+    host, _, port = str(addr or "").rpartition(":")
+    return int(port) if host in ("0.0.0.0", "[::]") and port.isdigit() else None
+
+
+def sqlite_dir(url):
+    """The directory of a sqlite:// database's file, or None for another database."""
+    url = str(url or "")
+    if not url.startswith("sqlite:"):
+        return None
+    path = url.removeprefix("sqlite://").removeprefix("sqlite:").split("?")[0]
+    return str(pathlib.PurePosixPath(path).parent) if path.startswith("/") else ""
+
+
+CONSUMER_IMAGE = (services.get("consumer-resize") or {}).get("image")
+compose_consoles = {}  # service name -> console port
 for name, svc in services.items():
     for vol in svc.get("volumes", []):
         src = vol.split(":")[0]
@@ -56,6 +84,34 @@ for name, svc in services.items():
         check(int(grace.rstrip("s")) > DRAIN_TIMEOUT_S, f"compose: {name} stop_grace_period {grace} <= drain timeout")
         check("healthcheck" in svc, f"compose: {name} has no healthcheck")
         check("replicas" in svc.get("deploy", {}), f"compose: {name} sets no replicas")
+    if runs_console(svc.get("entrypoint"), svc.get("command")):
+        # warren-console: the consumers' image, reachable, its SQLite file on a named volume,
+        # one replica, the token never written in the file.
+        env = svc.get("environment", {})
+        env = env if isinstance(env, dict) else dict(str(e).split("=", 1) for e in env if "=" in str(e))
+        check(svc.get("image") == CONSUMER_IMAGE, f"compose: {name} runs image {svc.get('image')!r}, not the consumers' {CONSUMER_IMAGE!r} (which carries warren-console)")
+        check("WARREN__BROKER__URL" in env, f"compose: {name} has no WARREN__BROKER__URL")
+        port = console_port(env.get("WARREN__CONSOLE__ADDR"))
+        check(port is not None, f"compose: {name}: WARREN__CONSOLE__ADDR {env.get('WARREN__CONSOLE__ADDR')!r} does not listen on 0.0.0.0:<port> "
+                                "(console.addr's default 127.0.0.1 is out of reach of the port, Prometheus and the healthcheck)")
+        if port is not None:
+            compose_consoles[name] = port
+            published = [str(x) for x in svc.get("ports", [])]
+            check(any(x == str(port) or x.endswith(f":{port}") for x in published), f"compose: {name} does not publish port {port}")
+            check(f"/{port}" in str((svc.get("healthcheck") or {}).get("test")) and "/readyz" in str((svc.get("healthcheck") or {}).get("test")),
+                  f"compose: {name} has no healthcheck on /readyz of port {port}")
+        db = env.get("WARREN__CONSOLE__DATABASE_URL")
+        check(db is not None, f"compose: {name}: WARREN__CONSOLE__DATABASE_URL not set (the default is a file in the container's working directory, lost with the container)")
+        folder = sqlite_dir(db)
+        if folder is not None:
+            mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in svc.get("volumes", []) if isinstance(v, str) and ":" in v}
+            volume = mounts.get(folder)
+            check(volume is not None and not volume.startswith((".", "/")) and volume in (compose.get("volumes") or {}),
+                  f"compose: {name}: its SQLite file is in {folder or 'the working directory'}, which is no named volume of the file")
+            check(svc.get("deploy", {}).get("replicas", 1) == 1, f"compose: {name}: SQLite takes one console; {svc.get('deploy', {}).get('replicas')} replicas need PostgreSQL")
+        token = env.get("WARREN__CONSOLE__TOKEN")
+        check(token is None or str(token) == "" or str(token).startswith("${"),
+              f"compose: {name}: WARREN__CONSOLE__TOKEN is written in the file; take it from the environment (${{WARREN_CONSOLE_TOKEN:-}})")
 plugins = (ROOT / "deploy/rabbitmq/enabled_plugins").read_text()
 check("rabbitmq_prometheus" in plugins and "rabbitmq_management" in plugins, "rabbitmq: plugins not enabled")
 if NO_TOOLS:
@@ -72,6 +128,12 @@ else:
 dockerfile = (ROOT / "Dockerfile").read_text()
 check(dockerfile.count("FROM ") >= 2, "Dockerfile: not multi-stage")
 check("ORT_DYLIB_PATH" in dockerfile, "Dockerfile: ONNX Runtime path not set")
+# cargo reads every workspace member's manifest, so the build stage copies each of them.
+copied = re.findall(r"^COPY (\S+) \S+$", dockerfile, re.MULTILINE)
+for member in tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["members"]:
+    check(any(member == c or member.startswith(c + "/") for c in copied), f"Dockerfile: workspace member {member} is not copied into the build (cargo cannot load the workspace)")
+check(re.search(r"cargo build [^\n]*-p warren-console\b", dockerfile) and "target/release/warren-console" in dockerfile,
+      "Dockerfile: warren-console is not built and copied into the image (the console services run it)")
 
 # Prometheus
 prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
@@ -80,6 +142,11 @@ check("warren-consumer" in jobs and "rabbitmq" in jobs, "prometheus: consumer or
 names = [n for j in jobs.values() for sd in j.get("dns_sd_configs", []) for n in sd.get("names", [])]
 for n in names:
     check(n in services, f"prometheus: scrapes {n}, which is not a compose service")
+static = [t for j in jobs.values() for sc in j.get("static_configs", []) for t in sc.get("targets", [])]
+for t in static:
+    check(t.rsplit(":", 1)[0] in services, f"prometheus: scrapes {t}, which is not a compose service")
+for name, port in compose_consoles.items():
+    check(f"{name}:{port}" in static, f"prometheus: does not scrape the console ({name}:{port})")
 
 if NO_TOOLS:
     pass
@@ -95,7 +162,15 @@ else:
 dash = json.loads((ROOT / "deploy/grafana/dashboards/warren.json").read_text())
 check(len(dash.get("panels", [])) >= 10, "dashboard: too few panels")
 for p in dash.get("panels", []):
+    if p.get("type") == "row":  # a row groups the panels after it; it has no query
+        check(not p.get("targets"), f"dashboard: row {p.get('title')} has queries")
+        continue
     check(all(t.get("expr") for t in p.get("targets", [])) and p.get("targets"), f"dashboard: panel {p.get('title')} has no query")
+check(any(p.get("type") == "row" and p.get("title") == "Console" for p in dash.get("panels", [])), "dashboard: no row Console")
+# The JSON is generated: a hand edit would be lost the next time make_dashboard.py runs.
+r = subprocess.run([sys.executable, str(ROOT / "deploy/grafana/make_dashboard.py"), "--check"], capture_output=True, text=True)
+check(r.returncode == 0, "dashboard: deploy/grafana/dashboards/warren.json is not what deploy/grafana/make_dashboard.py writes "
+                         f"(run it): {(r.stdout + r.stderr).strip()}")
 for f in (ROOT / "deploy/grafana/provisioning").rglob("*.yml"):
     yaml.safe_load(f.read_text())
 
@@ -222,25 +297,95 @@ if kubernetes_validate:
     print(f"kubernetes-validate {kubernetes_validate.__version__}: {schema_checked} object(s) checked against "
           f"Kubernetes {' and '.join(KUBERNETES_VERSIONS)} (strict)")
 
-# Deployments: Warren's consumers
+# Deployments: Warren's consumers, and its console (a container whose command is warren-console)
 deployments = {(ns(d), d["metadata"]["name"]): (label, d) for label, d in docs if d["kind"] == "Deployment"}
 scaled_targets = {}  # (namespace, Deployment name) -> ScaledObject labels
 deployment_kinds = {}  # (namespace, Deployment name) -> job kinds it consumes
+consoles = {}  # (namespace, Deployment name) -> whether it keeps its events in SQLite
+CONSUMER_IMAGES = set()  # the images of deploy/kubernetes's consumers, which carry warren-console too
+for label, d in docs:
+    if d["kind"] == "Deployment" and label.startswith("consumer-"):
+        for c in ((((d.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []):
+            if isinstance(c, dict):
+                CONSUMER_IMAGES.add(c.get("image"))
+
+
+def container_port(c, port):
+    """A probe's or a Service's port (a number or a container port's name) as a number."""
+    if is_int(port):
+        return port
+    named = {p.get("name"): p.get("containerPort") for p in c.get("ports") or [] if isinstance(p, dict)}
+    return named.get(port)
+
+
+def check_console(key, label, d, pod, c, env):
+    """What warren-console needs of its Deployment; the Service in front of it."""
+    check(c.get("image") in CONSUMER_IMAGES, f"k8s: {label}: image {c.get('image')!r} is not the consumers' image ({', '.join(sorted(map(str, CONSUMER_IMAGES)))}), which carries warren-console")
+    addr = (env.get("WARREN__CONSOLE__ADDR") or {}).get("value")
+    port = console_port(addr)
+    check(port is not None, f"k8s: {label}: WARREN__CONSOLE__ADDR {addr!r} does not listen on 0.0.0.0:<port> "
+                            "(console.addr's default 127.0.0.1 is out of reach of the probes, the Service and Prometheus)")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        check(get.get("path") == path, f"k8s: {label}: {probe.removesuffix('Probe')} is not {path}")
+        check(port is None or get.get("path") != path or container_port(c, get.get("port")) == port,
+              f"k8s: {label}: {probe} asks port {get.get('port')!r}, not the console's {port}")
+    annotations = (((d.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("annotations") or {}
+    check(annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") == str(port),
+          f"k8s: {label}: pods not annotated for Prometheus on the console's port (prometheus.io/scrape \"true\", prometheus.io/port \"{port}\")")
+    check("secretKeyRef" in ((env.get("WARREN__BROKER__URL") or {}).get("valueFrom") or {}), f"k8s: {label}: broker URL not from a Secret")
+    token = env.get("WARREN__CONSOLE__TOKEN")
+    check(token is None or "secretKeyRef" in (token.get("valueFrom") or {}),
+          f"k8s: {label}: WARREN__CONSOLE__TOKEN is inline; it comes from a Secret (valueFrom.secretKeyRef)")
+    db = env.get("WARREN__CONSOLE__DATABASE_URL") or {}
+    url = db.get("value")
+    check(db, f"k8s: {label}: WARREN__CONSOLE__DATABASE_URL not set (the default is a file in the container, lost with the pod)")
+    check(not re.match(r"^postgres(ql)?://[^/@:]+:[^/@]+@", str(url or "")),
+          f"k8s: {label}: WARREN__CONSOLE__DATABASE_URL holds a password inline; take the URL from a Secret")
+    folder = sqlite_dir(url)
+    consoles[key] = folder is not None
+    if folder is not None:
+        spec = d.get("spec") or {}
+        check(spec.get("replicas", 1) == 1, f"k8s: {label}: {spec.get('replicas')} replicas on one SQLite file; SQLite takes one console (PostgreSQL for more)")
+        check((spec.get("strategy") or {}).get("type") == "Recreate",
+              f"k8s: {label}: SQLite: strategy is not Recreate (a rolling update runs two consoles on the file)")
+        claims = {v.get("name"): (v.get("persistentVolumeClaim") or {}).get("claimName") for v in pod.get("volumes") or []
+                  if isinstance(v, dict) and v.get("persistentVolumeClaim")}
+        mounted = [m.get("name") for m in c.get("volumeMounts") or [] if isinstance(m, dict) and m.get("mountPath") == folder]
+        claim = next((claims[m] for m in mounted if m in claims), None)
+        check(claim is not None, f"k8s: {label}: its SQLite file is in {folder or 'the working directory'}, which is not a PersistentVolumeClaim's mount (lost with the pod)")
+        check(claim is None or find("PersistentVolumeClaim", key[0], claim) is not None,
+              f"k8s: {label}: PersistentVolumeClaim {claim!r} is not in these files")
+    labels = (((d.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+    served = False
+    for _, svc in docs:
+        if svc["kind"] != "Service" or ns(svc) != key[0]:
+            continue
+        selector = (svc.get("spec") or {}).get("selector") or {}
+        if selector and all(labels.get(k) == v for k, v in selector.items()):
+            served |= any(container_port(c, p.get("targetPort", p.get("port"))) == port
+                          for p in (svc.get("spec") or {}).get("ports") or [] if isinstance(p, dict))
+    check(served, f"k8s: {label}: no Service in these files sends its port {port} to the console's pods")
+
+
 for key, (label, d) in deployments.items():
     pod = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
     containers = [c for c in pod.get("containers") or [] if isinstance(c, dict)] or [{}]
     c = containers[0]
     env = {e.get("name"): e for e in c.get("env") or [] if isinstance(e, dict)}
-    kinds = [k.strip() for k in str(env.get("WARREN__CONSUMER__KINDS", {}).get("value", "")).split(",") if k.strip()]
-    deployment_kinds[key] = kinds
-    check(kinds, f"k8s: {label}: names no kinds (WARREN__CONSUMER__KINDS)")
-    for k in kinds:
-        check(k in routes.values(), f"k8s: {label}: consumes {k!r}, which is no route in config/default.toml")
-    check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", f"k8s: {label}: liveness is not /healthz")
-    check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"k8s: {label}: readiness is not /readyz")
-    grace = pod.get("terminationGracePeriodSeconds", 30)
-    check(not is_int(grace) or grace > DRAIN_TIMEOUT_S, f"k8s: {label}: grace period {grace} s <= drain timeout")
-    check("secretKeyRef" in (env.get("WARREN__BROKER__URL", {}).get("valueFrom") or {}), f"k8s: {label}: broker URL not from a Secret")
+    if runs_console(c.get("command"), c.get("args")):
+        check_console(key, label, d, pod, c, env)
+    else:
+        kinds = [k.strip() for k in str(env.get("WARREN__CONSUMER__KINDS", {}).get("value", "")).split(",") if k.strip()]
+        deployment_kinds[key] = kinds
+        check(kinds, f"k8s: {label}: names no kinds (WARREN__CONSUMER__KINDS)")
+        for k in kinds:
+            check(k in routes.values(), f"k8s: {label}: consumes {k!r}, which is no route in config/default.toml")
+        check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", f"k8s: {label}: liveness is not /healthz")
+        check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"k8s: {label}: readiness is not /readyz")
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        check(not is_int(grace) or grace > DRAIN_TIMEOUT_S, f"k8s: {label}: grace period {grace} s <= drain timeout")
+        check("secretKeyRef" in (env.get("WARREN__BROKER__URL", {}).get("valueFrom") or {}), f"k8s: {label}: broker URL not from a Secret")
     # What the API server checks beyond the schema, and references to the other files.
     selector = ((d.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
     template_labels = (((d.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
@@ -436,6 +581,9 @@ for label, d in docs:
 
 for key, (label, d) in deployments.items():
     targets = scaled_targets.get(key, [])
+    if key in consoles:
+        check(not (targets and consoles[key]), f"k8s: {label}: scaled by {'; '.join(targets)}, on one SQLite file (PostgreSQL for several consoles)")
+        continue
     check(targets, f"k8s: {label}: has no KEDA ScaledObject")
     check(len(targets) <= 1, f"k8s: {label}: scaled by {len(targets)} ScaledObjects ({'; '.join(targets)}); KEDA takes one")
 

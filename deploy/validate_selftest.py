@@ -132,13 +132,83 @@ CASES = [
     ("compose grace period below the drain timeout (the root argument covers every file)",
      [("docker-compose.yml", "stop_grace_period: 40s", "stop_grace_period: 20s")],
      "stop_grace_period 20s <= drain timeout"),
+    # warren-console: Kubernetes
+    ("console on SQLite with two replicas",
+     [(K + "console.yaml", "  replicas: 1\n", "  replicas: 2\n")],
+     "warren-console: 2 replicas on one SQLite file"),
+    ("console on SQLite replaced by a rolling update",
+     [(K + "console.yaml", "  strategy: {type: Recreate}\n", "")],
+     "warren-console: SQLite: strategy is not Recreate"),
+    ("console's SQLite file off its PersistentVolumeClaim",
+     [(K + "console.yaml", 'value: "sqlite:///data/console.db"', 'value: "sqlite:///app/console.db"')],
+     "its SQLite file is in /app, which is not a PersistentVolumeClaim's mount"),
+    ("console's claim not in the files",
+     [(K + "console.yaml", "persistentVolumeClaim: {claimName: warren-console-data}", "persistentVolumeClaim: {claimName: console-data}")],
+     "PersistentVolumeClaim 'console-data' is not in these files"),
+    ("console's token inline",
+     [(K + "console.yaml", "valueFrom: {secretKeyRef: {name: warren-console, key: WARREN__CONSOLE__TOKEN, optional: true}}",
+       "value: s3cret")],
+     "WARREN__CONSOLE__TOKEN is inline"),
+    ("console listening on 127.0.0.1 (its default)",
+     [(K + "console.yaml", 'value: "0.0.0.0:8470"', 'value: "127.0.0.1:8470"')],
+     "WARREN__CONSOLE__ADDR '127.0.0.1:8470' does not listen on 0.0.0.0:<port>"),
+    ("console's readiness probe on another path",
+     [(K + "console.yaml", "path: /readyz", "path: /ready")],
+     "warren-console: readiness is not /readyz"),
+    ("console's probes on another port",
+     [(K + "console.yaml", "httpGet: {path: /healthz, port: http}", "httpGet: {path: /healthz, port: 9464}")],
+     "livenessProbe asks port 9464, not the console's 8470"),
+    ("console not annotated for Prometheus on its port",
+     [(K + "console.yaml", 'prometheus.io/port: "8470"', 'prometheus.io/port: "9464"')],
+     "warren-console: pods not annotated for Prometheus on the console's port"),
+    ("console's Service selecting other pods",
+     [(K + "console.yaml", "  selector: {app.kubernetes.io/name: warren-console}", "  selector: {app.kubernetes.io/name: warren-consumer}")],
+     "no Service in these files sends its port 8470 to the console's pods"),
+    ("console on SQLite scaled by KEDA",
+     [(K + "console.yaml", "apiVersion: v1\nkind: Service\n",
+       "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {name: warren-console}\nspec:\n"
+       "  scaleTargetRef: {name: warren-console}\n  triggers:\n    - type: rabbitmq\n"
+       '      metadata: {protocol: http, queueName: warren.checksum, mode: QueueLength, value: "5"}\n'
+       "      authenticationRef: {name: warren-rabbitmq}\n---\napiVersion: v1\nkind: Service\n")],
+     "warren-console: scaled by console.yaml: ScaledObject warren-console, on one SQLite file"),
+    ("console's image not the consumers'",
+     [(K + "console.yaml", "image: warren:latest", "image: warren-console:latest")],
+     "image 'warren-console:latest' is not the consumers' image"),
+    ("console on PostgreSQL with the password in the manifest",
+     [(K + "console.yaml", 'value: "sqlite:///data/console.db"', 'value: "postgres://warren:pw@db/warren"')],
+     "WARREN__CONSOLE__DATABASE_URL holds a password inline"),
+    # warren-console: compose, Prometheus, Dockerfile, dashboard
+    ("compose console's SQLite file outside its volume",
+     [("docker-compose.yml", "WARREN__CONSOLE__DATABASE_URL: sqlite:///data/console.db", "WARREN__CONSOLE__DATABASE_URL: sqlite:///app/console.db")],
+     "compose: console: its SQLite file is in /app, which is no named volume of the file"),
+    ("compose console with two replicas on SQLite",
+     [("docker-compose.yml", "      - console-data:/data\n", "      - console-data:/data\n    deploy:\n      replicas: 2\n")],
+     "compose: console: SQLite takes one console; 2 replicas need PostgreSQL"),
+    ("compose console's token written in the file",
+     [("docker-compose.yml", "WARREN__CONSOLE__TOKEN: ${WARREN_CONSOLE_TOKEN:-}", "WARREN__CONSOLE__TOKEN: s3cret")],
+     "compose: console: WARREN__CONSOLE__TOKEN is written in the file"),
+    ("compose console on 127.0.0.1",
+     [("docker-compose.yml", "WARREN__CONSOLE__ADDR: 0.0.0.0:8470", "WARREN__CONSOLE__ADDR: 127.0.0.1:8470")],
+     "compose: console: WARREN__CONSOLE__ADDR '127.0.0.1:8470' does not listen on 0.0.0.0:<port>"),
+    ("Prometheus not scraping the console",
+     [("deploy/prometheus/prometheus.yml", '      - targets: ["console:8470"]', '      - targets: ["console:9464"]')],
+     "prometheus: does not scrape the console (console:8470)"),
+    ("Dockerfile not copying a workspace member",
+     [("Dockerfile", "COPY console console\n", "")],
+     "Dockerfile: workspace member console is not copied"),
+    ("Dockerfile not building warren-console",
+     [("Dockerfile", " -p warren-console", "")],
+     "Dockerfile: warren-console is not built and copied into the image"),
+    ("dashboard JSON edited by hand",
+     [("deploy/grafana/dashboards/warren.json", '"title": "Console: status store size"', '"title": "Console: store size"')],
+     "dashboard: deploy/grafana/dashboards/warren.json is not what deploy/grafana/make_dashboard.py writes"),
 ]
 
 
 def copy_inputs(dest):
-    """The files validate.py reads: compose and what it mounts, Dockerfile, config/, deploy/,
-    the example worker's kinds and manifests."""
-    for name in ("docker-compose.yml", "Dockerfile"):
+    """The files validate.py reads: compose and what it mounts, Dockerfile, the workspace's
+    Cargo.toml, config/, deploy/, the example worker's kinds and manifests."""
+    for name in ("docker-compose.yml", "Dockerfile", "Cargo.toml"):
         shutil.copy2(ROOT / name, dest / name)
     for name in ("config", "deploy", "examples/worker/src", "examples/worker/deploy"):
         shutil.copytree(ROOT / name, dest / name)

@@ -3,9 +3,12 @@
 
 The panels are defined here as data, so the JSON stays consistent (ids, grid positions, the
 datasource). Run: python3 deploy/grafana/make_dashboard.py
+With --check it writes nothing and exits 1 when the JSON on disk is not what it would write
+(deploy/validate.py runs it so).
 """
 import json
 import pathlib
+import sys
 
 DS = {"type": "prometheus", "uid": "prometheus"}
 Q = 'queue=~"warren\\\\..*"'
@@ -49,19 +52,52 @@ PANELS = [
      [("{{instance}}", 'process_resident_memory_bytes{job="warren-consumer"}')]),
 ]
 
+# The "Console" row: warren-console's own metrics (console/src/metrics.rs), and the events the
+# workers could not hand to the broker, which no console ever sees. The console's replicas share
+# one store and one queue, so what they measure of those is taken once (max), not added up.
+CONSOLE = [
+    ("Console: events read by outcome (per s)", "reqps",
+     [("{{outcome}}", "sum by (outcome) (rate(warren_console_events_total[1m]))")]),
+    ("Console: event lag p99 (job step to queryable) and commit p99", "s",
+     [("event lag p99", "histogram_quantile(0.99, sum by (le) (rate(warren_console_event_lag_seconds_bucket[1m])))"),
+      ("commit p99", "histogram_quantile(0.99, sum by (le) (rate(warren_console_commit_seconds_bucket[1m])))")]),
+    ("Console: backlog (event messages waiting) and connected consoles", "short",
+     [("backlog", "max(warren_console_backlog_messages)"),
+      ("connected", "sum(warren_console_connected)")]),
+    ("Events lost by workers (per s): buffer full, not confirmed", "reqps",
+     [("dropped", 'sum(rate(warren_events_total{outcome="dropped"}[5m])) or vector(0)'),
+      ("not stored", 'sum(rate(warren_events_total{outcome="not_stored"}[5m])) or vector(0)')]),
+    ("Console: status store size", "bytes",
+     [("store", "max(warren_console_store_bytes)")]),
+    ("Console: jobs and events held", "short",
+     [("jobs", "max(warren_console_jobs)"),
+      ("events", "max(warren_console_stored_events)")]),
+]
 
-def panel(i, title, unit, targets):
+
+def panel(pid, i, y, title, unit, targets):
+    """Panel id `pid`, the `i`th of its section, whose first row starts at `y`: two a row."""
     return {
-        "id": i + 1,
+        "id": pid,
         "type": "timeseries",
         "title": title,
         "datasource": DS,
-        "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
+        "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": y + (i // 2) * 8},
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
         "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
         "targets": [{"refId": chr(65 + j), "datasource": DS, "expr": expr, "legendFormat": legend}
                     for j, (legend, expr) in enumerate(targets)],
     }
+
+
+def layout():
+    """The fleet's panels first (ids 1..15 as before), then a row "Console" and its panels."""
+    panels = [panel(i + 1, i, 0, *p) for i, p in enumerate(PANELS)]
+    y = ((len(PANELS) + 1) // 2) * 8
+    panels.append({"id": len(panels) + 1, "type": "row", "title": "Console", "collapsed": False,
+                   "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+    panels += [panel(len(panels) + 1 + i, i, y + 1, *p) for i, p in enumerate(CONSOLE)]
+    return panels
 
 
 dashboard = {
@@ -73,9 +109,15 @@ dashboard = {
     "version": 1,
     "refresh": "10s",
     "time": {"from": "now-30m", "to": "now"},
-    "panels": [panel(i, *p) for i, p in enumerate(PANELS)],
+    "panels": layout(),
 }
 
 out = pathlib.Path(__file__).resolve().parent / "dashboards" / "warren.json"
-out.write_text(json.dumps(dashboard, indent=2) + "\n")
-print(f"wrote {out} ({len(PANELS)} panels)")
+text = json.dumps(dashboard, indent=2) + "\n"
+count = f"{len(PANELS) + len(CONSOLE)} panels, one row"
+if "--check" in sys.argv[1:]:
+    same = out.exists() and out.read_text() == text
+    print(f"{out}: {'what' if same else 'NOT what'} make_dashboard.py writes ({count})")
+    sys.exit(0 if same else 1)
+out.write_text(text)
+print(f"wrote {out} ({count})")

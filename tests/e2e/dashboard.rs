@@ -1,7 +1,8 @@
 //! The Grafana dashboard's queries on a real Prometheus: it scrapes two running consumers (one
-//! on ONNX Runtime, one on a Triton server that is too slow for its deadline), a producer and
-//! RabbitMQ's per-queue metrics while jobs of every kind run, some failing; then every PromQL
-//! expression of `deploy/grafana/dashboards/warren.json` must parse and return data.
+//! on ONNX Runtime, one on a Triton server that is too slow for its deadline), a producer, a
+//! console storing the first consumer's lifecycle events (SQLite) and RabbitMQ's per-queue
+//! metrics while jobs of every kind run, some failing; then every PromQL expression of
+//! `deploy/grafana/dashboards/warren.json` must parse and return data.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,9 @@ use warren_common::classify::ClassifyJob;
 use warren_common::fault::FaultJob;
 use warren_e2e::prometheus::Prometheus;
 use warren_e2e::triton::{Served, Triton};
-use warren_e2e::{DEADLINE, Vhost, fleet_and_producer, photo_resize, repo_root, settings_for, small_resize, vhost};
+use warren_e2e::{
+    DEADLINE, TempDir, Vhost, fleet_and_producer, photo_resize, repo_root, settings_for, small_resize, vhost,
+};
 use warren_infra::settings::{ModelBackend, Route};
 
 #[rstest]
@@ -36,10 +39,19 @@ async fn every_dashboard_query_parses_and_returns_data_on_a_real_prometheus(vhos
         })
         .collect();
     assert!(exprs.len() >= 15, "{exprs:?}");
+    assert!(
+        dashboard["panels"].as_array().expect("panels").iter().any(|p| p["type"] == "row" && p["title"] == "Console"),
+        "the dashboard has a row Console"
+    );
 
     // Vhost A: a consumer of every kind on ONNX Runtime, and the fault route for retries.
     let mut settings = settings_for(&vhost);
     settings.routes.push(Route::new("fault", "warren.fault"));
+    // The console first, so its queue is bound before the first event is published.
+    let store = TempDir::new("warren-dashboard-console").expect("temp dir");
+    settings.console.addr = "127.0.0.1:0".into();
+    settings.console.database_url = format!("sqlite://{}", store.path().join("c.db").display());
+    let console = warren_console::Console::start(settings.clone()).await.expect("console starts");
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let producer_metrics =
         warren_infra::serve::spawn("127.0.0.1:0", producer.metrics().registry.clone(), || (true, String::new()))
@@ -61,6 +73,7 @@ async fn every_dashboard_query_parses_and_returns_data_on_a_real_prometheus(vhos
         Prometheus::start(&[
             ("warren-consumer", "/metrics", vec![addr(fleet.metrics_addr), addr(triton_fleet.metrics_addr)]),
             ("warren-producer", "/metrics", vec![producer_metrics.to_string()]),
+            ("warren-console", "/metrics", vec![console.addr.to_string()]),
             ("rabbitmq", "/metrics/per-object", vec!["127.0.0.1:15692".into()]),
         ])
     });
@@ -106,4 +119,5 @@ async fn every_dashboard_query_parses_and_returns_data_on_a_real_prometheus(vhos
     triton_producer.close().await;
     fleet.stop().await;
     triton_fleet.stop().await;
+    console.shutdown().await;
 }
