@@ -31,7 +31,7 @@ struct Cli {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "relay,prefetch,image,ml,triton,latency,memory,publish,cluster,events"
+        default_value = "relay,prefetch,image,ml,triton,latency,memory,publish,cluster,events,console"
     )]
     scenarios: Vec<Scenario>,
     /// Jobs per run of the relay and latency scenarios.
@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Latency => scenarios::latency::run(&cli, relay_max).await?,
             Scenario::Cluster => scenarios::cluster::run(&cli).await?,
             Scenario::Events => scenarios::events::run(&cli).await?,
+            Scenario::Console => scenarios::console::run(&cli).await?,
         };
         let name = scenario.to_possible_value().context("every scenario has a name")?;
         report[name.get_name()] = part;

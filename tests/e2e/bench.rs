@@ -65,6 +65,8 @@ fn the_benchmark_runs_every_scenario_and_reports_figures() {
         "/cluster/ratio",
         "/cluster/quorum_three_nodes/median_p99_ms",
         "/events/ratio",
+        "/console/sqlite/ratio",
+        "/console/postgres/median_catch_up_s",
     ] {
         figure(path);
     }

@@ -45,7 +45,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
 }
 
 /// A durable queue bound to the events exchange with `#`.
-async fn bind_every_event(settings: &warren_infra::Settings) -> anyhow::Result<()> {
+pub async fn bind_every_event(settings: &warren_infra::Settings) -> anyhow::Result<()> {
     let conn = warren_infra::connect(&settings.broker, "bench-events").await?;
     let ch = conn.create_channel().await?;
     warren_infra::topology::declare(&ch, settings).await?;

@@ -1,6 +1,7 @@
 //! The scenarios, one module each; each returns its part of the report.
 
 pub mod cluster;
+pub mod console;
 pub mod events;
 pub mod image;
 pub mod latency;
@@ -37,4 +38,7 @@ pub enum Scenario {
     Cluster,
     /// The trivial fleet with lifecycle events off against on (each routed to a queue).
     Events,
+    /// The trivial fleet with events read by warren-console (SQLite, PostgreSQL) against events
+    /// routed to a plain queue: rate, catch-up, event-to-queryable p99, bytes per job.
+    Console,
 }

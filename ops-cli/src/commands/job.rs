@@ -58,9 +58,14 @@ pub fn run(ctx: &Ctx, job_id: &str, console_url: Option<&str>) -> Result<()> {
                 .iter()
                 .map(|e| {
                     let detail =
-                        ["error", "reason", "delay_ms", "run_ms", "output_bytes", "fraction", "text", "returns"]
+                        ["fraction", "text", "error", "reason", "delay_ms", "run_ms", "output_bytes", "returns"]
                             .iter()
-                            .filter_map(|k| e.get(*k).map(|v| format!("{k}={}", compact(v))))
+                            .filter_map(|k| {
+                                e.get(*k).map(|v| match (*k, v.as_f64()) {
+                                    ("fraction", Some(f)) => format!("{:.0}%", f * 100.0),
+                                    _ => format!("{k}={}", compact(v)),
+                                })
+                            })
                             .collect::<Vec<_>>()
                             .join(" ");
                     vec![
