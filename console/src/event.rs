@@ -54,7 +54,7 @@ pub struct Received {
 }
 
 /// Why a message on the console's queue is not events.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum Malformed {
     #[error("not a JSON array of events: {0}")]
     NotEvents(String),
@@ -62,27 +62,84 @@ pub enum Malformed {
     Event { index: usize, why: String },
 }
 
-/// Reads one event message: a JSON array of events (a lone object is taken too).
-pub fn parse(body: &[u8]) -> Result<Vec<Received>, Malformed> {
+/// One event message read: its usable events, and why the others were not.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub events: Vec<Received>,
+    pub refused: Vec<Malformed>,
+}
+
+/// Reads one event message: a JSON array of events (a lone object is taken too). Each event is
+/// read on its own, so that one bad event does not cost its neighbours (other jobs' events that
+/// shared a routing key); `Err` only when the message holds no usable event.
+pub fn parse(body: &[u8]) -> Result<Parsed, Malformed> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| Malformed::NotEvents(e.to_string()))?;
     let items = match value {
         serde_json::Value::Array(items) => items,
         object @ serde_json::Value::Object(_) => vec![object],
         other => return Err(Malformed::NotEvents(format!("a JSON {}", json_type(&other)))),
     };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(index, item)| {
-            let raw = item.to_string();
-            let event: Event =
-                serde_json::from_value(item).map_err(|e| Malformed::Event { index, why: e.to_string() })?;
-            if event.job_id.is_empty() || event.job_id.len() > 200 {
-                return Err(Malformed::Event { index, why: "job_id is empty or longer than 200 bytes".into() });
+    let mut parsed = Parsed::default();
+    for (index, item) in items.into_iter().enumerate() {
+        let raw = item.to_string();
+        match serde_json::from_value::<Event>(item) {
+            Ok(event) if event.job_id.is_empty() || event.job_id.len() > 200 => {
+                parsed.refused.push(Malformed::Event { index, why: "job_id is empty or longer than 200 bytes".into() })
             }
-            Ok(Received { event, raw })
-        })
-        .collect()
+            Ok(event) => parsed.events.push(Received { event: tidy(event), raw }),
+            Err(e) => parsed.refused.push(Malformed::Event { index, why: e.to_string() }),
+        }
+    }
+    match (parsed.events.is_empty(), parsed.refused.first()) {
+        (true, Some(first)) => Err(first.clone()),
+        (true, None) => Err(Malformed::NotEvents("an empty array".into())),
+        _ => Ok(parsed),
+    }
+}
+
+/// An event's strings as both databases take them: no NUL (PostgreSQL's TEXT refuses it; a
+/// job's bad input can carry one into an error message), and bounded (an index entry has a
+/// size limit). The raw JSON keeps a NUL as the escape `\u0000`, which is fine.
+fn tidy(mut e: Event) -> Event {
+    fn clean(s: &mut String, max: usize) {
+        if s.contains('\0') {
+            *s = s.replace('\0', "\u{fffd}");
+        }
+        if s.len() > max {
+            let mut cut = max;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+        }
+    }
+    clean(&mut e.job_id, 200);
+    clean(&mut e.event, 50);
+    clean(&mut e.kind, 100);
+    clean(&mut e.queue, 255);
+    clean(&mut e.worker_id, 200);
+    clean(&mut e.trace_id, 64);
+    if let Some(err) = &mut e.error {
+        clean(&mut err.class, 50);
+        clean(&mut err.error_type, 100);
+        clean(&mut err.message, 4000);
+    }
+    if let Some(t) = &mut e.text {
+        clean(t, 200);
+    }
+    e
+}
+
+/// Whether a database refused a write because of what was written (PostgreSQL's data
+/// exceptions, integrity violations and program limits by SQLSTATE class; SQLite's TOOBIG,
+/// CONSTRAINT and MISMATCH by primary result code), rather than because it is unavailable
+/// (anything else: it will take the same write later). `code` is the driver's error code.
+pub fn refused_by_data(code: Option<&str>) -> bool {
+    match code {
+        Some(c) if c.len() == 5 => matches!(&c[..2], "22" | "23" | "54"),
+        Some(c) => c.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 18..=20)),
+        None => false,
+    }
 }
 
 fn json_type(v: &serde_json::Value) -> &'static str {
@@ -358,18 +415,73 @@ mod tests {
     #[test]
     fn reads_an_array_a_lone_object_and_refuses_the_rest() {
         let body = br#"[{"version":1,"event":"received","job_id":"a","kind":"checksum","at_us":5,"future":true}]"#;
-        let got = parse(body).expect("an array");
+        let got = parse(body).expect("an array").events;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].event.job_id, "a");
         assert!(got[0].raw.contains("\"future\":true"), "unknown fields are kept: {}", got[0].raw);
-        assert_eq!(parse(br#"{"event":"started","job_id":"b","kind":"k","at_us":1}"#).expect("object").len(), 1);
+        assert_eq!(parse(br#"{"event":"started","job_id":"b","kind":"k","at_us":1}"#).expect("object").events.len(), 1);
         assert!(matches!(parse(b"not json"), Err(Malformed::NotEvents(_))));
         assert!(matches!(parse(b"42"), Err(Malformed::NotEvents(m)) if m.contains("number")));
+        assert!(matches!(parse(b"[]"), Err(Malformed::NotEvents(_))));
         assert!(matches!(parse(br#"[{"event":"x"}]"#), Err(Malformed::Event { index: 0, .. })));
         assert!(matches!(
             parse(br#"[{"event":"x","job_id":"","kind":"k","at_us":1}]"#),
             Err(Malformed::Event { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn one_bad_event_does_not_cost_its_neighbours() {
+        // A job without a message id is dead-lettered with job_id "": it shares a message with
+        // other jobs' dead_lettered events.
+        let body = br#"[{"event":"dead_lettered","job_id":"a","kind":"k","at_us":1},
+                        {"event":"dead_lettered","job_id":"","kind":"k","at_us":2},
+                        {"event":"dead_lettered","job_id":"c","kind":"k","at_us":3}]"#;
+        let got = parse(body).expect("two usable events");
+        assert_eq!(got.events.iter().map(|r| r.event.job_id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert!(matches!(got.refused.as_slice(), [Malformed::Event { index: 1, .. }]));
+    }
+
+    #[test]
+    fn strings_lose_their_nul_bytes_and_their_excess() {
+        let long = "w".repeat(5000);
+        let body = format!(
+            r#"[{{"event":"dead_lettered","job_id":"a","kind":"k\u0000","worker_id":"{long}","at_us":1,
+                 "error":{{"class":"permanent","type":"invalid_params","message":"bad \u0000 byte é{long}"}}}}]"#
+        );
+        let e = &parse(body.as_bytes()).expect("an event").events[0];
+        assert_eq!(e.event.kind, "k\u{fffd}");
+        assert_eq!(e.event.worker_id.len(), 200);
+        let message = &e.event.error.as_ref().expect("error").message;
+        assert!(!message.contains('\0') && message.len() <= 4000 && message.starts_with("bad \u{fffd} byte"));
+        assert!(e.raw.contains("\\u0000"), "the raw JSON keeps the escape: {}", e.raw);
+    }
+
+    #[test]
+    fn only_what_a_write_holds_makes_the_database_refuse_it_for_good() {
+        // PostgreSQL: invalid byte sequence, value too long, unique violation, index row too big.
+        for refused in ["22021", "22001", "23505", "54000"] {
+            assert!(refused_by_data(Some(refused)), "{refused}");
+        }
+        // PostgreSQL: too many connections, deadlock, admin shutdown, read-only; SQLite: BUSY
+        // (5), LOCKED (6), IOERR (10), FULL (13); and no code at all (I/O, pool timeout).
+        for unavailable in [
+            Some("53300"),
+            Some("40P01"),
+            Some("57P01"),
+            Some("25006"),
+            Some("5"),
+            Some("6"),
+            Some("10"),
+            Some("13"),
+            None,
+        ] {
+            assert!(!refused_by_data(unavailable), "{unavailable:?}");
+        }
+        // SQLite: TOOBIG, CONSTRAINT (and its extended codes, e.g. PRIMARYKEY 1555), MISMATCH.
+        for refused in ["18", "19", "1555", "20"] {
+            assert!(refused_by_data(Some(refused)), "{refused}");
+        }
     }
 
     #[test]

@@ -39,9 +39,10 @@ struct App {
     shared: Shared,
     ctl: Arc<Ctx>,
     registry: Registry,
+    stop: tokio_util::sync::CancellationToken,
 }
 
-pub fn router(shared: Shared, ctl: Arc<Ctx>, registry: Registry) -> Router {
+pub fn router(shared: Shared, ctl: Arc<Ctx>, registry: Registry, stop: tokio_util::sync::CancellationToken) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/jobs", get(list))
@@ -53,7 +54,7 @@ pub fn router(shared: Shared, ctl: Arc<Ctx>, registry: Registry) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(App { shared, ctl, registry })
+        .with_state(App { shared, ctl, registry, stop })
 }
 
 /// An API error: its status and a JSON body saying why.
@@ -103,7 +104,14 @@ struct ListParams {
 /// `since`: an age (`15m`, `2h`), an RFC 3339 time or epoch milliseconds; in microseconds.
 fn since_us(since: Option<&str>, default_age: Option<Duration>) -> Result<Option<i64>, ApiError> {
     match since.filter(|s| !s.is_empty()) {
-        Some(s) => replay::parse_since(s).map(|ms| Some(ms as i64 * 1000)).map_err(|e| bad(e.to_string())),
+        Some(s) => {
+            let ms = replay::parse_since(s).map_err(|e| bad(e.to_string()))?;
+            i64::try_from(ms)
+                .ok()
+                .and_then(|ms| ms.checked_mul(1000))
+                .map(Some)
+                .ok_or_else(|| bad("since: too far ahead"))
+        }
         None => Ok(default_age.map(|age| now_us() - age.as_micros() as i64)),
     }
 }
@@ -164,7 +172,8 @@ async fn stream(
     State(app): State<App>,
     Query(p): Query<StreamParams>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let updates = BroadcastStream::new(app.shared.updates.subscribe());
+    // Ends with the console, so that a page left open does not hold its shutdown.
+    let updates = BroadcastStream::new(app.shared.updates.subscribe()).take_until(app.stop.clone().cancelled_owned());
     let keep = move |j: &crate::store::Job| {
         p.kind.as_deref().is_none_or(|k| k.is_empty() || j.kind == k)
             && p.status.as_deref().is_none_or(|s| s.is_empty() || j.status == s)
@@ -310,6 +319,7 @@ mod tests {
         let hour_ago = since_us(Some("1h"), None).ok().flatten().expect("an age");
         assert!((now_us() - hour_ago - 3_600_000_000).abs() < 5_000_000);
         assert!(since_us(Some("soon"), None).is_err());
+        assert!(since_us(Some("18446744073709551"), None).is_err(), "no overflow");
         assert_eq!(since_us(None, None).ok().flatten(), None);
         assert_eq!(cursor("12:ab:c").ok(), Some((12, "ab:c".to_owned())));
         assert!(cursor("x").is_err());

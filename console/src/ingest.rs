@@ -95,12 +95,13 @@ async fn session(shared: &Shared, cancel: &CancellationToken, backoff: &mut Back
         };
         let first = first.ok_or_else(|| anyhow::anyhow!("the broker ended the console's consumer"))??;
         let mut batch = Batch::default();
-        batch.add(first.delivery_tag, &first.data);
+        batch.add(shared, first.delivery_tag, &first.data);
         let deadline = tokio::time::Instant::now() + wait;
-        while batch.events.len() < s.console.batch {
+        let most = usize::from(s.console.prefetch);
+        while batch.events < s.console.batch && batch.messages < most {
             tokio::select! {
                 d = consumer.next() => match d {
-                    Some(Ok(d)) => batch.add(d.delivery_tag, &d.data),
+                    Some(Ok(d)) => batch.add(shared, d.delivery_tag, &d.data),
                     Some(Err(e)) => return Err(e.into()),
                     None => break,
                 },
@@ -139,73 +140,133 @@ async fn watch_backlog(channel: Channel, queue: String, metrics: Metrics) {
 /// The messages of one batch: their events, and the tags to ack or reject.
 #[derive(Debug, Default)]
 struct Batch {
-    events: Vec<Received>,
-    /// The last tag of a message that held events (acked, with all before it, after the commit).
-    last_good: Option<u64>,
+    /// Messages that hold events: (tag, their events).
+    good: Vec<(u64, Vec<Received>)>,
+    events: usize,
     /// Messages that are not events: (tag, why).
     malformed: Vec<(u64, event::Malformed)>,
+    /// Messages taken (at `prefetch`, no more come until this batch is acked).
+    messages: usize,
 }
 
 impl Batch {
-    fn add(&mut self, tag: u64, body: &[u8]) {
+    fn add(&mut self, shared: &Shared, tag: u64, body: &[u8]) {
+        self.messages += 1;
         match event::parse(body) {
-            Ok(events) => {
-                self.events.extend(events);
-                self.last_good = Some(tag);
+            Ok(parsed) => {
+                for why in &parsed.refused {
+                    tracing::warn!(delivery_tag = tag, error = %why, "an event that cannot be read: skipped, its neighbours stored");
+                    shared.metrics.events.with_label_values(&["malformed"]).inc();
+                }
+                self.events += parsed.events.len();
+                self.good.push((tag, parsed.events));
             }
             Err(why) => self.malformed.push((tag, why)),
         }
     }
 }
 
-/// Stores a batch (trying again, with backoff, while the database refuses it), then acks it.
+/// Why a write failed: the database is unavailable (try again later), or it refuses what the
+/// write holds (it never will take it).
+fn refused_by_data(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => event::refused_by_data(db.code().as_deref()),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
+/// Stores a batch in one transaction, trying again with backoff while the database is
+/// unavailable; when it refuses the batch for what it holds, stores it message by message and
+/// dead-letters the messages it refuses. Acks what was stored, only after its commit.
 async fn settle(shared: &Shared, channel: &Channel, batch: Batch, cancel: &CancellationToken) -> anyhow::Result<()> {
     for (tag, why) in &batch.malformed {
         tracing::warn!(delivery_tag = tag, error = %why, "an event message that is not events: dead-lettered");
         shared.metrics.events.with_label_values(&["malformed"]).inc();
         channel.basic_reject(*tag, BasicRejectOptions { requeue: false }).await?;
     }
-    let Some(last) = batch.last_good else { return Ok(()) };
+    let Some(&(last, _)) = batch.good.last() else { return Ok(()) };
+    let all: Vec<Received> = batch.good.iter().flat_map(|(_, events)| events.iter().cloned()).collect();
+    match store_until_taken(shared, &all, cancel).await {
+        Some(Ok(stored)) => {
+            channel.basic_ack(last, BasicAckOptions { multiple: true }).await?;
+            stored_now(shared, &all, stored).await;
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, events = all.len(), "the status store refused a batch for what it holds; storing it message by message");
+            for (tag, events) in &batch.good {
+                match store_until_taken(shared, events, cancel).await {
+                    Some(Ok(stored)) => {
+                        channel.basic_ack(*tag, BasicAckOptions { multiple: false }).await?;
+                        stored_now(shared, events, stored).await;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(delivery_tag = tag, error = %e, "the status store refuses this event message: dead-lettered");
+                        shared.metrics.events.with_label_values(&["refused"]).inc_by(events.len() as u64);
+                        channel.basic_reject(*tag, BasicRejectOptions { requeue: false }).await?;
+                    }
+                    None => return Ok(()),
+                }
+            }
+        }
+        // Stopping: unacked, the batch goes back to the queue when the connection closes.
+        None => {}
+    }
+    Ok(())
+}
+
+/// Stores `events`, waiting out an unavailable database with backoff: the result, an error when
+/// the database refuses them for what they hold, or None when the console stops first.
+async fn store_until_taken(
+    shared: &Shared,
+    events: &[Received],
+    cancel: &CancellationToken,
+) -> Option<Result<crate::store::Stored, sqlx::Error>> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let stored = loop {
+    loop {
         let started = std::time::Instant::now();
-        match shared.store.store(&batch.events).await {
+        match shared.store.store(events).await {
             Ok(stored) => {
                 shared.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                 shared.metrics.batches.with_label_values(&["committed"]).inc();
                 shared.store_ok.store(true, Ordering::Relaxed);
-                break stored;
+                return Some(Ok(stored));
+            }
+            Err(e) if refused_by_data(&e) => {
+                shared.metrics.batches.with_label_values(&["refused"]).inc();
+                return Some(Err(e));
             }
             Err(e) => {
                 shared.metrics.batches.with_label_values(&["failed"]).inc();
                 shared.store_ok.store(false, Ordering::Relaxed);
                 let wait = backoff.next_delay();
-                tracing::warn!(error = %e, events = batch.events.len(), retry_in_ms = wait.as_millis() as u64,
-                    "the status store refused a batch; holding it");
+                tracing::warn!(error = %e, events = events.len(), retry_in_ms = wait.as_millis() as u64,
+                    "the status store is unavailable; holding the batch");
                 tokio::select! {
-                    // Unacked, the batch goes back to the queue when the connection closes.
-                    () = cancel.cancelled() => return Ok(()),
+                    () = cancel.cancelled() => return None,
                     () = tokio::time::sleep(wait) => {}
                 }
             }
         }
-    };
-    channel.basic_ack(last, BasicAckOptions { multiple: true }).await?;
+    }
+}
+
+/// What follows a commit: the metrics, and the live stream's update.
+async fn stored_now(shared: &Shared, events: &[Received], stored: crate::store::Stored) {
     let now_us = now_us();
-    for r in &batch.events {
+    for r in events {
         shared.metrics.lag_seconds.observe((now_us - r.event.at_us).max(0) as f64 / 1e6);
     }
     shared.metrics.events.with_label_values(&["stored"]).inc_by(stored.new);
     shared.metrics.events.with_label_values(&["duplicate"]).inc_by(stored.duplicate);
     if shared.updates.receiver_count() > 0 {
-        match shared.store.jobs(&crate::store::job_ids(&batch.events)).await {
+        match shared.store.jobs(&crate::store::job_ids(events)).await {
             Ok(jobs) => {
                 let _ = shared.updates.send(Arc::new(jobs));
             }
             Err(e) => tracing::warn!(error = %e, "could not read back updated jobs for the live stream"),
         }
     }
-    Ok(())
 }
 
 /// Microseconds since the Unix epoch.

@@ -31,6 +31,7 @@ pub struct Console {
     pub addr: SocketAddr,
     pub stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    store: Store,
 }
 
 impl Console {
@@ -60,7 +61,7 @@ impl Console {
         let listener =
             tokio::net::TcpListener::bind(&c.addr).await.with_context(|| format!("bind the console to {}", c.addr))?;
         let addr = listener.local_addr().context("console address")?;
-        let app = http::router(shared.clone(), Arc::new(ctl), registry);
+        let app = http::router(shared.clone(), Arc::new(ctl), registry, stop.clone());
         let mut tasks = Vec::new();
         let serving = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -72,15 +73,19 @@ impl Console {
         tasks.push(tokio::spawn(ingest::run(shared.clone(), stop.clone())));
         tasks.push(tokio::spawn(housekeeping(shared, stop.clone())));
         tracing::info!(%addr, store = %store::redact(&c.database_url), "console serving");
-        Ok(Self { addr, stop, tasks })
+        Ok(Self { addr, stop, tasks, store })
     }
 
-    /// Stops reading (uncommitted events stay in the queue) and serving.
+    /// Stops reading (uncommitted events stay in the queue) and serving, then closes the store.
     pub async fn shutdown(self) {
         self.stop.cancel();
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        for mut t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(10), &mut t).await.is_err() {
+                tracing::warn!("a console task did not stop within 10 s; aborted");
+                t.abort();
+            }
         }
+        self.store.close().await;
     }
 }
 

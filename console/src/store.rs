@@ -80,10 +80,19 @@ const SCHEMA: [&str; 6] = [
     "CREATE INDEX IF NOT EXISTS warren_events_at ON warren_events (at_us)",
 ];
 
-const UPSERT_JOB: &str = "INSERT INTO warren_jobs (job_id, kind, queue, first_us, last_us, status, status_key,
+const UPSERT_HEAD: &str = "INSERT INTO warren_jobs (job_id, kind, queue, first_us, last_us, status, status_key,
         worker_id, attempts, trace_id, error_class, error_type, error_message, error_key, run_ms, output_bytes,
         progress, progress_text, progress_key)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULLIF($17, -1.0), $18, $19)
+    VALUES ";
+
+/// Parameters of one job's row in the upsert.
+const JOB_PARAMS: usize = 19;
+
+/// Job rows per upsert statement (one statement per job made the transaction a round trip per
+/// job; 19 x 50 parameters is well inside both databases' limits).
+const JOB_ROWS: usize = 50;
+
+const UPSERT_TAIL: &str = "
     ON CONFLICT (job_id) DO UPDATE SET
         kind = CASE WHEN warren_jobs.kind = 'unknown' THEN excluded.kind ELSE warren_jobs.kind END,
         first_us = CASE WHEN excluded.first_us < warren_jobs.first_us THEN excluded.first_us ELSE warren_jobs.first_us END,
@@ -250,11 +259,13 @@ impl Store {
         };
         let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
         // SQLite has one writer; one connection writes while readers use the others (WAL).
+        // synchronous = FULL: a commit the console acks for survives a power loss too (WAL's
+        // NORMAL may roll the last commits back), at one fsync per batch.
         let options = match backend {
             Backend::Sqlite => options.max_connections(4).after_connect(|conn, _| {
                 Box::pin(async move {
                     for pragma in
-                        ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"]
+                        ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA busy_timeout = 10000"]
                     {
                         sqlx::query(pragma).execute(&mut *conn).await?;
                     }
@@ -328,9 +339,12 @@ impl Store {
             stored.new += written;
             stored.duplicate += chunk.len() as u64 - written.min(chunk.len() as u64);
         }
-        for (job_id, s) in summaries {
-            upsert(&mut tx, &job_id, s).await?;
-            stored.jobs += 1;
+        // Sorted by job id (a BTreeMap): writers sharing a database take rows in one order.
+        let mut rows: Vec<(String, Summary)> = summaries.into_iter().collect();
+        stored.jobs = rows.len() as u64;
+        while !rows.is_empty() {
+            let rest = rows.split_off(rows.len().min(JOB_ROWS));
+            upsert(&mut tx, std::mem::replace(&mut rows, rest)).await?;
         }
         tx.commit().await?;
         Ok(stored)
@@ -499,8 +513,8 @@ impl Store {
     pub async fn expire(&self, before_us: i64) -> Result<(u64, u64), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let events = sqlx::query(
-            "DELETE FROM warren_events WHERE at_us < $1 AND job_id NOT IN
-                (SELECT job_id FROM warren_jobs WHERE last_us >= $2)",
+            "DELETE FROM warren_events WHERE at_us < $1 AND NOT EXISTS
+                (SELECT 1 FROM warren_jobs j WHERE j.job_id = warren_events.job_id AND j.last_us >= $2)",
         )
         .bind(before_us)
         .bind(before_us)
@@ -565,37 +579,51 @@ fn big(row: &AnyRow, column: &str) -> Result<i64, sqlx::Error> {
     }
 }
 
-async fn upsert(tx: &mut sqlx::Transaction<'_, sqlx::Any>, job_id: &str, s: Summary) -> Result<(), sqlx::Error> {
-    let (class, ty, message) = match s.error {
-        Some(e) => (Some(e.class), Some(e.error_type), Some(e.message)),
-        None => (None, None, None),
-    };
-    sqlx::query(UPSERT_JOB)
-        .bind(job_id.to_owned())
-        .bind(s.kind)
-        .bind(s.queue)
-        .bind(s.first_us)
-        .bind(s.last_us)
-        .bind(s.status.to_owned())
-        .bind(s.status_key)
-        .bind(s.worker_id)
-        .bind(s.attempts)
-        .bind(s.trace_id)
-        .bind(class)
-        .bind(ty)
-        .bind(message)
-        .bind(s.error_key)
-        .bind(s.run_ms)
-        .bind(s.output_bytes)
-        // Never a NULL float: sqlx 0.8.6's Any driver sends a NULL f64 to PostgreSQL typed as a
-        // float4 (any/arguments.rs swaps Real and Double), and the statement, prepared with
-        // that type, then refuses the next f64 ("incorrect binary data format"). -1 stands
-        // for none and NULLIF turns it back.
-        .bind(s.progress.unwrap_or(-1.0))
-        .bind(s.progress_text)
-        .bind(s.progress_key)
-        .execute(&mut **tx)
-        .await?;
+async fn upsert(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: Vec<(String, Summary)>) -> Result<(), sqlx::Error> {
+    let mut sql = String::from(UPSERT_HEAD);
+    for i in 0..rows.len() {
+        let p = i * JOB_PARAMS;
+        let marks: Vec<String> = (1..=JOB_PARAMS)
+            .map(|n| if n == 17 { format!("NULLIF(${}, -1.0)", p + n) } else { format!("${}", p + n) })
+            .collect();
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("({})", marks.join(", ")));
+    }
+    sql.push_str(UPSERT_TAIL);
+    let mut q = sqlx::query(&sql);
+    for (job_id, s) in rows {
+        let (class, ty, message) = match s.error {
+            Some(e) => (Some(e.class), Some(e.error_type), Some(e.message)),
+            None => (None, None, None),
+        };
+        q = q
+            .bind(job_id)
+            .bind(s.kind)
+            .bind(s.queue)
+            .bind(s.first_us)
+            .bind(s.last_us)
+            .bind(s.status.to_owned())
+            .bind(s.status_key)
+            .bind(s.worker_id)
+            .bind(s.attempts)
+            .bind(s.trace_id)
+            .bind(class)
+            .bind(ty)
+            .bind(message)
+            .bind(s.error_key)
+            .bind(s.run_ms)
+            .bind(s.output_bytes)
+            // Never a NULL float: sqlx 0.8.6's Any driver sends a NULL f64 to PostgreSQL typed
+            // as a float4 (any/arguments.rs swaps Real and Double), and the statement, prepared
+            // with that type, then refuses the next f64 ("incorrect binary data format"). -1
+            // stands for none and NULLIF turns it back.
+            .bind(s.progress.unwrap_or(-1.0))
+            .bind(s.progress_text)
+            .bind(s.progress_key);
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 

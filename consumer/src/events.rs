@@ -164,7 +164,7 @@ impl Events {
     }
 }
 
-/// Progress reports of one job a second, at most: the first always, then one per this.
+/// Progress reports of one job, at most: the first always, then one per this (5 a second).
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 impl Events {
@@ -172,11 +172,21 @@ impl Events {
     /// from `template` (the job's), the first report at once and then at most one per
     /// [`PROGRESS_EVERY`] (the others are skipped, not counted as dropped), texts cut to 200
     /// characters. Nothing while events are off.
-    pub fn reporter(&self, template: impl FnOnce() -> Event) -> warren_common::Progress {
-        let Some(tx) = self.tx.clone() else { return warren_common::Progress::default() };
-        let (template, metrics) = (template(), self.metrics.clone());
+    /// Reports stop once the returned [`ProgressEnd`] is ended (the job's run is over: a job
+    /// given up at its time limit may still be running on its thread, and its reports would
+    /// come after its last step), and while the buffer is more than half full (progress gives
+    /// way to the steps).
+    pub fn reporter(&self, template: impl FnOnce() -> Event) -> (warren_common::Progress, ProgressEnd) {
+        let ended = ProgressEnd::default();
+        let Some(tx) = self.tx.clone() else { return (warren_common::Progress::default(), ended) };
+        let (template, metrics, over) = (template(), self.metrics.clone(), ended.0.clone());
         let last = std::sync::Mutex::new(None::<std::time::Instant>);
-        warren_common::Progress::to(move |fraction, text| {
+        let progress = warren_common::Progress::to(move |fraction, text| {
+            // Timed before the check: a report let through is older than the step that ends it.
+            let at_us = crate::pool::now_us();
+            if over.load(std::sync::atomic::Ordering::Acquire) || tx.capacity() < tx.max_capacity() / 2 {
+                return;
+            }
             let now = std::time::Instant::now();
             {
                 let Ok(mut last) = last.lock() else { return };
@@ -186,13 +196,24 @@ impl Events {
                 *last = Some(now);
             }
             let mut e = template.clone();
-            e.at_us = crate::pool::now_us();
+            e.at_us = at_us;
             e.fraction = Some(fraction);
             e.text = Some(text.chars().take(200).collect());
             if tx.try_send(e).is_err() {
                 metrics.event("dropped");
             }
-        })
+        });
+        (progress, ended)
+    }
+}
+
+/// Ends a job's progress reports ([`Events::reporter`]).
+#[derive(Debug, Default, Clone)]
+pub struct ProgressEnd(Arc<std::sync::atomic::AtomicBool>);
+
+impl ProgressEnd {
+    pub fn end(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -284,8 +305,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (tx, mut rx) = mpsc::channel(16);
         let events = Events { tx: Some(tx), metrics: metrics.clone() };
-        let cx = warren_common::Context::new(0, std::time::Instant::now(), Arc::default())
-            .with_progress(events.reporter(|| Event::new("progress", "j", "checksum", "q", "w")));
+        let (reporter, end) = events.reporter(|| Event::new("progress", "j", "checksum", "q", "w"));
+        let cx = warren_common::Context::new(0, std::time::Instant::now(), Arc::default()).with_progress(reporter);
         cx.progress(0.25, &"x".repeat(500));
         cx.progress(0.5, "skipped: too soon");
         let first = rx.try_recv().expect("the first report is an event");
@@ -295,9 +316,14 @@ mod tests {
         std::thread::sleep(PROGRESS_EVERY);
         cx.progress(7.0, "past the end");
         assert_eq!(rx.try_recv().expect("a later report").fraction, Some(1.0), "clamped");
+        // The run is over (a job given up at its time limit runs on): no more reports.
+        end.end();
+        std::thread::sleep(PROGRESS_EVERY);
+        cx.progress(0.9, "after the end");
+        assert!(rx.try_recv().is_err(), "no report after the end");
         assert_eq!(metrics.events("dropped"), 0);
         let off = Events::off(metrics);
-        assert!(format!("{:?}", off.reporter(|| unreachable!("built while off"))).contains("none"));
+        assert!(format!("{:?}", off.reporter(|| unreachable!("built while off")).0).contains("none"));
     }
 
     #[tokio::test]

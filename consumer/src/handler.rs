@@ -109,15 +109,19 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     worker.metrics.job_received(&served.queue, kind);
     worker.events.emit(|| held.event("received"));
     worker.events.emit(|| held.event("started"));
-    let progress = worker.events.reporter(|| held.event("progress"));
+    let (progress, progress_end) = worker.events.reporter(|| held.event("progress"));
     let ran = tokio::select! {
         ran = run(worker, served, registered, input, facts.attempt, progress) => ran,
         () = stop.cancelled() => {
             tracing::warn!("drain timeout: handing the job back to the broker");
+            progress_end.end();
             settle::hand_back(held, Why::Draining).await;
             return;
         }
     };
+    // Whatever comes next, the run is over: reports from a thread still running (a job given
+    // up at its time limit) would come after the step that ends it.
+    progress_end.end();
     let (outcome, timing) = match ran {
         Ran::Done(outcome, timing) => (outcome, timing),
         Ran::NotStarted if worker.lost.is_cancelled() => {

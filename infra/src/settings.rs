@@ -210,7 +210,7 @@ pub struct ConsumerSettings {
 }
 
 /// `warren-console`, the status store and web console (`docs/console.md`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleSettings {
     /// Where the page, the API and /metrics are served.
@@ -231,6 +231,23 @@ pub struct ConsoleSettings {
     pub retention_check_ms: u64,
     /// Bearer token that actions changing a queue (replay) need; "" turns actions off.
     pub token: Secret,
+}
+
+impl std::fmt::Debug for ConsoleSettings {
+    /// The database URL without its password; the token as `(redacted)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleSettings")
+            .field("addr", &self.addr)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("queue", &self.queue)
+            .field("batch", &self.batch)
+            .field("batch_wait_ms", &self.batch_wait_ms)
+            .field("prefetch", &self.prefetch)
+            .field("retention_hours", &self.retention_hours)
+            .field("retention_check_ms", &self.retention_check_ms)
+            .field("token", &self.token)
+            .finish()
+    }
 }
 
 /// A secret from the configuration: never printed by `Debug`.
@@ -534,5 +551,16 @@ mod tests {
         assert_eq!(mean(file, &[("WARREN__MODEL__MEAN", "0.485, 0.456,0.406")]).unwrap(), vec![0.485, 0.456, 0.406]);
         let err = mean(file, &[("WARREN__MODEL__MEAN", "0.5,bright")]).unwrap_err().to_string();
         assert!(err.contains("\"bright\" is not a number"), "{err}");
+    }
+
+    #[test]
+    fn the_consoles_secrets_stay_out_of_debug() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut s = Settings::load(&dir).expect("config/default.toml loads");
+        s.console.database_url = "postgres://warren:hunter2@db:5432/warren".into();
+        s.console.token = Secret("s3cret-token".into());
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("s3cret-token"), "{printed}");
+        assert!(printed.contains("db:5432") && printed.contains("(redacted)"));
     }
 }

@@ -90,10 +90,7 @@ impl Plan {
         let dead = settings.dead_queue(&queue);
         Plan {
             exchanges: vec![(t.events_exchange.clone(), "topic"), (t.dead_letter_exchange.clone(), "direct")],
-            queues: vec![
-                (dead.clone(), queue_args(settings, None)),
-                (queue.clone(), queue_args(settings, Some(&queue))),
-            ],
+            queues: vec![(dead.clone(), queue_args(settings, None)), (queue.clone(), console_args(settings, &queue))],
             bindings: vec![
                 (dead, t.dead_letter_exchange.clone(), queue.clone()),
                 (queue, t.events_exchange.clone(), "#".into()),
@@ -184,6 +181,15 @@ fn queue_args(settings: &Settings, dead_letter_key: Option<&str>) -> FieldTable 
             args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(limit)));
         }
     }
+    args
+}
+
+/// The console's queue: it dead-letters what it rejects (a message that is not events) to its
+/// dead-letter queue, but has no delivery limit on quorum queues: events held by a console
+/// that lost its connection (or its database) many times are its to store, not poison.
+fn console_args(settings: &Settings, queue: &str) -> FieldTable {
+    let mut args = queue_args(settings, None);
+    dead_letter_to(settings, &mut args, &settings.topology.dead_letter_exchange, queue);
     args
 }
 
