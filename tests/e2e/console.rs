@@ -163,6 +163,30 @@ async fn the_console_tells_what_happened_to_each_job(vhost: Vhost, #[case] backe
     );
     let (status, missing) = tokio::task::block_in_place(|| api(addr, "/api/jobs/no-such-job"));
     assert_eq!(status, 404, "{missing}");
+    // warrenctl job: the same from the command line.
+    let console_url = format!("http://{addr}");
+    let ctl = |args: Vec<String>| {
+        let out = std::process::Command::new(warren_e2e::bin("warrenctl"))
+            .args(&args)
+            .current_dir(repo_root())
+            .env("WARREN_CONFIG_DIR", repo_root().join("config"))
+            .output()
+            .expect("run warrenctl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = ctl(vec!["job".into(), ids[1].clone(), "--console-url".into(), console_url.clone()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("fault succeeded after 2 attempt(s)") && out.contains("injected_fault"), "{out}");
+    assert_eq!(out.matches(" received ").count(), 2, "both attempts' steps are listed: {out}");
+    let (code, _, err) = ctl(vec!["job".into(), "no-such-job".into(), "--console-url".into(), console_url.clone()]);
+    assert_eq!(code, Some(4), "an unknown job: {err}");
+    let (code, out, _) = ctl(vec!["--json".into(), "job".into(), ids[2].clone(), "--console-url".into(), console_url]);
+    let doc: Value = serde_json::from_str(&out).expect("--json prints the API's answer");
+    assert_eq!((code, doc["job"]["status"].as_str()), (Some(0), Some("succeeded")));
 
     // The list: filters, pages, and a clear refusal of nonsense.
     let (_, fault) = tokio::task::block_in_place(|| api(addr, "/api/jobs?kind=fault"));
