@@ -477,3 +477,76 @@ async fn the_page_finds_a_job_and_replays_its_dead_letter_with_the_token(vhost: 
     fleet.stop().await;
     console.shutdown().await;
 }
+
+/// Publishes event messages (each a JSON array of events) to the events exchange, back to back.
+async fn publish_events(settings: &Settings, messages: &[Vec<Value>]) {
+    let conn = warren_infra::connect(&settings.broker, "test-console-events").await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let exchange = settings.topology.events_exchange.as_str();
+    let mut sent = Vec::new();
+    for events in messages {
+        let body = serde_json::to_vec(events).expect("json");
+        let props = BasicProperties::default();
+        let publish =
+            ch.basic_publish(exchange.into(), "checksum.received".into(), BasicPublishOptions::default(), &body, props);
+        sent.push(publish.await.expect("publish"));
+    }
+    for confirm in sent {
+        confirm.await.expect("confirmed");
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+fn received(job_id: &str) -> Value {
+    serde_json::json!({"version": 1, "event": "received", "job_id": job_id, "kind": "checksum",
+                       "queue": "warren.checksum", "worker_id": "w", "attempt": 0, "at_us": warren_console::ingest::now_us()})
+}
+
+/// The database fails under the console (a table taken away): it holds the events, says it is
+/// not ready, and stores them once the table is back. The database refuses one message for what
+/// it holds (a CHECK constraint): that message is dead-lettered, its batch's others stored.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_holds_events_while_its_database_fails_and_dead_letters_what_it_refuses(vhost: Vhost) {
+    let pg = PgDatabase::create("failing");
+    let db = Db::Postgres(pg);
+    let Db::Postgres(pg) = &db else { unreachable!("postgres") };
+    let settings = console_settings(&vhost, &db);
+    let console = Console::start(settings.clone()).await.expect("console starts");
+    let addr = console.addr;
+    await_metric(addr, "warren_console_connected", &[], 1.0).await;
+
+    pg.sql("ALTER TABLE warren_events RENAME TO warren_events_away");
+    publish_events(&settings, &[vec![received("held-1")], vec![received("held-2")], vec![received("held-3")]]).await;
+    await_metric(addr, "warren_console_batches_total", &[("outcome", "failed")], 2.0).await;
+    let (ready, why) = tokio::task::block_in_place(|| warren_e2e::scrape::get(addr, "/readyz"));
+    assert_eq!(ready, 503, "{why}");
+    assert!(why.contains("refuses writes"), "{why}");
+    assert_eq!(tokio::task::block_in_place(|| api(addr, "/api/jobs/held-1")).0, 404, "nothing stored yet");
+    pg.sql("ALTER TABLE warren_events_away RENAME TO warren_events");
+    for id in ["held-1", "held-2", "held-3"] {
+        await_job(addr, id, |b| b["job"]["status"] == "received").await;
+    }
+    assert_eq!(tokio::task::block_in_place(|| warren_e2e::scrape::get(addr, "/readyz")).0, 200);
+    assert_eq!(metric(addr, "warren_console_events_total", &[("outcome", "stored")]), 3.0, "each once");
+
+    // A message the database refuses for what it holds, in one batch with a good one.
+    pg.sql("ALTER TABLE warren_events ADD CONSTRAINT no_poison CHECK (job_id <> 'poison')");
+    publish_events(&settings, &[vec![received("poison")], vec![received("fine")]]).await;
+    await_job(addr, "fine", |b| b["job"]["status"] == "received").await;
+    let dead_queue = settings.dead_queue(&settings.console.queue);
+    let start = Instant::now();
+    while queue_depth(&settings, &dead_queue).await < 1 {
+        assert!(start.elapsed() < DEADLINE, "the refused message reaches {dead_queue}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(addr, "warren_console_events_total", &[("outcome", "refused")]), 1.0);
+    assert_eq!(tokio::task::block_in_place(|| api(addr, "/api/jobs/poison")).0, 404);
+    publish_events(&settings, &[vec![received("after")]]).await;
+    await_job(addr, "after", |_| true).await;
+    println!(
+        "console, database failing: {} failed tries held 3 events, all stored once back; 1 refused message dead-lettered",
+        metric(addr, "warren_console_batches_total", &[("outcome", "failed")])
+    );
+    console.shutdown().await;
+}

@@ -21,8 +21,12 @@ pub struct PgDatabase {
 }
 
 fn psql(sql: &str) {
+    psql_in("postgres", sql);
+}
+
+fn psql_in(db: &str, sql: &str) {
     let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-qc", sql])
         .output()
         .expect("psql runs");
     assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
@@ -37,6 +41,11 @@ impl PgDatabase {
 
     pub fn url(&self) -> String {
         format!("{POSTGRES}/{}", self.name)
+    }
+
+    /// Runs SQL in this database (as the superuser), failing the test if it fails.
+    pub fn sql(&self, sql: &str) {
+        psql_in(&self.name, sql);
     }
 }
 
