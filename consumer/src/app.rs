@@ -326,6 +326,9 @@ async fn drain(
             );
         }
     }
+    // The last jobs' events, queued or lingering, go out before the connection closes.
+    let confirm_timeout = Duration::from_millis(shared.settings.broker.confirm_timeout_ms);
+    session.worker.events.flush(confirm_timeout).await;
     if let Ok(Err(e)) =
         tokio::time::timeout(BROKER_REPLY, session.connection.close(200, "worker stopping".into())).await
     {

@@ -132,12 +132,32 @@ impl Event {
 pub struct Events {
     tx: Option<mpsc::Sender<Event>>,
     metrics: Arc<Metrics>,
+    /// Tells the event task to publish what it holds and end ([`Events::flush`]).
+    finish: CancellationToken,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Events {
     /// No events (no events exchange, or a buffer of 0).
     pub fn off(metrics: Arc<Metrics>) -> Self {
-        Self { tx: None, metrics }
+        Self::queueing(None, metrics)
+    }
+
+    fn queueing(tx: Option<mpsc::Sender<Event>>, metrics: Arc<Metrics>) -> Self {
+        Self { tx, metrics, finish: CancellationToken::new(), task: std::sync::Mutex::new(None) }
+    }
+
+    /// Publishes every event queued so far (no lingering) and waits for their confirms, at most
+    /// `bound`: a draining worker calls it after its last job settled and before it closes its
+    /// connection, which would lose them.
+    pub async fn flush(&self, bound: Duration) {
+        self.finish.cancel();
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task
+            && tokio::time::timeout(bound, task).await.is_err()
+        {
+            tracing::warn!(?bound, "lifecycle events still unconfirmed at the end of the drain");
+        }
     }
 
     /// Starts the session's event task on `connection`; it ends when `lost` is cancelled or
@@ -155,8 +175,10 @@ impl Events {
         }
         let (tx, rx) = mpsc::channel(buffer);
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
-        tokio::spawn(publish_all(connection, exchange, confirm_timeout, rx, metrics.clone(), lost));
-        Self { tx: Some(tx), metrics }
+        let finish = CancellationToken::new();
+        let ends = Ends { lost, finish: finish.clone() };
+        let task = tokio::spawn(publish_all(connection, exchange, confirm_timeout, rx, metrics.clone(), ends));
+        Self { tx: Some(tx), metrics, finish, task: std::sync::Mutex::new(Some(task)) }
     }
 
     /// Queues the event `make` builds for publishing, or drops it (counted) when the queue is
@@ -222,14 +244,22 @@ impl ProgressEnd {
     }
 }
 
+/// What ends the event task: the session lost (what it holds is lost with the connection), or
+/// the drain's flush (it publishes what it holds, then ends).
+struct Ends {
+    lost: CancellationToken,
+    finish: CancellationToken,
+}
+
 async fn publish_all(
     connection: Arc<Connection>,
     exchange: String,
     confirm_timeout: Duration,
     mut rx: mpsc::Receiver<Event>,
     metrics: Arc<Metrics>,
-    lost: CancellationToken,
+    ends: Ends,
 ) {
+    let Ends { lost, finish } = ends;
     let publisher = match Publisher::open_with_lanes(connection, confirm_timeout, PUBLISHING, 1).await {
         Ok(p) => p,
         Err(e) => {
@@ -243,15 +273,35 @@ async fn publish_all(
         // Waits for a free message slot first: what is queued meanwhile goes in one batch.
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let first = tokio::select! {
+            biased;
             () = lost.cancelled() => return,
             event = rx.recv() => match event { Some(e) => e, None => return },
+            () = finish.cancelled() => match rx.try_recv() {
+                Ok(e) => e,
+                // All published: wait for the confirms of those still in flight, then end.
+                Err(_) => {
+                    drop(permit);
+                    let _ = slots.acquire_many(PUBLISHING as u32).await;
+                    return;
+                }
+            },
         };
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + LINGER;
         while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(e)) => batch.push(e),
-                Ok(None) | Err(_) => break,
+            if finish.is_cancelled() {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+                continue;
+            }
+            tokio::select! {
+                got = tokio::time::timeout_at(until, rx.recv()) => match got {
+                    Ok(Some(e)) => batch.push(e),
+                    Ok(None) | Err(_) => break,
+                },
+                () = finish.cancelled() => {}
             }
         }
         let mut by_key: Vec<(String, Vec<Event>)> = Vec::new();
@@ -310,7 +360,7 @@ mod tests {
     async fn progress_reports_are_events_a_few_a_second_with_short_texts() {
         let metrics = Arc::new(Metrics::new());
         let (tx, mut rx) = mpsc::channel(16);
-        let events = Events { tx: Some(tx), metrics: metrics.clone() };
+        let events = Events::queueing(Some(tx), metrics.clone());
         let (reporter, end) = events.reporter(|| Event::new("progress", "j", "checksum", "q", "w"));
         let cx = warren_common::Context::new(0, std::time::Instant::now(), Arc::default()).with_progress(reporter);
         cx.progress(0.25, &"x".repeat(500));
@@ -336,11 +386,11 @@ mod tests {
     async fn a_full_queue_drops_the_event_and_counts_it_without_waiting() {
         let metrics = Arc::new(Metrics::new());
         let (tx, _rx) = mpsc::channel(1);
-        let events = Events { tx: Some(tx), metrics: metrics.clone() };
+        let events = Events::queueing(Some(tx), metrics.clone());
         events.emit(|| Event::new("received", "a", "checksum", "q", "w"));
         events.emit(|| Event::new("received", "b", "checksum", "q", "w"));
         assert_eq!(metrics.events("dropped"), 1);
-        let closed = Events { tx: Some(mpsc::channel(1).0), metrics: metrics.clone() };
+        let closed = Events::queueing(Some(mpsc::channel(1).0), metrics.clone());
         closed.emit(|| Event::new("received", "c", "checksum", "q", "w"));
         assert_eq!(metrics.events("dropped"), 2, "a closed queue drops too");
     }

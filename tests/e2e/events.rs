@@ -117,3 +117,52 @@ async fn every_step_of_a_job_is_an_event_routed_by_kind_and_step(vhost: Vhost) {
     producer.close().await;
     fleet.stop().await;
 }
+
+/// A worker stopped right after its last job's result still publishes that job's events: the
+/// drain sends what is queued (or lingering) before it closes the connection.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_after_its_last_result_still_publishes_its_events(vhost: Vhost) {
+    const JOBS: usize = 40;
+    let mut settings = settings_for(&vhost);
+    settings.consumer.kinds = vec!["checksum".into()];
+    let mut producer = Producer::connect(settings.clone()).await.expect("producer");
+    producer.declare_topology().await.expect("topology");
+    producer.enable_replies().await.expect("replies");
+    let conn = warren_infra::connect(&settings.broker, "test-events").await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let queue = "test.events.drain";
+    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("queue");
+    let exchange = settings.topology.events_exchange.as_str();
+    ch.queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .expect("bind");
+    let fleet = Fleet::start(settings.clone()).await;
+    let mut tickets = Vec::new();
+    for i in 0..JOBS {
+        let job = Job::from(ChecksumJob { data: format!("{i}").into_bytes(), rounds: 1 });
+        tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
+    }
+    for t in tickets {
+        assert_eq!(t.wait(DEADLINE).await.expect("result").status, ResultStatus::Ok);
+    }
+    // At once: the last jobs' succeeded events are at most queued or lingering now.
+    fleet.stop().await;
+    let mut consumer = ch
+        .basic_consume(queue.into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    let mut seen = 0;
+    let collect = async {
+        while seen < 3 * JOBS {
+            let d = consumer.next().await.expect("an event").expect("delivery");
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+            seen += serde_json::from_slice::<Vec<Value>>(&d.data).expect("a JSON array").len();
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), collect).await;
+    println!("stopped after its last result: {seen} of {} events published", 3 * JOBS);
+    assert_eq!(seen, 3 * JOBS, "every event of every job, the last ones included");
+    let _ = conn.close(200, "done".into()).await;
+    producer.close().await;
+}
