@@ -115,20 +115,33 @@ fn free_port() -> u16 {
 /// Headless Chromium through ChromeDriver, one session, closed when dropped.
 #[derive(Debug)]
 pub struct Browser {
-    driver: Child,
+    _driver: Driver,
     base: String,
+}
+
+/// The ChromeDriver process, killed when dropped (also when starting the session fails).
+#[derive(Debug)]
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Browser {
     /// Starts ChromeDriver on a free port and a headless Chromium session.
     pub fn start() -> Self {
         let port = free_port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (Debian's chromium-driver; scripts/setup.sh installs it)");
+        let driver = Driver(
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver (Debian's chromium-driver; scripts/setup.sh installs it)"),
+        );
         let server = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         let up = || agent().get(&format!("{server}/status")).call().is_ok_and(|r| r.status() == 200);
@@ -143,7 +156,7 @@ impl Browser {
         let resp = agent().post(&format!("{server}/session")).send_json(&caps);
         let body: Value = resp.expect("new session").body_mut().read_json().expect("session JSON");
         let id = body["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {body}")).to_owned();
-        Self { driver, base: format!("{server}/session/{id}") }
+        Self { _driver: driver, base: format!("{server}/session/{id}") }
     }
 
     fn send(&self, method: &str, path: &str, body: Value) -> Value {
@@ -219,8 +232,7 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The session first; the driver goes with `self._driver`.
         let _ = agent().delete(&self.base).call();
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
