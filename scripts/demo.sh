@@ -16,31 +16,30 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 CONSUMER=target/release/warren-consumer
 PRODUCER=target/release/warren-producer
 
+# Waits (60 s at most) until $OUT/NAME.log says READY, or fails with the log if PID died.
+await_log() {
+  local name=$1 pid=$2 ready=$3 deadline=$((SECONDS + 60))
+  until grep -q "$ready" "$OUT/$name.log"; do
+    if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
+      echo "the $name did not start:"; cat "$OUT/$name.log"; exit 1
+    fi
+    sleep 0.2
+  done
+}
+
 CONSOLE_URL=http://127.0.0.1:8470
 echo "== starting warren-console (store: $OUT/console.db, page and API: $CONSOLE_URL, log: $OUT/console.log)"
 WARREN__CONSOLE__DATABASE_URL="sqlite://$OUT/console.db" NO_COLOR=1 target/release/warren-console \
   >"$OUT/console.log" 2>&1 &
 CONSOLE_PID=$!
 trap 'kill -TERM $CONSOLE_PID 2>/dev/null || true' EXIT
-deadline=$((SECONDS + 60))
-until grep -q "reading lifecycle events" "$OUT/console.log"; do
-  if ! kill -0 "$CONSOLE_PID" 2>/dev/null || ((SECONDS >= deadline)); then
-    echo "the console did not start:"; cat "$OUT/console.log"; exit 1
-  fi
-  sleep 0.2
-done
+await_log console "$CONSOLE_PID" "reading lifecycle events"
 
 echo "== starting warren-consumer (log: $OUT/consumer.log)"
 NO_COLOR=1 "$CONSUMER" >"$OUT/consumer.log" 2>&1 &
 CONSUMER_PID=$!
 trap 'kill -TERM $CONSUMER_PID $CONSOLE_PID 2>/dev/null || true' EXIT
-deadline=$((SECONDS + 60))
-until grep -q "consumer ready" "$OUT/consumer.log"; do
-  if ! kill -0 "$CONSUMER_PID" 2>/dev/null || ((SECONDS >= deadline)); then
-    echo "the consumer did not start:"; cat "$OUT/consumer.log"; exit 1
-  fi
-  sleep 0.2
-done
+await_log consumer "$CONSUMER_PID" "consumer ready"
 
 echo "== image.resize: three photos (JPEG, PNG, WebP) to 256x256 WebP"
 "$PRODUCER" resize --width 256 --height 256 --format webp samples/images --wait --out "$OUT/resize"

@@ -36,6 +36,27 @@ pub struct Event {
     pub text: Option<String>,
 }
 
+impl Event {
+    /// The step `event` of a job, by `worker_id` from `queue`, with every optional field empty.
+    pub fn new(event: &str, job_id: &str, kind: &str, queue: &str, worker_id: &str, at_us: i64, attempt: u32) -> Self {
+        Self {
+            event: event.into(),
+            job_id: job_id.into(),
+            kind: kind.into(),
+            queue: queue.into(),
+            worker_id: worker_id.into(),
+            attempt,
+            at_us,
+            trace_id: String::new(),
+            run_ms: None,
+            output_bytes: None,
+            error: None,
+            fraction: None,
+            text: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct EventError {
     pub class: String,
@@ -389,21 +410,7 @@ mod tests {
     use super::*;
 
     fn ev(event: &str, at_us: i64, attempt: u32) -> Event {
-        Event {
-            event: event.into(),
-            job_id: "j1".into(),
-            kind: "checksum".into(),
-            queue: "warren.checksum".into(),
-            worker_id: format!("w-{event}"),
-            attempt,
-            at_us,
-            trace_id: String::new(),
-            run_ms: None,
-            output_bytes: None,
-            error: None,
-            fraction: None,
-            text: None,
-        }
+        Event::new(event, "j1", "checksum", "warren.checksum", &format!("w-{event}"), at_us, attempt)
     }
 
     fn failed(event: &str, at_us: i64, attempt: u32, ty: &str) -> Event {

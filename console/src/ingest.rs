@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
+use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use warren_infra::Settings;
@@ -79,7 +79,7 @@ async fn session(shared: &Shared, cancel: &CancellationToken, backoff: &mut Back
     shared.metrics.connected.set(1);
     backoff.reset();
     let backlog = tokio::spawn(watch_backlog(
-        connection_channel(&connection).await?,
+        connection.create_channel().await?,
         s.console.queue.clone(),
         shared.metrics.clone(),
     ));
@@ -110,10 +110,6 @@ async fn session(shared: &Shared, cancel: &CancellationToken, backoff: &mut Back
         }
         settle(shared, &channel, batch, cancel).await?;
     }
-}
-
-async fn connection_channel(connection: &Connection) -> anyhow::Result<Channel> {
-    Ok(connection.create_channel().await?)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -89,24 +89,21 @@ impl Console {
     }
 }
 
-/// Retention every `console.retention_check_ms`, and the store's size for the metrics every 15 s.
+/// Every `console.retention_check_ms`: retention, then the store's size for the metrics (a
+/// COUNT over both tables: not something to run more often).
 async fn housekeeping(shared: Shared, stop: CancellationToken) {
     let c = &shared.settings.console;
     let every = Duration::from_millis(c.retention_check_ms.max(1000));
     let keep_us = i64::try_from(c.retention_hours.saturating_mul(3_600_000_000)).unwrap_or(i64::MAX);
-    let mut next_retention = tokio::time::Instant::now();
     loop {
-        if tokio::time::Instant::now() >= next_retention {
-            match shared.store.expire(ingest::now_us().saturating_sub(keep_us)).await {
-                Ok((jobs, events)) => {
-                    shared.metrics.expired.inc_by(jobs);
-                    if jobs + events > 0 {
-                        tracing::info!(jobs, events, "retention deleted old jobs");
-                    }
+        match shared.store.expire(ingest::now_us().saturating_sub(keep_us)).await {
+            Ok((jobs, events)) => {
+                shared.metrics.expired.inc_by(jobs);
+                if jobs + events > 0 {
+                    tracing::info!(jobs, events, "retention deleted old jobs");
                 }
-                Err(e) => tracing::warn!(error = %e, "retention failed; trying again later"),
             }
-            next_retention = tokio::time::Instant::now() + every;
+            Err(e) => tracing::warn!(error = %e, "retention failed; trying again later"),
         }
         if let (Ok((jobs, events)), Ok(bytes)) = (shared.store.size().await, shared.store.bytes().await) {
             shared.metrics.jobs.set(jobs);
@@ -115,7 +112,7 @@ async fn housekeeping(shared: Shared, stop: CancellationToken) {
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(15).min(every)) => {}
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -7,7 +7,7 @@
 //! the rules of [`crate::event::Summary::merge`] inside the upsert itself, so two consoles
 //! writing events of one job at once still end where one would.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -225,10 +225,6 @@ pub struct Failure {
     pub example_job: String,
 }
 
-/// An event of a job's timeline, as it came.
-#[derive(Debug, Clone, Serialize)]
-pub struct TimelineEvent(pub serde_json::Value);
-
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -279,10 +275,6 @@ impl Store {
         let store = Self { pool, backend };
         store.migrate().await?;
         Ok(store)
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
@@ -471,9 +463,9 @@ impl Store {
                 Ok(Minute {
                     kind: r.try_get("kind")?,
                     minute_us: r.try_get("minute_us")?,
-                    succeeded: big(r, "succeeded")?,
-                    retried: big(r, "retried")?,
-                    dead_lettered: big(r, "dead_lettered")?,
+                    succeeded: r.try_get("succeeded")?,
+                    retried: r.try_get("retried")?,
+                    dead_lettered: r.try_get("dead_lettered")?,
                     avg_run_ms: r.try_get("avg_run_ms")?,
                     max_run_ms: r.try_get("max_run_ms")?,
                 })
@@ -499,7 +491,7 @@ impl Store {
                     kind: r.try_get("kind")?,
                     error_type: r.try_get("error_type")?,
                     jobs: r.try_get("jobs")?,
-                    dead_lettered: big(r, "dead_lettered")?,
+                    dead_lettered: r.try_get("dead_lettered")?,
                     last_us: r.try_get("last_us")?,
                     message: r.try_get::<Option<String>, _>("message")?.unwrap_or_default(),
                     example_job: r.try_get::<Option<String>, _>("example_job")?.unwrap_or_default(),
@@ -558,24 +550,8 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
 
-    /// Drops the console's tables (tests, on a database of their own).
-    pub async fn drop_tables(&self) -> Result<(), sqlx::Error> {
-        for t in ["warren_events", "warren_jobs"] {
-            sqlx::query(&format!("DROP TABLE IF EXISTS {t}")).execute(&self.pool).await?;
-        }
-        Ok(())
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-/// A SUM: BIGINT in SQLite, NUMERIC in PostgreSQL unless cast; read either way.
-fn big(row: &AnyRow, column: &str) -> Result<i64, sqlx::Error> {
-    match row.try_get::<i64, _>(column) {
-        Ok(v) => Ok(v),
-        Err(_) => row.try_get::<Option<f64>, _>(column).map(|v| v.unwrap_or(0.0) as i64),
     }
 }
 
@@ -627,8 +603,8 @@ async fn upsert(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: Vec<(String, Su
     Ok(())
 }
 
-/// Summaries of a batch keyed by job (re-exported for the live stream's ids).
+/// The jobs a batch names, each once (for the live stream).
 pub fn job_ids(batch: &[Received]) -> Vec<String> {
-    let ids: BTreeMap<&str, ()> = batch.iter().map(|r| (r.event.job_id.as_str(), ())).collect();
-    ids.into_keys().map(str::to_owned).collect()
+    let ids: BTreeSet<&str> = batch.iter().map(|r| r.event.job_id.as_str()).collect();
+    ids.into_iter().map(str::to_owned).collect()
 }

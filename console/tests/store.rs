@@ -7,21 +7,7 @@ use warren_console::event::{Event, EventError, Received};
 use warren_console::store::{ListQuery, Store};
 
 fn event(job: &str, step: &str, at_us: i64, attempt: u32) -> Received {
-    let mut e = Event {
-        event: step.into(),
-        job_id: job.into(),
-        kind: "checksum".into(),
-        queue: "warren.checksum".into(),
-        worker_id: "w1".into(),
-        attempt,
-        at_us,
-        trace_id: String::new(),
-        run_ms: None,
-        output_bytes: None,
-        error: None,
-        fraction: None,
-        text: None,
-    };
+    let mut e = Event::new(step, job, "checksum", "warren.checksum", "w1", at_us, attempt);
     if step == "retried" {
         e.error = Some(EventError { class: "transient".into(), error_type: "timeout".into(), message: "slow".into() });
     }

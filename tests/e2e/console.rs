@@ -498,8 +498,9 @@ async fn publish_events(settings: &Settings, messages: &[Vec<Value>]) {
 }
 
 fn received(job_id: &str) -> Value {
-    serde_json::json!({"version": 1, "event": "received", "job_id": job_id, "kind": "checksum",
-                       "queue": "warren.checksum", "worker_id": "w", "attempt": 0, "at_us": warren_console::ingest::now_us()})
+    let now = warren_console::ingest::now_us();
+    let e = warren_console::event::Event::new("received", job_id, "checksum", "warren.checksum", "w", now, 0);
+    serde_json::to_value(e).expect("json")
 }
 
 /// The database fails under the console (a table taken away): it holds the events, says it is

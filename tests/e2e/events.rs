@@ -15,6 +15,18 @@ use warren_common::{Job, ResultStatus};
 use warren_e2e::{DEADLINE, Fleet, Vhost, queue_depth, scrape, settings_for, vhost, want_result};
 use warren_producer::Producer;
 
+/// A queue of the test's own bound to every event (`#`), and the channel to read it on.
+async fn listen_to_every_event(settings: &warren_infra::Settings, queue: &str) -> (lapin::Connection, lapin::Channel) {
+    let conn = warren_infra::connect(&settings.broker, "test-events").await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("queue");
+    let exchange = settings.topology.events_exchange.as_str();
+    ch.queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .expect("bind");
+    (conn, ch)
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_step_of_a_job_is_an_event_routed_by_kind_and_step(vhost: Vhost) {
@@ -26,14 +38,8 @@ async fn every_step_of_a_job_is_an_event_routed_by_kind_and_step(vhost: Vhost) {
     producer.declare_topology().await.expect("topology");
     producer.enable_replies().await.expect("replies");
     // A tool listening to every event.
-    let conn = warren_infra::connect(&settings.broker, "test-events").await.expect("connect");
-    let ch = conn.create_channel().await.expect("channel");
     let queue = "test.events";
-    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("queue");
-    let exchange = settings.topology.events_exchange.as_str();
-    ch.queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
-        .await
-        .expect("bind");
+    let (conn, ch) = listen_to_every_event(&settings, queue).await;
     let fleet = Fleet::start(settings.clone()).await;
 
     let reply = want_result();
@@ -129,14 +135,8 @@ async fn a_worker_stopped_after_its_last_result_still_publishes_its_events(vhost
     let mut producer = Producer::connect(settings.clone()).await.expect("producer");
     producer.declare_topology().await.expect("topology");
     producer.enable_replies().await.expect("replies");
-    let conn = warren_infra::connect(&settings.broker, "test-events").await.expect("connect");
-    let ch = conn.create_channel().await.expect("channel");
     let queue = "test.events.drain";
-    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("queue");
-    let exchange = settings.topology.events_exchange.as_str();
-    ch.queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
-        .await
-        .expect("bind");
+    let (conn, ch) = listen_to_every_event(&settings, queue).await;
     let fleet = Fleet::start(settings.clone()).await;
     let mut tickets = Vec::new();
     for i in 0..JOBS {

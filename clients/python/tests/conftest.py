@@ -59,6 +59,17 @@ def amqp_url(vhost: str) -> str:
     return f"{AMQP}/{quoted(vhost)}"
 
 
+def terminate(proc: subprocess.Popen) -> int:
+    """SIGTERM, 30 s to exit, then SIGKILL; the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 class Consumer:
     """The warren-consumer binary on a vhost, its log kept, stopped with SIGTERM."""
 
@@ -84,13 +95,7 @@ class Consumer:
                 self._ready.set()
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        return terminate(self.proc)
 
 
 @pytest.fixture
@@ -126,13 +131,7 @@ class Console:
         wait_until("the console is ready", ready)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        return terminate(self.proc)
 
 
 @pytest.fixture

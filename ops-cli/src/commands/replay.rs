@@ -136,13 +136,18 @@ pub struct Report {
     pub failed: u64,
     /// With `dry_run`: where each would go.
     pub plan: Vec<serde_json::Value>,
+    /// Why each failed one failed (`<job id>: <why>`).
+    pub errors: Vec<String>,
 }
 
 /// `warrenctl replay`: replays and prints what it did.
 pub async fn run(ctx: &Ctx, dead_queue: &str, opts: Options) -> Result<()> {
     let dry_run = opts.dry_run;
     let report = replay(ctx, dead_queue, opts, true).await?;
-    let Report { replayed, skipped, failed, plan, .. } = &report;
+    let Report { replayed, skipped, failed, plan, errors, .. } = &report;
+    for e in errors {
+        eprintln!("warrenctl: {e}");
+    }
     let verb = if dry_run { "would replay" } else { "replayed" };
     if ctx.json {
         output::json(&json!(report));
@@ -179,6 +184,7 @@ pub async fn replay(ctx: &Ctx, dead_queue: &str, opts: Options, progress: bool) 
         indicatif::ProgressBar::hidden()
     };
     let (mut replayed, mut skipped, mut failed) = (0u64, 0u64, 0u64);
+    let mut errors = Vec::new();
     let mut plan = Vec::new();
     let mut held = Vec::new();
     let started = Instant::now();
@@ -199,10 +205,8 @@ pub async fn replay(ctx: &Ctx, dead_queue: &str, opts: Options, progress: bool) 
             (Some((ex, None)), _, key) => (ex.clone(), key.unwrap_or_else(|| d.routing_key.to_string())),
             (None, Some(ex), Some(key)) => (ex, key),
             (None, _, _) => {
-                eprintln!(
-                    "warrenctl: {}: no origin headers; use --to",
-                    d.properties.message_id().as_ref().map(|s| s.as_str()).unwrap_or("?")
-                );
+                let id = d.properties.message_id().as_ref().map(|s| s.to_string());
+                errors.push(format!("{}: no origin headers; use --to", id.as_deref().unwrap_or("?")));
                 failed += 1;
                 held.push(d.delivery_tag);
                 continue;
@@ -227,7 +231,7 @@ pub async fn replay(ctx: &Ctx, dead_queue: &str, opts: Options, progress: bool) 
                 replayed += 1;
             }
             Err(e) => {
-                eprintln!("warrenctl: {}: {e}", job_id.as_deref().unwrap_or("?"));
+                errors.push(format!("{}: {e}", job_id.as_deref().unwrap_or("?")));
                 failed += 1;
                 held.push(d.delivery_tag);
             }
@@ -240,7 +244,7 @@ pub async fn replay(ctx: &Ctx, dead_queue: &str, opts: Options, progress: bool) 
         ch.basic_nack(tag, BasicNackOptions { multiple: false, requeue: true }).await?;
     }
     let _ = conn.close(200, "replayed".into()).await;
-    Ok(Report { queue: dead_queue.to_owned(), dry_run: opts.dry_run, replayed, skipped, failed, plan })
+    Ok(Report { queue: dead_queue.to_owned(), dry_run: opts.dry_run, replayed, skipped, failed, plan, errors })
 }
 
 /// The headers of a replayed job: broker `x-*` and Warren's failure headers removed, the attempt
