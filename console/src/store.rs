@@ -41,6 +41,10 @@ pub fn redact(url: &str) -> String {
     warren_infra::redact_url(url)
 }
 
+/// The advisory lock consoles take on a shared PostgreSQL database while they create its
+/// tables (an arbitrary key of Warren's: "warrenco" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7761_7272_656e_636f;
+
 const SCHEMA: [&str; 6] = [
     "CREATE TABLE IF NOT EXISTS warren_jobs (
         job_id TEXT PRIMARY KEY,
@@ -277,10 +281,22 @@ impl Store {
         Ok(store)
     }
 
+    /// Creates the tables, in one transaction. On PostgreSQL under an advisory lock: consoles
+    /// sharing the database may start together, and two `CREATE TABLE IF NOT EXISTS` of one
+    /// table at once fail on `pg_type`'s unique index.
     async fn migrate(&self) -> anyhow::Result<()> {
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&self.pool).await.context("create the console's tables")?;
+        let mut tx = self.pool.begin().await.context("create the console's tables")?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await
+                .context("lock the console's tables to create them")?;
         }
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&mut *tx).await.context("create the console's tables")?;
+        }
+        tx.commit().await.context("create the console's tables")?;
         Ok(())
     }
 

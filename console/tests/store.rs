@@ -113,3 +113,38 @@ async fn the_store_on_postgres_merges_dedupes_pages_and_expires() {
     store.close().await;
     psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
 }
+
+/// Several consoles share one PostgreSQL database (`docs/console.md`, "replicas"): started
+/// together on an empty one, each creates the tables; PostgreSQL's `CREATE TABLE IF NOT EXISTS`
+/// is not safe against itself (two at once may both create the table's type, and one fails on
+/// `pg_type`'s unique index), so the store creates them under an advisory lock. Then their
+/// batches of the same jobs, written at once, merge into one row each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consoles_started_together_on_one_postgres_database_share_it() {
+    const CONSOLES: usize = 8;
+    let name = format!("warren_store_together_{}", std::process::id());
+    psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    psql(&format!("CREATE DATABASE {name}"));
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let opened = futures_util::future::join_all((0..CONSOLES).map(|_| Store::open(&url))).await;
+    let stores: Vec<Store> = opened.into_iter().map(|s| s.expect("every console opens the shared database")).collect();
+    // Each writes one step of the same 50 jobs, all at once.
+    let steps = ["received", "started", "succeeded"];
+    let writes = stores.iter().enumerate().map(|(i, store)| {
+        let step = steps[i % steps.len()];
+        let batch: Vec<Received> =
+            (0..50).map(|j| event(&format!("job-{j:02}"), step, 1_000 + (i % steps.len()) as i64, 0)).collect();
+        async move { store.store(&batch).await }
+    });
+    for written in futures_util::future::join_all(writes).await {
+        written.expect("each batch is stored");
+    }
+    let query = ListQuery { kind: None, status: None, since_us: None, after: None, limit: 100 };
+    let jobs = stores[0].list(&query).await.expect("list");
+    assert_eq!(jobs.len(), 50);
+    assert!(jobs.iter().all(|j| j.status == "succeeded"), "{:?}", jobs.first());
+    for store in stores {
+        store.close().await;
+    }
+    psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+}
