@@ -8,9 +8,12 @@
 //! publisher of its own, with confirms, [`PUBLISHING`] messages at a time. Each message holds
 //! the events queued within [`LINGER`] of the first that share a routing key (a JSON array, up
 //! to [`MAX_BATCH`]), so that under load the broker routes one message for many events rather
-//! than one each (three messages a job cut the trivial fleet's rate by a third; the events
-//! queued meanwhile, 0.82 of it; a 20 ms linger, 0.90: docs/benchmarks.md). Nothing about a job's settle waits for its events, and an event is published after
-//! the step it reports is settled with the broker, never before.
+//! than one each; the task sleeps through the linger rather than wake for each event. Event
+//! messages are transient unless `consumer.events_persistent`: stored persistent in a queue
+//! nobody reads (a console that is down), they cost the trivial fleet 3-9 % of its rate,
+//! transient ones 0-3 % (docs/benchmarks.md, "Lifecycle events"). Nothing about a job's settle
+//! waits for its events, and an event is published after the step it reports is settled with
+//! the broker, never before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,7 +180,8 @@ impl Events {
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
         let finish = CancellationToken::new();
         let ends = Ends { lost, finish: finish.clone() };
-        let task = tokio::spawn(publish_all(connection, exchange, confirm_timeout, rx, metrics.clone(), ends));
+        let to = To { exchange, persistent: settings.consumer.events_persistent, confirm_timeout };
+        let task = tokio::spawn(publish_all(connection, to, rx, metrics.clone(), ends));
         Self { tx: Some(tx), metrics, finish, task: std::sync::Mutex::new(Some(task)) }
     }
 
@@ -251,15 +255,22 @@ struct Ends {
     finish: CancellationToken,
 }
 
+/// Where and how event messages go.
+struct To {
+    exchange: String,
+    persistent: bool,
+    confirm_timeout: Duration,
+}
+
 async fn publish_all(
     connection: Arc<Connection>,
-    exchange: String,
-    confirm_timeout: Duration,
+    to: To,
     mut rx: mpsc::Receiver<Event>,
     metrics: Arc<Metrics>,
     ends: Ends,
 ) {
     let Ends { lost, finish } = ends;
+    let To { exchange, persistent, confirm_timeout } = to;
     let publisher = match Publisher::open_with_lanes(connection, confirm_timeout, PUBLISHING, 1).await {
         Ok(p) => p,
         Err(e) => {
@@ -286,23 +297,16 @@ async fn publish_all(
                 }
             },
         };
+        // What is already queued goes at once; a batch not full by then waits out the linger
+        // asleep and takes what came meanwhile: one wake-up a batch, not one an event.
         let mut batch = vec![first];
-        let until = tokio::time::Instant::now() + LINGER;
-        while batch.len() < MAX_BATCH {
-            if finish.is_cancelled() {
-                match rx.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
-                }
-                continue;
-            }
+        take_queued(&mut rx, &mut batch);
+        if batch.len() < MAX_BATCH && !finish.is_cancelled() {
             tokio::select! {
-                got = tokio::time::timeout_at(until, rx.recv()) => match got {
-                    Ok(Some(e)) => batch.push(e),
-                    Ok(None) | Err(_) => break,
-                },
+                () = tokio::time::sleep(LINGER) => {}
                 () = finish.cancelled() => {}
             }
+            take_queued(&mut rx, &mut batch);
         }
         let mut by_key: Vec<(String, Vec<Event>)> = Vec::new();
         for event in batch {
@@ -318,11 +322,7 @@ async fn publish_all(
             for (key, events) in by_key {
                 let outcome = match serde_json::to_vec(&events) {
                     Ok(body) => {
-                        let properties = BasicProperties::default()
-                            .with_content_type("application/json".into())
-                            .with_delivery_mode(2)
-                            .with_type("warren.events".into())
-                            .with_timestamp(events[0].at_us / 1_000_000);
+                        let properties = properties(events[0].at_us, persistent);
                         let published = publisher.publish(&exchange, &key, &body, properties, false).await;
                         if published.is_ok() { "published" } else { "not_stored" }
                     }
@@ -332,6 +332,26 @@ async fn publish_all(
             }
         });
     }
+}
+
+/// Moves the events queued now into `batch`, up to [`MAX_BATCH`] in all.
+fn take_queued(rx: &mut mpsc::Receiver<Event>, batch: &mut Vec<Event>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(e) => batch.push(e),
+            Err(_) => break,
+        }
+    }
+}
+
+/// An event message's properties (`docs/contract.md`): JSON, type `warren.events`, stamped with
+/// its first event's second, persistent or transient as `consumer.events_persistent` says.
+pub fn properties(first_at_us: u64, persistent: bool) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(if persistent { 2 } else { 1 })
+        .with_type("warren.events".into())
+        .with_timestamp(first_at_us / 1_000_000)
 }
 
 #[cfg(test)]
@@ -380,6 +400,17 @@ mod tests {
         assert_eq!(metrics.events("dropped"), 0);
         let off = Events::off(metrics);
         assert!(format!("{:?}", off.reporter(|| unreachable!("built while off")).0).contains("none"));
+    }
+
+    #[test]
+    fn event_messages_are_transient_unless_configured_persistent() {
+        let at_us = 1_796_550_000_123_456;
+        let transient = properties(at_us, false);
+        assert_eq!(*transient.delivery_mode(), Some(1));
+        assert_eq!(*properties(at_us, true).delivery_mode(), Some(2));
+        assert_eq!(transient.kind().as_ref().map(|t| t.as_str()), Some("warren.events"));
+        assert_eq!(transient.content_type().as_ref().map(|t| t.as_str()), Some("application/json"));
+        assert_eq!(*transient.timestamp(), Some(1_796_550_000));
     }
 
     #[tokio::test]

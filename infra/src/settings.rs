@@ -207,6 +207,10 @@ pub struct ConsumerSettings {
     /// Lifecycle events waiting to be published, at most; past that new ones are dropped (and
     /// counted) rather than slow a job down.
     pub events_buffer: usize,
+    /// Whether event messages are published persistent (`delivery_mode` 2: they outlive a
+    /// broker restart while queued) or transient (1, the default: cheaper for the broker when
+    /// they pile up, lost with a broker restart before a reader took them).
+    pub events_persistent: bool,
 }
 
 /// `warren-console`, the status store and web console (`docs/console.md`).
@@ -229,6 +233,10 @@ pub struct ConsoleSettings {
     pub retention_hours: u64,
     /// How often retention runs.
     pub retention_check_ms: u64,
+    /// The most the console's queue holds (`x-max-length-bytes`) while the console is away;
+    /// past it the broker refuses new event messages (workers count them `not_stored`) rather
+    /// than grow until its memory alarm blocks every publisher. 0 = no bound.
+    pub queue_max_bytes: u64,
     /// Bearer token that actions changing a queue (replay) need; "" turns actions off.
     pub token: Secret,
 }
@@ -245,6 +253,7 @@ impl std::fmt::Debug for ConsoleSettings {
             .field("prefetch", &self.prefetch)
             .field("retention_hours", &self.retention_hours)
             .field("retention_check_ms", &self.retention_check_ms)
+            .field("queue_max_bytes", &self.queue_max_bytes)
             .field("token", &self.token)
             .finish()
     }

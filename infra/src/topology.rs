@@ -190,6 +190,14 @@ fn queue_args(settings: &Settings, dead_letter_key: Option<&str>) -> FieldTable 
 fn console_args(settings: &Settings, queue: &str) -> FieldTable {
     let mut args = queue_args(settings, None);
     dead_letter_to(settings, &mut args, &settings.topology.dead_letter_exchange, queue);
+    // Bounded while the console is away: past the bound new event messages are refused (their
+    // publishers are told), the ones held are kept, and the broker never reaches the memory
+    // alarm that would block the jobs' publishers along with the events'.
+    let bound = settings.console.queue_max_bytes;
+    if bound > 0 {
+        args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(i64::try_from(bound).unwrap_or(i64::MAX)));
+        args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from("reject-publish")));
+    }
     args
 }
 
@@ -237,6 +245,22 @@ pub fn explain_inequivalent(queue: &str, broker_says: &str, configured: QueueTyp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_consoles_queue_is_bounded_and_refuses_past_its_bound() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut settings = Settings::load(&dir).expect("config/default.toml loads");
+        let arg = |args: &FieldTable, key: &str| args.inner().get(key).cloned();
+        let args = console_args(&settings, "warren.console");
+        assert_eq!(arg(&args, "x-max-length-bytes"), Some(AMQPValue::LongLongInt(1 << 30)));
+        assert_eq!(arg(&args, "x-overflow"), Some(AMQPValue::LongString("reject-publish".into())));
+        settings.console.queue_max_bytes = 0;
+        let args = console_args(&settings, "warren.console");
+        assert_eq!((arg(&args, "x-max-length-bytes"), arg(&args, "x-overflow")), (None, None), "0: no bound");
+        settings.topology.queue_type = QueueType::Quorum;
+        let args = console_args(&settings, "warren.console");
+        assert_eq!(arg(&args, "x-overflow"), Some(AMQPValue::LongString("reject-publish".into())), "quorum's own");
+    }
 
     #[test]
     fn a_queue_of_the_other_type_is_explained_with_what_to_do() {

@@ -551,3 +551,112 @@ async fn the_console_holds_events_while_its_database_fails_and_dead_letters_what
     );
     console.shutdown().await;
 }
+
+/// The console away for long: its queue fills up to `console.queue_max_bytes`, then the broker
+/// refuses further event messages (the workers count them `not_stored`) instead of growing until
+/// its memory alarm blocks every publisher. Every job is answered all the same, and the console,
+/// back, stores what its queue held.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_away_fills_its_bounded_queue_and_never_holds_the_fleet_up(vhost: Vhost) {
+    const JOBS: u32 = 300;
+    let db = Db::new("sqlite");
+    let mut settings = console_settings(&vhost, &db);
+    settings.console.queue_max_bytes = 16 * 1024;
+    {
+        // As a console that ran once leaves it: its queue, bound to every event.
+        let conn = warren_infra::connect(&settings.broker, "test-console-queue").await.expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        let plan = warren_infra::topology::Plan::console(&settings);
+        warren_infra::topology::declare_plan(&ch, &settings, &plan).await.expect("declared");
+        let _ = conn.close(200, "declared".into()).await;
+    }
+    let (fleet, producer) = warren_e2e::fleet_and_producer(&settings).await;
+    let mut tickets = Vec::new();
+    for i in 0..JOBS {
+        let job = Job::from(ChecksumJob { data: i.to_le_bytes().to_vec(), rounds: 1 });
+        tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
+    }
+    for t in tickets {
+        assert_eq!(t.wait(DEADLINE).await.expect("every job answered").status, ResultStatus::Ok);
+    }
+    // Each job's three events end published or refused, none dropped.
+    let workers = fleet.metrics_addr.expect("metrics served");
+    let events = |outcome: &str| metric(workers, "warren_events_total", &[("outcome", outcome)]);
+    let deadline = Instant::now() + DEADLINE;
+    while events("published") + events("not_stored") < f64::from(3 * JOBS) {
+        assert!(Instant::now() < deadline, "events unaccounted for");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (published, refused) = (events("published"), events("not_stored"));
+    println!("console away: {published} events stored in its queue, {refused} refused past its bound");
+    assert!(refused > 0.0 && published > 0.0, "published {published}, refused {refused}");
+    assert_eq!(events("dropped"), 0.0);
+    let held = queue_depth(&settings, &settings.console.queue).await;
+    assert!(held > 0, "the queue holds what came before its bound");
+
+    // Back, the console stores what its queue held.
+    let console = Console::start(settings.clone()).await.expect("console starts");
+    let deadline = Instant::now() + DEADLINE;
+    while queue_depth(&settings, &settings.console.queue).await > 0 {
+        assert!(Instant::now() < deadline, "the console never read its queue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    await_metric(console.addr, "warren_console_events_total", &[("outcome", "stored")], published).await;
+    let stored = metric(console.addr, "warren_console_events_total", &[("outcome", "stored")]);
+    assert_eq!(stored, published, "every event the queue took is stored");
+    producer.close().await;
+    fleet.stop().await;
+    console.shutdown().await;
+}
+
+/// Two consoles on one PostgreSQL database and one queue (replicas), started together on an
+/// empty database: they share the fleet's events as competing consumers, store each once
+/// between them, and each answers for every job, whichever of them stored its events.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consoles_on_one_postgres_database_share_the_events_and_answer_for_every_job(vhost: Vhost) {
+    const JOBS: u32 = 200;
+    let db = Db::new("postgres");
+    let mut settings = console_settings(&vhost, &db);
+    // Small batches: each console takes a share of the messages.
+    settings.console.prefetch = 2;
+    let (a, b) = tokio::join!(Console::start(settings.clone()), Console::start(settings.clone()));
+    let consoles = [a.expect("the first console starts"), b.expect("the second console starts")];
+    for c in &consoles {
+        await_metric(c.addr, "warren_console_connected", &[], 1.0).await;
+    }
+    let (fleet, producer) = warren_e2e::fleet_and_producer(&settings).await;
+    let mut tickets = Vec::new();
+    for i in 0..JOBS {
+        let job = Job::from(ChecksumJob { data: i.to_le_bytes().to_vec(), rounds: 1 });
+        tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
+    }
+    let mut ids = Vec::new();
+    for t in tickets {
+        let r = t.wait(DEADLINE).await.expect("every job answered");
+        assert_eq!(r.status, ResultStatus::Ok);
+        ids.push(r.job_id);
+    }
+    let stored = |c: &Console| metric(c.addr, "warren_console_events_total", &[("outcome", "stored")]);
+    let deadline = Instant::now() + DEADLINE;
+    while consoles.iter().map(stored).sum::<f64>() < f64::from(3 * JOBS) {
+        assert!(Instant::now() < deadline, "the consoles never stored every event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shares: Vec<f64> = consoles.iter().map(stored).collect();
+    println!("two consoles: {shares:?} events stored by each");
+    assert_eq!(shares.iter().sum::<f64>(), f64::from(3 * JOBS), "each event stored once");
+    assert!(shares.iter().all(|s| *s > 0.0), "both consoles took a share: {shares:?}");
+    for id in ids.iter().step_by(10) {
+        for c in &consoles {
+            let job = await_job(c.addr, id, |b| b["job"]["status"] == "succeeded").await;
+            assert_eq!(steps(&job), owned(&[("received", 0), ("started", 0), ("succeeded", 0)]));
+        }
+    }
+    producer.close().await;
+    fleet.stop().await;
+    for c in consoles {
+        c.shutdown().await;
+    }
+}

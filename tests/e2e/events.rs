@@ -66,6 +66,7 @@ async fn every_step_of_a_job_is_an_event_routed_by_kind_and_step(vhost: Vhost) {
             let d = consumer.next().await.expect("an event").expect("delivery");
             d.ack(BasicAckOptions::default()).await.expect("ack");
             assert_eq!(d.properties.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
+            assert_eq!(*d.properties.delivery_mode(), Some(1), "transient unless consumer.events_persistent");
             // A JSON array of the events queued together that share this routing key.
             let events: Vec<Value> = serde_json::from_slice(&d.data).expect("a JSON array");
             assert!(!events.is_empty());

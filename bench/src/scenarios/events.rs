@@ -1,7 +1,10 @@
 //! The `events` scenario: what lifecycle events cost. The trivial `checksum` fleet with events
 //! off (`topology.events_exchange = ""`) against events on, with a queue bound to every event
-//! (`#`, as a status store would bind one) so that the broker routes and stores each of them;
-//! in pairs, alternating which runs first.
+//! (`#`, as a status store would bind one) so that the broker routes and stores each of them,
+//! and nobody reads it (a console that is away: the broker's worst case). Events on are run
+//! twice: transient (the default) and persistent (`consumer.events_persistent`). Each round
+//! runs the three in another order; CPU per job is measured for this process (the fleet and
+//! the load generator) and for the broker.
 
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -9,39 +12,87 @@ use serde_json::{Value, json};
 
 use crate::Cli;
 use crate::fleet::{checksum_job, fleet_run_in, median, plan, vhost};
+use crate::procfs::{CpuMeter, CpuUsed};
+
+#[derive(Clone, Copy)]
+enum Events {
+    Off,
+    Transient,
+    Persistent,
+}
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let p = plan(cli.messages, cli.concurrency, 0.0);
-    let (mut off, mut on) = (Vec::new(), Vec::new());
-    for i in 0..cli.pairs {
-        let run_off = async {
-            let v = vhost("bench-events-off");
-            fleet_run_in(&v, &["checksum"], &checksum_job(), &p, |s| s.topology.events_exchange = String::new()).await
-        };
-        let run_on = async {
-            let v = vhost("bench-events-on");
-            bind_every_event(&warren_e2e::settings_for(&v)).await?;
-            fleet_run_in(&v, &["checksum"], &checksum_job(), &p, |_| ()).await
-        };
-        let (o, n) = if i % 2 == 0 {
-            let o = run_off.await?;
-            (o, run_on.await?)
-        } else {
-            let n = run_on.await?;
-            (run_off.await?, n)
-        };
+    let all = [Events::Off, Events::Transient, Events::Persistent];
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut cpus: [Vec<CpuUsed>; 3] = Default::default();
+    for round in 0..cli.pairs {
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let (rate, cpu) = fleet(all[i], &p).await?;
+            rates[i].push(rate);
+            cpus[i].push(cpu);
+        }
         println!(
-            "events pair {}: off {:.0} jobs/s, on {:.0} jobs/s (3 events a job, routed to a queue)",
-            i + 1,
-            o.rate(),
-            n.rate()
+            "events round {}: off {:.0} jobs/s ({}), transient {:.0} ({}), persistent {:.0} ({})",
+            round + 1,
+            rates[0][round],
+            describe(&cpus[0][round]),
+            rates[1][round],
+            describe(&cpus[1][round]),
+            rates[2][round],
+            describe(&cpus[2][round]),
         );
-        off.push(o.rate());
-        on.push(n.rate());
     }
-    let (o, n) = (median(off.clone()), median(on.clone()));
-    println!("events: median off {o:.0} jobs/s, on {n:.0} jobs/s, ratio {:.3} (target >= 0.97)", n / o);
-    Ok(json!({"off_jobs_per_s": off, "on_jobs_per_s": on, "median_off": o, "median_on": n, "ratio": n / o}))
+    let m: Vec<f64> = rates.iter().map(|r| median(r.clone())).collect();
+    let c: Vec<CpuUsed> = cpus.iter().map(|c| CpuUsed::median(c)).collect();
+    let (transient, persistent) = (m[1] / m[0], m[2] / m[0]);
+    // Each round's runs are minutes apart at most, so the noise of a shared machine (its off
+    // runs vary by a quarter) weighs less on the ratio within a round.
+    let paired = |i: usize| median(rates[0].iter().zip(&rates[i]).map(|(off, on)| on / off).collect());
+    let (paired_transient, paired_persistent) = (paired(1), paired(2));
+    println!(
+        "events: median off {:.0} jobs/s, transient {:.0}, persistent {:.0}: ratio {transient:.3}, persistent {persistent:.3}",
+        m[0], m[1], m[2]
+    );
+    println!(
+        "events: median of each round's ratio: transient {paired_transient:.3} (target >= 0.97), persistent {paired_persistent:.3}"
+    );
+    println!("events: median off {}; transient {}; persistent {}", describe(&c[0]), describe(&c[1]), describe(&c[2]));
+    let cpu = |c: &CpuUsed| json!({"fleet_and_load_generator": c.own, "broker": c.broker});
+    Ok(json!({
+        "off_jobs_per_s": rates[0], "on_jobs_per_s": rates[1], "persistent_jobs_per_s": rates[2],
+        "median_off": m[0], "median_on": m[1], "median_persistent": m[2],
+        "ratio": transient, "ratio_persistent": persistent,
+        "paired_ratio": paired_transient, "paired_ratio_persistent": paired_persistent,
+        "cpu_s_per_job": {"off": cpu(&c[0]), "on": cpu(&c[1]), "persistent": cpu(&c[2])},
+    }))
+}
+
+/// One fleet run: its rate, and the CPU per job of this process and of the broker.
+async fn fleet(events: Events, p: &warren_producer::load::LoadPlan) -> anyhow::Result<(f64, CpuUsed)> {
+    let v = vhost("bench-events");
+    if !matches!(events, Events::Off) {
+        bind_every_event(&warren_e2e::settings_for(&v)).await?;
+    }
+    let cpu = CpuMeter::start();
+    let report = fleet_run_in(&v, &["checksum"], &checksum_job(), p, |s| match events {
+        Events::Off => s.topology.events_exchange = String::new(),
+        Events::Transient => s.consumer.events_persistent = false,
+        Events::Persistent => s.consumer.events_persistent = true,
+    })
+    .await?;
+    Ok((report.rate(), cpu.stop().per_job(p.count)))
+}
+
+/// "CPU/job 0.61 ms: fleet and load generator 0.35, broker 0.26" (the fleet runs in this process).
+fn describe(c: &CpuUsed) -> String {
+    format!(
+        "CPU/job {:.3} ms: fleet and load generator {:.3}, broker {:.3}",
+        (c.own + c.broker) * 1e3,
+        c.own * 1e3,
+        c.broker * 1e3
+    )
 }
 
 /// A durable queue bound to the events exchange with `#`.
