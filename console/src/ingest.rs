@@ -60,11 +60,38 @@ pub async fn run(shared: Shared, cancel: CancellationToken) {
     shared.metrics.connected.set(0);
 }
 
+/// Declares what the console reads (`Plan::console`) and returns the channel to read on. A
+/// queue that exists with other arguments (a console of an earlier build declared it without
+/// `console.queue_max_bytes`, or an operator changed it) is read as it is, with a warning each
+/// time: refusing it would leave the console reading nothing while the queue grows.
+async fn declare(connection: &lapin::Connection, s: &Settings) -> anyhow::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    let plan = Plan::console(s);
+    match topology::declare_plan(&channel, s, &plan).await {
+        Ok(()) => Ok(channel),
+        Err(e) if format!("{e:#}").contains("inequivalent arg") => {
+            tracing::warn!(
+                queue = %s.console.queue,
+                broker_said = %format!("{e:#}"),
+                "the console's queue exists with other arguments than configured (console.queue_max_bytes \
+                 is not applied to it); reading it as it is. To apply them, delete the queue once while no \
+                 console runs (its events are lost) and start the console"
+            );
+            // The broker closed the channel that asked.
+            let channel = connection.create_channel().await?;
+            let mut rest = plan;
+            rest.queues.retain(|(queue, _)| *queue != s.console.queue);
+            topology::declare_plan(&channel, s, &rest).await?;
+            Ok(channel)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn session(shared: &Shared, cancel: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
     let s = &shared.settings;
     let connection = warren_infra::connect(&s.broker, "console").await?;
-    let channel = connection.create_channel().await?;
-    topology::declare_plan(&channel, s, &Plan::console(s)).await?;
+    let channel = declare(&connection, s).await?;
     channel.basic_qos(s.console.prefetch.max(1), BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(

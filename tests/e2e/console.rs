@@ -559,10 +559,13 @@ async fn the_console_holds_events_while_its_database_fails_and_dead_letters_what
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_away_fills_its_bounded_queue_and_never_holds_the_fleet_up(vhost: Vhost) {
-    const JOBS: u32 = 300;
+    // About 1.4 MB of events against a bound of 256 KiB, which holds several of the largest
+    // event messages (512 events, about 120 KB): a message over the bound is refused even by an
+    // empty queue.
+    const JOBS: u32 = 2_000;
     let db = Db::new("sqlite");
     let mut settings = console_settings(&vhost, &db);
-    settings.console.queue_max_bytes = 16 * 1024;
+    settings.console.queue_max_bytes = 256 * 1024;
     {
         // As a console that ran once leaves it: its queue, bound to every event.
         let conn = warren_infra::connect(&settings.broker, "test-console-queue").await.expect("connect");
@@ -659,4 +662,30 @@ async fn two_consoles_on_one_postgres_database_share_the_events_and_answer_for_e
     for c in consoles {
         c.shutdown().await;
     }
+}
+
+/// A console's queue declared by an earlier build, without `console.queue_max_bytes`: the broker
+/// refuses to declare it again with the bound ("inequivalent arg"), and the console reads it as
+/// it is (with a warning) rather than read nothing while it grows.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_reads_its_queue_declared_by_an_earlier_build_without_the_bound(vhost: Vhost) {
+    let db = Db::new("sqlite");
+    let settings = console_settings(&vhost, &db);
+    {
+        let mut earlier = settings.clone();
+        earlier.console.queue_max_bytes = 0;
+        let conn = warren_infra::connect(&settings.broker, "test-console-queue").await.expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        let plan = warren_infra::topology::Plan::console(&earlier);
+        warren_infra::topology::declare_plan(&ch, &earlier, &plan).await.expect("declared unbounded");
+        let _ = conn.close(200, "declared".into()).await;
+    }
+    assert!(settings.console.queue_max_bytes > 0);
+    let console = Console::start(settings.clone()).await.expect("console starts");
+    await_metric(console.addr, "warren_console_connected", &[], 1.0).await;
+    publish_events(&settings, &[vec![received("earlier-1")], vec![received("earlier-2")]]).await;
+    await_metric(console.addr, "warren_console_events_total", &[("outcome", "stored")], 2.0).await;
+    await_job(console.addr, "earlier-2", |b| b["job"]["status"] == "received").await;
+    console.shutdown().await;
 }
