@@ -122,10 +122,8 @@ async fn the_store_on_postgres_merges_dedupes_pages_and_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consoles_started_together_on_one_postgres_database_share_it() {
     const CONSOLES: usize = 8;
-    let name = format!("warren_store_together_{}", std::process::id());
-    psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-    psql(&format!("CREATE DATABASE {name}"));
-    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let db = Database::create(&format!("warren_store_together_{}", std::process::id()));
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}", db.0);
     let opened = futures_util::future::join_all((0..CONSOLES).map(|_| Store::open(&url))).await;
     let stores: Vec<Store> = opened.into_iter().map(|s| s.expect("every console opens the shared database")).collect();
     // Each writes one step of the same 50 jobs, all at once.
@@ -146,5 +144,24 @@ async fn consoles_started_together_on_one_postgres_database_share_it() {
     for store in stores {
         store.close().await;
     }
-    psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+}
+
+/// A database of the test's own, dropped when the test ends, pass or fail.
+struct Database(String);
+
+impl Database {
+    fn create(name: &str) -> Self {
+        psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(&format!("CREATE DATABASE {name}"));
+        Self(name.to_owned())
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
+            .output();
+    }
 }

@@ -9,9 +9,9 @@
 //! the events queued within [`LINGER`] of the first that share a routing key (a JSON array, up
 //! to [`MAX_BATCH`]), so that under load the broker routes one message for many events rather
 //! than one each; the task sleeps through the linger rather than wake for each event. Event
-//! messages are transient unless `consumer.events_persistent`: stored persistent in a queue
-//! nobody reads (a console that is down), they cost the trivial fleet 3-9 % of its rate,
-//! transient ones 0-3 % (docs/benchmarks.md, "Lifecycle events"). Nothing about a job's settle
+//! messages are transient unless `consumer.events_persistent`: stored persistent in a classic
+//! queue nobody reads (a console that is down), they cost the trivial fleet 3-9 % of its rate,
+//! transient ones 0-3 % (docs/benchmarks.md, "Lifecycle events"; a quorum queue stores both). Nothing about a job's settle
 //! waits for its events, and an event is published after the step it reports is settled with
 //! the broker, never before.
 
@@ -298,7 +298,7 @@ async fn publish_all(
             },
         };
         // What is already queued goes at once; a batch not full by then waits out the linger
-        // asleep and takes what came meanwhile: one wake-up a batch, not one an event.
+        // asleep and takes what came meanwhile: two wake-ups a batch, not one an event.
         let mut batch = vec![first];
         take_queued(&mut rx, &mut batch);
         if batch.len() < MAX_BATCH && !finish.is_cancelled() {

@@ -209,7 +209,8 @@ pub struct ConsumerSettings {
     pub events_buffer: usize,
     /// Whether event messages are published persistent (`delivery_mode` 2: they outlive a
     /// broker restart while queued) or transient (1, the default: cheaper for the broker when
-    /// they pile up, lost with a broker restart before a reader took them).
+    /// they pile up in a classic queue, lost with a broker restart before a reader took them;
+    /// a quorum queue keeps every message either way).
     pub events_persistent: bool,
 }
 
@@ -235,7 +236,8 @@ pub struct ConsoleSettings {
     pub retention_check_ms: u64,
     /// The most the console's queue holds (`x-max-length-bytes`) while the console is away;
     /// past it the broker refuses new event messages (workers count them `not_stored`) rather
-    /// than grow until its memory alarm blocks every publisher. 0 = no bound.
+    /// than grow until its memory alarm blocks every publisher (keep it well below the broker's
+    /// memory high watermark). 0 = no bound.
     pub queue_max_bytes: u64,
     /// Bearer token that actions changing a queue (replay) need; "" turns actions off.
     pub token: Secret,

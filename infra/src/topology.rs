@@ -191,8 +191,8 @@ fn console_args(settings: &Settings, queue: &str) -> FieldTable {
     let mut args = queue_args(settings, None);
     dead_letter_to(settings, &mut args, &settings.topology.dead_letter_exchange, queue);
     // Bounded while the console is away: past the bound new event messages are refused (their
-    // publishers are told), the ones held are kept, and the broker never reaches the memory
-    // alarm that would block the jobs' publishers along with the events'.
+    // publishers are told) and the ones held are kept, so that what the console leaves in the
+    // broker cannot grow until the memory alarm blocks the jobs' publishers with the events'.
     let bound = settings.console.queue_max_bytes;
     if bound > 0 {
         args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(i64::try_from(bound).unwrap_or(i64::MAX)));
@@ -254,12 +254,15 @@ mod tests {
         let args = console_args(&settings, "warren.console");
         assert_eq!(arg(&args, "x-max-length-bytes"), Some(AMQPValue::LongLongInt(1 << 30)));
         assert_eq!(arg(&args, "x-overflow"), Some(AMQPValue::LongString("reject-publish".into())));
+        settings.topology.queue_type = QueueType::Quorum;
+        let args = console_args(&settings, "warren.console");
+        assert_eq!(arg(&args, "x-max-length-bytes"), Some(AMQPValue::LongLongInt(1 << 30)), "quorum too");
+        assert_eq!(arg(&args, "x-overflow"), Some(AMQPValue::LongString("reject-publish".into())));
+        assert_eq!(arg(&args, "x-dead-letter-strategy"), Some(AMQPValue::LongString("at-least-once".into())));
+        settings.topology.queue_type = QueueType::Classic;
         settings.console.queue_max_bytes = 0;
         let args = console_args(&settings, "warren.console");
         assert_eq!((arg(&args, "x-max-length-bytes"), arg(&args, "x-overflow")), (None, None), "0: no bound");
-        settings.topology.queue_type = QueueType::Quorum;
-        let args = console_args(&settings, "warren.console");
-        assert_eq!(arg(&args, "x-overflow"), Some(AMQPValue::LongString("reject-publish".into())), "quorum's own");
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let m: Vec<f64> = rates.iter().map(|r| median(r.clone())).collect();
     let c: Vec<CpuUsed> = cpus.iter().map(|c| CpuUsed::median(c)).collect();
     let (transient, persistent) = (m[1] / m[0], m[2] / m[0]);
-    // Each round's runs are minutes apart at most, so the noise of a shared machine (its off
+    // Each round's runs are seconds apart, so the noise of a shared machine (its off
     // runs vary by a quarter) weighs less on the ratio within a round.
     let paired = |i: usize| median(rates[0].iter().zip(&rates[i]).map(|(off, on)| on / off).collect());
     let (paired_transient, paired_persistent) = (paired(1), paired(2));
