@@ -84,6 +84,18 @@ const SCHEMA: [&str; 6] = [
     "CREATE INDEX IF NOT EXISTS warren_events_at ON warren_events (at_us)",
 ];
 
+/// The table or index a statement of [`SCHEMA`] creates: the word after `IF NOT EXISTS`.
+fn created(statement: &str) -> Option<&str> {
+    let mut words = statement.split_whitespace();
+    words.by_ref().find(|w| *w == "EXISTS")?;
+    words.next()
+}
+
+/// PostgreSQL chose this transaction as a deadlock's victim (SQLSTATE 40P01).
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "40P01")
+}
+
 const UPSERT_HEAD: &str = "INSERT INTO warren_jobs (job_id, kind, queue, first_us, last_us, status, status_key,
         worker_id, attempts, trace_id, error_class, error_type, error_message, error_key, run_ms, output_bytes,
         progress, progress_text, progress_key)
@@ -281,23 +293,55 @@ impl Store {
         Ok(store)
     }
 
-    /// Creates the tables, in one transaction. On PostgreSQL under an advisory lock: consoles
-    /// sharing the database may start together, and two `CREATE TABLE IF NOT EXISTS` of one
-    /// table at once fail on `pg_type`'s unique index.
+    /// Creates the tables, in one transaction. On PostgreSQL, consoles share the database:
+    /// - when every table and index is there already, nothing is run: `CREATE INDEX IF NOT
+    ///   EXISTS` locks its table before it finds the index there, and that lock, held to the
+    ///   end of the transaction, deadlocked with another console's batch (CI, 2026-12-06);
+    /// - else under an advisory lock, because two `CREATE TABLE IF NOT EXISTS` of one table at
+    ///   once fail on `pg_type`'s unique index; and tried again when PostgreSQL chose it as a
+    ///   deadlock's victim.
     async fn migrate(&self) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await.context("create the console's tables")?;
+        if self.backend == Backend::Postgres && self.schema_present().await.context("look for the console's tables")? {
+            return Ok(());
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.create_tables().await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 5 && is_deadlock(&e) => {
+                    tracing::info!(tries, "creating the console's tables met a deadlock; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("create the console's tables")),
+            }
+        }
+    }
+
+    async fn create_tables(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
                 .bind(MIGRATION_LOCK)
                 .execute(&mut *tx)
-                .await
-                .context("lock the console's tables to create them")?;
+                .await?;
         }
         for statement in SCHEMA {
-            sqlx::query(statement).execute(&mut *tx).await.context("create the console's tables")?;
+            sqlx::query(statement).execute(&mut *tx).await?;
         }
-        tx.commit().await.context("create the console's tables")?;
-        Ok(())
+        tx.commit().await
+    }
+
+    /// Whether every table and index [`SCHEMA`] creates exists (PostgreSQL, on the search path).
+    async fn schema_present(&self) -> Result<bool, sqlx::Error> {
+        let names: Vec<&str> = SCHEMA.iter().filter_map(|s| created(s)).collect();
+        let values: Vec<String> = names.iter().map(|n| format!("('{n}')")).collect();
+        let sql = format!(
+            "SELECT COUNT(*) AS present FROM (VALUES {}) AS n(name) WHERE to_regclass(n.name) IS NOT NULL",
+            values.join(", ")
+        );
+        let (present,): (i64,) = sqlx::query_as(&sql).fetch_one(&self.pool).await?;
+        Ok(usize::try_from(present).is_ok_and(|p| p == names.len()))
     }
 
     /// Stores a batch in one transaction: every event (once) and each job's merged summary.
@@ -623,4 +667,25 @@ async fn upsert(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: Vec<(String, Su
 pub fn job_ids(batch: &[Received]) -> Vec<String> {
     let ids: BTreeSet<&str> = batch.iter().map(|r| r.event.job_id.as_str()).collect();
     ids.into_iter().map(str::to_owned).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_names_what_it_creates() {
+        let names: Vec<&str> = SCHEMA.iter().filter_map(|s| created(s)).collect();
+        assert_eq!(
+            names,
+            [
+                "warren_jobs",
+                "warren_jobs_last",
+                "warren_jobs_kind_last",
+                "warren_jobs_status_last",
+                "warren_events",
+                "warren_events_at"
+            ]
+        );
+    }
 }

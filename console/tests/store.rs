@@ -141,6 +141,21 @@ async fn consoles_started_together_on_one_postgres_database_share_it() {
     let jobs = stores[0].list(&query).await.expect("list");
     assert_eq!(jobs.len(), 50);
     assert!(jobs.iter().all(|j| j.status == "succeeded"), "{:?}", jobs.first());
+    // More consoles start while the first ones write: a console starting takes no lock that a
+    // writing one's transaction could deadlock with (CREATE INDEX IF NOT EXISTS did).
+    let writing = stores.iter().enumerate().map(|(i, store)| async move {
+        for round in 0..20 {
+            let batch: Vec<Received> = (0..50)
+                .map(|j| event(&format!("job-{j:02}"), "progress", 2_000 + (i * 100 + round) as i64, 0))
+                .collect();
+            store.store(&batch).await.expect("a batch stored while consoles start");
+        }
+    });
+    let starting = futures_util::future::join_all((0..CONSOLES).map(|_| Store::open(&url)));
+    let (_, late) = tokio::join!(futures_util::future::join_all(writing), starting);
+    for store in late {
+        store.expect("a console starting beside writing ones opens").close().await;
+    }
     for store in stores {
         store.close().await;
     }
