@@ -69,7 +69,7 @@ async fn declare(connection: &lapin::Connection, s: &Settings) -> anyhow::Result
     let plan = Plan::console(s);
     match topology::declare_plan(&channel, s, &plan).await {
         Ok(()) => Ok(channel),
-        Err(e) if format!("{e:#}").contains("inequivalent arg") => {
+        Err(e) if topology::is_inequivalent(&e) => {
             tracing::warn!(
                 queue = %s.console.queue,
                 broker_said = %format!("{e:#}"),

@@ -293,17 +293,14 @@ impl Store {
         Ok(store)
     }
 
-    /// Creates the tables, in one transaction. On PostgreSQL, consoles share the database:
-    /// - when every table and index is there already, nothing is run: `CREATE INDEX IF NOT
-    ///   EXISTS` locks its table before it finds the index there, and that lock, held to the
-    ///   end of the transaction, deadlocked with another console's batch (CI, 2026-12-06);
-    /// - else under an advisory lock, because two `CREATE TABLE IF NOT EXISTS` of one table at
-    ///   once fail on `pg_type`'s unique index; and tried again when PostgreSQL chose it as a
-    ///   deadlock's victim.
+    /// Creates the tables, in one transaction. On PostgreSQL, where consoles share the
+    /// database, under an advisory lock (two `CREATE TABLE IF NOT EXISTS` of one table at once
+    /// fail on `pg_type`'s unique index), and only what is missing once the lock is held:
+    /// `CREATE INDEX IF NOT EXISTS` locks its table before it finds the index there, and that
+    /// lock, held to the end of the transaction, deadlocked with another console's batch (CI,
+    /// 2026-12-06). Tried again when PostgreSQL still picks it as a deadlock's victim (tables
+    /// partly there while others write: a newer schema).
     async fn migrate(&self) -> anyhow::Result<()> {
-        if self.backend == Backend::Postgres && self.schema_present().await.context("look for the console's tables")? {
-            return Ok(());
-        }
         let mut tries = 0;
         loop {
             tries += 1;
@@ -327,21 +324,23 @@ impl Store {
                 .await?;
         }
         for statement in SCHEMA {
-            sqlx::query(statement).execute(&mut *tx).await?;
+            let missing = match (self.backend, created(statement)) {
+                (Backend::Postgres, Some(name)) => {
+                    let (found,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) AS found FROM (SELECT to_regclass($1) AS r) AS x WHERE r IS NOT NULL",
+                    )
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    found == 0
+                }
+                _ => true,
+            };
+            if missing {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await
-    }
-
-    /// Whether every table and index [`SCHEMA`] creates exists (PostgreSQL, on the search path).
-    async fn schema_present(&self) -> Result<bool, sqlx::Error> {
-        let names: Vec<&str> = SCHEMA.iter().filter_map(|s| created(s)).collect();
-        let values: Vec<String> = names.iter().map(|n| format!("('{n}')")).collect();
-        let sql = format!(
-            "SELECT COUNT(*) AS present FROM (VALUES {}) AS n(name) WHERE to_regclass(n.name) IS NOT NULL",
-            values.join(", ")
-        );
-        let (present,): (i64,) = sqlx::query_as(&sql).fetch_one(&self.pool).await?;
-        Ok(usize::try_from(present).is_ok_and(|p| p == names.len()))
     }
 
     /// Stores a batch in one transaction: every event (once) and each job's merged summary.

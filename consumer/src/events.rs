@@ -10,8 +10,9 @@
 //! to [`MAX_BATCH`]), so that under load the broker routes one message for many events rather
 //! than one each; the task sleeps through the linger rather than wake for each event. Event
 //! messages are transient unless `consumer.events_persistent`: stored persistent in a classic
-//! queue nobody reads (a console that is down), they cost the trivial fleet 3-9 % of its rate,
-//! transient ones 0-3 % (docs/benchmarks.md, "Lifecycle events"; a quorum queue stores both). Nothing about a job's settle
+//! queue nobody reads (a console that is down), they cost the trivial fleet 2-8 % of its rate,
+//! transient ones nothing beyond the noise (docs/benchmarks.md, "Lifecycle events"; a quorum
+//! queue stores both alike). Nothing about a job's settle
 //! waits for its events, and an event is published after the step it reports is settled with
 //! the broker, never before.
 
@@ -179,9 +180,9 @@ impl Events {
         let (tx, rx) = mpsc::channel(buffer);
         let confirm_timeout = Duration::from_millis(settings.broker.confirm_timeout_ms);
         let finish = CancellationToken::new();
-        let ends = Ends { lost, finish: finish.clone() };
-        let to = To { exchange, persistent: settings.consumer.events_persistent, confirm_timeout };
-        let task = tokio::spawn(publish_all(connection, to, rx, metrics.clone(), ends));
+        let persistent = settings.consumer.events_persistent;
+        let to = To { exchange, persistent, confirm_timeout, lost, finish: finish.clone() };
+        let task = tokio::spawn(publish_all(connection, to, rx, metrics.clone()));
         Self { tx: Some(tx), metrics, finish, task: std::sync::Mutex::new(Some(task)) }
     }
 
@@ -248,29 +249,19 @@ impl ProgressEnd {
     }
 }
 
-/// What ends the event task: the session lost (what it holds is lost with the connection), or
-/// the drain's flush (it publishes what it holds, then ends).
-struct Ends {
-    lost: CancellationToken,
-    finish: CancellationToken,
-}
-
-/// Where and how event messages go.
+/// Where and how event messages go, and what ends the event task: the session lost (what it
+/// holds is lost with the connection), or the drain's flush (it publishes what it holds, then
+/// ends).
 struct To {
     exchange: String,
     persistent: bool,
     confirm_timeout: Duration,
+    lost: CancellationToken,
+    finish: CancellationToken,
 }
 
-async fn publish_all(
-    connection: Arc<Connection>,
-    to: To,
-    mut rx: mpsc::Receiver<Event>,
-    metrics: Arc<Metrics>,
-    ends: Ends,
-) {
-    let Ends { lost, finish } = ends;
-    let To { exchange, persistent, confirm_timeout } = to;
+async fn publish_all(connection: Arc<Connection>, to: To, mut rx: mpsc::Receiver<Event>, metrics: Arc<Metrics>) {
+    let To { exchange, persistent, confirm_timeout, lost, finish } = to;
     let publisher = match Publisher::open_with_lanes(connection, confirm_timeout, PUBLISHING, 1).await {
         Ok(p) => p,
         Err(e) => {

@@ -212,10 +212,18 @@ fn dead_letter_to(settings: &Settings, args: &mut FieldTable, exchange: &str, ke
     }
 }
 
+/// What the broker says when a queue exists with other arguments than a declaration gives.
+const INEQUIVALENT: &str = "inequivalent arg";
+
+/// Whether [`declare_plan`] failed because a queue exists with other arguments.
+pub fn is_inequivalent(e: &anyhow::Error) -> bool {
+    format!("{e:#}").contains(INEQUIVALENT)
+}
+
 /// What to tell the operator when the broker refuses a declaration because the queue exists
 /// with other arguments (PRECONDITION_FAILED, "inequivalent arg"); None for any other error.
 pub fn explain_inequivalent(queue: &str, broker_says: &str, configured: QueueType) -> Option<String> {
-    if !broker_says.contains("inequivalent arg") {
+    if !broker_says.contains(INEQUIVALENT) {
         return None;
     }
     let wanted = match configured {

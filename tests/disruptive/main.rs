@@ -168,14 +168,12 @@ async fn a_broker_restart_mid_run_loses_nothing(vhost: Vhost) {
 }
 
 /// `consumer.events_persistent`: event messages waiting in a queue outlive a broker restart
-/// when persistent; transient ones (the default, far cheaper for the broker when nobody reads
+/// when persistent; transient ones (the default, cheaper for the broker when nobody reads
 /// them: docs/benchmarks.md) are lost with it, as docs/contract.md says.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_events_outlive_a_broker_restart_and_transient_ones_do_not(vhost: Vhost) {
-    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    use warren_e2e::queue_depth;
+    use warren_e2e::{eventually, listen_to_every_event, queue_depth};
     let _turn = BROKER.lock().await;
     let transient = Vhost::create("events-transient");
     let mut runs = Vec::new();
@@ -183,37 +181,18 @@ async fn persistent_events_outlive_a_broker_restart_and_transient_ones_do_not(vh
         let mut settings = settings_for(v);
         settings.consumer.events_persistent = persistent;
         let (fleet, producer) = fleet_and_producer(&settings).await;
-        let conn = warren_infra::connect(&settings.broker, "test-events").await.expect("connect");
-        let ch = conn.create_channel().await.expect("channel");
-        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-        ch.queue_declare("test.events".into(), durable, FieldTable::default()).await.expect("queue");
-        let exchange = settings.topology.events_exchange.as_str();
-        ch.queue_bind(
-            "test.events".into(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+        let (conn, _) = listen_to_every_event(&settings, "test.events").await;
         let _ = conn.close(200, "bound".into()).await;
-        let job = Job::from(ChecksumJob { data: b"x".to_vec(), rounds: 1 });
-        let ticket = producer.publish(&job, &want_result()).await.expect("publish");
-        assert_eq!(ticket.wait(DEADLINE).await.expect("answered").status, ResultStatus::Ok);
+        warren_e2e::answer_checksum_jobs(&producer, 1).await;
         // Its three events (received, started, succeeded) are in the queue.
         let metrics = fleet.metrics_addr.expect("metrics served");
         let published =
             || warren_e2e::scrape::Scrape::take(metrics).value("warren_events_total", &[("outcome", "published")]);
-        let deadline = std::time::Instant::now() + DEADLINE;
-        while tokio::task::block_in_place(published) < 3.0 {
-            assert!(std::time::Instant::now() < deadline, "the job's events were never published");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually("the job's events are published", || async { tokio::task::block_in_place(published) >= 3.0 }).await;
         producer.close().await;
         fleet.stop().await;
         let held = queue_depth(&settings, "test.events").await;
-        assert!(held > 0);
+        assert!(held > 0, "the job's event messages are in the queue");
         runs.push((settings, held));
     }
     rabbitmqctl(&["stop_app"]).await;

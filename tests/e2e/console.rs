@@ -16,7 +16,8 @@ use warren_console::Console;
 use warren_console::store::Store;
 use warren_e2e::console::{Browser, PgDatabase, api, await_job, call};
 use warren_e2e::{
-    ConsumerProcess, DEADLINE, Fleet, TempDir, Vhost, queue_depth, repo_root, route, settings_for, vhost, want_result,
+    ConsumerProcess, DEADLINE, Fleet, TempDir, Vhost, answer_checksum_jobs, eventually, queue_depth, repo_root, route,
+    settings_for, vhost, want_result,
 };
 use warren_infra::Settings;
 use warren_infra::settings::Secret;
@@ -60,11 +61,17 @@ fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 async fn await_metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)], at_least: f64) {
-    let start = Instant::now();
-    while metric(addr, name, labels) < at_least {
-        assert!(start.elapsed() < DEADLINE, "{name}{labels:?} never reached {at_least}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(&format!("{name}{labels:?} reaches {at_least}"), || async { metric(addr, name, labels) >= at_least })
+        .await;
+}
+
+/// The console's queue and what it is bound to, declared as a console that ran once leaves them.
+async fn declare_console_queue(settings: &Settings) {
+    let conn = warren_infra::connect(&settings.broker, "test-console-queue").await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let plan = warren_infra::topology::Plan::console(settings);
+    warren_infra::topology::declare_plan(&ch, settings, &plan).await.expect("the console's queue declared");
+    let _ = conn.close(200, "declared".into()).await;
 }
 
 fn steps(answer: &Value) -> Vec<(String, u64)> {
@@ -566,31 +573,15 @@ async fn a_console_away_fills_its_bounded_queue_and_never_holds_the_fleet_up(vho
     let db = Db::new("sqlite");
     let mut settings = console_settings(&vhost, &db);
     settings.console.queue_max_bytes = 256 * 1024;
-    {
-        // As a console that ran once leaves it: its queue, bound to every event.
-        let conn = warren_infra::connect(&settings.broker, "test-console-queue").await.expect("connect");
-        let ch = conn.create_channel().await.expect("channel");
-        let plan = warren_infra::topology::Plan::console(&settings);
-        warren_infra::topology::declare_plan(&ch, &settings, &plan).await.expect("declared");
-        let _ = conn.close(200, "declared".into()).await;
-    }
+    declare_console_queue(&settings).await;
     let (fleet, producer) = warren_e2e::fleet_and_producer(&settings).await;
-    let mut tickets = Vec::new();
-    for i in 0..JOBS {
-        let job = Job::from(ChecksumJob { data: i.to_le_bytes().to_vec(), rounds: 1 });
-        tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
-    }
-    for t in tickets {
-        assert_eq!(t.wait(DEADLINE).await.expect("every job answered").status, ResultStatus::Ok);
-    }
+    answer_checksum_jobs(&producer, JOBS).await;
     // Each job's three events end published or refused, none dropped.
     let workers = fleet.metrics_addr.expect("metrics served");
     let events = |outcome: &str| metric(workers, "warren_events_total", &[("outcome", outcome)]);
-    let deadline = Instant::now() + DEADLINE;
-    while events("published") + events("not_stored") < f64::from(3 * JOBS) {
-        assert!(Instant::now() < deadline, "events unaccounted for");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let all = f64::from(3 * JOBS);
+    eventually("every event published or refused", || async { events("published") + events("not_stored") >= all })
+        .await;
     let (published, refused) = (events("published"), events("not_stored"));
     println!("console away: {published} events stored in its queue, {refused} refused past its bound");
     assert!(refused > 0.0 && published > 0.0, "published {published}, refused {refused}");
@@ -600,11 +591,8 @@ async fn a_console_away_fills_its_bounded_queue_and_never_holds_the_fleet_up(vho
 
     // Back, the console stores what its queue held.
     let console = Console::start(settings.clone()).await.expect("console starts");
-    let deadline = Instant::now() + DEADLINE;
-    while queue_depth(&settings, &settings.console.queue).await > 0 {
-        assert!(Instant::now() < deadline, "the console never read its queue");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the console reads its queue", || async { queue_depth(&settings, &settings.console.queue).await == 0 })
+        .await;
     await_metric(console.addr, "warren_console_events_total", &[("outcome", "stored")], published).await;
     let stored = metric(console.addr, "warren_console_events_total", &[("outcome", "stored")]);
     assert_eq!(stored, published, "every event the queue took is stored");
@@ -630,23 +618,10 @@ async fn two_consoles_on_one_postgres_database_share_the_events_and_answer_for_e
         await_metric(c.addr, "warren_console_connected", &[], 1.0).await;
     }
     let (fleet, producer) = warren_e2e::fleet_and_producer(&settings).await;
-    let mut tickets = Vec::new();
-    for i in 0..JOBS {
-        let job = Job::from(ChecksumJob { data: i.to_le_bytes().to_vec(), rounds: 1 });
-        tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
-    }
-    let mut ids = Vec::new();
-    for t in tickets {
-        let r = t.wait(DEADLINE).await.expect("every job answered");
-        assert_eq!(r.status, ResultStatus::Ok);
-        ids.push(r.job_id);
-    }
+    let ids = answer_checksum_jobs(&producer, JOBS).await;
     let stored = |c: &Console| metric(c.addr, "warren_console_events_total", &[("outcome", "stored")]);
-    let deadline = Instant::now() + DEADLINE;
-    while consoles.iter().map(stored).sum::<f64>() < f64::from(3 * JOBS) {
-        assert!(Instant::now() < deadline, "the consoles never stored every event");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let all = f64::from(3 * JOBS);
+    eventually("the consoles store every event", || async { consoles.iter().map(stored).sum::<f64>() >= all }).await;
     let shares: Vec<f64> = consoles.iter().map(stored).collect();
     println!("two consoles: {shares:?} events stored by each");
     assert_eq!(shares.iter().sum::<f64>(), f64::from(3 * JOBS), "each event stored once");
@@ -672,15 +647,9 @@ async fn two_consoles_on_one_postgres_database_share_the_events_and_answer_for_e
 async fn a_console_reads_its_queue_declared_by_an_earlier_build_without_the_bound(vhost: Vhost) {
     let db = Db::new("sqlite");
     let settings = console_settings(&vhost, &db);
-    {
-        let mut earlier = settings.clone();
-        earlier.console.queue_max_bytes = 0;
-        let conn = warren_infra::connect(&settings.broker, "test-console-queue").await.expect("connect");
-        let ch = conn.create_channel().await.expect("channel");
-        let plan = warren_infra::topology::Plan::console(&earlier);
-        warren_infra::topology::declare_plan(&ch, &earlier, &plan).await.expect("declared unbounded");
-        let _ = conn.close(200, "declared".into()).await;
-    }
+    let mut earlier = settings.clone();
+    earlier.console.queue_max_bytes = 0;
+    declare_console_queue(&earlier).await;
     assert!(settings.console.queue_max_bytes > 0);
     let console = Console::start(settings.clone()).await.expect("console starts");
     await_metric(console.addr, "warren_console_connected", &[], 1.0).await;

@@ -5,27 +5,18 @@
 use std::collections::BTreeMap;
 
 use futures_util::StreamExt as _;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use rstest::rstest;
 use serde_json::Value;
 use warren_common::checksum::ChecksumJob;
 use warren_common::fault::FaultJob;
 use warren_common::{Job, ResultStatus};
-use warren_e2e::{DEADLINE, Fleet, Vhost, queue_depth, scrape, settings_for, vhost, want_result};
+use warren_e2e::{
+    DEADLINE, Fleet, Vhost, answer_checksum_jobs, listen_to_every_event, queue_depth, scrape, settings_for, vhost,
+    want_result,
+};
 use warren_producer::Producer;
-
-/// A queue of the test's own bound to every event (`#`), and the channel to read it on.
-async fn listen_to_every_event(settings: &warren_infra::Settings, queue: &str) -> (lapin::Connection, lapin::Channel) {
-    let conn = warren_infra::connect(&settings.broker, "test-events").await.expect("connect");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("queue");
-    let exchange = settings.topology.events_exchange.as_str();
-    ch.queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
-        .await
-        .expect("bind");
-    (conn, ch)
-}
 
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,14 +130,7 @@ async fn a_worker_stopped_after_its_last_result_still_publishes_its_events(vhost
     let queue = "test.events.drain";
     let (conn, ch) = listen_to_every_event(&settings, queue).await;
     let fleet = Fleet::start(settings.clone()).await;
-    let mut tickets = Vec::new();
-    for i in 0..JOBS {
-        let job = Job::from(ChecksumJob { data: format!("{i}").into_bytes(), rounds: 1 });
-        tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
-    }
-    for t in tickets {
-        assert_eq!(t.wait(DEADLINE).await.expect("result").status, ResultStatus::Ok);
-    }
+    answer_checksum_jobs(&producer, JOBS as u32).await;
     // At once: the last jobs' succeeded events are at most queued or lingering now.
     fleet.stop().await;
     let mut consumer = ch

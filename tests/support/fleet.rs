@@ -97,6 +97,51 @@ pub async fn fleet_and_producer(settings: &Settings) -> (Fleet, warren_producer:
     (fleet, producer)
 }
 
+/// Publishes `n` distinct checksum jobs asking for their results and waits until each
+/// succeeded; their ids, in the order published.
+pub async fn answer_checksum_jobs(producer: &warren_producer::Producer, n: u32) -> Vec<String> {
+    let mut tickets = Vec::new();
+    for i in 0..n {
+        let job = warren_common::Job::from(warren_common::checksum::ChecksumJob {
+            data: i.to_le_bytes().to_vec(),
+            rounds: 1,
+        });
+        tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
+    }
+    let mut ids = Vec::new();
+    for t in tickets {
+        let r = t.wait(crate::DEADLINE).await.expect("every job answered");
+        assert_eq!(r.status, warren_common::ResultStatus::Ok, "{r:?}");
+        ids.push(r.job_id);
+    }
+    ids
+}
+
+/// Waits until `check` holds, asking every 50 ms, at most [`crate::DEADLINE`]; fails the test
+/// with `what` past it.
+pub async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + crate::DEADLINE;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A durable queue `queue` bound to the events exchange with `#` (every event, as a status
+/// store binds one), the topology declared first; the connection and a channel to read it on.
+pub async fn listen_to_every_event(settings: &Settings, queue: &str) -> (lapin::Connection, lapin::Channel) {
+    let conn = warren_infra::connect(&settings.broker, "test-events").await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    warren_infra::topology::declare(&ch, settings).await.expect("topology");
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare(queue.into(), durable, FieldTable::default()).await.expect("queue");
+    let exchange = settings.topology.events_exchange.as_str();
+    ch.queue_bind(queue.into(), exchange.into(), "#".into(), Default::default(), FieldTable::default())
+        .await
+        .expect("bind");
+    (conn, ch)
+}
+
 /// Publish options asking for the result.
 pub fn want_result() -> warren_producer::PublishOptions {
     warren_producer::PublishOptions { want_result: true, ..Default::default() }

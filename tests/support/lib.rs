@@ -19,7 +19,10 @@ use warren_common::Job;
 use warren_common::resize::{Filter, ResizeJob, ResizeMode};
 
 pub use broker::{Vhost, management_url, vhost};
-pub use fleet::{Fleet, collect_messages, fleet_and_producer, queue_depth, settings_for, want_result};
+pub use fleet::{
+    Fleet, answer_checksum_jobs, collect_messages, eventually, fleet_and_producer, listen_to_every_event, queue_depth,
+    settings_for, want_result,
+};
 pub use process::{ConfigDir, ConsumerProcess};
 pub use temp::TempDir;
 

@@ -6,8 +6,6 @@
 //! runs the three in another order; CPU per job is measured for this process (the fleet and
 //! the load generator) and for the broker.
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 use crate::Cli;
@@ -95,26 +93,9 @@ fn describe(c: &CpuUsed) -> String {
     )
 }
 
-/// A durable queue bound to the events exchange with `#`.
+/// A durable queue `bench.events` bound to the events exchange with `#`, nobody reading it.
 pub async fn bind_every_event(settings: &warren_infra::Settings) -> anyhow::Result<()> {
-    let conn = warren_infra::connect(&settings.broker, "bench-events").await?;
-    let ch = conn.create_channel().await?;
-    warren_infra::topology::declare(&ch, settings).await?;
-    let exchange = settings.topology.events_exchange.as_str();
-    ch.queue_declare(
-        "bench.events".into(),
-        QueueDeclareOptions { durable: true, ..Default::default() },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_bind(
-        "bench.events".into(),
-        exchange.into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    let (conn, _) = warren_e2e::listen_to_every_event(settings, "bench.events").await;
     let _ = conn.close(200, "bound".into()).await;
     Ok(())
 }

@@ -136,7 +136,7 @@ pub struct Report {
     pub failed: u64,
     /// With `dry_run`: where each would go.
     pub plan: Vec<serde_json::Value>,
-    /// Why each failed one failed (`<job id>: <why>`).
+    /// Why each failed one failed (`<job id>: <why>`); `failed` counts them.
     pub errors: Vec<String>,
 }
 
@@ -183,13 +183,13 @@ pub async fn replay(ctx: &Ctx, dead_queue: &str, opts: Options, progress: bool) 
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let (mut replayed, mut skipped, mut failed) = (0u64, 0u64, 0u64);
+    let (mut replayed, mut skipped) = (0u64, 0u64);
     let mut errors = Vec::new();
     let mut plan = Vec::new();
     let mut held = Vec::new();
     let started = Instant::now();
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    while opts.limit.is_none_or(|l| replayed + failed < l) {
+    while opts.limit.is_none_or(|l| replayed + (errors.len() as u64) < l) {
         let Some(msg) = take(&ch, dead_queue).await? else { break };
         let d = &msg.delivery;
         if !filter.matches(d) {
@@ -207,7 +207,6 @@ pub async fn replay(ctx: &Ctx, dead_queue: &str, opts: Options, progress: bool) 
             (None, _, _) => {
                 let id = d.properties.message_id().as_ref().map(|s| s.to_string());
                 errors.push(format!("{}: no origin headers; use --to", id.as_deref().unwrap_or("?")));
-                failed += 1;
                 held.push(d.delivery_tag);
                 continue;
             }
@@ -232,7 +231,6 @@ pub async fn replay(ctx: &Ctx, dead_queue: &str, opts: Options, progress: bool) 
             }
             Err(e) => {
                 errors.push(format!("{}: {e}", job_id.as_deref().unwrap_or("?")));
-                failed += 1;
                 held.push(d.delivery_tag);
             }
         }
@@ -244,6 +242,7 @@ pub async fn replay(ctx: &Ctx, dead_queue: &str, opts: Options, progress: bool) 
         ch.basic_nack(tag, BasicNackOptions { multiple: false, requeue: true }).await?;
     }
     let _ = conn.close(200, "replayed".into()).await;
+    let failed = errors.len() as u64;
     Ok(Report { queue: dead_queue.to_owned(), dry_run: opts.dry_run, replayed, skipped, failed, plan, errors })
 }
 
