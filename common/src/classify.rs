@@ -94,6 +94,29 @@ pub trait Classifier: Send + Sync {
     /// Runs the model on an NCHW batch and returns one row of scores per image, one column per
     /// label (logits or probabilities, as the spec says).
     fn infer(&self, input: InputTensor) -> Result<Array2<f32>, JobError>;
+
+    /// [`Self::infer`], given up after `within` where the backend can bound a request (a model
+    /// server: its request's timeout); in-process backends run to the end.
+    fn infer_within(&self, input: InputTensor, within: std::time::Duration) -> Result<Array2<f32>, JobError> {
+        let _ = within;
+        self.infer(input)
+    }
+}
+
+/// A model whose every run is bounded by `within` (the time its jobs have left).
+struct Within<'a> {
+    model: &'a dyn Classifier,
+    within: std::time::Duration,
+}
+
+impl Classifier for Within<'_> {
+    fn spec(&self) -> &ModelSpec {
+        self.model.spec()
+    }
+
+    fn infer(&self, input: InputTensor) -> Result<Array2<f32>, JobError> {
+        self.model.infer_within(input, self.within)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,7 +365,10 @@ impl BatchKind for Classify {
     fn run_batch(&self, batch: &[(ClassifyJob, Context)]) -> Vec<Result<ClassifyOutput, JobError>> {
         let Some((_, cx)) = batch.first() else { return Vec::new() };
         let jobs: Vec<&ClassifyJob> = batch.iter().map(|(j, _)| j).collect();
-        classify_batch(&jobs, self.model.as_ref(), &cx.limits)
+        // One request serves the whole batch: it may take as long as the job with the most
+        // time left has (its deadline, or its time limit).
+        let within = batch.iter().map(|(_, cx)| cx.remaining()).max().unwrap_or_default();
+        classify_batch(&jobs, &Within { model: self.model.as_ref(), within }, &cx.limits)
     }
 }
 

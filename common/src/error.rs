@@ -35,7 +35,7 @@ pub enum JobError {
     BodyTooLarge { size: usize, limit: usize },
     #[error("malformed envelope: {0}")]
     MalformedEnvelope(String),
-    #[error("unsupported envelope version {found}; this worker reads version {supported}")]
+    #[error("unsupported envelope version {found}; this worker reads versions 1 to {supported}")]
     UnsupportedVersion { found: u64, supported: u32 },
     #[error("unknown job kind {0:?}")]
     UnknownKind(String),
@@ -73,6 +73,12 @@ pub enum JobError {
     Inference(String),
     #[error("the broker did not store the result ({0}); the job is run again later")]
     ResultNotStored(String),
+    /// The job's `deadline_ms` passed before it could start, or before its next attempt.
+    #[error("deadline passed: {0}")]
+    DeadlineExceeded(String),
+    /// Cancelled by its producer or an operator (`warrenctl cancel`) before it started.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// An error of a kind's own: its class, a fixed type (documented by the kind, like the
     /// types above: lowercase words joined by `_`) and a message for people.
     #[error("{message}")]
@@ -116,6 +122,8 @@ impl JobError {
             Self::ModelUnavailable(_) | Self::ModelRequestFailed(_) => "model_unavailable",
             Self::Inference(_) => "inference_failed",
             Self::ResultNotStored(_) => "result_not_stored",
+            Self::DeadlineExceeded(_) => "deadline_exceeded",
+            Self::Cancelled(_) => "cancelled",
             Self::Kind { error_type, .. } => error_type,
         }
     }

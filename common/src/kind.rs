@@ -68,7 +68,8 @@ pub trait AsyncKind: Kind {
 pub struct Context {
     /// Which attempt this is, from 0.
     pub attempt: u32,
-    /// When the job's time limit passes; the worker gives the job up then.
+    /// When the job's time limit passes, cut to its own deadline (the envelope's `deadline_ms`)
+    /// when that comes first; the worker gives the job up then.
     pub deadline: Instant,
     pub limits: Arc<Limits>,
     /// The job's span (job id, kind, attempt, trace id); the worker enters it around the work.

@@ -25,7 +25,7 @@ pub mod result;
 pub mod retry;
 
 pub use codec::Encoding;
-pub use envelope::{ENVELOPE_VERSION, JobBody, JobEnvelope, Opened};
+pub use envelope::{BINCODE_CONTROL_VERSION, Control, ENVELOPE_VERSION, JobBody, JobEnvelope, Opened};
 pub use error::{ErrorClass, JobError};
 pub use job::Job;
 pub use kind::{AsyncKind, BatchKind, BlockingKind, Context, Kind, Progress, RouteDefaults};

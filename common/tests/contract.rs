@@ -8,7 +8,7 @@ use warren_common::checksum::{Checksum, ChecksumJob, ChecksumOutput};
 use warren_common::classify::{Classify, ClassifyJob};
 use warren_common::image_io::Format;
 use warren_common::resize::{Filter, Resize, ResizeJob, ResizeMode};
-use warren_common::{Encoding, Job, JobEnvelope, JobError, JobResult, Kind, Output, Timing};
+use warren_common::{Control, Encoding, Job, JobEnvelope, JobError, JobResult, Kind, Output, Timing};
 
 fn resize() -> ResizeJob {
     ResizeJob {
@@ -90,13 +90,77 @@ fn json_malformations(#[case] body: &[u8], #[case] expected: &str) {
     assert_eq!(err.error_type(), expected, "{err}");
 }
 
+#[rstest]
+fn job_control_round_trips(#[values(Encoding::Json, Encoding::Bincode)] encoding: Encoding) {
+    let job = Job::new::<Checksum>(checksum());
+    for control in [
+        Control { deadline_ms: Some(1_800_000_000_123), not_before_ms: None },
+        Control { deadline_ms: None, not_before_ms: Some(7) },
+        Control { deadline_ms: Some(u64::MAX), not_before_ms: Some(0) },
+        Control::default(),
+    ] {
+        let body = JobEnvelope::encode_with(&job, encoding, control).expect("encode");
+        let opened = JobEnvelope::open(&body, encoding).expect("open");
+        assert_eq!((opened.kind, opened.control), ("checksum", control));
+        assert_eq!(opened.job.decode::<ChecksumJob>().expect("job"), checksum());
+        assert_eq!(JobEnvelope::peek_kind(&body, encoding).as_deref(), Some("checksum"));
+    }
+}
+
+#[test]
+fn job_control_keeps_old_readers_reading() {
+    // Without control the bincode envelope is still version 1, byte for byte.
+    let job = Job::new::<Checksum>(checksum());
+    let plain = JobEnvelope::encode(&job, Encoding::Bincode).expect("v1");
+    let v1 = bincode::serde::encode_to_vec((1u32, "checksum", checksum()), bincode::config::standard()).expect("v1");
+    assert_eq!(plain, v1);
+    // With control it is version 2: (2, kind, (deadline, not_before), job).
+    let control = Control { deadline_ms: Some(5), not_before_ms: None };
+    let v2 = JobEnvelope::encode_with(&job, Encoding::Bincode, control).expect("v2");
+    let expected = bincode::serde::encode_to_vec(
+        (2u32, "checksum", (Some(5u64), None::<u64>), checksum()),
+        bincode::config::standard(),
+    )
+    .expect("v2");
+    assert_eq!(v2, expected);
+    // JSON stays version 1 with the fields beside `kind`; a reader that ignores unknown fields
+    // reads the job as before.
+    let json = JobEnvelope::encode_with(&job, Encoding::Json, control).expect("json");
+    let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"version": 1, "kind": "checksum", "deadline_ms": 5, "job": {"data": "aGVsbG8=", "rounds": 4}})
+    );
+}
+
+#[rstest]
+#[case::string_deadline(br#"{"version":1,"kind":"checksum","deadline_ms":"soon","job":{}}"#.as_slice())]
+#[case::negative_not_before(br#"{"version":1,"kind":"checksum","not_before_ms":-1,"job":{}}"#.as_slice())]
+#[case::fractional_deadline(br#"{"version":1,"kind":"checksum","deadline_ms":1.5,"job":{}}"#.as_slice())]
+fn job_control_malformations(#[case] body: &[u8]) {
+    let err = JobEnvelope::open(body, Encoding::Json).unwrap_err();
+    assert_eq!(err.error_type(), "malformed_envelope", "{err}");
+}
+
+#[test]
+fn json_nulls_mean_no_control() {
+    let body =
+        br#"{"version":1,"kind":"checksum","deadline_ms":null,"not_before_ms":null,"job":{"data":"","rounds":1}}"#;
+    assert_eq!(JobEnvelope::open(body, Encoding::Json).expect("open").control, Control::default());
+}
+
 #[test]
 fn bincode_malformations() {
     let future = bincode::serde::encode_to_vec((7u32, "checksum"), bincode::config::standard()).expect("enc");
     assert!(matches!(
         JobEnvelope::open(&future, Encoding::Bincode),
-        Err(JobError::UnsupportedVersion { found: 7, .. })
+        Err(JobError::UnsupportedVersion { found: 7, supported: 2 })
     ));
+    let zero = bincode::serde::encode_to_vec((0u32, "checksum"), bincode::config::standard()).expect("enc");
+    assert_eq!(JobEnvelope::open(&zero, Encoding::Bincode).unwrap_err().error_type(), "unsupported_version");
+    // Version 2 without its control tuple.
+    let short = bincode::serde::encode_to_vec((2u32, "checksum"), bincode::config::standard()).expect("enc");
+    assert_eq!(JobEnvelope::open(&short, Encoding::Bincode).unwrap_err().error_type(), "malformed_envelope");
     let unknown = bincode::serde::encode_to_vec((1u32, "nope"), bincode::config::standard()).expect("enc");
     assert_eq!(decode::<Checksum>(&unknown, Encoding::Bincode).unwrap_err().error_type(), "unknown_kind");
     let mut good = JobEnvelope::encode(&Job::new::<Checksum>(checksum()), Encoding::Bincode).expect("enc");

@@ -112,6 +112,7 @@ impl Application {
                     prefetch: *prefetch,
                     time_limit: route.time_limit(),
                     retry: settings.retry_policy(route).clone(),
+                    delay_tiers: settings.delay_tiers(route),
                     pool: pool.clone(),
                 };
                 let lane = Served {

@@ -26,6 +26,9 @@ type Answer = Ran<Output>;
 struct Item<K: BatchKind> {
     input: K::Input,
     attempt: u32,
+    /// The end of the job's own time limit (cut to its deadline): its context's deadline,
+    /// unless the batch's comes first.
+    until: Instant,
     gate: CancellationToken,
     reply: oneshot::Sender<Answer>,
     progress: warren_common::Progress,
@@ -93,11 +96,13 @@ impl<K: BatchKind> Batcher<K> {
         &self,
         input: K::Input,
         attempt: u32,
+        time_limit: Duration,
         gate: CancellationToken,
         progress: warren_common::Progress,
     ) -> Answer {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Item { input, attempt, gate, reply, progress }).await.is_err() {
+        let until = Instant::now() + time_limit;
+        if self.tx.send(Item { input, attempt, until, gate, reply, progress }).await.is_err() {
             return Ran::Done(Err(JobError::ModelRequestFailed("the batcher stopped".into())), Timing::default());
         }
         answer.await.unwrap_or_else(|_| {
@@ -123,7 +128,8 @@ async fn run<K: BatchKind>(
         if item.gate.is_cancelled() {
             let _ = item.reply.send(Ran::NotStarted);
         } else {
-            jobs.push((item.input, Context::new(item.attempt, deadline, limits.clone()).with_progress(item.progress)));
+            let context = Context::new(item.attempt, deadline.min(item.until), limits.clone());
+            jobs.push((item.input, context.with_progress(item.progress)));
             replies.push((item.reply, item.gate));
         }
     }
@@ -246,6 +252,7 @@ mod tests {
                     .submit(
                         ClassifyJob { image: png(v), top_k: Some(1) },
                         0,
+                        Duration::from_secs(30),
                         CancellationToken::new(),
                         Default::default(),
                     )
@@ -271,7 +278,9 @@ mod tests {
         let (batcher, _) = stub_batcher(Duration::from_millis(50));
         let gate = CancellationToken::new();
         gate.cancel();
-        let ran = batcher.submit(ClassifyJob { image: png(0), top_k: None }, 0, gate, Default::default()).await;
+        let ran = batcher
+            .submit(ClassifyJob { image: png(0), top_k: None }, 0, Duration::from_secs(30), gate, Default::default())
+            .await;
         assert!(matches!(ran, Ran::NotStarted));
     }
 }

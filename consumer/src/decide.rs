@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use warren_common::retry::RetryPolicy;
-use warren_common::{ErrorClass, JobError};
+use warren_common::{Control, ErrorClass, JobError};
 
 /// Which of a route's two queues a delivery came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,9 @@ pub enum Failure {
     /// Not the job's fault: its kind's backend (model server) was down. Back to its queue
     /// without spending an attempt (`warren-handbacks` + 1, after a pause that grows with it).
     HandBack,
+    /// Another attempt (or hand-back) would start after the job's deadline: given up as
+    /// `deadline_exceeded` instead.
+    PastDeadline,
 }
 
 /// How many times a job goes back without spending an attempt because its backend was
@@ -95,22 +98,85 @@ pub const UNAVAILABLE_HANDBACKS: u32 = 20;
 
 /// A backend that was unavailable hands the job back (up to [`UNAVAILABLE_HANDBACKS`] times,
 /// counted by `handbacks`); other transient failures with attempts left are retried; anything
-/// else is dead-lettered.
-pub fn on_failure(error: &JobError, attempt: u32, handbacks: u32, policy: &RetryPolicy) -> Failure {
+/// else is dead-lettered. `left`: the time to the job's deadline, if it has one; a retry or
+/// hand-back whose delay would reach past it is [`Failure::PastDeadline`].
+pub fn on_failure(
+    error: &JobError,
+    attempt: u32,
+    handbacks: u32,
+    policy: &RetryPolicy,
+    left: Option<Duration>,
+) -> Failure {
+    let reaches_past = |delay: Duration| left.is_some_and(|left| delay >= left);
     if matches!(error, JobError::ModelUnavailable(_)) && handbacks < UNAVAILABLE_HANDBACKS {
-        return Failure::HandBack;
+        let tiers = policy.tiers();
+        let pause = tiers.get(handbacks as usize).or(tiers.last()).copied().unwrap_or_default();
+        return if reaches_past(pause) { Failure::PastDeadline } else { Failure::HandBack };
     }
     if error.class() == ErrorClass::Transient && policy.should_retry(attempt) {
         let next_attempt = attempt.saturating_add(1);
-        return Failure::Retry { next_attempt, delay: policy.nominal_delay(next_attempt) };
+        let delay = policy.nominal_delay(next_attempt);
+        if reaches_past(delay) {
+            return Failure::PastDeadline;
+        }
+        return Failure::Retry { next_attempt, delay };
     }
     Failure::DeadLetter { reason: reason(error) }
+}
+
+/// When a job that may run (not cancelled) runs, by its control and the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// Now; `time_limit` is the route's, cut to the time left before the job's deadline.
+    Run { time_limit: Duration },
+    /// Its deadline has passed, or comes no later than its `not_before`: never run.
+    Expired,
+    /// Not yet: it waits `ttl` in the delay queue of tier `tier`, and is looked at again when
+    /// it comes back.
+    Wait { tier: Duration, ttl: Duration },
+}
+
+/// A job past its deadline is not started; one whose `not_before` is ahead waits in a delay
+/// queue, none of which a worker holds. `tiers`: the route's delay queues, by their nominal
+/// delay (ascending); `jitter`: the fraction by which retries in them may outlast their tier.
+///
+/// A queue expires messages only at its head, so a job may wait behind an older one that
+/// expires later than itself: at most the tier plus its jitter after it was queued. So a wait
+/// takes the longest tier whose jittered bound still ends before `not_before`, with the tier
+/// as its TTL; the last stretch, shorter than every tier's bound, goes into the shortest tier
+/// with the exact time left, and may end up to that tier's bound late (the tolerance).
+pub fn on_schedule(control: &Control, now_ms: u64, time_limit: Duration, tiers: &[Duration], jitter: f64) -> Schedule {
+    if let Some(deadline) = control.deadline_ms {
+        if deadline <= now_ms || control.not_before_ms.is_some_and(|nb| nb >= deadline) {
+            return Schedule::Expired;
+        }
+    }
+    let left = |until: u64| Duration::from_millis(until.saturating_sub(now_ms));
+    if let Some(not_before) = control.not_before_ms.filter(|&nb| nb > now_ms) {
+        let wait = left(not_before);
+        let bound = |tier: &Duration| tier.mul_f64(1.0 + jitter.clamp(0.0, 1.0));
+        if let Some(&tier) = tiers.iter().rev().find(|t| bound(t) <= wait) {
+            return Schedule::Wait { tier, ttl: tier };
+        }
+        if let Some(&tier) = tiers.first() {
+            return Schedule::Wait { tier, ttl: wait };
+        }
+    }
+    let time_limit = control.deadline_ms.map_or(time_limit, |d| time_limit.min(left(d)));
+    Schedule::Run { time_limit }
+}
+
+/// The time left to a job's deadline, if it has one (zero once past).
+pub fn deadline_left(control: &Control, now_ms: u64) -> Option<Duration> {
+    control.deadline_ms.map(|d| Duration::from_millis(d.saturating_sub(now_ms)))
 }
 
 /// Why a job was given up.
 pub fn reason(error: &JobError) -> &'static str {
     match (error, error.class()) {
         (JobError::RedeliveryLimit { .. }, _) => "redelivery_limit",
+        (JobError::DeadlineExceeded(_), _) => "deadline_exceeded",
+        (JobError::Cancelled(_), _) => "cancelled",
         (_, ErrorClass::Permanent) => "permanent_error",
         (_, ErrorClass::Transient) => "attempts_exhausted",
     }
@@ -128,6 +194,8 @@ pub enum Purpose {
     Retry,
     /// A copy in a delay queue for the same attempt: its backend was unavailable.
     SetAside,
+    /// A copy in a delay queue for the same attempt: its `not_before` is ahead.
+    Delay,
     /// A copy in the dead-letter queue.
     DeadLetter,
     /// A copy put back in a work queue or returned lane (a hand-back, or a counted return).
@@ -177,7 +245,7 @@ pub fn after_publish(purpose: Purpose, published: Published) -> Settle {
         }
         (U::Result { .. }, P::Refused) => Settle::Fail(JobError::ResultNotStored("the broker refused it".into())),
         (U::Result { .. }, P::TimedOut) => Settle::Fail(JobError::ResultNotStored("no confirm in time".into())),
-        (U::Retry | U::SetAside | U::DeadLetter | U::Requeue, P::Unroutable | P::Refused | P::TimedOut) => {
+        (U::Retry | U::SetAside | U::Delay | U::DeadLetter | U::Requeue, P::Unroutable | P::Refused | P::TimedOut) => {
             Settle::HandBack
         }
     }
@@ -192,6 +260,7 @@ pub fn counted_outcome(settle: &Settle, what: Purpose, ack_sent: bool) -> &'stat
             Purpose::Result { .. } => "ok",
             Purpose::Retry => "retried",
             Purpose::SetAside => "set_aside",
+            Purpose::Delay => "delayed",
             Purpose::DeadLetter | Purpose::ErrorResult => "dead_lettered",
             Purpose::Requeue => "requeued",
         },
@@ -309,16 +378,16 @@ mod tests {
     fn transient_failures_are_retried_until_the_last_attempt() {
         let transient = JobError::Injected("x".into());
         assert_eq!(
-            on_failure(&transient, 0, 0, &policy()),
+            on_failure(&transient, 0, 0, &policy(), None),
             Failure::Retry { next_attempt: 1, delay: Duration::from_millis(100) }
         );
         assert_eq!(
-            on_failure(&transient, 1, 0, &policy()),
+            on_failure(&transient, 1, 0, &policy(), None),
             Failure::Retry { next_attempt: 2, delay: Duration::from_millis(200) }
         );
-        assert_eq!(on_failure(&transient, 2, 0, &policy()), Failure::DeadLetter { reason: "attempts_exhausted" });
+        assert_eq!(on_failure(&transient, 2, 0, &policy(), None), Failure::DeadLetter { reason: "attempts_exhausted" });
         assert_eq!(
-            on_failure(&transient, u32::MAX, 0, &policy()),
+            on_failure(&transient, u32::MAX, 0, &policy(), None),
             Failure::DeadLetter { reason: "attempts_exhausted" }
         );
     }
@@ -326,13 +395,13 @@ mod tests {
     #[test]
     fn permanent_failures_and_poison_are_dead_lettered_at_once() {
         let corrupt = JobError::CorruptImage("x".into());
-        assert_eq!(on_failure(&corrupt, 0, 0, &policy()), Failure::DeadLetter { reason: "permanent_error" });
+        assert_eq!(on_failure(&corrupt, 0, 0, &policy(), None), Failure::DeadLetter { reason: "permanent_error" });
         let poison = JobError::RedeliveryLimit { deliveries: 4 };
-        assert_eq!(on_failure(&poison, 0, 0, &policy()), Failure::DeadLetter { reason: "redelivery_limit" });
+        assert_eq!(on_failure(&poison, 0, 0, &policy(), None), Failure::DeadLetter { reason: "redelivery_limit" });
         let unencodable = JobError::Encode("x".into());
-        assert_eq!(on_failure(&unencodable, 0, 0, &policy()), Failure::DeadLetter { reason: "permanent_error" });
+        assert_eq!(on_failure(&unencodable, 0, 0, &policy(), None), Failure::DeadLetter { reason: "permanent_error" });
         let not_stored = JobError::ResultNotStored("x".into());
-        assert!(matches!(on_failure(&not_stored, 0, 0, &policy()), Failure::Retry { .. }));
+        assert!(matches!(on_failure(&not_stored, 0, 0, &policy(), None), Failure::Retry { .. }));
     }
 
     #[test]
@@ -373,18 +442,18 @@ mod tests {
     #[test]
     fn a_backend_down_hands_the_job_back_without_spending_an_attempt() {
         let down = JobError::ModelUnavailable("Triton answered UNAVAILABLE".into());
-        assert_eq!(on_failure(&down, 0, 0, &policy()), Failure::HandBack);
-        assert_eq!(on_failure(&down, 2, 0, &policy()), Failure::HandBack, "even with no attempt left");
-        assert_eq!(on_failure(&down, 0, UNAVAILABLE_HANDBACKS - 1, &policy()), Failure::HandBack);
+        assert_eq!(on_failure(&down, 0, 0, &policy(), None), Failure::HandBack);
+        assert_eq!(on_failure(&down, 2, 0, &policy(), None), Failure::HandBack, "even with no attempt left");
+        assert_eq!(on_failure(&down, 0, UNAVAILABLE_HANDBACKS - 1, &policy(), None), Failure::HandBack);
         // Handed back that often: it spends attempts like any transient failure.
-        assert!(matches!(on_failure(&down, 0, UNAVAILABLE_HANDBACKS, &policy()), Failure::Retry { .. }));
+        assert!(matches!(on_failure(&down, 0, UNAVAILABLE_HANDBACKS, &policy(), None), Failure::Retry { .. }));
         assert_eq!(
-            on_failure(&down, 2, UNAVAILABLE_HANDBACKS, &policy()),
+            on_failure(&down, 2, UNAVAILABLE_HANDBACKS, &policy(), None),
             Failure::DeadLetter { reason: "attempts_exhausted" }
         );
         // Other transient failures are the job's own: they spend attempts.
         let inference = JobError::Inference("bad tensor".into());
-        assert!(matches!(on_failure(&inference, 0, 0, &policy()), Failure::Retry { .. }));
+        assert!(matches!(on_failure(&inference, 0, 0, &policy(), None), Failure::Retry { .. }));
     }
 
     #[test]
@@ -412,5 +481,93 @@ mod tests {
         assert!(!must_stop(None));
         assert!(!must_stop(Some(Duration::from_secs(1))));
         assert!(must_stop(Some(WORN_OUT_GRACE)));
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_retry_or_hand_back_is_never_scheduled_past_the_deadline() {
+        let transient = JobError::Inference("x".into());
+        // The first retry waits 100 ms: with 100 ms or less left it would start too late.
+        assert_eq!(on_failure(&transient, 0, 0, &policy(), Some(ms(100))), Failure::PastDeadline);
+        assert_eq!(on_failure(&transient, 0, 0, &policy(), Some(ms(0))), Failure::PastDeadline);
+        assert!(matches!(on_failure(&transient, 0, 0, &policy(), Some(ms(101))), Failure::Retry { .. }));
+        assert_eq!(on_failure(&transient, 1, 0, &policy(), Some(ms(150))), Failure::PastDeadline, "200 ms tier");
+        let down = JobError::ModelUnavailable("x".into());
+        assert_eq!(on_failure(&down, 0, 1, &policy(), Some(ms(200))), Failure::PastDeadline, "2nd hand-back tier");
+        assert_eq!(on_failure(&down, 0, 0, &policy(), Some(ms(200))), Failure::HandBack);
+        // A permanent failure is what it is, deadline or not; attempts run out before it, too.
+        let corrupt = JobError::CorruptImage("x".into());
+        assert_eq!(
+            on_failure(&corrupt, 0, 0, &policy(), Some(ms(0))),
+            Failure::DeadLetter { reason: "permanent_error" }
+        );
+        assert_eq!(
+            on_failure(&transient, 2, 0, &policy(), Some(ms(10))),
+            Failure::DeadLetter { reason: "attempts_exhausted" }
+        );
+        assert_eq!(reason(&JobError::DeadlineExceeded(String::new())), "deadline_exceeded");
+        assert_eq!(reason(&JobError::Cancelled(String::new())), "cancelled");
+        assert_eq!(JobError::DeadlineExceeded(String::new()).class(), ErrorClass::Permanent);
+        assert_eq!(JobError::Cancelled(String::new()).class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_never_runs_and_one_before_it_runs_within_it() {
+        let tiers = [ms(1000), ms(4000)];
+        let limit = Duration::from_secs(60);
+        let at = |deadline_ms, not_before_ms| Control { deadline_ms, not_before_ms };
+        assert_eq!(on_schedule(&at(None, None), 5_000, limit, &tiers, 0.2), Schedule::Run { time_limit: limit });
+        assert_eq!(on_schedule(&at(Some(5_000), None), 5_000, limit, &tiers, 0.2), Schedule::Expired);
+        assert_eq!(on_schedule(&at(Some(0), None), 5_000, limit, &tiers, 0.2), Schedule::Expired);
+        // The time limit is cut to the deadline.
+        assert_eq!(
+            on_schedule(&at(Some(7_500), None), 5_000, limit, &tiers, 0.2),
+            Schedule::Run { time_limit: ms(2_500) }
+        );
+        assert_eq!(
+            on_schedule(&at(Some(u64::MAX), None), 5_000, limit, &tiers, 0.2),
+            Schedule::Run { time_limit: limit }
+        );
+        // A deadline no later than the start it allows can never be met.
+        assert_eq!(on_schedule(&at(Some(9_000), Some(9_000)), 5_000, limit, &tiers, 0.2), Schedule::Expired);
+        assert!(matches!(on_schedule(&at(Some(9_001), Some(9_000)), 5_000, limit, &tiers, 0.2), Schedule::Wait { .. }));
+    }
+
+    #[test]
+    fn a_delayed_job_waits_in_the_longest_tier_that_cannot_make_it_late() {
+        let tiers = [ms(1000), ms(4000), ms(16000)];
+        let wait = |not_before_ms| on_schedule(&Control { deadline_ms: None, not_before_ms }, 0, ms(1), &tiers, 0.2);
+        // A past or present not_before runs now.
+        assert_eq!(wait(Some(0)), Schedule::Run { time_limit: ms(1) });
+        // 16 s jittered is 19.2 s: a 19.2 s wait may use it, a 19.1 s one takes 4 s.
+        assert_eq!(wait(Some(19_200)), Schedule::Wait { tier: ms(16000), ttl: ms(16000) });
+        assert_eq!(wait(Some(19_199)), Schedule::Wait { tier: ms(4000), ttl: ms(4000) });
+        assert_eq!(wait(Some(600_000)), Schedule::Wait { tier: ms(16000), ttl: ms(16000) });
+        assert_eq!(wait(Some(1_200)), Schedule::Wait { tier: ms(1000), ttl: ms(1000) });
+        // The last stretch: the exact time left, in the shortest tier.
+        assert_eq!(wait(Some(1_199)), Schedule::Wait { tier: ms(1000), ttl: ms(1199) });
+        assert_eq!(wait(Some(1)), Schedule::Wait { tier: ms(1000), ttl: ms(1) });
+        // Every hop ends no later than not_before, whatever waits ahead of it in its queue.
+        for not_before in (1..60_000).step_by(997) {
+            let mut now = 0;
+            while let Schedule::Wait { tier, ttl } =
+                on_schedule(&Control { deadline_ms: None, not_before_ms: Some(not_before) }, now, ms(1), &tiers, 0.2)
+            {
+                let worst = ttl.max(tier.mul_f64(1.2)).as_millis() as u64;
+                assert!(now + ttl.as_millis() as u64 <= not_before, "{not_before}: a hop past not_before");
+                if now + worst > not_before {
+                    assert!(tier == tiers[0], "{not_before}: only the last stretch may end late");
+                    assert!(
+                        now + worst - not_before <= 1200,
+                        "{not_before}: late by at most the shortest tier's bound"
+                    );
+                }
+                now += ttl.as_millis() as u64;
+            }
+            assert_eq!(now, not_before, "{not_before}: hops add up to the wait");
+        }
     }
 }

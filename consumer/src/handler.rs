@@ -21,7 +21,7 @@ use warren_common::headers as h;
 use warren_common::{Encoding, JobEnvelope, JobError, JobResult, Output, Timing};
 use warren_infra::fields;
 
-use crate::decide::{self, Arrival, Facts, Failure};
+use crate::decide::{self, Arrival, Facts, Failure, Schedule};
 use crate::letters::{self, FailureRecord, Recount};
 use crate::pool::{Ran, now_us};
 use crate::registry::{Input, Missing, Registered, RunCx};
@@ -89,29 +89,45 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
             let now = now_us();
             let timing = Timing { started_at_us: now, finished_at_us: now };
             let error = JobError::RedeliveryLimit { deliveries: returns };
-            return fail(held, &peeked(delivery), &error, timing).await;
+            return fail(held, &peeked(delivery), &error, timing, None).await;
         }
     }
     let content_type = delivery.properties.content_type().as_ref().map(|s| s.as_str());
-    let (registered, input) = match parse(&delivery.data, content_type, facts, worker) {
+    let (registered, input, control) = match parse(&delivery.data, content_type, facts, worker) {
         Ok(job) => job,
         Err(error) => {
             let kind = peeked(delivery);
             worker.metrics.job_received(&served.queue, worker.registry.label(&kind));
             let now = now_us();
             let timing = Timing { started_at_us: now, finished_at_us: now };
-            return fail(held, &kind, &error, timing).await;
+            return fail(held, &kind, &error, timing, None).await;
         }
     };
     let kind = registered.runner.name();
     let held = &Held { kind, ..*held };
     tracing::Span::current().record("kind", kind);
     worker.metrics.job_received(&served.queue, kind);
+    let now = now_us();
+    let not_run = Timing { started_at_us: now, finished_at_us: now };
+    let time_limit =
+        match decide::on_schedule(&control, now / 1000, served.time_limit, &served.delay_tiers, served.retry.jitter) {
+            Schedule::Run { time_limit } => time_limit,
+            Schedule::Expired => {
+                let error = JobError::DeadlineExceeded(match (control.deadline_ms, control.not_before_ms) {
+                    (Some(d), Some(nb)) if nb >= d => {
+                        format!("its not_before_ms {nb} is not before its deadline_ms {d}")
+                    }
+                    (d, _) => format!("its deadline_ms {} passed before it started", d.unwrap_or_default()),
+                });
+                return fail(held, kind, &error, not_run, Some(Duration::ZERO)).await;
+            }
+            Schedule::Wait { tier, ttl } => return delay(held, &control, tier, ttl).await,
+        };
     worker.events.emit(|| held.event("received"));
     worker.events.emit(|| held.event("started"));
     let (progress, progress_end) = worker.events.reporter(|| held.event("progress"));
     let ran = tokio::select! {
-        ran = run(worker, served, registered, input, facts.attempt, progress) => ran,
+        ran = run(worker, served, registered, input, facts.attempt, time_limit, progress) => ran,
         () = stop.cancelled() => {
             tracing::warn!("drain timeout: handing the job back to the broker");
             progress_end.end();
@@ -167,7 +183,24 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
         }
         Err(e) => e,
     };
-    fail(held, kind, &error, timing).await;
+    fail(held, kind, &error, timing, decide::deadline_left(&control, now_us() / 1000)).await;
+}
+
+/// Puts a job whose `not_before` is ahead in the delay queue of `tier` for `ttl`, unchanged,
+/// and acks it once stored: it comes back to its work queue and is looked at again.
+async fn delay(held: &Held<'_>, control: &warren_common::Control, tier: Duration, ttl: Duration) {
+    let Held { worker, served, delivery, .. } = *held;
+    let queue = worker.settings.retry_queue(&served.work_queue, tier);
+    tracing::debug!(not_before_ms = control.not_before_ms, ttl_ms = ttl.as_millis() as u64, queue = %queue,
+        "not before its time; waiting in a delay queue");
+    let letter = letters::delay(settle::input(delivery), &queue, ttl);
+    if let Ok("delayed") = settle::deliver(held, letter, None).await {
+        worker.events.emit(|| {
+            let mut event = held.event("delayed");
+            event.delay_ms = Some(ttl.as_millis() as u64);
+            event
+        });
+    }
 }
 
 /// Runs the job in its kind's shape (on the served queue's pool, through a batcher, or on the
@@ -178,6 +211,7 @@ async fn run(
     kind: &Registered,
     input: Input,
     attempt: u32,
+    time_limit: Duration,
     progress: warren_common::Progress,
 ) -> Ran<Output> {
     let cx = RunCx {
@@ -186,7 +220,7 @@ async fn run(
         pool: &served.pool,
         gate: &worker.gate,
         limits: &worker.limits,
-        time_limit: served.time_limit,
+        time_limit,
         retry_timeouts: worker.settings.consumer.retry_timeouts,
         progress,
     };
@@ -194,16 +228,27 @@ async fn run(
 }
 
 /// Retries or dead-letters a failed job (with an error result to `reply_to` when given up),
-/// then settles the delivery. `kind` is the kind the envelope names, as results carry it.
-async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing) {
+/// then settles the delivery. `kind` is the kind the envelope names, as results carry it;
+/// `left`, the time to the job's deadline, if it has one.
+async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing, left: Option<Duration>) {
     let Held { worker, served, delivery, facts, .. } = *held;
     let label = worker.registry.label(kind);
     let held = &Held { kind: label, ..*held };
+    let failure = decide::on_failure(error, facts.attempt, facts.handbacks, &served.retry, left);
+    let past_deadline;
+    let error = if failure == Failure::PastDeadline {
+        past_deadline = JobError::DeadlineExceeded(format!(
+            "its next attempt would start past its deadline; it failed with: {error}"
+        ));
+        &past_deadline
+    } else {
+        error
+    };
     worker.metrics.job_failed(&served.queue, label, error.error_type());
     let record =
         FailureRecord { error, queue: &served.work_queue, worker_id: &worker.worker_id, now_ms: now_us() / 1000 };
     let input = settle::input(delivery);
-    let settled = match decide::on_failure(error, facts.attempt, facts.handbacks, &served.retry) {
+    let settled = match failure {
         Failure::HandBack => {
             // Through a delay queue of the route (acked once stored, so that no delivery is held
             // while it waits, and a lost connection meanwhile cannot count as a return); back
@@ -247,7 +292,8 @@ async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing) {
             }
             settled
         }
-        Failure::DeadLetter { reason } => {
+        Failure::DeadLetter { .. } | Failure::PastDeadline => {
+            let reason = decide::reason(error);
             tracing::warn!(reason, error_type = error.error_type(), error = %error,
                 attempts = u64::from(facts.attempt) + 1, "job dead-lettered");
             let dlx = &worker.settings.topology.dead_letter_exchange;
@@ -283,7 +329,7 @@ fn parse<'w>(
     content_type: Option<&str>,
     facts: &Facts,
     worker: &'w Worker,
-) -> Result<(&'w Registered, Input), JobError> {
+) -> Result<(&'w Registered, Input, warren_common::Control), JobError> {
     let limits = &worker.limits;
     if body.len() > limits.max_body_bytes {
         return Err(JobError::BodyTooLarge { size: body.len(), limit: limits.max_body_bytes });
@@ -302,7 +348,7 @@ fn parse<'w>(
         return Err(JobError::MalformedEnvelope("the message has no message_id (the job id)".into()));
     }
     registered.runner.validate(&input, limits)?;
-    Ok((registered, input))
+    Ok((registered, input, opened.control))
 }
 
 fn results(worker: &Worker) -> letters::ResultsRoute<'_> {

@@ -130,6 +130,22 @@ pub fn set_aside<'a>(
     letter
 }
 
+/// The job unchanged (same attempt, same headers) in the delay queue `queue`, expiring after
+/// `ttl`: its `not_before` is ahead. Acked once stored, so that nothing holds it while it waits.
+pub fn delay<'a>(input: Input<'a>, queue: &str, ttl: Duration) -> Letter<'a> {
+    let mut headers = input.properties.headers().clone().unwrap_or_default();
+    keep_origin(&mut headers, input);
+    let properties =
+        copy_properties(input.properties, headers, false).with_expiration(ttl.as_millis().max(1).to_string().into());
+    Letter {
+        purpose: Purpose::Delay,
+        exchange: String::new(),
+        routing_key: queue.to_owned(),
+        body: Cow::Borrowed(input.body),
+        properties,
+    }
+}
+
 /// The job with the reason it was given up, to the dead-letter exchange (key = work queue).
 pub fn dead_letter<'a>(
     input: Input<'a>,

@@ -209,6 +209,7 @@ fn target(purpose: Purpose) -> &'static str {
         Purpose::ErrorResult => "error_result",
         Purpose::Retry => "retry",
         Purpose::SetAside => "set_aside",
+        Purpose::Delay => "delay",
         Purpose::DeadLetter => "dead_letter",
         Purpose::Requeue => "requeue",
     }

@@ -96,7 +96,9 @@ pub struct Batched<K: BatchKind> {
 impl<K: BatchKind> ShapeRun<K> for Batched<K> {
     fn run<'a>(&'a self, kind: &'a Arc<K>, input: K::Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
         match (&self.batcher, cx.lane) {
-            (Some(batcher), Lane::Main) => Box::pin(batcher.submit(input, cx.attempt, cx.gate.clone(), cx.progress)),
+            (Some(batcher), Lane::Main) => {
+                Box::pin(batcher.submit(input, cx.attempt, cx.time_limit, cx.gate.clone(), cx.progress))
+            }
             _ => {
                 let kind = kind.clone();
                 Box::pin(on_pool(cx, move |cx| one_of_batch(&*kind, &[(input, cx)])))

@@ -184,10 +184,16 @@ impl Classifier for TritonClassifier {
     }
 
     fn infer(&self, input: InputTensor) -> Result<Array2<f32>, JobError> {
+        self.infer_within(input, self.timeout)
+    }
+
+    /// The request's timeout is `model.triton_timeout_ms` cut to `within`, the time its jobs
+    /// have left: Triton is told (grpc-timeout) and the call is dropped at it.
+    fn infer_within(&self, input: InputTensor, within: Duration) -> Result<Array2<f32>, JobError> {
         let rows = input.batch_size();
         let request = self.request(&input);
         drop(input);
-        let (mut client, timeout) = (self.client.clone(), self.timeout);
+        let (mut client, timeout) = (self.client.clone(), self.timeout.min(within));
         let (tx, rx) = oneshot::channel();
         let started = Instant::now();
         // On the runtime, so that it is bounded by its own deadline even if this thread is

@@ -207,6 +207,8 @@ pub struct Served {
     pub prefetch: u16,
     pub time_limit: Duration,
     pub retry: RetryPolicy,
+    /// The route's delay queues by their delay, shortest first (retry and delay tiers).
+    pub delay_tiers: Vec<Duration>,
     /// Where its jobs run: the worker's pool, or the lane's own single slot.
     pub pool: WorkerPool,
 }

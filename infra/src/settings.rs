@@ -104,6 +104,9 @@ pub struct TopologySettings {
     /// Workers publish each job's lifecycle events here (topic, routing key
     /// `<kind>.<event>`); "" = no events.
     pub events_exchange: String,
+    /// Delay queues every route has beside its retry tiers, for delayed jobs (`not_before_ms`):
+    /// a job waits in the longest that cannot make it late, hop after hop.
+    pub delay_tiers_ms: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -469,6 +472,10 @@ impl Settings {
             );
         }
         check_urls(&self.broker.url).map_err(|e| anyhow::anyhow!("broker.url: {e}"))?;
+        anyhow::ensure!(
+            !self.topology.delay_tiers_ms.is_empty() && !self.topology.delay_tiers_ms.contains(&0),
+            "topology.delay_tiers_ms needs at least one delay, each above 0 ms (delayed jobs wait in them)"
+        );
         anyhow::ensure!(self.broker.confirm_timeout_ms > 0, "broker.confirm_timeout_ms must be positive");
         anyhow::ensure!(
             0 < self.broker.reconnect_min_ms && self.broker.reconnect_min_ms <= self.broker.reconnect_max_ms,
@@ -499,6 +506,16 @@ impl Settings {
     /// The retry policy of a route: its own, or the global one.
     pub fn retry_policy<'a>(&'a self, route: &'a Route) -> &'a RetryPolicy {
         route.retry.as_ref().unwrap_or(&self.retry)
+    }
+
+    /// Every delay queue of a route, by its delay, shortest first: its retry policy's tiers and
+    /// `topology.delay_tiers_ms`.
+    pub fn delay_tiers(&self, route: &Route) -> Vec<std::time::Duration> {
+        let mut tiers = self.retry_policy(route).tiers();
+        tiers.extend(self.topology.delay_tiers_ms.iter().map(|&ms| std::time::Duration::from_millis(ms)));
+        tiers.sort();
+        tiers.dedup();
+        tiers
     }
 
     /// The delay queue holding jobs of `queue` that wait `delay` before their next attempt.

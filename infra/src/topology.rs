@@ -69,11 +69,11 @@ impl Plan {
             plan.bindings.push((route.queue.clone(), t.jobs_exchange.clone(), route.kind.clone()));
             // The returned lane dead-letters like its work queue (quorum delivery limit included).
             plan.queues.push((settings.returned_queue(&route.queue), queue_args(settings, Some(&route.queue))));
-            // One delay queue per backoff tier. Nothing consumes them: a job waits out its
+            // One delay queue per backoff tier and per delay tier. Nothing consumes them: a job waits out its
             // per-message TTL there and the broker dead-letters it through the default exchange
             // back to the work queue. The per-message TTLs within a tier differ only by jitter,
             // so a job at the head delays those behind it by at most the jitter band.
-            for delay in settings.retry_policy(route).tiers() {
+            for delay in settings.delay_tiers(route) {
                 let mut args = queue_args(settings, None);
                 dead_letter_to(settings, &mut args, "", &route.queue);
                 plan.queues.push((settings.retry_queue(&route.queue, delay), args));

@@ -68,6 +68,8 @@ fn every_job_error() -> Vec<JobError> {
         JobError::ModelUnavailable(String::new()),
         JobError::Inference(String::new()),
         JobError::ResultNotStored(String::new()),
+        JobError::DeadlineExceeded(String::new()),
+        JobError::Cancelled(String::new()),
     ];
     for e in &all {
         match e {
@@ -90,7 +92,9 @@ fn every_job_error() -> Vec<JobError> {
             | JobError::ModelUnavailable(_)
             | JobError::ModelRequestFailed(_)
             | JobError::Inference(_)
-            | JobError::ResultNotStored(_) => {}
+            | JobError::ResultNotStored(_)
+            | JobError::DeadlineExceeded(_)
+            | JobError::Cancelled(_) => {}
             // A kind's own error: its type is documented by the kind, not in the contract's table.
             JobError::Kind { .. } => {}
         }

@@ -87,6 +87,8 @@ ModelUnavailable = _kind("ModelUnavailable", "model_unavailable", TransientJobEr
 InferenceFailed = _kind("InferenceFailed", "inference_failed", TransientJobError)
 InjectedFault = _kind("InjectedFault", "injected_fault", TransientJobError)
 ResultNotStored = _kind("ResultNotStored", "result_not_stored", TransientJobError)
+DeadlineExceeded = _kind("DeadlineExceeded", "deadline_exceeded", PermanentJobError)
+Cancelled = _kind("Cancelled", "cancelled", PermanentJobError)
 
 #: Warren's error types (``docs/contract.md``), each to its exception class.
 BY_TYPE: dict[str, type[JobError]] = {
@@ -94,7 +96,7 @@ BY_TYPE: dict[str, type[JobError]] = {
     for c in (UnsupportedContentType, BodyTooLarge, MalformedEnvelope, UnsupportedVersion, UnknownKind,
               KindNotServed, InvalidParams, UnsupportedFormat, CorruptImage, LimitExceeded, ModelInputMismatch,
               EncodeFailed, JobPanicked, RedeliveryLimit, TransientJobTimedOut, ModelUnavailable, InferenceFailed,
-              InjectedFault, ResultNotStored)
+              InjectedFault, ResultNotStored, DeadlineExceeded, Cancelled)
 }
 
 #: Types whose class the worker's configuration decides: (type, class on the wire) -> exception.
