@@ -76,6 +76,29 @@ pub struct Context {
     pub span: tracing::Span,
     /// Where [`Context::progress`] reports go (a `progress` lifecycle event).
     pub reporter: Progress,
+    /// Raised when the job is cancelled while it runs ([`Context::is_cancelled`]).
+    pub cancel: CancelFlag,
+}
+
+/// A running job's cancellation: raised by the worker when a cancel for it arrives. The job
+/// decides what to do (stop early with an error, or finish): cancellation of a running job is
+/// cooperative, and a result it still sends is delivered as usual.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelFlag {
+    pub fn raise(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `other` is this very flag (not one that happens to be raised alike).
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// A job's progress reports: to the worker's lifecycle events, or nowhere.
@@ -99,12 +122,31 @@ impl std::fmt::Debug for Progress {
 
 impl Context {
     pub fn new(attempt: u32, deadline: Instant, limits: Arc<Limits>) -> Self {
-        Self { attempt, deadline, limits, span: tracing::Span::current(), reporter: Progress::default() }
+        Self {
+            attempt,
+            deadline,
+            limits,
+            span: tracing::Span::current(),
+            reporter: Progress::default(),
+            cancel: CancelFlag::default(),
+        }
     }
 
     pub fn with_progress(mut self, reporter: Progress) -> Self {
         self.reporter = reporter;
         self
+    }
+
+    pub fn with_cancel(mut self, cancel: CancelFlag) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Whether the job was cancelled (`warrenctl cancel`, a client's `cancel`) while running:
+    /// a long job checks it now and then and may stop early, e.g. with
+    /// `JobError::Cancelled`; its result, if it sends one, is delivered as usual.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_raised()
     }
 
     /// Reports how far the job is (`fraction`, 0 to 1, clamped) with a short text: a `progress`

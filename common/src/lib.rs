@@ -6,6 +6,7 @@
 //! unit-tested directly and run by the consumer inside `spawn_blocking`.
 
 pub mod bytes;
+pub mod cancel;
 pub mod checksum;
 pub mod classify;
 pub mod codec;
@@ -28,6 +29,6 @@ pub use codec::Encoding;
 pub use envelope::{BINCODE_CONTROL_VERSION, Control, ENVELOPE_VERSION, JobBody, JobEnvelope, Opened};
 pub use error::{ErrorClass, JobError};
 pub use job::Job;
-pub use kind::{AsyncKind, BatchKind, BlockingKind, Context, Kind, Progress, RouteDefaults};
+pub use kind::{AsyncKind, BatchKind, BlockingKind, CancelFlag, Context, Kind, Progress, RouteDefaults};
 pub use limits::Limits;
 pub use result::{JobResult, Output, ResultStatus, Timing};

@@ -82,6 +82,9 @@ impl Application {
             })
             .collect();
         routes::check_time_limits(&settings, &sized, pool.size())?;
+        for (route, ..) in &sized {
+            settings.check_priority(route)?;
+        }
 
         let known = kinds.names();
         let mut registered = Vec::with_capacity(served_routes.len());
@@ -137,6 +140,7 @@ impl Application {
             prefetch,
             metrics: metrics.clone(),
             node: Arc::default(),
+            cancels: Arc::new(crate::cancels::Cancels::new(&settings, metrics.clone())),
         };
         let health = Arc::new(Health {
             metrics: metrics.clone(),

@@ -32,6 +32,7 @@ struct Item<K: BatchKind> {
     gate: CancellationToken,
     reply: oneshot::Sender<Answer>,
     progress: warren_common::Progress,
+    cancel: warren_common::CancelFlag,
 }
 
 pub struct Batcher<K: BatchKind> {
@@ -99,10 +100,11 @@ impl<K: BatchKind> Batcher<K> {
         time_limit: Duration,
         gate: CancellationToken,
         progress: warren_common::Progress,
+        cancel: warren_common::CancelFlag,
     ) -> Answer {
         let (reply, answer) = oneshot::channel();
         let until = Instant::now() + time_limit;
-        if self.tx.send(Item { input, attempt, until, gate, reply, progress }).await.is_err() {
+        if self.tx.send(Item { input, attempt, until, gate, reply, progress, cancel }).await.is_err() {
             return Ran::Done(Err(JobError::ModelRequestFailed("the batcher stopped".into())), Timing::default());
         }
         answer.await.unwrap_or_else(|_| {
@@ -129,7 +131,7 @@ async fn run<K: BatchKind>(
             let _ = item.reply.send(Ran::NotStarted);
         } else {
             let context = Context::new(item.attempt, deadline.min(item.until), limits.clone());
-            jobs.push((item.input, context.with_progress(item.progress)));
+            jobs.push((item.input, context.with_progress(item.progress).with_cancel(item.cancel)));
             replies.push((item.reply, item.gate));
         }
     }
@@ -255,6 +257,7 @@ mod tests {
                         Duration::from_secs(30),
                         CancellationToken::new(),
                         Default::default(),
+                        Default::default(),
                     )
                     .await
             })
@@ -279,7 +282,14 @@ mod tests {
         let gate = CancellationToken::new();
         gate.cancel();
         let ran = batcher
-            .submit(ClassifyJob { image: png(0), top_k: None }, 0, Duration::from_secs(30), gate, Default::default())
+            .submit(
+                ClassifyJob { image: png(0), top_k: None },
+                0,
+                Duration::from_secs(30),
+                gate,
+                Default::default(),
+                Default::default(),
+            )
             .await;
         assert!(matches!(ran, Ran::NotStarted));
     }

@@ -146,10 +146,10 @@ pub enum Schedule {
 /// as its TTL; the last stretch, shorter than every tier's bound, goes into the shortest tier
 /// with the exact time left, and may end up to that tier's bound late (the tolerance).
 pub fn on_schedule(control: &Control, now_ms: u64, time_limit: Duration, tiers: &[Duration], jitter: f64) -> Schedule {
-    if let Some(deadline) = control.deadline_ms {
-        if deadline <= now_ms || control.not_before_ms.is_some_and(|nb| nb >= deadline) {
-            return Schedule::Expired;
-        }
+    if let Some(deadline) = control.deadline_ms
+        && (deadline <= now_ms || control.not_before_ms.is_some_and(|nb| nb >= deadline))
+    {
+        return Schedule::Expired;
     }
     let left = |until: u64| Duration::from_millis(until.saturating_sub(now_ms));
     if let Some(not_before) = control.not_before_ms.filter(|&nb| nb > now_ms) {

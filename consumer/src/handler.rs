@@ -109,6 +109,11 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     worker.metrics.job_received(&served.queue, kind);
     let now = now_us();
     let not_run = Timing { started_at_us: now, finished_at_us: now };
+    let job_id = facts.job_id.as_deref().unwrap_or_default();
+    if worker.cancels.is_cancelled(job_id) {
+        let error = JobError::Cancelled("its job id was cancelled before it started".into());
+        return fail(held, kind, &error, not_run, None).await;
+    }
     let time_limit =
         match decide::on_schedule(&control, now / 1000, served.time_limit, &served.delay_tiers, served.retry.jitter) {
             Schedule::Run { time_limit } => time_limit,
@@ -126,8 +131,10 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     worker.events.emit(|| held.event("received"));
     worker.events.emit(|| held.event("started"));
     let (progress, progress_end) = worker.events.reporter(|| held.event("progress"));
+    let watch = worker.cancels.watch(job_id);
+    let job = Job { attempt: facts.attempt, time_limit, progress, cancel: watch.flag.clone() };
     let ran = tokio::select! {
-        ran = run(worker, served, registered, input, facts.attempt, time_limit, progress) => ran,
+        ran = run(worker, served, registered, input, job) => ran,
         () = stop.cancelled() => {
             tracing::warn!("drain timeout: handing the job back to the broker");
             progress_end.end();
@@ -138,6 +145,7 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     // Whatever comes next, the run is over: reports from a thread still running (a job given
     // up at its time limit) would come after the step that ends it.
     progress_end.end();
+    drop(watch);
     let (outcome, timing) = match ran {
         Ran::Done(outcome, timing) => (outcome, timing),
         Ran::NotStarted if worker.lost.is_cancelled() => {
@@ -203,26 +211,28 @@ async fn delay(held: &Held<'_>, control: &warren_common::Control, tier: Duration
     }
 }
 
-/// Runs the job in its kind's shape (on the served queue's pool, through a batcher, or on the
-/// runtime), unless the worker's gate closes before it starts.
-async fn run(
-    worker: &Arc<Worker>,
-    served: &Served,
-    kind: &Registered,
-    input: Input,
+/// What one run of a job gets besides its input.
+struct Job {
     attempt: u32,
+    /// The route's, cut to the job's deadline.
     time_limit: Duration,
     progress: warren_common::Progress,
-) -> Ran<Output> {
+    cancel: warren_common::CancelFlag,
+}
+
+/// Runs the job in its kind's shape (on the served queue's pool, through a batcher, or on the
+/// runtime), unless the worker's gate closes before it starts.
+async fn run(worker: &Arc<Worker>, served: &Served, kind: &Registered, input: Input, job: Job) -> Ran<Output> {
     let cx = RunCx {
-        attempt,
+        attempt: job.attempt,
         lane: served.lane,
         pool: &served.pool,
         gate: &worker.gate,
         limits: &worker.limits,
-        time_limit,
+        time_limit: job.time_limit,
         retry_timeouts: worker.settings.consumer.retry_timeouts,
-        progress,
+        progress: job.progress,
+        cancel: job.cancel,
     };
     kind.runner.run(input, cx).await
 }

@@ -10,6 +10,7 @@ pub mod app;
 pub mod batcher;
 pub mod builder;
 pub mod builtin;
+pub mod cancels;
 mod cli;
 mod consume;
 pub mod decide;

@@ -43,6 +43,8 @@ pub struct Metrics {
     topology_missing: IntGauge,
     topology_declared: IntCounterVec,
     events: IntCounterVec,
+    /// Job ids cancelled within the retention, as this worker knows them.
+    pub cancels_known: IntGauge,
 }
 
 impl Metrics {
@@ -125,6 +127,11 @@ impl Metrics {
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             ),
             model_ready: int_gauge_vec(r, "warren_model_ready", "1 while the model can take inference requests", &m),
+            cancels_known: int_gauge(
+                r,
+                "warren_cancels_known",
+                "Job ids cancelled within the retention that this worker has read from the cancel stream",
+            ),
             events: counter_vec(
                 r,
                 "warren_events_total",

@@ -34,6 +34,8 @@ pub struct RunCx<'a> {
     pub retry_timeouts: bool,
     /// Where the job's progress reports go.
     pub progress: warren_common::Progress,
+    /// Raised when a cancel for the job arrives while it runs.
+    pub cancel: warren_common::CancelFlag,
 }
 
 /// One registered kind, as the delivery path sees it.

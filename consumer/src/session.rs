@@ -17,7 +17,7 @@ use warren_infra::{Publisher, Settings, topology};
 use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
 use crate::registry::Registry;
-use crate::worker::{Served, Worker};
+use crate::worker::{Lasting, Served, Worker};
 
 /// What outlives sessions: settings, the pools, the kinds and their routes, the queues served.
 pub struct Shared {
@@ -33,6 +33,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The broker node of the current (or last) session, for `/readyz`.
     pub node: Arc<std::sync::Mutex<String>>,
+    /// The cancels read so far, kept across sessions.
+    pub cancels: Arc<crate::cancels::Cancels>,
 }
 
 impl Shared {
@@ -105,6 +107,12 @@ impl Session {
         let publisher = Publisher::open(connection.clone(), confirm_timeout, in_flight)
             .await
             .context("open publishing channels")?;
+        // Before any job is taken: every cancel published until now is known.
+        shared
+            .cancels
+            .catch_up(connection.clone(), &publisher, settings, &shared.worker_id, confirm_timeout)
+            .await
+            .context("read the cancel stream")?;
         let mut consumers = Vec::with_capacity(shared.served.len());
         for served in &shared.served {
             let channel = connection.create_channel().await.context("open consuming channel")?;
@@ -118,15 +126,15 @@ impl Session {
             };
             consumers.push((served.clone(), channel, consumer));
         }
-        let worker = Arc::new(Worker::new(
-            settings.clone(),
-            connection.clone(),
-            publisher,
-            shared.worker_id.clone(),
-            shared.registry.clone(),
-            shared.routes.clone().into(),
-            shared.metrics.clone(),
-        ));
+        let lasting = Lasting {
+            settings: settings.clone(),
+            worker_id: shared.worker_id.clone(),
+            registry: shared.registry.clone(),
+            routes: shared.routes.clone().into(),
+            metrics: shared.metrics.clone(),
+            cancels: shared.cancels.clone(),
+        };
+        let worker = Arc::new(Worker::new(lasting, connection.clone(), publisher));
         worker.watch_topology();
         Ok(Self { connection, node, worker, consumers })
     }

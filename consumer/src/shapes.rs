@@ -69,10 +69,11 @@ async fn on_pool<F>(cx: RunCx<'_>, work: F) -> Ran<Output>
 where
     F: FnOnce(Context) -> Result<Output, JobError> + Send + 'static,
 {
-    let (attempt, limits, limit, progress) = (cx.attempt, cx.limits.clone(), cx.time_limit, cx.progress.clone());
+    let (attempt, limits, limit) = (cx.attempt, cx.limits.clone(), cx.time_limit);
+    let (progress, cancel) = (cx.progress.clone(), cx.cancel.clone());
     cx.pool
         .run(cx.time_limit, cx.retry_timeouts, cx.gate, move || {
-            work(Context::new(attempt, Instant::now() + limit, limits).with_progress(progress))
+            work(Context::new(attempt, Instant::now() + limit, limits).with_progress(progress).with_cancel(cancel))
         })
         .await
 }
@@ -97,7 +98,7 @@ impl<K: BatchKind> ShapeRun<K> for Batched<K> {
     fn run<'a>(&'a self, kind: &'a Arc<K>, input: K::Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
         match (&self.batcher, cx.lane) {
             (Some(batcher), Lane::Main) => {
-                Box::pin(batcher.submit(input, cx.attempt, cx.time_limit, cx.gate.clone(), cx.progress))
+                Box::pin(batcher.submit(input, cx.attempt, cx.time_limit, cx.gate.clone(), cx.progress, cx.cancel))
             }
             _ => {
                 let kind = kind.clone();
@@ -125,8 +126,9 @@ impl<K: AsyncKind> ShapeRun<K> for Io {
                 },
             };
             let started_at_us = now_us();
-            let context =
-                Context::new(cx.attempt, Instant::now() + cx.time_limit, cx.limits.clone()).with_progress(cx.progress);
+            let context = Context::new(cx.attempt, Instant::now() + cx.time_limit, cx.limits.clone())
+                .with_progress(cx.progress)
+                .with_cancel(cx.cancel);
             // A panic in the kind's future fails its job, as on the pool.
             let work = AssertUnwindSafe(kind.run(input, context)).catch_unwind();
             let result = match tokio::time::timeout(cx.time_limit, work).await {

@@ -42,6 +42,8 @@ pub struct Worker {
     pub gate: CancellationToken,
     /// Where its handlers queue the jobs' lifecycle events.
     pub events: crate::events::Events,
+    /// The job ids cancelled, and the running jobs to tell.
+    pub cancels: Arc<crate::cancels::Cancels>,
     /// Held while the topology is declared again.
     declaring: tokio::sync::Mutex<()>,
     /// Declarations made again (or tried) so far, and whether the last one succeeded.
@@ -49,22 +51,27 @@ pub struct Worker {
     declared_ok: AtomicBool,
 }
 
+/// What each session's [`Worker`] takes from the worker's lifetime.
+#[derive(Debug, Clone)]
+pub struct Lasting {
+    pub settings: Arc<Settings>,
+    pub worker_id: String,
+    pub registry: Arc<Registry>,
+    pub routes: Arc<[Route]>,
+    pub metrics: Arc<Metrics>,
+    pub cancels: Arc<crate::cancels::Cancels>,
+}
+
 impl Worker {
-    pub fn new(
-        settings: Arc<Settings>,
-        connection: Arc<Connection>,
-        publisher: Publisher,
-        worker_id: String,
-        registry: Arc<Registry>,
-        routes: Arc<[Route]>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(lasting: Lasting, connection: Arc<Connection>, publisher: Publisher) -> Self {
+        let Lasting { settings, worker_id, registry, routes, metrics, cancels } = lasting;
         let lost = CancellationToken::new();
         let gate = lost.child_token();
         let limits = Arc::new(settings.limits.clone());
         let events = crate::events::Events::start(connection.clone(), &settings, metrics.clone(), lost.clone());
         Self {
             events,
+            cancels,
             settings,
             connection,
             publisher,

@@ -6,6 +6,7 @@
 pub mod alloc;
 pub mod backoff;
 pub mod broker;
+pub mod cancels;
 pub mod fields;
 pub mod metrics;
 pub mod nodes;

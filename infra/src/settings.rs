@@ -107,6 +107,11 @@ pub struct TopologySettings {
     /// Delay queues every route has beside its retry tiers, for delayed jobs (`not_before_ms`):
     /// a job waits in the longest that cannot make it late, hop after hop.
     pub delay_tiers_ms: Vec<u64>,
+    /// The stream of cancel records every worker reads (`warrenctl cancel`); "" = no
+    /// cancellation.
+    pub cancel_stream: String,
+    /// How long a cancel is kept (the stream's `x-max-age`, and each worker's memory of it).
+    pub cancel_retention_s: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -145,6 +150,10 @@ pub struct Route {
     /// Async kinds: jobs awaiting at once in one worker; 0 = the kind's default.
     #[serde(default)]
     pub concurrency: usize,
+    /// Highest AMQP `priority` the work queue honours (`x-max-priority`, 1-255; RabbitMQ
+    /// advises at most 10); 0 = none: jobs run in the order they came. Classic queues only.
+    #[serde(default)]
+    pub max_priority: u8,
 }
 
 impl Route {
@@ -158,6 +167,7 @@ impl Route {
             max_batch: 0,
             max_batch_wait_ms: None,
             concurrency: 0,
+            max_priority: 0,
         }
     }
 
@@ -177,6 +187,7 @@ impl Route {
             max_batch: or(self.max_batch as u64, defaults.max_batch as u64).max(1) as usize,
             max_batch_wait_ms: Some(self.max_batch_wait_ms.unwrap_or(defaults.max_batch_wait.as_millis() as u64)),
             concurrency: or(self.concurrency as u64, defaults.concurrency as u64).max(1) as usize,
+            max_priority: self.max_priority,
         }
     }
 
@@ -473,6 +484,10 @@ impl Settings {
         }
         check_urls(&self.broker.url).map_err(|e| anyhow::anyhow!("broker.url: {e}"))?;
         anyhow::ensure!(
+            self.topology.cancel_stream.is_empty() || self.topology.cancel_retention_s > 0,
+            "topology.cancel_retention_s must be positive"
+        );
+        anyhow::ensure!(
             !self.topology.delay_tiers_ms.is_empty() && !self.topology.delay_tiers_ms.contains(&0),
             "topology.delay_tiers_ms needs at least one delay, each above 0 ms (delayed jobs wait in them)"
         );
@@ -496,10 +511,25 @@ impl Settings {
             );
         }
         for r in &self.routes {
+            self.check_priority(r)?;
             if let Some(p) = &r.retry {
                 p.check().map_err(anyhow::Error::msg).with_context(|| format!("route {}: retry", r.kind))?;
             }
         }
+        Ok(())
+    }
+
+    /// A route with priorities needs classic queues: RabbitMQ 3.10's quorum queues have none.
+    pub fn check_priority(&self, route: &Route) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            route.max_priority == 0 || self.topology.queue_type == QueueType::Classic,
+            "route {}: max_priority = {} needs classic queues, but topology.queue_type = \"quorum\": \
+             RabbitMQ 3.10's quorum queues have no priorities (the broker refuses x-max-priority on them). \
+             Remove max_priority from the route, or set topology.queue_type = \"classic\" (classic queues \
+             are not replicated: the queue's node is a single point of failure)",
+            route.kind,
+            route.max_priority
+        );
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! <queue>.retry.<delay>ms  (per-message TTL; expired jobs go back to <queue> via the default exchange)
 //! <queue>.returned          (jobs that came back unanswered; consumed one at a time per worker)
 //! results exchange (topic) --#--> results queue    (results of jobs that named no reply_to)
+//! <cancel stream>           (a stream of cancel records, read by every worker: `cancels`)
 //! ```
 //!
 //! With `topology.queue_type = "quorum"` (a cluster) every queue is a quorum queue, the
@@ -59,16 +60,24 @@ impl Plan {
             plan.queues.push((t.results_queue.clone(), queue_args(settings, None)));
             plan.bindings.push((t.results_queue.clone(), t.results_exchange.clone(), "#".into()));
         }
+        if !t.cancel_stream.is_empty() {
+            plan.queues.push((t.cancel_stream.clone(), crate::cancels::stream_args(settings)));
+        }
         let mut routes: Vec<&Route> = own.iter().collect();
         routes.extend(settings.routes.iter().filter(|r| !own.iter().any(|o| o.kind == r.kind)));
         for route in routes {
             let dead = settings.dead_queue(&route.queue);
             plan.queues.push((dead.clone(), queue_args(settings, None)));
             plan.bindings.push((dead, t.dead_letter_exchange.clone(), route.queue.clone()));
-            plan.queues.push((route.queue.clone(), queue_args(settings, Some(&route.queue))));
+            let mut work_args = queue_args(settings, Some(&route.queue));
+            if route.max_priority > 0 {
+                // Both queues a route's jobs are consumed from honour their priority.
+                work_args.insert("x-max-priority".into(), AMQPValue::LongLongInt(i64::from(route.max_priority)));
+            }
+            plan.queues.push((route.queue.clone(), work_args.clone()));
             plan.bindings.push((route.queue.clone(), t.jobs_exchange.clone(), route.kind.clone()));
             // The returned lane dead-letters like its work queue (quorum delivery limit included).
-            plan.queues.push((settings.returned_queue(&route.queue), queue_args(settings, Some(&route.queue))));
+            plan.queues.push((settings.returned_queue(&route.queue), work_args));
             // One delay queue per backoff tier and per delay tier. Nothing consumes them: a job waits out its
             // per-message TTL there and the broker dead-letters it through the default exchange
             // back to the work queue. The per-message TTLs within a tier differ only by jitter,

@@ -99,6 +99,13 @@ pub enum Command {
         #[arg(long, env = "WARRENCTL_CONSOLE_URL")]
         console_url: Option<String>,
     },
+    /// Cancel jobs by id: none of them starts after this (on any worker, one started later
+    /// included, for topology.cancel_retention_s); each is answered with error type `cancelled`
+    /// and dead-lettered. A job already running is told (cooperative). Unknown ids are no error.
+    Cancel {
+        #[arg(required = true)]
+        job_ids: Vec<String>,
+    },
     /// Remove every ready message of a queue.
     Purge {
         queue: String,

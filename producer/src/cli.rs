@@ -72,6 +72,15 @@ pub struct SubmitArgs {
     /// With --each: jobs in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// AMQP priority of the job (its route's max_priority bounds it). Not with --each.
+    #[arg(long, conflicts_with = "each")]
+    pub priority: Option<u8>,
+    /// The job's deadline, this many ms from now: not started (nor retried) after it. Not with --each.
+    #[arg(long, conflicts_with = "each")]
+    pub timeout_ms: Option<u64>,
+    /// Not to start before this many ms from now. Not with --each.
+    #[arg(long, conflicts_with = "each")]
+    pub delay_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use warren_common::headers as h;
-use warren_common::{Encoding, Job, JobEnvelope, JobError, JobResult, Kind};
+use warren_common::{Control, Encoding, Job, JobEnvelope, JobError, JobResult, Kind};
 use warren_infra::backoff::Backoff;
 use warren_infra::{PublishError, Publisher, Settings, fields, topology};
 
@@ -39,6 +39,47 @@ pub struct PublishOptions {
     pub want_result: bool,
     /// Job id (AMQP `message_id`); a fresh UUID when `None`.
     pub job_id: Option<String>,
+    /// AMQP `priority` (0-255; honoured up to the route's `max_priority`, where it has one).
+    pub priority: Option<u8>,
+    /// The job's deadline and its earliest start, in the envelope (see [`Self::timeout`],
+    /// [`Self::delay`]).
+    pub control: Control,
+}
+
+impl PublishOptions {
+    /// Not worth doing `timeout` from now: never started nor retried after that.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.control.deadline_ms = Some(unix_ms(SystemTime::now() + timeout));
+        self
+    }
+
+    /// Not worth doing after `deadline`.
+    pub fn deadline(mut self, deadline: SystemTime) -> Self {
+        self.control.deadline_ms = Some(unix_ms(deadline));
+        self
+    }
+
+    /// Not to start before `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.control.not_before_ms = Some(unix_ms(SystemTime::now() + delay));
+        self
+    }
+
+    /// Not to start before `at`.
+    pub fn not_before(mut self, at: SystemTime) -> Self {
+        self.control.not_before_ms = Some(unix_ms(at));
+        self
+    }
+
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+}
+
+/// Unix milliseconds (0 before 1970).
+pub fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// A published job; `wait` for its result when one was asked for.
@@ -113,6 +154,19 @@ impl Producer {
         Ok(())
     }
 
+    /// Cancels jobs by id: none of them starts after this returns (on any worker, one started
+    /// later included, within `topology.cancel_retention_s`); each is answered with error type
+    /// `cancelled`. A running job is told through its context. Unknown ids are no error.
+    pub async fn cancel(&self, job_ids: &[&str]) -> anyhow::Result<()> {
+        let at_ms = unix_ms(SystemTime::now());
+        let record = warren_infra::cancels::Record::Cancel {
+            job_ids: job_ids.iter().map(|id| (*id).to_owned()).collect(),
+            at_ms,
+        };
+        let publisher = self.link.read().await.publisher.clone();
+        warren_infra::cancels::publish(&publisher, &self.settings, &record).await
+    }
+
     /// Publishes a job of kind `K`, typed: `producer.submit::<Resize>(job, &opts)`. Its result
     /// reads back with `result.output_as::<K>()`.
     pub async fn submit<K: Kind>(&self, input: K::Input, opts: &PublishOptions) -> Result<Ticket, ProducerError> {
@@ -122,7 +176,7 @@ impl Producer {
     /// Publishes a job to the jobs exchange with routing key = its kind.
     pub async fn publish(&self, job: &Job, opts: &PublishOptions) -> Result<Ticket, ProducerError> {
         let encoding = opts.encoding.unwrap_or(self.settings.producer.encoding);
-        let body = JobEnvelope::encode(job, encoding)?;
+        let body = JobEnvelope::encode_with(job, encoding, opts.control)?;
         self.publish_raw(job.kind(), &body, Some(encoding.content_type()), opts).await
     }
 
@@ -154,6 +208,9 @@ impl Producer {
             .with_headers(headers);
         if let Some(ct) = content_type {
             props = props.with_content_type(ct.into());
+        }
+        if let Some(priority) = opts.priority {
+            props = props.with_priority(priority);
         }
         let mut result = None;
         if opts.want_result {

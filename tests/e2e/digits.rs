@@ -28,7 +28,7 @@ async fn every_sample_matches_the_measured_accuracy(#[case] variant: &str, #[cas
     settings.model.path = dir.join(format!("digits_{variant}.onnx"));
     settings.consumer.kinds = vec!["ml.classify".into()];
     let (fleet, producer) = fleet_and_producer(&settings).await;
-    let opts = PublishOptions { encoding: Some(encoding), want_result: true, job_id: None };
+    let opts = PublishOptions { encoding: Some(encoding), want_result: true, ..Default::default() };
 
     let producer = &producer;
     let answers: Vec<(String, u64)> = futures_util::stream::iter(truth.keys().cloned())

@@ -18,7 +18,7 @@ fn photo(name: &str) -> Vec<u8> {
 async fn every_kind_in_both_encodings(#[values(Encoding::Json, Encoding::Bincode)] encoding: Encoding, vhost: Vhost) {
     let settings = settings_for(&vhost);
     let (fleet, producer) = fleet_and_producer(&settings).await;
-    let opts = PublishOptions { encoding: Some(encoding), want_result: true, job_id: None };
+    let opts = PublishOptions { encoding: Some(encoding), want_result: true, ..Default::default() };
 
     // image.resize: each input format, each mode, each output format.
     let cases = [

@@ -62,7 +62,7 @@ async fn every_digit_through_triton_gets_the_answer_onnx_runtime_gave(
     let triton = Triton::start(&[Served::digits("digits", variant)]).await;
     let settings = triton_settings(&vhost, &triton, "digits");
     let (fleet, producer) = fleet_and_producer(&settings).await;
-    let opts = PublishOptions { encoding: Some(encoding), want_result: true, job_id: None };
+    let opts = PublishOptions { encoding: Some(encoding), want_result: true, ..Default::default() };
     let samples = samples(variant);
     let answers: Vec<(String, u64, u64)> = futures_util::stream::iter(&samples)
         .map(|(name, image, expected)| {

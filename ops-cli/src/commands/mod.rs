@@ -1,5 +1,6 @@
 //! One module per command; what they share of messages is in `crate::messages`.
 
+pub mod cancel;
 pub mod dump;
 pub mod inspect;
 pub mod job;
@@ -25,6 +26,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<()> {
             replay::run(ctx, &dead_queue, opts).await
         }
         Command::Job { job_id, console_url } => job::run(ctx, &job_id, console_url.as_deref()),
+        Command::Cancel { job_ids } => cancel::run(ctx, &job_ids).await,
         Command::Purge { queue, yes } => purge::run(ctx, &queue, yes).await,
         Command::Topology { action } => topology::run(ctx, action).await,
     }

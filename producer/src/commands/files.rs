@@ -26,7 +26,7 @@ pub async fn publish(ctx: &mut Ctx, stamp: Stamp<'_>, images_only: bool, args: &
         ctx.producer.enable_replies().await?;
     }
     let ctx = &*ctx;
-    let opts = PublishOptions { encoding: ctx.encoding, want_result: args.wait, job_id: None };
+    let opts = PublishOptions { encoding: ctx.encoding, want_result: args.wait, ..Default::default() };
     let outcomes = futures_util::stream::iter(&files)
         .map(|path| one_file(ctx, stamp, path, &opts, args))
         .buffered(args.concurrency.max(1))

@@ -42,7 +42,18 @@ pub async fn run(ctx: &mut Ctx, args: &SubmitArgs) -> anyhow::Result<Outcome> {
     if args.wait {
         ctx.producer.enable_replies().await?;
     }
-    let opts = PublishOptions { encoding: ctx.encoding, want_result: args.wait, job_id: None };
+    let mut opts = PublishOptions {
+        encoding: ctx.encoding,
+        want_result: args.wait,
+        priority: args.priority,
+        ..Default::default()
+    };
+    if let Some(ms) = args.timeout_ms {
+        opts = opts.timeout(std::time::Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.delay_ms {
+        opts = opts.delay(std::time::Duration::from_millis(ms));
+    }
     let ticket = ctx.producer.publish(&job, &opts).await?;
     let job_id = ticket.job_id.clone();
     if !args.wait {

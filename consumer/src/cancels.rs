@@ -1,0 +1,161 @@
+//! The worker's side of cancellation by job id: it reads the cancel stream from its start
+//! (`warren_infra::cancels`) into a set that outlives sessions, catches up before it consumes
+//! any job, and tells running jobs whose cancel arrives through their context's flag.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::Connection;
+use tokio::sync::oneshot;
+use warren_common::CancelFlag;
+use warren_infra::cancels::{self, CancelSet, From, Record};
+use warren_infra::{Publisher, Settings};
+
+use crate::metrics::Metrics;
+use crate::pool::now_us;
+
+/// What this worker knows of cancels: the set, where to read on, the jobs running now.
+pub struct Cancels {
+    set: Mutex<CancelSet>,
+    /// The offset after the last record read: a new session reads on from there.
+    next: Mutex<Option<u64>>,
+    running: Mutex<HashMap<String, Vec<CancelFlag>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A running job's registration; its flag is raised if a cancel for it arrives meanwhile.
+pub struct Watch<'a> {
+    cancels: &'a Cancels,
+    job_id: String,
+    pub flag: CancelFlag,
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let mut running = lock(&self.cancels.running);
+        if let Some(flags) = running.get_mut(&self.job_id) {
+            flags.retain(|f| !f.same(&self.flag));
+            if flags.is_empty() {
+                running.remove(&self.job_id);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Cancels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancels").field("known", &lock(&self.set).len()).field("next", &*lock(&self.next)).finish()
+    }
+}
+
+impl std::fmt::Debug for Watch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("job_id", &self.job_id).field("cancelled", &self.flag.is_raised()).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cancels {
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            set: Mutex::new(CancelSet::new(Duration::from_secs(settings.topology.cancel_retention_s))),
+            next: Mutex::new(None),
+            running: Mutex::default(),
+            metrics,
+        }
+    }
+
+    pub fn is_cancelled(&self, job_id: &str) -> bool {
+        lock(&self.set).contains(job_id, now_us() / 1000)
+    }
+
+    /// Registers a job about to run.
+    pub fn watch(&self, job_id: &str) -> Watch<'_> {
+        let flag = CancelFlag::default();
+        lock(&self.running).entry(job_id.to_owned()).or_default().push(flag.clone());
+        Watch { cancels: self, job_id: job_id.to_owned(), flag }
+    }
+
+    fn take(&self, offset: u64, record: Result<Record, String>) -> Option<String> {
+        *lock(&self.next) = Some(offset.saturating_add(1));
+        match record {
+            Ok(Record::Cancel { job_ids, at_ms }) => {
+                let added = {
+                    let mut set = lock(&self.set);
+                    let added = set.insert(&job_ids, at_ms, now_us() / 1000);
+                    self.metrics.cancels_known.set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+                    added
+                };
+                let running = lock(&self.running);
+                for id in &job_ids {
+                    for flag in running.get(id).into_iter().flatten() {
+                        tracing::info!(job_id = %id, "cancel for a running job: its context is told");
+                        flag.raise();
+                    }
+                }
+                tracing::debug!(ids = job_ids.len(), added, offset, "cancel record read");
+                None
+            }
+            Ok(Record::Marker(m)) => Some(m),
+            Err(e) => {
+                tracing::warn!(offset, error = %e, "skipping a message of the cancel stream that is not a cancel record");
+                None
+            }
+        }
+    }
+
+    /// Starts reading the cancel stream on `connection` (from where the last session stopped,
+    /// or its first record) and waits until it has read everything published before now, so
+    /// that no job cancelled before this moment starts here. Past `within` it goes on with a
+    /// warning (cancels that arrive later still stop jobs that have not started).
+    pub async fn catch_up(
+        self: &Arc<Self>,
+        connection: Arc<Connection>,
+        publisher: &Publisher,
+        settings: &Arc<Settings>,
+        worker_id: &str,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        if settings.topology.cancel_stream.is_empty() {
+            return Ok(());
+        }
+        let from = lock(&self.next).map_or(From::First, From::Offset);
+        let marker = format!("{worker_id}/{}", uuid::Uuid::new_v4());
+        let (seen_tx, seen) = oneshot::channel();
+        let (cancels, settings_for, mine, tag) =
+            (self.clone(), settings.clone(), marker.clone(), format!("{worker_id}/cancels"));
+        tokio::spawn(async move {
+            let mut seen_tx = Some(seen_tx);
+            let read = cancels::follow(&connection, &settings_for, from, &tag, |offset, record| {
+                if cancels.take(offset, record).is_some_and(|m| m == mine)
+                    && let Some(tx) = seen_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+                true
+            })
+            .await;
+            if let Err(e) = read {
+                tracing::warn!(error = format!("{e:#}"), "reading the cancel stream ended");
+            }
+        });
+        let started = std::time::Instant::now();
+        cancels::publish(publisher, settings, &Record::Marker(marker)).await?;
+        match tokio::time::timeout(within, seen).await {
+            Ok(Ok(())) => {
+                let known = lock(&self.set).len();
+                tracing::info!(known, ms = started.elapsed().as_millis() as u64, "read the cancel stream to its end");
+                Ok(())
+            }
+            Ok(Err(_)) => anyhow::bail!("the cancel stream's reader stopped before reading to its end"),
+            Err(_) => {
+                tracing::warn!(?within, "the cancel stream was not read to its end in time; consuming jobs anyway");
+                Ok(())
+            }
+        }
+    }
+}
