@@ -34,6 +34,11 @@ pub struct FaultJob {
     /// Succeed with an output whose encoding fails (a result that cannot be written).
     #[serde(default)]
     pub unencodable_output: bool,
+    /// While busy, stop early when the job is cancelled (its context says so), failing with
+    /// `cancelled`: a job that takes cancellation into account. Without it a cancelled
+    /// running job runs to its end and answers as usual.
+    #[serde(default)]
+    pub stop_when_cancelled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -73,16 +78,25 @@ impl FaultJob {
 }
 
 pub fn fault(job: &FaultJob, attempt: u32) -> Result<FaultOutput, JobError> {
-    fault_reporting(job, attempt, |_| {})
+    fault_reporting(job, attempt, |_| {}, || false)
 }
 
-/// [`fault`], reporting how much of `busy_ms` has passed as it goes.
-pub fn fault_reporting(job: &FaultJob, attempt: u32, progress: impl Fn(f64)) -> Result<FaultOutput, JobError> {
+/// [`fault`], reporting how much of `busy_ms` has passed as it goes, and asking `cancelled`
+/// (with `stop_when_cancelled`).
+pub fn fault_reporting(
+    job: &FaultJob,
+    attempt: u32,
+    progress: impl Fn(f64),
+    cancelled: impl Fn() -> bool,
+) -> Result<FaultOutput, JobError> {
     let start = Instant::now();
     let busy = Duration::from_millis(job.busy_ms);
     let until = start + busy;
     while Instant::now() < until {
         progress(start.elapsed().as_secs_f64() / busy.as_secs_f64());
+        if job.stop_when_cancelled && cancelled() {
+            return Err(JobError::Cancelled(format!("stopped after {:?} of its run", start.elapsed())));
+        }
         // Sleep in short steps: a busy worker that a time limit gave up on still ends soon.
         std::thread::sleep(Duration::from_millis(5).min(until.saturating_duration_since(Instant::now())));
     }
@@ -123,7 +137,7 @@ impl Kind for Fault {
 
 impl BlockingKind for Fault {
     fn run(&self, input: FaultJob, cx: &Context) -> Result<FaultOutput, JobError> {
-        fault_reporting(&input, cx.attempt, |f| cx.progress(f, "busy"))
+        fault_reporting(&input, cx.attempt, |f| cx.progress(f, "busy"), || cx.is_cancelled())
     }
 }
 

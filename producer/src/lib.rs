@@ -16,4 +16,4 @@ pub mod metrics;
 pub mod output;
 pub mod replies;
 
-pub use client::{Producer, ProducerError, PublishOptions, Ticket};
+pub use client::{Producer, ProducerError, PublishOptions, Ticket, unix_ms};

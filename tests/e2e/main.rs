@@ -4,6 +4,7 @@
 mod bench;
 mod binaries;
 mod console;
+mod control;
 mod crash;
 mod credentials;
 mod dashboard;

@@ -71,19 +71,21 @@ def terminate(proc: subprocess.Popen) -> int:
 
 
 class Consumer:
-    """The warren-consumer binary on a vhost, its log kept, stopped with SIGTERM."""
+    """The warren-consumer binary on a vhost, its log kept, stopped with SIGTERM. ``env`` adds to
+    (or replaces) its environment: ``overlay_env`` gives a configuration of a test's own."""
 
-    def __init__(self, vhost: str) -> None:
+    def __init__(self, vhost: str, env: dict[str, str] | None = None) -> None:
         binary = os.environ.get("WARREN_CONSUMER_BIN", str(ROOT / "target" / "debug" / "warren-consumer"))
         if not os.path.exists(binary):
             pytest.fail(f"{binary} is not built: run `cargo build --workspace --bins` (scripts/test.sh does)")
         full_env = dict(os.environ, WARREN_CONFIG_DIR=str(ROOT / "config"), WARREN_ENV="test",
                         WARREN__BROKER__URL=amqp_url(vhost), RUST_LOG="info,ort=warn,lapin=error", NO_COLOR="1")
+        full_env.update(env or {})
         self.proc = subprocess.Popen([binary], cwd=ROOT, env=full_env, stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(60):
+        if not self._ready.wait(60) or self.proc.poll() is not None:
             self.stop()
             pytest.fail("the consumer did not get ready:\n" + "".join(self.log))
 
@@ -93,6 +95,7 @@ class Consumer:
             self.log.append(line)
             if "consumer ready" in line:
                 self._ready.set()
+        self._ready.set()  # it exited: no use waiting any longer
 
     def stop(self) -> int:
         return terminate(self.proc)
@@ -103,6 +106,24 @@ def consumer(vhost: str):
     c = Consumer(vhost)
     yield c
     assert c.stop() == 0, "".join(c.log)
+
+
+def overlay_env(tmp: pathlib.Path, edit) -> dict[str, str]:
+    """The environment of a consumer whose configuration is the test overlay (config/test.toml)
+    as ``edit(text)`` rewrites it: a config directory of its own beside ``tmp``, holding
+    config/default.toml and the edited overlay. Routes are an array of tables, which the
+    environment cannot set one key of. Relative paths in it (the model's) resolve against the
+    directory's parent, ``tmp``: ``tmp/models`` links to the repository's."""
+    config = tmp / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    if not (tmp / "models").exists():
+        (tmp / "models").symlink_to(ROOT / "models", target_is_directory=True)
+    (config / "default.toml").write_text((ROOT / "config/default.toml").read_text())
+    overlay = (ROOT / "config/test.toml").read_text()
+    edited = edit(overlay)
+    assert edited != overlay, "the edit changed nothing in config/test.toml"
+    (config / "pytest.toml").write_text(edited)
+    return {"WARREN_CONFIG_DIR": str(config), "WARREN_ENV": "pytest"}
 
 
 class Console:

@@ -11,15 +11,17 @@ import time
 import urllib.error
 import uuid
 import zlib
+from datetime import datetime, timedelta, timezone
 
 import pika
 import pytest
 
 import warren_client
-from warren_client import (Client, CorruptImage, Nacked, PermanentJobError, Timeout, Unroutable, UnsupportedFormat,
-                           WarrenError)
+from warren_client import (Cancelled, Client, CorruptImage, DeadlineExceeded, Nacked, PermanentJobError, Timeout,
+                           Unroutable, UnsupportedFormat, WarrenError)
+from warren_client._client import cancel_record, control, envelope
 
-from conftest import ROOT, amqp_url, memory_alarm, mgmt, quoted, rabbitmqctl, wait_until
+from conftest import ROOT, Consumer, amqp_url, memory_alarm, mgmt, overlay_env, quoted, rabbitmqctl, wait_until
 
 
 def test_every_kind_runs_and_comes_back_as_documented(vhost, consumer):
@@ -250,3 +252,145 @@ def test_the_package_type_checks_strictly():
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--ignore-missing-imports", "warren_client"],
                          cwd=ROOT / "clients/python", capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# -- job control: deadline, priority, delay, cancel ------------------------------------------------
+
+def test_the_envelope_and_cancel_record_are_as_the_contract_writes_them():
+    # Without control the envelope is as before, field for field.
+    assert json.loads(envelope("checksum", {"data": b"hi", "rounds": 1}, **control())) == \
+        {"version": 1, "kind": "checksum", "job": {"data": "aGk=", "rounds": 1}}
+    assert control() == {}
+    now = 1_700_000_000.0
+    fields = control(timeout=1.5, delay=0.25, now=now)
+    assert fields == {"deadline_ms": 1_700_000_001_500, "not_before_ms": 1_700_000_000_250}
+    body = envelope("checksum", {"data": b"hi"}, **fields)
+    assert json.loads(body) == {"version": 1, "kind": "checksum", "deadline_ms": 1_700_000_001_500,
+                                "not_before_ms": 1_700_000_000_250, "job": {"data": "aGk="}}
+    assert body.startswith(b'{"version": 1, "kind": "checksum", "deadline_ms": '), "the control beside the kind"
+    # Unix seconds or an aware datetime, written as integer Unix ms; a deadline rounds down and
+    # a not-before up, so the job never runs outside what was asked.
+    at = datetime(2024, 1, 2, 3, 4, 5, 678_900, tzinfo=timezone(timedelta(hours=2)))
+    assert control(deadline=at, not_before=at) == {"deadline_ms": int(at.timestamp()) * 1000 + 678,
+                                                   "not_before_ms": int(at.timestamp()) * 1000 + 679}
+    assert control(deadline=12.3456, not_before=12.3451) == {"deadline_ms": 12_345, "not_before_ms": 12_346}
+    assert all(type(v) is int for v in control(deadline=12.5, delay=1, now=now).values())
+    for bad in ({"timeout": 1, "deadline": 2.0}, {"delay": 1, "not_before": 2.0},
+                {"deadline": datetime(2024, 1, 1)}, {"timeout": -1}, {"delay": float("nan")},
+                {"not_before": float("inf")}):
+        with pytest.raises(ValueError):
+            control(**bad)
+    with pytest.raises(TypeError):
+        control(deadline="tomorrow")
+    assert json.loads(cancel_record(["a", "b"], 7)) == {"version": 1, "job_ids": ["a", "b"], "at_ms": 7}
+    with pytest.raises(ValueError):
+        cancel_record(["a", ""], 7)
+    with pytest.raises(TypeError):
+        cancel_record([["a"]], 7)  # type: ignore[list-item]
+
+
+def test_a_job_past_its_deadline_is_answered_deadline_exceeded_and_one_within_it_runs(vhost, consumer):
+    job = {"data": b"deadline", "rounds": 1}
+    with Client(amqp_url(vhost)) as client:
+        past = client.submit("checksum", job, deadline=time.time() - 1)
+        past_datetime = client.submit("checksum", job, deadline=datetime.now(timezone.utc) - timedelta(seconds=1))
+        within = client.submit("checksum", job, timeout=60)
+        for job_id in (past, past_datetime):
+            r = client.result(job_id, timeout=30)
+            assert not r.ok and isinstance(r.exception(), DeadlineExceeded), r
+            assert isinstance(r.exception(), PermanentJobError) and r.error["type"] == "deadline_exceeded"
+        r = client.result(within, timeout=30)
+        assert r.ok and r.value["crc32"] == zlib.crc32(b"deadline"), r
+        # run() passes the control on; its own timeout is the wait, the job's is job_timeout.
+        assert isinstance(client.run("checksum", job, deadline=time.time() - 1).exception(), DeadlineExceeded)
+        assert client.run("checksum", job, timeout=30, job_timeout=60).ok
+        for bad in ({"priority": 256}, {"priority": -1}, {"timeout": 1, "deadline": time.time() + 5},
+                    {"delay": 1, "not_before": time.time() + 5}):
+            with pytest.raises(ValueError):
+                client.submit("checksum", job, **bad)
+
+
+class RecordingClient(Client):
+    """A client that notes the job id of every result in the order they arrive."""
+
+    def __init__(self, url: str) -> None:
+        self.arrivals: list[str] = []
+        super().__init__(url)
+
+    def _on_result(self, ch, method, props, body) -> None:  # type: ignore[no-untyped-def]
+        self.arrivals.append(json.loads(body)["job_id"])
+        super()._on_result(ch, method, props, body)
+
+
+def test_high_priority_jobs_overtake_a_backlog_on_a_route_with_max_priority(vhost, tmp_path):
+    env = overlay_env(tmp_path, lambda text: text.replace('queue = "warren.checksum"\n',
+                                                          'queue = "warren.checksum"\nmax_priority = 10\n'))
+    # A consumer started and stopped declares the topology: warren.checksum with x-max-priority.
+    first = Consumer(vhost, env)
+    queue = mgmt("GET", f"/api/queues/{quoted(vhost)}/warren.checksum")
+    assert queue["arguments"].get("x-max-priority") == 10, queue["arguments"]
+    # warren-consumer listens for SIGTERM only once it is running, just after "consumer ready":
+    # one sent at once would kill it instead of draining it.
+    time.sleep(1)
+    assert first.stop() == 0, "".join(first.log)
+    with RecordingClient(amqp_url(vhost)) as client:
+        low = [client.submit("checksum", {"data": i.to_bytes(2, "little"), "rounds": 1}, priority=0)
+               for i in range(300)]
+        high = [client.submit("checksum", {"data": b"urgent" + bytes([i]), "rounds": 1}, priority=9)
+                for i in range(20)]
+        second = Consumer(vhost, env)
+        try:
+            results = {job_id: client.result(job_id, timeout=60) for job_id in high + low}
+        finally:
+            assert second.stop() == 0, "".join(second.log)
+        assert all(r.ok for r in results.values())
+        order = {job_id: i for i, job_id in enumerate(client.arrivals)}
+        assert len(order) == 320
+        sixtieth_low = sorted(order[j] for j in low)[59]
+        last_high = max(order[j] for j in high)
+        print(f"priority: the last of 20 priority-9 jobs answered as number {last_high + 1} of 320, "
+              f"the 60th priority-0 one as number {sixtieth_low + 1}")
+        assert last_high < sixtieth_low, (last_high, sixtieth_low)
+
+
+def test_a_delayed_job_starts_no_sooner_than_asked_and_soon_after(vhost, consumer):
+    with Client(amqp_url(vhost)) as client:
+        before = time.time()
+        job_id = client.submit("checksum", {"data": b"later", "rounds": 1}, delay=2.0)
+        after = time.time()
+        r = client.result(job_id, timeout=30)
+        assert r.ok and r.value["crc32"] == zlib.crc32(b"later"), r
+        started_us = r.timing["started_at_us"]
+        print(f"delay 2 s: started {started_us / 1e6 - (before + 2.0):.3f} s after its not-before")
+        assert started_us >= (before + 2.0) * 1e6, "started before its not-before"
+        assert started_us <= (after + 2.0 + 3.0) * 1e6, "started more than 3 s after its not-before"
+
+
+def test_cancelled_jobs_are_answered_cancelled_and_unknown_ids_are_no_error(vhost, consumer):
+    with Client(amqp_url(vhost)) as client:
+        # Two delayed jobs, cancelled in one record while they wait in the delay queues.
+        a = client.submit("checksum", {"data": b"a", "rounds": 1}, delay=3)
+        b = client.submit("checksum", {"data": b"b", "rounds": 1}, delay=3)
+        client.cancel(a, b)
+        for job_id in (a, b):
+            r = client.result(job_id, timeout=30)
+            assert not r.ok and isinstance(r.exception(), Cancelled), r
+            assert (r.error["type"], r.error["class"]) == ("cancelled", "permanent")
+        client.cancel("unknown-id")
+        client.cancel()  # nothing to cancel, nothing published
+        assert client.run("checksum", {"data": b"after", "rounds": 1}).ok
+        with pytest.raises(ValueError):
+            client.cancel("")
+        with pytest.raises(ValueError):
+            client.cancel("some-id", "")
+        # The client goes on after refusing.
+        assert client.run("checksum", {"data": b"still", "rounds": 1}).ok
+
+
+def test_cancelling_before_any_worker_declared_the_stream_is_unroutable(vhost):
+    with Client(amqp_url(vhost)) as client:
+        with pytest.raises(Unroutable, match="no cancel stream 'warren.cancels'.*start a Warren consumer"):
+            client.cancel("some-id")
+        with Client(amqp_url(vhost), cancel_stream="") as off:
+            with pytest.raises(WarrenError, match="cancelling is off"):
+                off.cancel("some-id")

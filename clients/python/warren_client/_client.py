@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import random
 import time
 import urllib.error
@@ -13,7 +14,8 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import OrderedDict
-from typing import Any, Mapping
+from datetime import datetime
+from typing import Any, Mapping, Sequence
 
 import pika
 import pika.exceptions as px
@@ -24,6 +26,8 @@ from .result import Result
 log = logging.getLogger("warren_client")
 
 ENVELOPE_VERSION = 1
+#: The version of the cancel stream's records.
+CANCEL_VERSION = 1
 
 #: Errors after which the connection is replaced and the operation tried again (the connection's
 #: errors, StreamLostError among them; a channel's; the socket's).
@@ -41,6 +45,92 @@ def _encode(value: Any) -> Any:
     return value
 
 
+def _unix_ms(at: float | datetime, name: str, *, round_up: bool) -> int:
+    """Unix milliseconds of ``at`` (Unix seconds, or an aware datetime). A deadline rounds down
+    and a not-before up, so neither lets the job run outside what was asked."""
+    if isinstance(at, datetime):
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError(f"{name} must be an aware datetime (with a tzinfo), not a naive one: {at!r}")
+        seconds = at.timestamp()
+    elif isinstance(at, (int, float)) and not isinstance(at, bool):
+        seconds = float(at)
+    else:
+        raise TypeError(f"{name} must be Unix seconds (a number) or an aware datetime, not {type(at).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be a finite time after 1970, not {at!r}")
+    ms = seconds * 1000
+    return int(math.ceil(ms) if round_up else math.floor(ms))
+
+
+def _seconds(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite, non-negative number of seconds, not {value!r}")
+    return float(value)
+
+
+def control(*, timeout: float | None = None, deadline: float | datetime | None = None, delay: float | None = None,
+            not_before: float | datetime | None = None, now: float | None = None) -> dict[str, int]:
+    """The envelope's job control fields for ``submit``'s arguments: ``deadline_ms`` from
+    ``timeout`` (seconds from ``now``) or ``deadline`` (Unix seconds, or an aware datetime),
+    ``not_before_ms`` from ``delay`` or ``not_before`` likewise; only those given. ``now``
+    defaults to ``time.time()``. Giving both of a pair is a ValueError."""
+    if timeout is not None and deadline is not None:
+        raise ValueError("give timeout or deadline, not both")
+    if delay is not None and not_before is not None:
+        raise ValueError("give delay or not_before, not both")
+    if now is None and (timeout is not None or delay is not None):
+        now = time.time()
+    fields: dict[str, int] = {}
+    if timeout is not None:
+        assert now is not None
+        fields["deadline_ms"] = _unix_ms(now + _seconds(timeout, "timeout"), "timeout", round_up=False)
+    elif deadline is not None:
+        fields["deadline_ms"] = _unix_ms(deadline, "deadline", round_up=False)
+    if delay is not None:
+        assert now is not None
+        fields["not_before_ms"] = _unix_ms(now + _seconds(delay, "delay"), "delay", round_up=True)
+    elif not_before is not None:
+        fields["not_before_ms"] = _unix_ms(not_before, "not_before", round_up=True)
+    return fields
+
+
+def envelope(kind: str, job: Mapping[str, Any], *, deadline_ms: int | None = None,
+             not_before_ms: int | None = None) -> bytes:
+    """The JSON envelope ``submit`` publishes (docs/contract.md): ``{"version": 1, "kind": ..,
+    "job": {..}}``, with ``deadline_ms`` and ``not_before_ms`` (Unix ms) beside the kind when
+    given. ``bytes`` anywhere in ``job`` become base64."""
+    body: dict[str, Any] = {"version": ENVELOPE_VERSION, "kind": kind}
+    if deadline_ms is not None:
+        body["deadline_ms"] = int(deadline_ms)
+    if not_before_ms is not None:
+        body["not_before_ms"] = int(not_before_ms)
+    body["job"] = _encode(job)
+    return json.dumps(body).encode()
+
+
+def cancel_record(job_ids: Sequence[str], at_ms: int) -> bytes:
+    """The cancel stream's record for ``job_ids``: ``{"version": 1, "job_ids": [..], "at_ms":
+    <unix ms>}``. An id that is not a non-empty string is refused."""
+    for job_id in job_ids:
+        if not isinstance(job_id, str):
+            raise TypeError(f"job ids are strings, not {type(job_id).__name__}: {job_id!r}")
+        if not job_id:
+            raise ValueError("an empty job id cannot be cancelled")
+    return json.dumps({"version": CANCEL_VERSION, "job_ids": list(job_ids), "at_ms": int(at_ms)}).encode()
+
+
+def _check_priority(priority: int | None) -> int | None:
+    if priority is None:
+        return None
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int from 0 to 255, not {type(priority).__name__}")
+    if not 0 <= priority <= 255:
+        raise ValueError(f"priority must be from 0 to 255 (the route's max_priority bounds it), not {priority}")
+    return priority
+
+
 def _traceparent() -> str:
     return f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
 
@@ -56,7 +146,9 @@ class Client:
     client is gone. A lost connection is re-established (capped, jittered backoff) for up to
     ``reconnect_timeout`` seconds. A publish the broker refuses, or does not confirm within
     ``confirm_timeout`` seconds, is sent again (same job id) for up to ``publish_timeout``
-    seconds. Results are at least once: duplicates are dropped by job id.
+    seconds. Results are at least once: duplicates are dropped by job id. ``cancel`` publishes
+    to the RabbitMQ stream ``cancel_stream`` (Warren's ``topology.cancel_stream``; "" turns
+    cancelling off).
     """
 
     def __init__(
@@ -64,6 +156,7 @@ class Client:
         url: str,
         *,
         jobs_exchange: str = "warren.jobs",
+        cancel_stream: str = "warren.cancels",
         queue_type: str = "classic",
         reply_queue_expires_ms: int = 300_000,
         publish_timeout: float = 60.0,
@@ -80,6 +173,7 @@ class Client:
         for params in self._params:
             params.client_properties = {"connection_name": connection_name}
         self._exchange = jobs_exchange
+        self._cancel_stream = cancel_stream
         self.console_url = console_url
         self._reply_args = {"x-expires": int(reply_queue_expires_ms), "x-queue-type": queue_type}
         self._publish_timeout = publish_timeout
@@ -174,15 +268,26 @@ class Client:
     # -- jobs ------------------------------------------------------------------------------
 
     def submit(self, kind: str, job: Mapping[str, Any], *, reply: bool = True, traceparent: str | None = None,
-               job_id: str | None = None) -> str:
+               job_id: str | None = None, priority: int | None = None, timeout: float | None = None,
+               deadline: float | datetime | None = None, delay: float | None = None,
+               not_before: float | datetime | None = None) -> str:
         """Publishes a job of ``kind`` and returns its id once the broker confirmed it. ``bytes``
         values are sent as base64. ``reply=False`` sends the result to Warren's results exchange
-        instead of this client. Raises ``Unroutable`` when no queue takes the kind."""
+        instead of this client. Raises ``Unroutable`` when no queue takes the kind.
+
+        Job control: ``priority`` (0-255) is the AMQP priority, honoured up to the route's
+        ``max_priority``. ``timeout`` (seconds from now) or ``deadline`` (Unix seconds, or an
+        aware datetime): past it the job is not started, nor retried, and is answered with
+        ``DeadlineExceeded``. ``delay`` (seconds from now) or ``not_before`` (likewise): the job
+        waits in Warren's delay queues until then. Giving both of a pair raises ValueError."""
+        priority = _check_priority(priority)
+        fields = control(timeout=timeout, deadline=deadline, delay=delay, not_before=not_before)
         job_id = job_id or str(uuid.uuid4())
-        body = json.dumps({"version": ENVELOPE_VERSION, "kind": kind, "job": _encode(job)}).encode()
+        body = envelope(kind, job, **fields)
         props = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=2,
+            priority=priority,
             message_id=job_id,
             correlation_id=job_id,
             timestamp=int(time.time()),
@@ -191,16 +296,43 @@ class Client:
             app_id="warren-client-python",
             headers={"warren-attempt": 0, "traceparent": traceparent or _traceparent()},
         )
+        self._publish_confirmed(self._exchange, kind, body, props, what=f"job {job_id}",
+                                unroutable=f"no queue takes jobs of kind {kind!r} on exchange {self._exchange!r}")
+        return job_id
+
+    def cancel(self, *job_ids: str) -> None:
+        """Cancels jobs by id, in one record on the cancel stream, confirmed by the broker. None
+        of them starts after this returns (on any worker, one started later included, within
+        Warren's ``topology.cancel_retention_s``): each is answered with ``Cancelled``; a running
+        job is told, and stops if its kind looks. Unknown ids are no error; no ids, nothing to do.
+        An empty id raises ValueError; a stream that does not exist yet, ``Unroutable``."""
+        body = cancel_record(job_ids, int(time.time() * 1000))
+        if not job_ids:
+            return
+        if not self._cancel_stream:
+            raise WarrenError("cancelling is off: this client's cancel_stream is empty")
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=2, type="warren.cancel")
+        stream = self._cancel_stream
+        self._publish_confirmed(
+            "", stream, body, props, what=f"the cancel record of {len(job_ids)} job(s)",
+            unroutable=f"no cancel stream {stream!r} on this vhost: start a Warren consumer, which declares it, "
+                       "or `warrenctl topology apply`")
+
+    def _publish_confirmed(self, exchange: str, routing_key: str, body: bytes, props: pika.BasicProperties, *,
+                           what: str, unroutable: str) -> None:
+        """Publishes until the broker confirms, reconnecting when the connection is lost, for up
+        to ``publish_timeout`` seconds (then ``Nacked``). ``unroutable`` is the message of the
+        ``Unroutable`` raised when no queue takes it; ``what`` names it in other errors."""
         give_up = time.monotonic() + self._publish_timeout
         pause = 0.1
         while True:
             failure: BaseException
             lost = False
             try:
-                self._publish(kind, body, props)
-                return job_id
+                self._publish(exchange, routing_key, body, props)
+                return
             except px.UnroutableError as e:
-                raise Unroutable(f"no queue takes jobs of kind {kind!r} on exchange {self._exchange!r}") from e
+                raise Unroutable(unroutable) from e
             except px.NackError as e:
                 failure = e
             except px.ChannelClosedByBroker as e:
@@ -208,16 +340,16 @@ class Client:
                     # Waiting does not change these; the next call connects again.
                     self._close_quietly()
                     if e.reply_code == 404:
-                        raise WarrenError(f"exchange {self._exchange!r} does not exist: start a Warren consumer "
+                        raise WarrenError(f"exchange {exchange!r} does not exist: start a Warren consumer "
                                           "(it declares the topology) or `warren-producer --declare`") from e
-                    raise WarrenError(f"the broker refused job {job_id}: {e.reply_text}") from e
+                    raise WarrenError(f"the broker refused {what}: {e.reply_text}") from e
                 failure, lost = e, True
             except _LOST as e:
                 failure, lost = e, True
             if time.monotonic() >= give_up:
                 if lost:
                     self._close_quietly()  # the next call connects again
-                raise Nacked(f"the broker did not store job {job_id} within {self._publish_timeout} s "
+                raise Nacked(f"the broker did not store {what} within {self._publish_timeout} s "
                              f"(the last attempt: {failure!r})") from failure
             if lost:
                 self._reconnect(failure)
@@ -225,7 +357,7 @@ class Client:
                 self._pause(pause)
             pause = min(pause * 2, 5.0)
 
-    def _publish(self, kind: str, body: bytes, props: pika.BasicProperties) -> None:
+    def _publish(self, exchange: str, routing_key: str, body: bytes, props: pika.BasicProperties) -> None:
         """One confirmed publish. A confirm that does not come within ``confirm_timeout`` (a
         blocked connection, a queue without its quorum) ends the connection, as pika's own
         heartbeat check does, so the caller reconnects and publishes again."""
@@ -238,16 +370,16 @@ class Client:
 
         timer = impl.ioloop.call_later(timeout, no_confirm)
         try:
-            self._ch.basic_publish(self._exchange, kind, body, props, mandatory=True)
+            self._ch.basic_publish(exchange, routing_key, body, props, mandatory=True)
         finally:
             impl.ioloop.remove_timeout(timer)
         # Results that came meanwhile are taken (and acked) now: a long run of submits must not
-        # hold them unacknowledged past the broker's consumer_timeout. The job is stored: a
-        # connection lost here is replaced by the next call, the job is not published again.
+        # hold them unacknowledged past the broker's consumer_timeout. The message is stored: a
+        # connection lost here is replaced by the next call, it is not published again.
         try:
             conn.process_data_events(time_limit=0)
         except _LOST as e:
-            log.warning("lost the broker after job was confirmed (%s); reconnecting on the next call", e)
+            log.warning("lost the broker after a publish was confirmed (%s); reconnecting on the next call", e)
             self._close_quietly()
 
     def _pause(self, seconds: float) -> None:
@@ -283,8 +415,13 @@ class Client:
         when the console has not heard of it (yet)."""
         return status(job_id, self.console_url, timeout)
 
-    def run(self, kind: str, job: Mapping[str, Any], timeout: float = 60.0, **submit: Any) -> Result:
-        """``submit`` then ``result``."""
+    def run(self, kind: str, job: Mapping[str, Any], timeout: float = 60.0, *, job_timeout: float | None = None,
+            **submit: Any) -> Result:
+        """``submit`` then ``result``. ``timeout`` is how long to wait for the result; the job's
+        own timeout (``submit``'s ``timeout``) is ``job_timeout`` here. Every other keyword
+        (``priority``, ``deadline``, ``delay``, ``not_before``, ``reply``, ...) goes to ``submit``."""
+        if job_timeout is not None:
+            submit["timeout"] = job_timeout
         return self.result(self.submit(kind, job, **submit), timeout)
 
     # -- lifetime --------------------------------------------------------------------------
