@@ -175,7 +175,7 @@ fn json_type(v: &serde_json::Value) -> &'static str {
 }
 
 /// The steps in the order the contract gives for events of the same instant.
-pub const STEPS: [&str; 9] = [
+pub const STEPS: [&str; 10] = [
     "received",
     "started",
     "progress",
@@ -185,6 +185,7 @@ pub const STEPS: [&str; 9] = [
     "returned",
     "handed_back",
     "cancelled",
+    "delayed",
 ];
 
 /// A step's place among events of the same instant (unknown steps last).
@@ -207,13 +208,14 @@ pub fn status_after(event: &str) -> &'static str {
         "dead_lettered" => "dead_lettered",
         "returned" | "handed_back" => "queued",
         "cancelled" => "cancelled",
+        "delayed" => "delayed",
         _ => "unknown",
     }
 }
 
 /// The statuses a job can have, for filters.
-pub const STATUSES: [&str; 7] =
-    ["received", "running", "succeeded", "retrying", "dead_lettered", "queued", "cancelled"];
+pub const STATUSES: [&str; 8] =
+    ["received", "running", "succeeded", "retrying", "dead_lettered", "queued", "cancelled", "delayed"];
 
 /// What a batch says about one job; merged into the stored row with the same rules.
 #[derive(Debug, Clone, PartialEq)]

@@ -316,8 +316,10 @@ async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing, lef
             });
             let settled = settle::deliver(held, letter, courtesy).await;
             if settled == Ok("dead_lettered") {
+                // A cancelled job's last step is its cancel; its dead letter keeps it for replay.
+                let step = if matches!(error, JobError::Cancelled(_)) { "cancelled" } else { "dead_lettered" };
                 worker.events.emit(|| {
-                    let mut event = held.event("dead_lettered");
+                    let mut event = held.event(step);
                     (event.error, event.reason) = (Some(error.into()), Some(reason));
                     event
                 });
