@@ -210,6 +210,41 @@ async fn persistent_events_outlive_a_broker_restart_and_transient_ones_do_not(vh
     broker::wait_for_management(DEADLINE);
 }
 
+/// A delayed job waits in a delay queue as a persistent message: it outlives a broker restart
+/// with no worker running, and the worker started after runs it, not before its time.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_job_survives_a_broker_restart(vhost: Vhost) {
+    use warren_e2e::{Fleet, eventually, queue_depth};
+    let _turn = BROKER.lock().await;
+    let settings = settings_for(&vhost);
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let job = warren_common::Job::from(warren_common::checksum::ChecksumJob { data: b"d".to_vec(), rounds: 1 });
+    // No reply_to: the result goes to the results queue, which outlives the producer.
+    let opts = warren_producer::PublishOptions::default().delay(Duration::from_secs(25));
+    let not_before = opts.control.not_before_ms.expect("set");
+    let job_id = producer.publish(&job, &opts).await.expect("publish").job_id;
+    // Its first hop: the 10 s tier (10 s x 1.2 ends before 25 s).
+    let tier = settings.retry_queue("warren.checksum", Duration::from_secs(10));
+    eventually("the job waits in its delay queue", || async { queue_depth(&settings, &tier).await == 1 }).await;
+    producer.close().await;
+    fleet.stop().await;
+    rabbitmqctl(&["stop_app"]).await;
+    rabbitmqctl(&["start_app"]).await;
+    rabbitmqctl(&["await_startup"]).await;
+    let fleet = Fleet::start(settings.clone()).await;
+    let answered = warren_e2e::collect_messages(&settings, "warren.results", 1, Duration::from_secs(90)).await;
+    let result = warren_common::JobResult::decode(&answered[0].data, warren_common::Encoding::Json).expect("result");
+    println!(
+        "delayed job across a broker restart: started {} ms after not_before",
+        result.timing.started_at_us / 1000 - not_before
+    );
+    assert_eq!((result.job_id.as_str(), result.status), (job_id.as_str(), warren_common::ResultStatus::Ok));
+    assert!(result.timing.started_at_us / 1000 >= not_before, "not early");
+    fleet.stop().await;
+    broker::wait_for_management(DEADLINE);
+}
+
 /// Issue 24, item 5: the drain timeout must not cut a settle in half. A job fails once (its
 /// retry copy must replace it), the memory alarm holds that copy's confirm, and SIGTERM comes
 /// with a drain timeout of 1 s. Cutting the settle then (as the drain did) handed the job back
