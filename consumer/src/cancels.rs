@@ -110,8 +110,11 @@ impl Cancels {
 
     /// Starts reading the cancel stream on `connection` (from where the last session stopped,
     /// or its first record) and waits until it has read everything published before now, so
-    /// that no job cancelled before this moment starts here. Past `within` it goes on with a
-    /// warning (cancels that arrive later still stop jobs that have not started).
+    /// that no job cancelled before this moment starts here. Cancellation never stops a worker
+    /// from working: past `within`, or when the marker cannot be published (the stream has no
+    /// leader for a moment on a cluster), it goes on with a warning, and cancels read later
+    /// still stop the jobs that have not started. The reader follows the stream again, from
+    /// where it stopped, when the broker ends its consumer (a stream's leader moved).
     pub async fn catch_up(
         self: &Arc<Self>,
         connection: Arc<Connection>,
@@ -119,42 +122,46 @@ impl Cancels {
         settings: &Arc<Settings>,
         worker_id: &str,
         within: Duration,
-    ) -> anyhow::Result<()> {
+    ) {
         if settings.topology.cancel_stream.is_empty() {
-            return Ok(());
+            return;
         }
-        let from = lock(&self.next).map_or(From::First, From::Offset);
         let marker = format!("{worker_id}/{}", uuid::Uuid::new_v4());
         let (seen_tx, seen) = oneshot::channel();
         let (cancels, settings_for, mine, tag) =
             (self.clone(), settings.clone(), marker.clone(), format!("{worker_id}/cancels"));
         tokio::spawn(async move {
             let mut seen_tx = Some(seen_tx);
-            let read = cancels::follow(&connection, &settings_for, from, &tag, |offset, record| {
-                if cancels.take(offset, record).is_some_and(|m| m == mine)
-                    && let Some(tx) = seen_tx.take()
-                {
-                    let _ = tx.send(());
+            while connection.status().connected() {
+                let from = lock(&cancels.next).map_or(From::First, From::Offset);
+                let read = cancels::follow(&connection, &settings_for, from, &tag, |offset, record| {
+                    if cancels.take(offset, record).is_some_and(|m| m == mine)
+                        && let Some(tx) = seen_tx.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                    true
+                })
+                .await;
+                if let Err(e) = read {
+                    tracing::warn!(error = format!("{e:#}"), "reading the cancel stream stopped; reading on in 1 s");
                 }
-                true
-            })
-            .await;
-            if let Err(e) = read {
-                tracing::warn!(error = format!("{e:#}"), "reading the cancel stream ended");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
         let started = std::time::Instant::now();
-        cancels::publish(publisher, settings, &Record::Marker(marker)).await?;
+        if let Err(e) = cancels::publish(publisher, settings, &Record::Marker(marker)).await {
+            tracing::warn!(error = format!("{e:#}"),
+                "could not mark the cancel stream's end; consuming jobs without waiting to have read it");
+            return;
+        }
         match tokio::time::timeout(within, seen).await {
             Ok(Ok(())) => {
                 let known = lock(&self.set).len();
                 tracing::info!(known, ms = started.elapsed().as_millis() as u64, "read the cancel stream to its end");
-                Ok(())
             }
-            Ok(Err(_)) => anyhow::bail!("the cancel stream's reader stopped before reading to its end"),
-            Err(_) => {
+            Ok(Err(_)) | Err(_) => {
                 tracing::warn!(?within, "the cancel stream was not read to its end in time; consuming jobs anyway");
-                Ok(())
             }
         }
     }

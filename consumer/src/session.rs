@@ -108,11 +108,7 @@ impl Session {
             .await
             .context("open publishing channels")?;
         // Before any job is taken: every cancel published until now is known.
-        shared
-            .cancels
-            .catch_up(connection.clone(), &publisher, settings, &shared.worker_id, confirm_timeout)
-            .await
-            .context("read the cancel stream")?;
+        shared.cancels.catch_up(connection.clone(), &publisher, settings, &shared.worker_id, confirm_timeout).await;
         let mut consumers = Vec::with_capacity(shared.served.len());
         for served in &shared.served {
             let channel = connection.create_channel().await.context("open consuming channel")?;

@@ -269,3 +269,40 @@ async fn a_worker_started_while_its_broker_is_down_waits_for_it() {
     assert_eq!(worker.wait().await.0, Some(0));
     producer.close().await;
 }
+
+/// Job control on quorum queues: a delayed job runs on time through the quorum delay queues, a
+/// cancel through the (replicated) stream stops one, an expired deadline is refused, and a
+/// second worker started after the cancel knows it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_control_works_on_quorum_queues() {
+    use warren_common::ResultStatus;
+    let cluster = Cluster::get();
+    let _turn = Cluster::turn().await;
+    let vhost = cluster.vhost("control");
+    let settings = cluster_settings(cluster, &vhost, &[0, 1, 2]);
+    let fleet = warren_e2e::Fleet::start(settings.clone()).await;
+    let mut producer = Producer::connect(cluster_settings(cluster, &vhost, &[1, 2, 0])).await.expect("producer");
+    producer.enable_replies().await.expect("a reply queue");
+    let opts = warren_e2e::want_result().delay(Duration::from_secs(3));
+    let not_before = opts.control.not_before_ms.expect("set");
+    let delayed = producer.publish(&job(1), &opts).await.expect("publish");
+    let cancelled = producer.publish(&job(2), &opts).await.expect("publish");
+    let expired =
+        producer.publish(&job(3), &warren_e2e::want_result().deadline(std::time::SystemTime::now())).await.expect("p");
+    producer.cancel(&[&cancelled.job_id]).await.expect("cancel on the cluster's stream");
+    let r = delayed.wait(DEADLINE).await.expect("answered");
+    assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
+    let late_ms = (r.timing.started_at_us / 1000).checked_sub(not_before).expect("not early");
+    let error = |r: warren_common::JobResult| r.error.map(|e| e.error_type).unwrap_or_default();
+    assert_eq!(error(cancelled.wait(DEADLINE).await.expect("answered")), "cancelled");
+    assert_eq!(error(expired.wait(DEADLINE).await.expect("answered")), "deadline_exceeded");
+    fleet.stop().await;
+    // A worker started now reads the cancel from the stream's start.
+    let target = producer.publish(&job(4), &warren_e2e::want_result()).await.expect("publish");
+    producer.cancel(&[&target.job_id]).await.expect("cancel");
+    let fleet = warren_e2e::Fleet::start(settings.clone()).await;
+    assert_eq!(error(target.wait(DEADLINE).await.expect("answered")), "cancelled");
+    println!("job control on quorum queues: a delayed job {late_ms} ms late, cancels and deadlines honoured");
+    producer.close().await;
+    fleet.stop().await;
+}
