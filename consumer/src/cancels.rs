@@ -151,8 +151,10 @@ impl Cancels {
         });
         let started = std::time::Instant::now();
         if let Err(e) = cancels::publish(publisher, settings, &Record::Marker(marker)).await {
-            tracing::warn!(error = format!("{e:#}"),
-                "could not mark the cancel stream's end; consuming jobs without waiting to have read it");
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not mark the cancel stream's end; consuming jobs without waiting to have read it"
+            );
             return;
         }
         match tokio::time::timeout(within, seen).await {

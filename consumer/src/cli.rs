@@ -87,8 +87,18 @@ async fn run(cli: Cli, kinds: WorkerBuilder) -> anyhow::Result<()> {
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         tracing::error!(panic = %info.payload_as_str().unwrap_or("non-string payload"), %location, "panic");
     }));
-    let app = kinds.build(settings).await?;
-    app.run_until_stopped(shutdown_signal()).await
+    // Listening before start-up, which can wait long for a broker: a SIGTERM then ends the
+    // start-up cleanly (exit 0) instead of killing the process, as it did until the first poll
+    // of the shutdown future, just after "consumer ready".
+    let mut signals = Signals::listen();
+    let app = tokio::select! {
+        app = kinds.build(settings) => app?,
+        () = signals.first() => {
+            tracing::info!("shutdown requested during start-up; exiting");
+            return Ok(());
+        }
+    };
+    app.run_until_stopped(signals.shutdown()).await
 }
 
 fn print_routes(settings: &Settings, kinds: &WorkerBuilder, json: bool) -> anyhow::Result<()> {
@@ -151,34 +161,59 @@ fn print_routes(settings: &Settings, kinds: &WorkerBuilder, json: bool) -> anyho
     Ok(())
 }
 
-/// Resolves on the first SIGTERM or SIGINT. From then on, a second one exits at once (code 130):
-/// the broker redelivers whatever was unfinished.
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, listened to from the start of the process.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::warn!("cannot listen for signals; only Ctrl-C stops the worker");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => {
+                    tracing::warn!("cannot listen for signals; only Ctrl-C stops the worker");
+                    None
+                }
+            };
+            Self { streams }
         }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT.
+    async fn first(&mut self) {
+        #[cfg(unix)]
+        match &mut self.streams {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+
+    /// Resolves on the first signal. From then on, a second one exits at once (code 130): the
+    /// broker redelivers whatever was unfinished.
+    async fn shutdown(mut self) {
+        self.first().await;
         tracing::info!("shutdown requested; draining (a second signal stops at once)");
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+            self.first().await;
             tracing::warn!("second signal: exiting now; the broker redelivers unfinished jobs");
             std::process::exit(130);
         });
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown requested");
     }
 }

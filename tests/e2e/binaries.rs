@@ -141,3 +141,20 @@ async fn a_worker_prints_its_effective_routes_without_connecting() {
         narrowed["routes"].as_array().expect("routes").iter().filter_map(|r| r["kind"].as_str()).collect();
     assert_eq!(kinds, ["checksum", "fault"], "consumer.kinds serves an opt-in kind too");
 }
+
+/// A SIGTERM during start-up (here: while no broker answers) ends the worker cleanly, exit 0.
+/// The worker listened for signals only once started: the default action killed it (and could
+/// still, just after "consumer ready", before the first poll of its shutdown future).
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_during_start_up_ends_the_worker_cleanly(vhost: Vhost) {
+    // A port nothing listens on: the worker waits for a broker node.
+    let env =
+        [("WARREN__BROKER__URL", "amqp://guest:guest@127.0.0.1:1/%2f"), ("WARREN__BROKER__RECONNECT_MAX_MS", "500")];
+    let worker = ConsumerProcess::spawn_bin("warren-consumer", &vhost, &env);
+    worker.wait_for_log("no broker node answers yet").await;
+    worker.signal("TERM").await;
+    let (code, log) = worker.wait().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("shutdown requested during start-up"), "{log}");
+}
