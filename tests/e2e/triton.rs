@@ -469,3 +469,37 @@ async fn an_overloaded_triton_refuses_requests_and_their_jobs_are_handed_back_un
     producer.close().await;
     fleet.stop().await;
 }
+
+/// A job's deadline reaches Triton: the request's timeout is the time the job has left (1 s),
+/// not `model.triton_timeout_ms` (30 s here), so a model that takes 3 s is cut at the
+/// deadline (counted as `deadline_exceeded` by the worker), and the job ends `deadline_exceeded`.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_deadline_is_its_triton_requests_timeout(vhost: Vhost) {
+    let slow = Served { parameters: vec![("delay_ms".into(), "3000".into())], ..Served::digits("slow", "f32") };
+    let triton = Triton::start(&[slow]).await;
+    let mut settings = triton_settings(&vhost, &triton, "slow");
+    settings.model.triton_timeout_ms = 30_000;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let (_, image, _) = samples("f32").swap_remove(0);
+    let started = Instant::now();
+    let opts = warren_e2e::want_result().timeout(Duration::from_secs(1));
+    let r = producer.publish(&classify(&image), &opts).await.expect("publish").wait(DEADLINE).await.expect("result");
+    let took = started.elapsed();
+    let e = r.error.expect("fails");
+    assert_eq!(e.error_type, "deadline_exceeded", "{e:?}");
+    let addr = fleet.metrics_addr.expect("metrics");
+    let cut = || {
+        tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(addr))
+            .value("warren_triton_errors_total", &[("code", "deadline_exceeded")])
+    };
+    warren_e2e::eventually("the request is cut at the job's deadline", || async { cut() >= 1.0 }).await;
+    let cut_after = started.elapsed();
+    println!(
+        "a 3 s model, a job with 1 s left: answered {} after {took:?}, its request cut by {cut_after:?}",
+        e.error_type
+    );
+    assert!(cut_after < Duration::from_millis(2_800), "the request ran past the job's deadline: {cut_after:?}");
+    producer.close().await;
+    fleet.stop().await;
+}
