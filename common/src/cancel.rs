@@ -70,10 +70,20 @@ impl CancelSet {
         if now_ms.saturating_sub(self.expired_at_ms) >= 60_000 {
             self.expire(now_ms);
         }
+        // A record from a clock ahead of ours counts from now, not from its future.
+        let at_ms = at_ms.min(now_ms);
         if self.is_past(at_ms, now_ms) {
             return 0;
         }
-        job_ids.iter().filter(|id| !id.is_empty()).filter(|id| self.ids.insert((*id).clone(), at_ms).is_none()).count()
+        let mut added = 0;
+        for id in job_ids.iter().filter(|id| !id.is_empty()) {
+            let at = self.ids.entry(id.clone()).or_insert_with(|| {
+                added += 1;
+                at_ms
+            });
+            *at = (*at).max(at_ms);
+        }
+        added
     }
 
     /// Whether `job_id` was cancelled within the retention.
@@ -139,5 +149,13 @@ mod tests {
         set.insert(&["x".into()], 10 * hour, 10 * hour);
         set.insert(&["y".into()], 11 * hour, 11 * hour + 1);
         assert_eq!(set.len(), 1, "x expired when y came");
+        // A cancel from a clock ahead counts from now; a repeated one keeps the newest time.
+        let mut set = CancelSet::new(Duration::from_millis(hour));
+        set.insert(&["f".into()], u64::MAX, 1_000);
+        assert!(!set.contains("f", 1_000 + hour), "a future at_ms does not outlive the retention");
+        set.insert(&["r".into()], 1_000, 1_000);
+        set.insert(&["r".into()], 2_000, 2_000);
+        set.insert(&["r".into()], 500, 2_000);
+        assert!(set.contains("r", 1_000 + hour) && !set.contains("r", 2_000 + hour));
     }
 }

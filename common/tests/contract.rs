@@ -310,7 +310,7 @@ fn bincode_layouts_are_the_documented_ones() {
     // Every field is written, false ones too: bincode takes fields by position.
     let fault = FaultJob { busy_ms: 5, ..FaultJob::default() };
     let body = JobEnvelope::encode(&Job::new::<Fault>(fault.clone()), Encoding::Bincode).unwrap();
-    assert_eq!(&body[body.len() - 6..], [0, 0, 5, 0, 0, 0]);
+    assert_eq!(&body[body.len() - 7..], [0, 0, 5, 0, 0, 0, 0]);
     assert_eq!(decode::<Fault>(&body, Encoding::Bincode).unwrap(), fault);
     let out = Output::new::<Fault>(FaultOutput { attempt: 2, unencodable: false });
     let r = JobResult::ok("j".into(), "fault".into(), out, 2, "w".into(), Timing::default());

@@ -26,9 +26,8 @@ type Answer = Ran<Output>;
 struct Item<K: BatchKind> {
     input: K::Input,
     attempt: u32,
-    /// The end of the job's own time limit (cut to its deadline): its context's deadline,
-    /// unless the batch's comes first.
-    until: Instant,
+    /// The job's own deadline, if it has one.
+    deadline: Option<Instant>,
     gate: CancellationToken,
     reply: oneshot::Sender<Answer>,
     progress: warren_common::Progress,
@@ -97,14 +96,13 @@ impl<K: BatchKind> Batcher<K> {
         &self,
         input: K::Input,
         attempt: u32,
-        time_limit: Duration,
+        deadline: Option<Instant>,
         gate: CancellationToken,
         progress: warren_common::Progress,
         cancel: warren_common::CancelFlag,
     ) -> Answer {
         let (reply, answer) = oneshot::channel();
-        let until = Instant::now() + time_limit;
-        if self.tx.send(Item { input, attempt, until, gate, reply, progress, cancel }).await.is_err() {
+        if self.tx.send(Item { input, attempt, deadline, gate, reply, progress, cancel }).await.is_err() {
             return Ran::Done(Err(JobError::ModelRequestFailed("the batcher stopped".into())), Timing::default());
         }
         answer.await.unwrap_or_else(|_| {
@@ -125,14 +123,24 @@ async fn run<K: BatchKind>(
     let Some(slot) = pool.slot(&CancellationToken::new()).await else { return };
     let mut jobs = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
-    let deadline = Instant::now() + policy.time_limit;
+    let started = Instant::now();
     for item in batch {
         if item.gate.is_cancelled() {
             let _ = item.reply.send(Ran::NotStarted);
-        } else {
-            let context = Context::new(item.attempt, deadline.min(item.until), limits.clone());
-            jobs.push((item.input, context.with_progress(item.progress).with_cancel(item.cancel)));
-            replies.push((item.reply, item.gate));
+            continue;
+        }
+        // A job cancelled or past its deadline while it waited does not join the run.
+        let left = item.deadline.map(|d| d.saturating_duration_since(started));
+        match crate::decide::at_start(item.cancel.is_raised(), left, policy.time_limit) {
+            Ok(limit) => {
+                let context = Context::new(item.attempt, started + limit, limits.clone());
+                jobs.push((item.input, context.with_progress(item.progress).with_cancel(item.cancel)));
+                replies.push((item.reply, item.gate));
+            }
+            Err(e) => {
+                let now = crate::pool::now_us();
+                let _ = item.reply.send(Ran::Done(Err(e), Timing { started_at_us: now, finished_at_us: now }));
+            }
         }
     }
     if jobs.is_empty() {
@@ -254,7 +262,7 @@ mod tests {
                     .submit(
                         ClassifyJob { image: png(v), top_k: Some(1) },
                         0,
-                        Duration::from_secs(30),
+                        None,
                         CancellationToken::new(),
                         Default::default(),
                         Default::default(),
@@ -282,14 +290,7 @@ mod tests {
         let gate = CancellationToken::new();
         gate.cancel();
         let ran = batcher
-            .submit(
-                ClassifyJob { image: png(0), top_k: None },
-                0,
-                Duration::from_secs(30),
-                gate,
-                Default::default(),
-                Default::default(),
-            )
+            .submit(ClassifyJob { image: png(0), top_k: None }, 0, None, gate, Default::default(), Default::default())
             .await;
         assert!(matches!(ran, Ran::NotStarted));
     }

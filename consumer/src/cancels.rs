@@ -73,10 +73,15 @@ impl Cancels {
         lock(&self.set).contains(job_id, now_us() / 1000)
     }
 
-    /// Registers a job about to run.
+    /// Registers a job about to run. A cancel read between the job's check and this is seen
+    /// here: [`Self::take`] records the id before it looks for running jobs, and this looks
+    /// for the id after registering, so one of the two finds the other.
     pub fn watch(&self, job_id: &str) -> Watch<'_> {
         let flag = CancelFlag::default();
         lock(&self.running).entry(job_id.to_owned()).or_default().push(flag.clone());
+        if self.is_cancelled(job_id) {
+            flag.raise();
+        }
         Watch { cancels: self, job_id: job_id.to_owned(), flag }
     }
 

@@ -107,7 +107,12 @@ pub fn on_failure(
     policy: &RetryPolicy,
     left: Option<Duration>,
 ) -> Failure {
-    let reaches_past = |delay: Duration| left.is_some_and(|left| delay >= left);
+    // A copy in a delay queue may wait its delay plus the jitter.
+    let reaches_past = |delay: Duration| left.is_some_and(|left| policy.jittered(delay, 1.0) >= left);
+    // Its time limit was cut to the deadline, which has passed: that is what ended it.
+    if matches!(error, JobError::TimedOut { .. }) && left.is_some_and(|left| left.is_zero()) {
+        return Failure::PastDeadline;
+    }
     if matches!(error, JobError::ModelUnavailable(_)) && handbacks < UNAVAILABLE_HANDBACKS {
         let tiers = policy.tiers();
         let pause = tiers.get(handbacks as usize).or(tiers.last()).copied().unwrap_or_default();
@@ -127,8 +132,8 @@ pub fn on_failure(
 /// When a job that may run (not cancelled) runs, by its control and the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
-    /// Now; `time_limit` is the route's, cut to the time left before the job's deadline.
-    Run { time_limit: Duration },
+    /// Now (once it has a slot: [`at_start`]).
+    Run,
     /// Its deadline has passed, or comes no later than its `not_before`: never run.
     Expired,
     /// Not yet: it waits `ttl` in the delay queue of tier `tier`, and is looked at again when
@@ -145,7 +150,7 @@ pub enum Schedule {
 /// takes the longest tier whose jittered bound still ends before `not_before`, with the tier
 /// as its TTL; the last stretch, shorter than every tier's bound, goes into the shortest tier
 /// with the exact time left, and may end up to that tier's bound late (the tolerance).
-pub fn on_schedule(control: &Control, now_ms: u64, time_limit: Duration, tiers: &[Duration], jitter: f64) -> Schedule {
+pub fn on_schedule(control: &Control, now_ms: u64, tiers: &[Duration], jitter: f64) -> Schedule {
     if let Some(deadline) = control.deadline_ms
         && (deadline <= now_ms || control.not_before_ms.is_some_and(|nb| nb >= deadline))
     {
@@ -162,8 +167,23 @@ pub fn on_schedule(control: &Control, now_ms: u64, time_limit: Duration, tiers: 
             return Schedule::Wait { tier, ttl: wait };
         }
     }
-    let time_limit = control.deadline_ms.map_or(time_limit, |d| time_limit.min(left(d)));
-    Schedule::Run { time_limit }
+    Schedule::Run
+}
+
+/// At the moment a job would start (it has its pool slot, its permit, or its batch's slot): one
+/// cancelled or past its deadline while it waited does not start; the others run for the
+/// route's `time_limit` cut to the time `left` before their deadline.
+pub fn at_start(cancelled: bool, left: Option<Duration>, time_limit: Duration) -> Result<Duration, JobError> {
+    if cancelled {
+        return Err(JobError::Cancelled("cancelled while it waited to start".into()));
+    }
+    match left {
+        Some(left) if left.is_zero() => {
+            Err(JobError::DeadlineExceeded("its deadline passed while it waited to start".into()))
+        }
+        Some(left) => Ok(time_limit.min(left)),
+        None => Ok(time_limit),
+    }
 }
 
 /// The time left to a job's deadline, if it has one (zero once past).
@@ -490,14 +510,21 @@ mod tests {
     #[test]
     fn a_retry_or_hand_back_is_never_scheduled_past_the_deadline() {
         let transient = JobError::Inference("x".into());
-        // The first retry waits 100 ms: with 100 ms or less left it would start too late.
-        assert_eq!(on_failure(&transient, 0, 0, &policy(), Some(ms(100))), Failure::PastDeadline);
+        // The first retry waits 100 ms, up to 110 ms with the jitter: with 110 ms or less left
+        // it could start too late.
+        assert_eq!(on_failure(&transient, 0, 0, &policy(), Some(ms(110))), Failure::PastDeadline);
         assert_eq!(on_failure(&transient, 0, 0, &policy(), Some(ms(0))), Failure::PastDeadline);
-        assert!(matches!(on_failure(&transient, 0, 0, &policy(), Some(ms(101))), Failure::Retry { .. }));
-        assert_eq!(on_failure(&transient, 1, 0, &policy(), Some(ms(150))), Failure::PastDeadline, "200 ms tier");
+        assert!(matches!(on_failure(&transient, 0, 0, &policy(), Some(ms(111))), Failure::Retry { .. }));
+        assert_eq!(on_failure(&transient, 1, 0, &policy(), Some(ms(220))), Failure::PastDeadline, "200 ms tier");
         let down = JobError::ModelUnavailable("x".into());
-        assert_eq!(on_failure(&down, 0, 1, &policy(), Some(ms(200))), Failure::PastDeadline, "2nd hand-back tier");
+        assert_eq!(on_failure(&down, 0, 1, &policy(), Some(ms(220))), Failure::PastDeadline, "2nd hand-back tier");
         assert_eq!(on_failure(&down, 0, 0, &policy(), Some(ms(200))), Failure::HandBack);
+        // A run cut at its deadline ends as that, whatever the timeouts' class or the attempt.
+        for retry in [true, false] {
+            let cut = JobError::TimedOut { limit: ms(5), retry };
+            assert_eq!(on_failure(&cut, 2, 0, &policy(), Some(Duration::ZERO)), Failure::PastDeadline);
+            assert_ne!(on_failure(&cut, 0, 0, &policy(), None), Failure::PastDeadline);
+        }
         // A permanent failure is what it is, deadline or not; attempts run out before it, too.
         let corrupt = JobError::CorruptImage("x".into());
         assert_eq!(
@@ -519,29 +546,28 @@ mod tests {
         let tiers = [ms(1000), ms(4000)];
         let limit = Duration::from_secs(60);
         let at = |deadline_ms, not_before_ms| Control { deadline_ms, not_before_ms };
-        assert_eq!(on_schedule(&at(None, None), 5_000, limit, &tiers, 0.2), Schedule::Run { time_limit: limit });
-        assert_eq!(on_schedule(&at(Some(5_000), None), 5_000, limit, &tiers, 0.2), Schedule::Expired);
-        assert_eq!(on_schedule(&at(Some(0), None), 5_000, limit, &tiers, 0.2), Schedule::Expired);
-        // The time limit is cut to the deadline.
-        assert_eq!(
-            on_schedule(&at(Some(7_500), None), 5_000, limit, &tiers, 0.2),
-            Schedule::Run { time_limit: ms(2_500) }
-        );
-        assert_eq!(
-            on_schedule(&at(Some(u64::MAX), None), 5_000, limit, &tiers, 0.2),
-            Schedule::Run { time_limit: limit }
-        );
+        assert_eq!(on_schedule(&at(None, None), 5_000, &tiers, 0.2), Schedule::Run);
+        assert_eq!(on_schedule(&at(Some(5_000), None), 5_000, &tiers, 0.2), Schedule::Expired);
+        assert_eq!(on_schedule(&at(Some(0), None), 5_000, &tiers, 0.2), Schedule::Expired);
+        assert_eq!(on_schedule(&at(Some(u64::MAX), None), 5_000, &tiers, 0.2), Schedule::Run);
         // A deadline no later than the start it allows can never be met.
-        assert_eq!(on_schedule(&at(Some(9_000), Some(9_000)), 5_000, limit, &tiers, 0.2), Schedule::Expired);
-        assert!(matches!(on_schedule(&at(Some(9_001), Some(9_000)), 5_000, limit, &tiers, 0.2), Schedule::Wait { .. }));
+        assert_eq!(on_schedule(&at(Some(9_000), Some(9_000)), 5_000, &tiers, 0.2), Schedule::Expired);
+        assert!(matches!(on_schedule(&at(Some(9_001), Some(9_000)), 5_000, &tiers, 0.2), Schedule::Wait { .. }));
+        // At its start: the time limit cut to the deadline; nothing once it has passed, or
+        // once cancelled while it waited.
+        assert_eq!(at_start(false, Some(ms(2_500)), limit), Ok(ms(2_500)));
+        assert_eq!(at_start(false, None, limit), Ok(limit));
+        assert_eq!(at_start(false, Some(Duration::MAX), limit), Ok(limit));
+        assert_eq!(at_start(false, Some(Duration::ZERO), limit).map_err(|e| e.error_type()), Err("deadline_exceeded"));
+        assert_eq!(at_start(true, Some(ms(2_500)), limit).map_err(|e| e.error_type()), Err("cancelled"));
     }
 
     #[test]
     fn a_delayed_job_waits_in_the_longest_tier_that_cannot_make_it_late() {
         let tiers = [ms(1000), ms(4000), ms(16000)];
-        let wait = |not_before_ms| on_schedule(&Control { deadline_ms: None, not_before_ms }, 0, ms(1), &tiers, 0.2);
+        let wait = |not_before_ms| on_schedule(&Control { deadline_ms: None, not_before_ms }, 0, &tiers, 0.2);
         // A past or present not_before runs now.
-        assert_eq!(wait(Some(0)), Schedule::Run { time_limit: ms(1) });
+        assert_eq!(wait(Some(0)), Schedule::Run);
         // 16 s jittered is 19.2 s: a 19.2 s wait may use it, a 19.1 s one takes 4 s.
         assert_eq!(wait(Some(19_200)), Schedule::Wait { tier: ms(16000), ttl: ms(16000) });
         assert_eq!(wait(Some(19_199)), Schedule::Wait { tier: ms(4000), ttl: ms(4000) });
@@ -554,7 +580,7 @@ mod tests {
         for not_before in (1..60_000).step_by(997) {
             let mut now = 0;
             while let Schedule::Wait { tier, ttl } =
-                on_schedule(&Control { deadline_ms: None, not_before_ms: Some(not_before) }, now, ms(1), &tiers, 0.2)
+                on_schedule(&Control { deadline_ms: None, not_before_ms: Some(not_before) }, now, &tiers, 0.2)
             {
                 let worst = ttl.max(tier.mul_f64(1.2)).as_millis() as u64;
                 assert!(now + ttl.as_millis() as u64 <= not_before, "{not_before}: a hop past not_before");

@@ -114,25 +114,24 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
         let error = JobError::Cancelled("its job id was cancelled before it started".into());
         return fail(held, kind, &error, not_run, None).await;
     }
-    let time_limit =
-        match decide::on_schedule(&control, now / 1000, served.time_limit, &served.delay_tiers, served.retry.jitter) {
-            Schedule::Run { time_limit } => time_limit,
-            Schedule::Expired => {
-                let error = JobError::DeadlineExceeded(match (control.deadline_ms, control.not_before_ms) {
-                    (Some(d), Some(nb)) if nb >= d => {
-                        format!("its not_before_ms {nb} is not before its deadline_ms {d}")
-                    }
-                    (d, _) => format!("its deadline_ms {} passed before it started", d.unwrap_or_default()),
-                });
-                return fail(held, kind, &error, not_run, Some(Duration::ZERO)).await;
-            }
-            Schedule::Wait { tier, ttl } => return delay(held, &control, tier, ttl).await,
-        };
+    match decide::on_schedule(&control, now / 1000, &served.delay_tiers, served.retry.jitter) {
+        Schedule::Run => {}
+        Schedule::Expired => {
+            let error = JobError::DeadlineExceeded(match (control.deadline_ms, control.not_before_ms) {
+                (Some(d), Some(nb)) if nb >= d => format!("its not_before_ms {nb} is not before its deadline_ms {d}"),
+                (d, _) => format!("its deadline_ms {} passed before it started", d.unwrap_or_default()),
+            });
+            return fail(held, kind, &error, not_run, Some(Duration::ZERO)).await;
+        }
+        Schedule::Wait { tier, ttl } => return delay(held, &control, tier, ttl).await,
+    }
+    // The job's deadline on the monotonic clock, for the moment it gets a slot.
+    let deadline = decide::deadline_left(&control, now / 1000).map(|left| std::time::Instant::now() + left);
     worker.events.emit(|| held.event("received"));
     worker.events.emit(|| held.event("started"));
     let (progress, progress_end) = worker.events.reporter(|| held.event("progress"));
     let watch = worker.cancels.watch(job_id);
-    let job = Job { attempt: facts.attempt, time_limit, progress, cancel: watch.flag.clone() };
+    let job = Job { attempt: facts.attempt, deadline, progress, cancel: watch.flag.clone() };
     let ran = tokio::select! {
         ran = run(worker, served, registered, input, job) => ran,
         () = stop.cancelled() => {
@@ -214,8 +213,8 @@ async fn delay(held: &Held<'_>, control: &warren_common::Control, tier: Duration
 /// What one run of a job gets besides its input.
 struct Job {
     attempt: u32,
-    /// The route's, cut to the job's deadline.
-    time_limit: Duration,
+    /// The job's own deadline, if it has one.
+    deadline: Option<std::time::Instant>,
     progress: warren_common::Progress,
     cancel: warren_common::CancelFlag,
 }
@@ -229,7 +228,8 @@ async fn run(worker: &Arc<Worker>, served: &Served, kind: &Registered, input: In
         pool: &served.pool,
         gate: &worker.gate,
         limits: &worker.limits,
-        time_limit: job.time_limit,
+        time_limit: served.time_limit,
+        deadline: job.deadline,
         retry_timeouts: worker.settings.consumer.retry_timeouts,
         progress: job.progress,
         cancel: job.cancel,

@@ -30,7 +30,10 @@ pub struct RunCx<'a> {
     /// Closed when the job may no longer start (session lost, or draining).
     pub gate: &'a CancellationToken,
     pub limits: &'a Arc<Limits>,
+    /// The route's; cut to the time left before `deadline` when the job starts.
     pub time_limit: Duration,
+    /// The job's own deadline (its envelope's `deadline_ms`), if it has one.
+    pub deadline: Option<std::time::Instant>,
     pub retry_timeouts: bool,
     /// Where the job's progress reports go.
     pub progress: warren_common::Progress,

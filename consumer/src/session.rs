@@ -94,9 +94,19 @@ impl Session {
     }
 
     async fn start(shared: &Shared, connected: warren_infra::Connected) -> anyhow::Result<Self> {
-        let settings = &shared.settings;
         let (connection, node) = (Arc::new(connected.connection), connected.node);
         *shared.node.lock().unwrap_or_else(|p| p.into_inner()) = node.clone();
+        let started = Self::start_on(shared, connection.clone(), node).await;
+        if started.is_err() {
+            // Whatever holds it (the cancel stream's reader, a channel) ends with it; the next
+            // session dials again.
+            let _ = connection.close(320, "the session could not start".into()).await;
+        }
+        started
+    }
+
+    async fn start_on(shared: &Shared, connection: Arc<Connection>, node: String) -> anyhow::Result<Self> {
+        let settings = &shared.settings;
         topology::declare_on(&connection, settings, &shared.routes).await?;
         shared.metrics.topology_whole();
 

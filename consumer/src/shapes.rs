@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use warren_common::{AsyncKind, BatchKind, BlockingKind, Context, JobBody, JobError, Kind, Limits, Output, Timing};
 
 use crate::batcher::{Batcher, one_of_batch};
-use crate::decide::Lane;
+use crate::decide::{self, Lane};
 use crate::pool::{Ran, now_us, panic_message};
 use crate::registry::{Input, RunCx, Runner};
 
@@ -64,18 +64,33 @@ fn another_type<K: Kind>() -> JobError {
     JobError::Panicked(format!("{}: input of another type", K::NAME))
 }
 
-/// Runs `work` on the served queue's pool with the job's context, unless its gate closes first.
+/// Runs `work` on the served queue's pool with the job's context, unless its gate closes
+/// first, or it was cancelled or passed its deadline while it waited for its slot.
 async fn on_pool<F>(cx: RunCx<'_>, work: F) -> Ran<Output>
 where
     F: FnOnce(Context) -> Result<Output, JobError> + Send + 'static,
 {
-    let (attempt, limits, limit) = (cx.attempt, cx.limits.clone(), cx.time_limit);
-    let (progress, cancel) = (cx.progress.clone(), cx.cancel.clone());
-    cx.pool
-        .run(cx.time_limit, cx.retry_timeouts, cx.gate, move || {
+    let Some(slot) = cx.pool.slot(cx.gate).await else { return Ran::NotStarted };
+    let limit = match starts(&cx) {
+        Ok(limit) => limit,
+        Err(not_started) => return not_started,
+    };
+    let (attempt, limits, progress, cancel) = (cx.attempt, cx.limits.clone(), cx.progress.clone(), cx.cancel.clone());
+    let (result, timing) = slot
+        .run(limit, cx.retry_timeouts, move || {
             work(Context::new(attempt, Instant::now() + limit, limits).with_progress(progress).with_cancel(cancel))
         })
-        .await
+        .await;
+    Ran::Done(result, timing)
+}
+
+/// The job's time limit as it starts ([`decide::at_start`]), or its answer if it may not.
+fn starts(cx: &RunCx<'_>) -> Result<std::time::Duration, Ran<Output>> {
+    let left = cx.deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    decide::at_start(cx.cancel.is_raised(), left, cx.time_limit).map_err(|e| {
+        let now = now_us();
+        Ran::Done(Err(e), Timing { started_at_us: now, finished_at_us: now })
+    })
 }
 
 /// [`BlockingKind`]s: on the pool.
@@ -98,7 +113,7 @@ impl<K: BatchKind> ShapeRun<K> for Batched<K> {
     fn run<'a>(&'a self, kind: &'a Arc<K>, input: K::Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
         match (&self.batcher, cx.lane) {
             (Some(batcher), Lane::Main) => {
-                Box::pin(batcher.submit(input, cx.attempt, cx.time_limit, cx.gate.clone(), cx.progress, cx.cancel))
+                Box::pin(batcher.submit(input, cx.attempt, cx.deadline, cx.gate.clone(), cx.progress, cx.cancel))
             }
             _ => {
                 let kind = kind.clone();
@@ -125,18 +140,22 @@ impl<K: AsyncKind> ShapeRun<K> for Io {
                     Err(_) => return Ran::NotStarted,
                 },
             };
+            let limit = match starts(&cx) {
+                Ok(limit) => limit,
+                Err(not_started) => return not_started,
+            };
             let started_at_us = now_us();
-            let context = Context::new(cx.attempt, Instant::now() + cx.time_limit, cx.limits.clone())
+            let context = Context::new(cx.attempt, Instant::now() + limit, cx.limits.clone())
                 .with_progress(cx.progress)
                 .with_cancel(cx.cancel);
             // A panic in the kind's future fails its job, as on the pool.
             let work = AssertUnwindSafe(kind.run(input, context)).catch_unwind();
-            let result = match tokio::time::timeout(cx.time_limit, work).await {
+            let result = match tokio::time::timeout(limit, work).await {
                 Ok(Ok(r)) => r.map(Output::new::<K>),
                 Ok(Err(payload)) => Err(JobError::Panicked(panic_message(payload.as_ref()))),
                 Err(_) => {
-                    tracing::warn!(limit = ?cx.time_limit, "job passed its time limit; its future is dropped");
-                    Err(JobError::TimedOut { limit: cx.time_limit, retry: cx.retry_timeouts })
+                    tracing::warn!(?limit, "job passed its time limit; its future is dropped");
+                    Err(JobError::TimedOut { limit, retry: cx.retry_timeouts })
                 }
             };
             Ran::Done(result, Timing { started_at_us, finished_at_us: now_us() })

@@ -49,7 +49,7 @@ pub struct PublishOptions {
 impl PublishOptions {
     /// Not worth doing `timeout` from now: never started nor retried after that.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.control.deadline_ms = Some(unix_ms(SystemTime::now() + timeout));
+        self.control.deadline_ms = Some(ms_from_now(timeout));
         self
     }
 
@@ -61,7 +61,7 @@ impl PublishOptions {
 
     /// Not to start before `delay` from now.
     pub fn delay(mut self, delay: Duration) -> Self {
-        self.control.not_before_ms = Some(unix_ms(SystemTime::now() + delay));
+        self.control.not_before_ms = Some(ms_from_now(delay));
         self
     }
 
@@ -80,6 +80,12 @@ impl PublishOptions {
 /// Unix milliseconds (0 before 1970).
 pub fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
+/// Unix milliseconds `after` from now, saturating (a `Duration::MAX` timeout is no deadline's
+/// panic).
+fn ms_from_now(after: Duration) -> u64 {
+    unix_ms(SystemTime::now()).saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A published job; `wait` for its result when one was asked for.
@@ -158,6 +164,10 @@ impl Producer {
     /// later included, within `topology.cancel_retention_s`); each is answered with error type
     /// `cancelled`. A running job is told through its context. Unknown ids are no error.
     pub async fn cancel(&self, job_ids: &[&str]) -> anyhow::Result<()> {
+        anyhow::ensure!(!job_ids.contains(&""), "a job id to cancel is empty");
+        if job_ids.is_empty() {
+            return Ok(());
+        }
         let at_ms = unix_ms(SystemTime::now());
         let record = warren_infra::cancels::Record::Cancel {
             job_ids: job_ids.iter().map(|id| (*id).to_owned()).collect(),
@@ -359,5 +369,18 @@ mod tests {
         let unroutable =
             PublishError::Unroutable { exchange: "x".into(), routing_key: "k".into(), reply: "NO_ROUTE".into() };
         assert_eq!(after_failure(&unroutable), Again::No);
+    }
+
+    #[test]
+    fn job_control_options_are_unix_ms_and_never_overflow() {
+        let now = unix_ms(SystemTime::now());
+        let opts = PublishOptions::default().timeout(Duration::from_secs(10)).delay(Duration::from_secs(2));
+        let (deadline, not_before) = (opts.control.deadline_ms.unwrap_or(0), opts.control.not_before_ms.unwrap_or(0));
+        assert!((now + 10_000..now + 11_000).contains(&deadline), "{deadline} vs {now}");
+        assert!((now + 2_000..now + 3_000).contains(&not_before), "{not_before} vs {now}");
+        let far = PublishOptions::default().timeout(Duration::MAX).delay(Duration::MAX);
+        assert_eq!((far.control.deadline_ms, far.control.not_before_ms), (Some(u64::MAX), Some(u64::MAX)));
+        assert_eq!(PublishOptions::default().deadline(UNIX_EPOCH).control.deadline_ms, Some(0));
+        assert_eq!(PublishOptions::default().priority(9).priority, Some(9));
     }
 }
