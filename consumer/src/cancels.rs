@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use warren_common::CancelFlag;
 use warren_infra::cancels::{self, CancelSet, From, Record};
 use warren_infra::{Publisher, Settings};
@@ -22,6 +22,9 @@ pub struct Cancels {
     next: Mutex<Option<u64>>,
     running: Mutex<HashMap<String, Vec<CancelFlag>>>,
     metrics: Arc<Metrics>,
+    /// (session, whether that session has read the stream to its marker or given up waiting):
+    /// jobs start only once it has.
+    caught_up: watch::Sender<(u64, bool)>,
 }
 
 /// A running job's registration; its flag is raised if a cancel for it arrives meanwhile.
@@ -66,7 +69,27 @@ impl Cancels {
             next: Mutex::new(None),
             running: Mutex::default(),
             metrics,
+            caught_up: watch::Sender::new((0, settings.topology.cancel_stream.is_empty())),
         }
+    }
+
+    /// Returns once this session has read the cancel stream to its end (or given up waiting:
+    /// bounded by `broker.confirm_timeout_ms`): a job that starts before would miss the
+    /// cancels published before the worker came.
+    pub async fn caught_up(&self) {
+        if self.caught_up.borrow().1 {
+            return;
+        }
+        let mut rx = self.caught_up.subscribe();
+        let _ = rx.wait_for(|(_, done)| *done).await;
+    }
+
+    fn mark_caught_up(&self, session: u64) {
+        self.caught_up.send_if_modified(|(s, done)| {
+            let now = *s == session && !*done;
+            *done |= now;
+            now
+        });
     }
 
     pub fn is_cancelled(&self, job_id: &str) -> bool {
@@ -114,16 +137,18 @@ impl Cancels {
     }
 
     /// Starts reading the cancel stream on `connection` (from where the last session stopped,
-    /// or its first record) and waits until it has read everything published before now, so
-    /// that no job cancelled before this moment starts here. Cancellation never stops a worker
-    /// from working: past `within`, or when the marker cannot be published (the stream has no
-    /// leader for a moment on a cluster), it goes on with a warning, and cancels read later
-    /// still stop the jobs that have not started. The reader follows the stream again, from
-    /// where it stopped, when the broker ends its consumer (a stream's leader moved).
-    pub async fn catch_up(
+    /// or its first record), and marks the session caught up ([`Self::caught_up`]) once it has
+    /// read everything published before now, so that no job cancelled before this moment starts
+    /// here. Nothing waits here: the worker consumes at once (under a memory alarm, say, the
+    /// marker's confirm may take long), and its jobs wait to start. Cancellation never stops a
+    /// worker from working: past `within`, or when the marker cannot be published, the session
+    /// counts as caught up, with a warning, and cancels read later still stop the jobs that
+    /// have not started. The reader follows the stream again, from where it stopped, when the
+    /// broker ends its consumer (a stream's leader moved).
+    pub fn catch_up(
         self: &Arc<Self>,
         connection: Arc<Connection>,
-        publisher: &Publisher,
+        publisher: Publisher,
         settings: &Arc<Settings>,
         worker_id: &str,
         within: Duration,
@@ -131,6 +156,8 @@ impl Cancels {
         if settings.topology.cancel_stream.is_empty() {
             return;
         }
+        let session = self.caught_up.borrow().0.wrapping_add(1);
+        self.caught_up.send_replace((session, false));
         let marker = format!("{worker_id}/{}", uuid::Uuid::new_v4());
         let (seen_tx, seen) = oneshot::channel();
         let (cancels, settings_for, mine, tag) =
@@ -154,22 +181,32 @@ impl Cancels {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        let started = std::time::Instant::now();
-        if let Err(e) = cancels::publish(publisher, settings, &Record::Marker(marker)).await {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "could not mark the cancel stream's end; consuming jobs without waiting to have read it"
-            );
-            return;
-        }
-        match tokio::time::timeout(within, seen).await {
-            Ok(Ok(())) => {
-                let known = lock(&self.set).len();
-                tracing::info!(known, ms = started.elapsed().as_millis() as u64, "read the cancel stream to its end");
+        let (cancels, settings) = (self.clone(), settings.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let read_to_marker = async {
+                cancels::publish(&publisher, &settings, &Record::Marker(marker)).await?;
+                seen.await.map_err(|_| anyhow::anyhow!("the cancel stream's reader stopped"))
+            };
+            match tokio::time::timeout(within, read_to_marker).await {
+                Ok(Ok(())) => {
+                    let known = lock(&cancels.set).len();
+                    tracing::info!(
+                        known,
+                        ms = started.elapsed().as_millis() as u64,
+                        "read the cancel stream to its end"
+                    );
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not read the cancel stream to its end; starting jobs without waiting for it"
+                ),
+                Err(_) => tracing::warn!(
+                    ?within,
+                    "the cancel stream was not read to its end in time; starting jobs without waiting for it"
+                ),
             }
-            Ok(Err(_)) | Err(_) => {
-                tracing::warn!(?within, "the cancel stream was not read to its end in time; consuming jobs anyway");
-            }
-        }
+            cancels.mark_caught_up(session);
+        });
     }
 }

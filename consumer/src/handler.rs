@@ -110,6 +110,7 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     let now = now_us();
     let not_run = Timing { started_at_us: now, finished_at_us: now };
     let job_id = facts.job_id.as_deref().unwrap_or_default();
+    worker.cancels.caught_up().await;
     if worker.cancels.is_cancelled(job_id) {
         let error = JobError::Cancelled("its job id was cancelled before it started".into());
         return fail(held, kind, &error, not_run, None).await;

@@ -117,8 +117,6 @@ impl Session {
         let publisher = Publisher::open(connection.clone(), confirm_timeout, in_flight)
             .await
             .context("open publishing channels")?;
-        // Before any job is taken: every cancel published until now is known.
-        shared.cancels.catch_up(connection.clone(), &publisher, settings, &shared.worker_id, confirm_timeout).await;
         let mut consumers = Vec::with_capacity(shared.served.len());
         for served in &shared.served {
             let channel = connection.create_channel().await.context("open consuming channel")?;
@@ -140,6 +138,10 @@ impl Session {
             metrics: shared.metrics.clone(),
             cancels: shared.cancels.clone(),
         };
+        // Every cancel published until now is known before any job of this session starts.
+        // Last: its marker is this session's first publish, and a broker in a memory alarm
+        // stops reading a connection that publishes, which would hold the subscriptions above.
+        shared.cancels.catch_up(connection.clone(), publisher.clone(), settings, &shared.worker_id, confirm_timeout);
         let worker = Arc::new(Worker::new(lasting, connection.clone(), publisher));
         worker.watch_topology();
         Ok(Self { connection, node, worker, consumers })
