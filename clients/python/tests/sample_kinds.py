@@ -1,0 +1,48 @@
+"""Kinds the child-process tests run (``python -m warren_worker.child sample_kinds``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+import warren_worker
+from warren_worker import Context, Permanent, Transient
+
+
+@warren_worker.kind("sample.digest", time_limit=5, bytes_fields=("data",))
+def digest(job: dict[str, Any], cx: Context) -> dict[str, Any]:
+    data: bytes = job["data"]
+    print(f"digesting {len(data)} bytes")  # to stderr: the worker logs it
+    return {"sha256": hashlib.sha256(data).hexdigest(), "attempt": cx.attempt, "echo": data[:4]}
+
+
+@warren_worker.kind("sample.fail", max_attempts=2, retry_on=(ConnectionError,))
+def fail(job: dict[str, Any], cx: Context) -> None:
+    how = job.get("how")
+    if how == "permanent":
+        raise Permanent("bad_text", "the text is not one we take")
+    if how == "transient":
+        raise Transient("backend_down", "the backend is down")
+    if how == "connection":
+        raise ConnectionError("refused")
+    if how == "exit":
+        os._exit(3)
+    raise KeyError(how)
+
+
+@warren_worker.kind("sample.slow", time_limit=30)
+def slow(job: dict[str, Any], cx: Context) -> dict[str, Any]:
+    steps = int(job.get("steps", 10))
+    for i in range(steps):
+        if cx.is_cancelled():
+            raise Permanent("cancelled", f"stopped at step {i}")
+        cx.progress((i + 1) / steps, f"step {i + 1}")
+        time.sleep(0.05)
+    return {"steps": steps, "left_s": round(cx.remaining())}
+
+
+@warren_worker.kind("sample.unencodable")
+def unencodable(job: dict[str, Any], cx: Context) -> object:
+    return {"value": object()}
