@@ -112,6 +112,14 @@ impl Progress {
     pub fn to(report: impl Fn(f64, &str) + Send + Sync + 'static) -> Self {
         Self(Some(Arc::new(report)))
     }
+
+    /// Reports `fraction` (0 to 1, clamped; NaN is 0) and a short text, if anyone listens.
+    pub fn report(&self, fraction: f64, text: &str) {
+        if let Some(report) = &self.0 {
+            let fraction = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
+            report(fraction, text);
+        }
+    }
 }
 
 impl std::fmt::Debug for Progress {
@@ -153,10 +161,7 @@ impl Context {
     /// lifecycle event for consoles. Cheap and never blocks; the worker publishes at most a few
     /// a second per job and drops the rest.
     pub fn progress(&self, fraction: f64, text: &str) {
-        if let Some(report) = &self.reporter.0 {
-            let fraction = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
-            report(fraction, text);
-        }
+        self.reporter.report(fraction, text);
     }
 
     /// Time left before the deadline (zero once past it).

@@ -24,6 +24,7 @@ mod model;
 pub mod model_spec;
 pub mod onnx;
 pub mod pool;
+pub mod python;
 pub mod registry;
 pub mod routes;
 mod session;

@@ -1,0 +1,257 @@
+//! Python kinds, hosted (issue 27, in progress): the worker starts `python -m
+//! warren_worker.child MODULE...` children, learns from the first which kinds the modules
+//! declare, and runs their jobs one at a time per child over the children's stdin and stdout
+//! (`clients/python/warren_worker/_protocol.py` has the frames). A child past its job's time
+//! limit is killed (a process can be stopped, unlike a thread) and the next job gets a new one.
+//!
+//! Not done yet: the builder's registration of these kinds, a child's death counted as a return
+//! for poison counting, recycling by jobs and memory, its stderr logged with the job id.
+
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child as Process, ChildStdin, ChildStdout, Command};
+use warren_common::{CancelFlag, ErrorClass, JobError, Progress};
+
+/// The protocol version this worker speaks.
+pub const PROTOCOL: u64 = 1;
+/// Largest header or body read from a child.
+const MAX_PART: u32 = 1 << 30;
+
+/// A frame's two length fields, then its header and body.
+pub fn encode_frame(header: &Value, body: &[u8]) -> Vec<u8> {
+    let head = serde_json::to_vec(header).unwrap_or_default();
+    let mut out = Vec::with_capacity(8 + head.len() + body.len());
+    out.extend_from_slice(&u32::try_from(head.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A kind as a child declares it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Declared {
+    pub name: String,
+    pub time_limit_ms: u64,
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub bytes_fields: Vec<String>,
+}
+
+/// How one job ended in a child.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Its output's JSON text.
+    Output(String),
+    Failed(JobError),
+}
+
+/// One child process and its pipes.
+pub struct Child {
+    process: Process,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// Jobs it ran, and its resident memory after the last.
+    pub jobs: u64,
+    pub rss_bytes: u64,
+}
+
+impl std::fmt::Debug for Child {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Child").field("pid", &self.process.id()).field("jobs", &self.jobs).finish()
+    }
+}
+
+/// How to start a child.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub interpreter: String,
+    pub modules: Vec<String>,
+    /// Prepended to `PYTHONPATH`.
+    pub path: Vec<String>,
+}
+
+impl Child {
+    /// Starts a child and reads its hello: the kinds it declares.
+    pub async fn spawn(launch: &Launch) -> anyhow::Result<(Self, Vec<Declared>)> {
+        let mut command = Command::new(&launch.interpreter);
+        command.arg("-m").arg("warren_worker.child").args(&launch.modules);
+        if !launch.path.is_empty() {
+            let mut path = launch.path.join(":");
+            if let Ok(old) = std::env::var("PYTHONPATH") {
+                path = format!("{path}:{old}");
+            }
+            command.env("PYTHONPATH", path);
+        }
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+        let mut process =
+            command.spawn().with_context(|| format!("start {} -m warren_worker.child", launch.interpreter))?;
+        let (Some(stdin), Some(stdout)) = (process.stdin.take(), process.stdout.take()) else {
+            anyhow::bail!("the child's pipes were not opened");
+        };
+        let mut child = Self { process, stdin, stdout: BufReader::new(stdout), jobs: 0, rss_bytes: 0 };
+        let Some((hello, _)) = child.read().await? else {
+            anyhow::bail!("the Python child ended before saying which kinds it has (see its stderr above)");
+        };
+        anyhow::ensure!(
+            hello["t"] == "hello" && hello["protocol"].as_u64() == Some(PROTOCOL),
+            "the Python child speaks another protocol: {hello}"
+        );
+        let kinds: Vec<Declared> = serde_json::from_value(hello["kinds"].clone()).context("the child's kinds")?;
+        Ok((child, kinds))
+    }
+
+    /// The next frame, or None when the child's stdout ended (it died or exited).
+    pub async fn read(&mut self) -> anyhow::Result<Option<(Value, Vec<u8>)>> {
+        let mut lengths = [0u8; 8];
+        match self.stdout.read_exact(&mut lengths).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let head_len = u32::from_le_bytes([lengths[0], lengths[1], lengths[2], lengths[3]]);
+        let body_len = u32::from_le_bytes([lengths[4], lengths[5], lengths[6], lengths[7]]);
+        anyhow::ensure!(head_len <= MAX_PART && body_len <= MAX_PART, "a frame past the limit from the child");
+        let mut head = vec![0; head_len as usize];
+        let mut body = vec![0; body_len as usize];
+        self.stdout.read_exact(&mut head).await?;
+        self.stdout.read_exact(&mut body).await?;
+        Ok(Some((serde_json::from_slice(&head).context("a frame header from the child")?, body)))
+    }
+
+    async fn send(&mut self, header: &Value, body: &[u8]) -> std::io::Result<()> {
+        self.stdin.write_all(&encode_frame(header, body)).await?;
+        self.stdin.flush().await
+    }
+
+    /// Runs one job; the child is gone (killed, or dead) when this returns `Err`.
+    pub async fn run(&mut self, job: &JobFrame<'_>, limit: Duration) -> Result<Answer, Ended> {
+        let header = json!({"t": "job", "id": job.id, "kind": job.kind, "attempt": job.attempt,
+                            "deadline_ms": job.deadline_ms});
+        if self.send(&header, job.body).await.is_err() {
+            return Err(Ended::Died);
+        }
+        let mut told = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let frame = tokio::select! {
+                frame = self.read() => frame,
+                _ = tick.tick() => {
+                    if !told && job.cancel.is_raised() {
+                        told = true;
+                        let _ = self.send(&json!({"t": "cancel", "id": job.id}), b"").await;
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(until) => {
+                    let _ = self.process.start_kill();
+                    let _ = self.process.wait().await;
+                    return Err(Ended::Killed);
+                }
+            };
+            let Ok(Some((header, body))) = frame else { return Err(Ended::Died) };
+            match header["t"].as_str() {
+                Some("progress") => {
+                    let fraction = header["fraction"].as_f64().unwrap_or(0.0);
+                    job.progress.report(fraction, header["text"].as_str().unwrap_or(""));
+                }
+                Some("ok") => {
+                    self.jobs += 1;
+                    self.rss_bytes = header["rss_bytes"].as_u64().unwrap_or(0);
+                    return Ok(Answer::Output(String::from_utf8_lossy(&body).into_owned()));
+                }
+                Some("error") => {
+                    self.jobs += 1;
+                    self.rss_bytes = header["rss_bytes"].as_u64().unwrap_or(0);
+                    return Ok(Answer::Failed(error_of(&header)));
+                }
+                _ => return Err(Ended::Died),
+            }
+        }
+    }
+}
+
+/// A job as the child gets it.
+#[derive(Debug)]
+pub struct JobFrame<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub attempt: u32,
+    pub deadline_ms: Option<u64>,
+    /// The job's JSON text, as its envelope held it.
+    pub body: &'a [u8],
+    pub progress: &'a Progress,
+    pub cancel: &'a CancelFlag,
+}
+
+/// Why a child did not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Past the job's time limit: killed.
+    Killed,
+    /// It died (exited, crashed, killed from outside) or spoke out of turn.
+    Died,
+}
+
+/// The error a child reported: its class and type as the kind said (a type is a metric label:
+/// at most [`MAX_TYPES`] distinct ones are kept, the rest are `python_error`).
+pub fn error_of(header: &Value) -> JobError {
+    let class = if header["class"] == "transient" { ErrorClass::Transient } else { ErrorClass::Permanent };
+    let error_type = intern(header["type"].as_str().unwrap_or("python_error"));
+    let message = header["message"].as_str().unwrap_or(error_type).to_owned();
+    JobError::Kind { class, error_type, message }
+}
+
+/// Distinct error types kept from children.
+pub const MAX_TYPES: usize = 256;
+
+fn intern(error_type: &str) -> &'static str {
+    static TYPES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let valid = !error_type.is_empty()
+        && error_type.len() <= 64
+        && error_type.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return "python_error";
+    }
+    let mut types = TYPES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = types.iter().find(|t| **t == error_type) {
+        return known;
+    }
+    if types.len() >= MAX_TYPES {
+        return "python_error";
+    }
+    let leaked: &'static str = Box::leak(error_type.to_owned().into_boxed_str());
+    types.push(leaked);
+    leaked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_two_lengths_a_json_header_and_the_body_untouched() {
+        let frame = encode_frame(&json!({"t": "stop"}), b"\x00\xffraw");
+        assert_eq!(&frame[..8], &[12, 0, 0, 0, 5, 0, 0, 0]);
+        assert_eq!(&frame[8..20], br#"{"t":"stop"}"#);
+        assert_eq!(&frame[20..], b"\x00\xffraw");
+    }
+
+    #[test]
+    fn a_childs_error_keeps_its_class_and_a_bounded_type() {
+        let e = error_of(&json!({"t": "error", "class": "transient", "type": "backend_down", "message": "down"}));
+        assert_eq!(
+            (e.class(), e.error_type(), e.to_string().as_str()),
+            (ErrorClass::Transient, "backend_down", "down")
+        );
+        let e = error_of(&json!({"class": "anything", "type": "Not A Label"}));
+        assert_eq!((e.class(), e.error_type()), (ErrorClass::Permanent, "python_error"));
+        assert_eq!(intern("backend_down"), intern("backend_down"));
+    }
+}
