@@ -129,6 +129,12 @@ impl Output {
         Self { kind: std::borrow::Cow::Borrowed(K::NAME), body: Body::Value(Arc::new(output)) }
     }
 
+    /// An output written as JSON text already (by a kind hosted in another language): carried
+    /// as it is; such an output travels in JSON results only.
+    pub fn from_json(kind: &'static str, json: Box<RawValue>) -> Self {
+        Self { kind: std::borrow::Cow::Borrowed(kind), body: Body::Json(Arc::from(json)) }
+    }
+
     /// The kind's name, the key it travels under.
     pub fn kind(&self) -> &str {
         &self.kind

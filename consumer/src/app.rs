@@ -60,6 +60,7 @@ impl Application {
     /// (loading their models), connects, declares the topology and starts consuming. Fails fast
     /// on anything misconfigured, before taking a single message.
     pub async fn build(settings: Settings, kinds: WorkerBuilder) -> anyhow::Result<Self> {
+        let kinds = kinds.with_python(&settings).await?;
         let settings = Arc::new(settings);
         let declared: Vec<Declared<'_>> =
             kinds.pending.iter().map(|p| Declared { name: p.name, defaults: &p.defaults, opt_in: p.opt_in }).collect();

@@ -134,6 +134,57 @@ impl WorkerBuilder {
         self
     }
 
+    /// Adds the kinds of `[python] modules` (`warren_worker`), run in child processes: the
+    /// first child is started here and says which kinds the modules declare, with their
+    /// routes' defaults; Python kinds take JSON jobs and run like async kinds, at most one job
+    /// per child at a time.
+    pub(crate) async fn with_python(mut self, settings: &Settings) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let py = &settings.python;
+        if py.modules.is_empty() {
+            return Ok(self);
+        }
+        let launch = crate::python::Launch {
+            interpreter: py.interpreter.clone(),
+            modules: py.modules.clone(),
+            path: py.path.clone(),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let size = [py.children, settings.consumer.pool_size, cores].into_iter().find(|&n| n > 0).unwrap_or(1);
+        let (children, declared) = crate::python::Children::start(launch, size)
+            .await
+            .with_context(|| format!("start a Python child for [python] modules {:?}", py.modules))?;
+        let children = Arc::new(children);
+        for kind in declared {
+            anyhow::ensure!(
+                warren_common::kind::valid_name(&kind.name) && !self.names().contains(&kind.name.as_str()),
+                "the Python kind {:?} has an invalid name or one already registered",
+                kind.name
+            );
+            // Once per kind, at start-up: the registry holds names for the process's life.
+            let name: &'static str = Box::leak(kind.name.into_boxed_str());
+            let retry = kind
+                .max_attempts
+                .map(|max_attempts| warren_common::retry::RetryPolicy { max_attempts, ..settings.retry.clone() });
+            let defaults = RouteDefaults {
+                time_limit: Duration::from_millis(kind.time_limit_ms),
+                retry,
+                concurrency: children.size,
+                ..RouteDefaults::default()
+            };
+            let children = children.clone();
+            let make: Factory = Box::new(move |_setup| {
+                async move {
+                    let runner: Arc<dyn Runner> = Arc::new(crate::python::PythonKind { name, children });
+                    Ok((runner, None))
+                }
+                .boxed()
+            });
+            self.pending.push(Pending { name, opt_in: false, shape: Shape::Async, defaults, make });
+        }
+        Ok(self)
+    }
+
     /// The kinds registered so far, in order.
     pub fn names(&self) -> Vec<&'static str> {
         self.pending.iter().map(|p| p.name).collect()

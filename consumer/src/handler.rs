@@ -132,7 +132,7 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     worker.events.emit(|| held.event("started"));
     let (progress, progress_end) = worker.events.reporter(|| held.event("progress"));
     let watch = worker.cancels.watch(job_id);
-    let job = Job { attempt: facts.attempt, deadline, progress, cancel: watch.flag.clone() };
+    let job = Job { id: job_id, attempt: facts.attempt, deadline, progress, cancel: watch.flag.clone() };
     let ran = tokio::select! {
         ran = run(worker, served, registered, input, job) => ran,
         () = stop.cancelled() => {
@@ -212,7 +212,8 @@ async fn delay(held: &Held<'_>, control: &warren_common::Control, tier: Duration
 }
 
 /// What one run of a job gets besides its input.
-struct Job {
+struct Job<'a> {
+    id: &'a str,
     attempt: u32,
     /// The job's own deadline, if it has one.
     deadline: Option<std::time::Instant>,
@@ -222,8 +223,9 @@ struct Job {
 
 /// Runs the job in its kind's shape (on the served queue's pool, through a batcher, or on the
 /// runtime), unless the worker's gate closes before it starts.
-async fn run(worker: &Arc<Worker>, served: &Served, kind: &Registered, input: Input, job: Job) -> Ran<Output> {
+async fn run(worker: &Arc<Worker>, served: &Served, kind: &Registered, input: Input, job: Job<'_>) -> Ran<Output> {
     let cx = RunCx {
+        job_id: job.id,
         attempt: job.attempt,
         lane: served.lane,
         pool: &served.pool,

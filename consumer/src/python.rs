@@ -12,10 +12,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child as Process, ChildStdin, ChildStdout, Command};
-use warren_common::{CancelFlag, ErrorClass, JobError, Progress};
+use warren_common::{CancelFlag, ErrorClass, JobBody, JobError, Limits, Output, Progress, Timing};
+
+use crate::decide;
+use crate::pool::{Ran, now_us};
+use crate::registry::{Input, RunCx, Runner};
 
 /// The protocol version this worker speaks.
 pub const PROTOCOL: u64 = 1;
@@ -229,6 +234,127 @@ fn intern(error_type: &str) -> &'static str {
     let leaked: &'static str = Box::leak(error_type.to_owned().into_boxed_str());
     types.push(leaked);
     leaked
+}
+
+/// The children of one worker: idle ones kept, at most `permits` running at once.
+pub struct Children {
+    launch: Launch,
+    idle: Mutex<Vec<Child>>,
+    permits: tokio::sync::Semaphore,
+    pub size: usize,
+}
+
+impl std::fmt::Debug for Children {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Children").field("size", &self.size).field("launch", &self.launch).finish()
+    }
+}
+
+impl Children {
+    /// Starts the first child and learns the kinds; the others start as jobs need them.
+    pub async fn start(launch: Launch, size: usize) -> anyhow::Result<(Self, Vec<Declared>)> {
+        let (first, kinds) = Child::spawn(&launch).await?;
+        let size = size.max(1);
+        let children = Self { launch, idle: Mutex::new(vec![first]), permits: tokio::sync::Semaphore::new(size), size };
+        Ok((children, kinds))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Child>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A Python kind, as the delivery path sees it.
+#[derive(Debug)]
+pub struct PythonKind {
+    pub name: &'static str,
+    pub children: std::sync::Arc<Children>,
+}
+
+impl Runner for PythonKind {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The job's JSON text, kept as it is; Python kinds take JSON jobs only.
+    fn decode(&self, job: JobBody<'_>) -> Result<Input, JobError> {
+        match job {
+            JobBody::Json(text) => Ok(Box::new(text.to_owned())),
+            JobBody::Bincode(_) => {
+                Err(JobError::InvalidParams(format!("{} is a Python kind: publish its jobs as JSON", self.name)))
+            }
+        }
+    }
+
+    fn validate(&self, _input: &Input, _limits: &Limits) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    fn run<'a>(&'a self, input: Input, cx: RunCx<'a>) -> BoxFuture<'a, Ran<Output>> {
+        Box::pin(async move {
+            let Ok(text) = input.downcast::<String>() else {
+                return Ran::Done(Err(JobError::Panicked("a Python job of another type".into())), Timing::default());
+            };
+            let _permit = tokio::select! {
+                biased;
+                () = cx.gate.cancelled() => return Ran::NotStarted,
+                permit = self.children.permits.acquire() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return Ran::NotStarted,
+                },
+            };
+            let left = cx.deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let limit = match decide::at_start(cx.cancel.is_raised(), left, cx.time_limit) {
+                Ok(limit) => limit,
+                Err(e) => {
+                    let now = now_us();
+                    return Ran::Done(Err(e), Timing { started_at_us: now, finished_at_us: now });
+                }
+            };
+            let started_at_us = now_us();
+            let idle = self.children.lock().pop();
+            let mut child = match idle {
+                Some(child) => child,
+                None => match Child::spawn(&self.children.launch).await {
+                    Ok((child, _)) => child,
+                    Err(e) => {
+                        let error = JobError::transient("python_child_failed", format!("{e:#}"));
+                        return Ran::Done(Err(error), Timing { started_at_us, finished_at_us: now_us() });
+                    }
+                },
+            };
+            let deadline_ms = left.map(|l| now_us() / 1000 + u64::try_from(l.as_millis()).unwrap_or(u64::MAX));
+            let frame = JobFrame {
+                id: cx.job_id,
+                kind: self.name,
+                attempt: cx.attempt,
+                deadline_ms,
+                body: text.as_bytes(),
+                progress: &cx.progress,
+                cancel: &cx.cancel,
+            };
+            let result = match child.run(&frame, limit).await {
+                Ok(answer) => {
+                    self.children.lock().push(child);
+                    match answer {
+                        Answer::Output(json) => serde_json::value::RawValue::from_string(json)
+                            .map(|raw| Output::from_json(self.name, raw))
+                            .map_err(|e| JobError::Encode(format!("the Python kind's output: {e}"))),
+                        Answer::Failed(e) => Err(e),
+                    }
+                }
+                Err(Ended::Killed) => {
+                    tracing::warn!(?limit, "Python job passed its time limit; its child was killed");
+                    Err(JobError::TimedOut { limit, retry: cx.retry_timeouts })
+                }
+                Err(Ended::Died) => Err(JobError::transient(
+                    "python_child_died",
+                    "the Python child running the job died (see the worker's log for its stderr)",
+                )),
+            };
+            Ran::Done(result, Timing { started_at_us, finished_at_us: now_us() })
+        })
+    }
 }
 
 #[cfg(test)]

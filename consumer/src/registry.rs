@@ -22,6 +22,8 @@ pub type Input = Box<dyn Any + Send>;
 /// How the delivery path asks a kind to run one job.
 #[derive(Debug)]
 pub struct RunCx<'a> {
+    /// The job id (`message_id`).
+    pub job_id: &'a str,
     pub attempt: u32,
     /// The returned lane runs its jobs alone, on its own slot: never batched.
     pub lane: Lane,

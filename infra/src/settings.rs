@@ -32,6 +32,8 @@ pub struct Settings {
     pub model: ModelSettings,
     pub telemetry: TelemetrySettings,
     pub console: ConsoleSettings,
+    #[serde(default)]
+    pub python: PythonSettings,
 }
 
 #[derive(Clone, Deserialize)]
@@ -199,6 +201,25 @@ impl Route {
 /// The queue of a kind that neither its route nor the kind names: `warren.<kind>`.
 pub fn default_queue(kind: &str) -> String {
     format!("warren.{kind}")
+}
+
+/// Python kinds (`warren_worker`) hosted by the worker in child processes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonSettings {
+    /// Modules whose `@warren_worker.kind` functions this worker serves; [] = none.
+    pub modules: Vec<String>,
+    pub interpreter: String,
+    /// Directories put before `PYTHONPATH` (where the modules and `warren_worker` are).
+    pub path: Vec<String>,
+    /// Child processes, each running one job at a time; 0 = `consumer.pool_size` (or the cores).
+    pub children: usize,
+}
+
+impl Default for PythonSettings {
+    fn default() -> Self {
+        Self { modules: Vec::new(), interpreter: "python3".into(), path: Vec::new(), children: 0 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

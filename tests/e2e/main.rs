@@ -19,6 +19,7 @@ mod observability;
 mod pool;
 mod publisher;
 mod python_contract;
+mod python_kinds;
 mod reliability;
 mod stuck;
 mod topology;
