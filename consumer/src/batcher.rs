@@ -275,7 +275,7 @@ mod tests {
         for j in jobs {
             match j.await.expect("task") {
                 Ran::Done(r, _) => outcomes.push(r),
-                Ran::NotStarted => panic!("every job starts"),
+                Ran::NotStarted | Ran::Died(_) => panic!("every job starts and ends"),
             }
         }
         assert_eq!(histogram.get_sample_count(), 1, "the three formed one batch");

@@ -148,6 +148,10 @@ impl WorkerBuilder {
             interpreter: py.interpreter.clone(),
             modules: py.modules.clone(),
             path: py.path.clone(),
+            recycle: crate::python::Recycle {
+                max_jobs: py.max_jobs_per_child,
+                max_rss_bytes: py.max_rss_mib.saturating_mul(1 << 20),
+            },
         };
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let size = [py.children, settings.consumer.pool_size, cores].into_iter().find(|&n| n > 0).unwrap_or(1);

@@ -72,6 +72,12 @@ pub fn on_arrival(facts: &Facts, max_redeliveries: u32) -> Arrival {
     if !facts.redelivered {
         return Arrival::Process;
     }
+    on_death(facts, max_redeliveries)
+}
+
+/// A job whose runner died under it (a worker, or a Python kind's child process): one return
+/// more, to the returned lane, or poison past `max_redeliveries`.
+pub fn on_death(facts: &Facts, max_redeliveries: u32) -> Arrival {
     let returns = facts.returns.saturating_add(1);
     if returns > max_redeliveries { Arrival::Poison { returns } } else { Arrival::ToReturnedLane { returns } }
 }
@@ -595,5 +601,13 @@ mod tests {
             }
             assert_eq!(now, not_before, "{not_before}: hops add up to the wait");
         }
+    }
+
+    #[test]
+    fn a_runner_that_dies_counts_a_return_whether_or_not_the_broker_redelivered() {
+        let fresh = facts(false, 0, Lane::Main);
+        assert_eq!(on_death(&fresh, 3), Arrival::ToReturnedLane { returns: 1 });
+        let worn = facts(false, 3, Lane::Returned);
+        assert_eq!(on_death(&worn, 3), Arrival::Poison { returns: 4 });
     }
 }

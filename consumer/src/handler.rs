@@ -68,29 +68,10 @@ pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery
 /// copy the broker may already hold is never followed by a hand-back beside it.
 async fn story(held: &Held<'_>, stop: &CancellationToken) {
     let Held { worker, served, delivery, facts, .. } = *held;
-    match decide::on_arrival(facts, worker.settings.consumer.max_redeliveries) {
-        Arrival::Process => {}
-        Arrival::ToReturnedLane { returns } => {
-            worker.metrics.redelivered(&served.queue);
-            tracing::warn!(returns, "job came back unanswered; moving it to the returned lane");
-            let copy = letters::requeue(settle::input(delivery), &served.returned_queue, Recount::Returns(returns));
-            let held = &Held { kind: peeked_kind(worker, delivery), ..*held };
-            if settle::deliver(held, copy, None).await == Ok("requeued") {
-                worker.events.emit(|| {
-                    let mut event = held.event("returned");
-                    event.returns = Some(returns);
-                    event
-                });
-            }
-            return;
-        }
-        Arrival::Poison { returns } => {
-            worker.metrics.redelivered(&served.queue);
-            let now = now_us();
-            let timing = Timing { started_at_us: now, finished_at_us: now };
-            let error = JobError::RedeliveryLimit { deliveries: returns };
-            return fail(held, &peeked(delivery), &error, timing, None).await;
-        }
+    let arrival = decide::on_arrival(facts, worker.settings.consumer.max_redeliveries);
+    if arrival != Arrival::Process {
+        tracing::warn!("job came back unanswered");
+        return returned(held, arrival, &peeked(delivery)).await;
     }
     let content_type = delivery.properties.content_type().as_ref().map(|s| s.as_str());
     let (registered, input, control) = match parse(&delivery.data, content_type, facts, worker) {
@@ -148,6 +129,10 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     drop(watch);
     let (outcome, timing) = match ran {
         Ran::Done(outcome, timing) => (outcome, timing),
+        Ran::Died(_) => {
+            tracing::warn!("what ran the job died under it");
+            return returned(held, decide::on_death(facts, worker.settings.consumer.max_redeliveries), kind).await;
+        }
         Ran::NotStarted if worker.lost.is_cancelled() => {
             // The broker requeued it with its session; its delivery tag is dead.
             worker.metrics.not_started(&served.queue, "session_lost");
@@ -192,6 +177,34 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
         Err(e) => e,
     };
     fail(held, kind, &error, timing, decide::deadline_left(&control, now_us() / 1000)).await;
+}
+
+/// A job that came back unanswered, or whose runner died under it: to the returned lane with
+/// one return more, or dead-lettered as poison past `consumer.max_redeliveries`.
+async fn returned(held: &Held<'_>, arrival: Arrival, kind: &str) {
+    let Held { worker, served, delivery, .. } = *held;
+    worker.metrics.redelivered(&served.queue);
+    match arrival {
+        Arrival::Process => {}
+        Arrival::ToReturnedLane { returns } => {
+            tracing::warn!(returns, "moving the job to the returned lane");
+            let copy = letters::requeue(settle::input(delivery), &served.returned_queue, Recount::Returns(returns));
+            let held = &Held { kind: worker.registry.label(kind), ..*held };
+            if settle::deliver(held, copy, None).await == Ok("requeued") {
+                worker.events.emit(|| {
+                    let mut event = held.event("returned");
+                    event.returns = Some(returns);
+                    event
+                });
+            }
+        }
+        Arrival::Poison { returns } => {
+            let now = now_us();
+            let timing = Timing { started_at_us: now, finished_at_us: now };
+            let error = JobError::RedeliveryLimit { deliveries: returns };
+            fail(held, kind, &error, timing, None).await;
+        }
+    }
 }
 
 /// Puts a job whose `not_before` is ahead in the delay queue of `tier` for `ttl`, unchanged,
@@ -382,9 +395,4 @@ fn peeked(delivery: &Delivery) -> String {
     Encoding::from_content_type(delivery.properties.content_type().as_ref().map(|s| s.as_str()))
         .and_then(|enc| JobEnvelope::peek_kind(&delivery.data, enc))
         .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// The kind the envelope names, as a metric label.
-fn peeked_kind(worker: &Worker, delivery: &Delivery) -> &'static str {
-    worker.registry.label(&peeked(delivery))
 }

@@ -39,6 +39,9 @@ pub enum Ran<T> {
     /// Its gate closed before it got a slot: it never started.
     NotStarted,
     Done(Result<T, JobError>, Timing),
+    /// What ran it died under it (a Python kind's child process): a death, counted as a
+    /// return toward `consumer.max_redeliveries`, as if the worker had died.
+    Died(Timing),
 }
 
 /// A slot taken, for one job.
@@ -221,7 +224,7 @@ mod tests {
     fn done<T>(ran: Ran<T>) -> (Result<T, JobError>, Timing) {
         match ran {
             Ran::Done(r, t) => (r, t),
-            Ran::NotStarted => panic!("the job did not start"),
+            Ran::NotStarted | Ran::Died(_) => panic!("the job did not start, or did not end"),
         }
     }
 

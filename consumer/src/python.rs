@@ -59,6 +59,8 @@ pub enum Answer {
 /// One child process and its pipes.
 pub struct Child {
     process: Process,
+    /// The job it runs now ("" between jobs), for its stderr lines in the worker's log.
+    current: std::sync::Arc<Mutex<String>>,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     /// Jobs it ran, and its resident memory after the last.
@@ -72,13 +74,34 @@ impl std::fmt::Debug for Child {
     }
 }
 
-/// How to start a child.
-#[derive(Debug, Clone)]
+/// How to start a child, and when to replace one.
+#[derive(Debug, Clone, Default)]
 pub struct Launch {
     pub interpreter: String,
     pub modules: Vec<String>,
     /// Prepended to `PYTHONPATH`.
     pub path: Vec<String>,
+    pub recycle: Recycle,
+}
+
+/// When a child is replaced, between jobs (0: never).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recycle {
+    pub max_jobs: u64,
+    pub max_rss_bytes: u64,
+}
+
+impl Recycle {
+    /// Why a child that ran `jobs` jobs and holds `rss_bytes` is replaced now, if it is.
+    pub fn why(&self, jobs: u64, rss_bytes: u64) -> Option<&'static str> {
+        if self.max_jobs > 0 && jobs >= self.max_jobs {
+            Some("jobs")
+        } else if self.max_rss_bytes > 0 && rss_bytes > self.max_rss_bytes {
+            Some("memory")
+        } else {
+            None
+        }
+    }
 }
 
 impl Child {
@@ -93,13 +116,28 @@ impl Child {
             }
             command.env("PYTHONPATH", path);
         }
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         let mut process =
             command.spawn().with_context(|| format!("start {} -m warren_worker.child", launch.interpreter))?;
-        let (Some(stdin), Some(stdout)) = (process.stdin.take(), process.stdout.take()) else {
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (process.stdin.take(), process.stdout.take(), process.stderr.take())
+        else {
             anyhow::bail!("the child's pipes were not opened");
         };
-        let mut child = Self { process, stdin, stdout: BufReader::new(stdout), jobs: 0, rss_bytes: 0 };
+        let current = std::sync::Arc::new(Mutex::new(String::new()));
+        // Its prints, tracebacks and C extensions' output, each line logged with the job it runs.
+        tokio::spawn({
+            let (current, pid) = (current.clone(), process.id().unwrap_or_default());
+            async move {
+                use tokio::io::AsyncBufReadExt as _;
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let job_id = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    tracing::info!(target: "warren_python", pid, job_id = %job_id, "{line}");
+                }
+            }
+        });
+        let mut child = Self { process, current, stdin, stdout: BufReader::new(stdout), jobs: 0, rss_bytes: 0 };
         let Some((hello, _)) = child.read().await? else {
             anyhow::bail!("the Python child ended before saying which kinds it has (see its stderr above)");
         };
@@ -136,6 +174,13 @@ impl Child {
 
     /// Runs one job; the child is gone (killed, or dead) when this returns `Err`.
     pub async fn run(&mut self, job: &JobFrame<'_>, limit: Duration) -> Result<Answer, Ended> {
+        job.id.clone_into(&mut self.current.lock().unwrap_or_else(|p| p.into_inner()));
+        let answer = self.run_one(job, limit).await;
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        answer
+    }
+
+    async fn run_one(&mut self, job: &JobFrame<'_>, limit: Duration) -> Result<Answer, Ended> {
         let header = json!({"t": "job", "id": job.id, "kind": job.kind, "attempt": job.attempt,
                             "deadline_ms": job.deadline_ms});
         if self.send(&header, job.body).await.is_err() {
@@ -335,7 +380,18 @@ impl Runner for PythonKind {
             };
             let result = match child.run(&frame, limit).await {
                 Ok(answer) => {
-                    self.children.lock().push(child);
+                    match self.children.launch.recycle.why(child.jobs, child.rss_bytes) {
+                        Some(why) => {
+                            tracing::info!(
+                                why,
+                                jobs = child.jobs,
+                                rss_bytes = child.rss_bytes,
+                                "replacing the Python child (a new one starts with the next job)"
+                            );
+                            drop(child);
+                        }
+                        None => self.children.lock().push(child),
+                    }
                     match answer {
                         Answer::Output(json) => serde_json::value::RawValue::from_string(json)
                             .map(|raw| Output::from_json(self.name, raw))
@@ -347,10 +403,10 @@ impl Runner for PythonKind {
                     tracing::warn!(?limit, "Python job passed its time limit; its child was killed");
                     Err(JobError::TimedOut { limit, retry: cx.retry_timeouts })
                 }
-                Err(Ended::Died) => Err(JobError::transient(
-                    "python_child_died",
-                    "the Python child running the job died (see the worker's log for its stderr)",
-                )),
+                Err(Ended::Died) => {
+                    tracing::warn!("the Python child running the job died (its stderr is in this log)");
+                    return Ran::Died(Timing { started_at_us, finished_at_us: now_us() });
+                }
             };
             Ran::Done(result, Timing { started_at_us, finished_at_us: now_us() })
         })
@@ -367,6 +423,16 @@ mod tests {
         assert_eq!(&frame[..8], &[12, 0, 0, 0, 5, 0, 0, 0]);
         assert_eq!(&frame[8..20], br#"{"t":"stop"}"#);
         assert_eq!(&frame[20..], b"\x00\xffraw");
+    }
+
+    #[test]
+    fn a_child_is_replaced_past_its_jobs_or_its_memory() {
+        let never = Recycle::default();
+        assert_eq!(never.why(u64::MAX, u64::MAX), None);
+        let bounded = Recycle { max_jobs: 3, max_rss_bytes: 100 };
+        assert_eq!(bounded.why(2, 100), None);
+        assert_eq!(bounded.why(3, 0), Some("jobs"));
+        assert_eq!(bounded.why(1, 101), Some("memory"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ fn launch() -> Launch {
         interpreter: std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()),
         modules: vec!["sample_kinds".into()],
         path: vec![root.display().to_string(), root.join("tests").display().to_string()],
+        ..Launch::default()
     }
 }
 

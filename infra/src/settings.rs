@@ -214,11 +214,22 @@ pub struct PythonSettings {
     pub path: Vec<String>,
     /// Child processes, each running one job at a time; 0 = `consumer.pool_size` (or the cores).
     pub children: usize,
+    /// A child is replaced after this many jobs (0 = never) ...
+    pub max_jobs_per_child: u64,
+    /// ... or once its resident memory passes this many MiB after a job (0 = never).
+    pub max_rss_mib: u64,
 }
 
 impl Default for PythonSettings {
     fn default() -> Self {
-        Self { modules: Vec::new(), interpreter: "python3".into(), path: Vec::new(), children: 0 }
+        Self {
+            modules: Vec::new(),
+            interpreter: "python3".into(),
+            path: Vec::new(),
+            children: 0,
+            max_jobs_per_child: 0,
+            max_rss_mib: 0,
+        }
     }
 }
 

@@ -8,18 +8,24 @@ use rstest::rstest;
 use warren_common::headers as h;
 use warren_common::{Encoding, Job, ResultStatus};
 use warren_e2e::{DEADLINE, Vhost, collect_messages, fleet_and_producer, repo_root, settings_for, vhost, want_result};
-use warren_infra::fields;
+use warren_infra::{Settings, fields};
 use warren_producer::PublishOptions;
+
+/// A worker serving the sample kinds in `children` children.
+fn python_settings(vhost: &Vhost, children: usize) -> Settings {
+    let mut settings = settings_for(vhost);
+    let python = repo_root().join("clients").join("python");
+    settings.python.modules = vec!["sample_kinds".into()];
+    settings.python.path = vec![python.display().to_string(), python.join("tests").display().to_string()];
+    settings.python.children = children;
+    settings.consumer.kinds = ["sample.digest", "sample.fail", "sample.slow", "sample.pid"].map(String::from).to_vec();
+    settings
+}
 
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kinds_answer_fail_by_class_and_are_killed_past_their_deadline(vhost: Vhost) {
-    let mut settings = settings_for(&vhost);
-    let python = repo_root().join("clients").join("python");
-    settings.python.modules = vec!["sample_kinds".into()];
-    settings.python.path = vec![python.display().to_string(), python.join("tests").display().to_string()];
-    settings.python.children = 2;
-    settings.consumer.kinds = vec!["sample.digest".into(), "sample.fail".into(), "sample.slow".into()];
+    let settings = python_settings(&vhost, 2);
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let digest = |data: &[u8]| {
         Job::named("sample.digest", serde_json::json!({"data": base64::engine::general_purpose::STANDARD.encode(data)}))
@@ -62,4 +68,72 @@ async fn python_kinds_answer_fail_by_class_and_are_killed_past_their_deadline(vh
     assert_eq!(r.error.map(|e| e.error_type).as_deref(), Some("invalid_params"));
     producer.close().await;
     fleet.stop().await;
+}
+
+/// A child that dies (`os._exit`) counts a death, as a worker's would: its job goes to the
+/// returned lane and, past `consumer.max_redeliveries`, is dead-lettered as poison; the
+/// innocent jobs beside it all end as results, served by new children.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_dies_is_replaced_and_a_job_that_kills_children_is_poison(vhost: Vhost) {
+    let mut settings = python_settings(&vhost, 2);
+    settings.consumer.max_redeliveries = 2;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let killer = Job::named("sample.fail", serde_json::json!({"how": "exit"}));
+    let killer = producer.publish(&killer, &want_result()).await.expect("publish");
+    let mut innocent = Vec::new();
+    for i in 0..30u32 {
+        let job = Job::named(
+            "sample.digest",
+            serde_json::json!({"data": base64::engine::general_purpose::STANDARD.encode(i.to_le_bytes())}),
+        );
+        innocent.push(producer.publish(&job, &want_result()).await.expect("publish"));
+    }
+    let r = killer.wait(DEADLINE).await.expect("answered");
+    assert_eq!(r.error.as_ref().map(|e| e.error_type.as_str()), Some("redelivery_limit"), "{r:?}");
+    for t in innocent {
+        assert_eq!(t.wait(DEADLINE).await.expect("answered").status, ResultStatus::Ok);
+    }
+    let dead = collect_messages(&settings, "warren.sample.fail.dead", 1, DEADLINE).await;
+    let headers = dead[0].properties.headers().as_ref();
+    assert_eq!(fields::get_str(headers, h::DEAD_REASON).as_deref(), Some("redelivery_limit"));
+    println!(
+        "a job that kills its child: dead-lettered after {} returns",
+        fields::get_u64(headers, h::REDELIVERIES).unwrap_or(0)
+    );
+    producer.close().await;
+    fleet.stop().await;
+}
+
+/// Recycling: with `max_jobs_per_child = 3` one child serves three jobs, then another takes
+/// over; with `max_rss_mib`, a child that grew past it after a job is replaced.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_are_replaced_after_their_jobs_and_past_their_memory(vhost: Vhost) {
+    let pids = |settings: Settings, jobs: Vec<serde_json::Value>| async move {
+        let (fleet, producer) = fleet_and_producer(&settings).await;
+        let mut pids = Vec::new();
+        for job in jobs {
+            let job = Job::named("sample.pid", job);
+            let r = producer.publish(&job, &want_result()).await.expect("p").wait(DEADLINE).await.expect("answered");
+            pids.push(r.output.and_then(|o| o.to_json()).expect("output")["pid"].as_u64().expect("pid"));
+        }
+        producer.close().await;
+        fleet.stop().await;
+        pids
+    };
+    let mut by_jobs = python_settings(&vhost, 1);
+    by_jobs.python.max_jobs_per_child = 3;
+    let seen = pids(by_jobs, vec![serde_json::json!({}); 9]).await;
+    println!("max_jobs_per_child = 3: pids {seen:?}");
+    assert!(seen.chunks(3).all(|c| c.iter().all(|p| *p == c[0])), "{seen:?}");
+    assert!(seen[0] != seen[3] && seen[3] != seen[6], "{seen:?}");
+    let mut by_memory = python_settings(&vhost, 1);
+    by_memory.python.max_rss_mib = 120;
+    let jobs =
+        vec![serde_json::json!({}), serde_json::json!({}), serde_json::json!({"grow_mib": 150}), serde_json::json!({})];
+    let seen = pids(by_memory, jobs).await;
+    println!("max_rss_mib = 120: pids {seen:?} (the third job grew its child by 150 MiB)");
+    assert_eq!((seen[0], seen[1]), (seen[2], seen[2]), "the same child until it grew: {seen:?}");
+    assert_ne!(seen[3], seen[2], "replaced after it grew: {seen:?}");
 }

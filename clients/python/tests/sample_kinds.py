@@ -46,3 +46,15 @@ def slow(job: dict[str, Any], cx: Context) -> dict[str, Any]:
 @warren_worker.kind("sample.unencodable")
 def unencodable(job: dict[str, Any], cx: Context) -> object:
     return {"value": object()}
+
+
+_HELD: list[bytearray] = []
+
+
+@warren_worker.kind("sample.pid")
+def pid(job: dict[str, Any], cx: Context) -> dict[str, Any]:
+    """Which child ran it; with ``grow_mib``, keeps that much memory for the child's life."""
+    grow = int(job.get("grow_mib", 0))
+    if grow:
+        _HELD.append(bytearray(os.urandom(1)) * (grow << 20))
+    return {"pid": os.getpid()}
