@@ -18,7 +18,8 @@ fn python_settings(vhost: &Vhost, children: usize) -> Settings {
     settings.python.modules = vec!["sample_kinds".into()];
     settings.python.path = vec![python.display().to_string(), python.join("tests").display().to_string()];
     settings.python.children = children;
-    settings.consumer.kinds = ["sample.digest", "sample.fail", "sample.slow", "sample.pid"].map(String::from).to_vec();
+    settings.consumer.kinds =
+        ["sample.digest", "sample.fail", "sample.slow", "sample.pid", "sample.spin"].map(String::from).to_vec();
     settings
 }
 
@@ -136,4 +137,48 @@ async fn children_are_replaced_after_their_jobs_and_past_their_memory(vhost: Vho
     println!("max_rss_mib = 120: pids {seen:?} (the third job grew its child by 150 MiB)");
     assert_eq!((seen[0], seen[1]), (seen[2], seen[2]), "the same child until it grew: {seen:?}");
     assert_ne!(seen[3], seen[2], "replaced after it grew: {seen:?}");
+}
+
+/// An endless loop is stopped at its kind's time limit (1 s) by killing its child: the job is
+/// dead-lettered as `timeout` (one attempt: the kind's `max_attempts`), and 1,000 jobs in flight
+/// at once beside it are all answered. Then a drain: a job still running when the drain
+/// timeout passes is handed back to the broker, its child killed.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_job_is_killed_at_its_limit_and_a_drain_hands_back_what_runs(vhost: Vhost) {
+    let mut settings = python_settings(&vhost, 2);
+    settings.consumer.drain_timeout_ms = 1_000;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let spin = producer.publish(&Job::named("sample.spin", serde_json::json!({})), &want_result()).await.expect("p");
+    let started = std::time::Instant::now();
+    let mut tickets = Vec::new();
+    for i in 0..1_000u32 {
+        let job = Job::named(
+            "sample.digest",
+            serde_json::json!({"data": base64::engine::general_purpose::STANDARD.encode(i.to_le_bytes())}),
+        );
+        tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
+    }
+    let r = spin.wait(DEADLINE).await.expect("answered");
+    assert_eq!(r.error.as_ref().map(|e| e.error_type.as_str()), Some("timeout"), "{r:?}");
+    let mut ok = 0;
+    for t in tickets {
+        ok += usize::from(t.wait(DEADLINE).await.expect("answered").status == ResultStatus::Ok);
+    }
+    println!("an endless Python job killed at 1 s; 1,000 jobs beside it answered in {:?}", started.elapsed());
+    assert_eq!(ok, 1_000);
+    let dead = collect_messages(&settings, "warren.sample.spin.dead", 1, DEADLINE).await;
+    assert_eq!(fields::get_str(dead[0].properties.headers().as_ref(), h::ERROR_TYPE).as_deref(), Some("timeout"));
+    // A 20 s job running when the worker stops: handed back after the 1 s drain timeout.
+    let slow = Job::named("sample.slow", serde_json::json!({"steps": 400}));
+    producer.publish(&slow, &PublishOptions::default()).await.expect("publish");
+    let metrics = fleet.metrics_addr.expect("metrics");
+    let running =
+        || warren_e2e::scrape::Scrape::take(metrics).value("warren_jobs_received_total", &[("kind", "sample.slow")]);
+    warren_e2e::eventually("the slow job runs", || async { tokio::task::block_in_place(running) >= 1.0 }).await;
+    producer.close().await;
+    let stopping = std::time::Instant::now();
+    fleet.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(10), "{:?}", stopping.elapsed());
+    assert_eq!(warren_e2e::queue_depth(&settings, "warren.sample.slow").await, 1, "handed back");
 }

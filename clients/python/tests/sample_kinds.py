@@ -58,3 +58,10 @@ def pid(job: dict[str, Any], cx: Context) -> dict[str, Any]:
     if grow:
         _HELD.append(bytearray(os.urandom(1)) * (grow << 20))
     return {"pid": os.getpid()}
+
+
+@warren_worker.kind("sample.spin", time_limit=1, max_attempts=1)
+def spin(job: dict[str, Any], cx: Context) -> None:
+    """Never returns: only killing its child stops it."""
+    while True:
+        pass
