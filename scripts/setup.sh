@@ -128,6 +128,7 @@ PYTHON_PINS=(
   "mypy==1.13.0"                  # the Python client's type check
   "types-pika==1.2.0b1"
   "Pillow==12.0.0"
+  "numpy==2.3.5"                  # the Python kinds' example (examples/python/) and its tests
   "kubernetes-validate==1.37.0"
 )
 

@@ -400,6 +400,8 @@ fn environment() -> config::Environment {
         .with_list_parse_key("consumer.kinds")
         .with_list_parse_key("model.mean")
         .with_list_parse_key("model.std")
+        .with_list_parse_key("python.modules")
+        .with_list_parse_key("python.path")
         .try_parsing(true)
 }
 

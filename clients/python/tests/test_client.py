@@ -391,3 +391,37 @@ def test_cancelling_before_any_worker_declared_the_stream_is_unroutable(vhost):
         with Client(amqp_url(vhost), cancel_stream="") as off:
             with pytest.raises(WarrenError, match="cancelling is off"):
                 off.cancel("some-id")
+
+
+def test_python_kinds_hosted_by_the_worker_answer_the_client(vhost):
+    """examples/python/media_kinds.py (Pillow and numpy) served by the Rust worker's children."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from warren_client import PermanentJobError
+
+    env = {"WARREN__PYTHON__MODULES": "media_kinds",
+           "WARREN__PYTHON__PATH": f"{ROOT / 'examples' / 'python'},{ROOT / 'clients' / 'python'}",
+           "WARREN__CONSUMER__KINDS": "py.thumbnail,py.normalize"}
+    consumer = Consumer(vhost, env)
+    try:
+        with Client(amqp_url(vhost)) as client:
+            photo = (ROOT / "samples" / "images" / "china.jpg").read_bytes()
+            r = client.run("py.thumbnail", {"image": photo, "size": 128}, timeout=60)
+            assert r.ok, r
+            thumb = Image.open(io.BytesIO(base64.b64decode(r.value["image"])))
+            assert thumb.format == "JPEG" and max(thumb.size) == 128 and (r.value["width"], r.value["height"]) == thumb.size
+            r = client.run("py.normalize", {"vector": [3, 4]}, timeout=60)
+            assert r.ok and r.value == {"vector": [0.6, 0.8], "norm": 5.0}, r
+            r = client.run("py.normalize", {"vector": []}, timeout=60)
+            assert isinstance(r.exception(), PermanentJobError) and r.error["type"] == "invalid_params", r
+            r = client.run("py.thumbnail", {"image": b"not an image"}, timeout=60)
+            assert r.error["type"] == "corrupt_image", r
+            many = [client.submit("py.normalize", {"vector": [i, 1]}) for i in range(200)]
+            assert all(client.result(j, timeout=60).ok for j in many)
+    finally:
+        assert consumer.stop() == 0, "".join(consumer.log)
+    log = "".join(consumer.log)
+    assert "thumbnail 128x" in log, "a kind's log lines reach the worker's log"

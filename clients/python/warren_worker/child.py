@@ -11,6 +11,7 @@ import base64
 import binascii
 import importlib
 import json
+import logging
 import os
 import queue
 import sys
@@ -169,6 +170,9 @@ def main(argv: list[str]) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     sys.stdout = sys.stderr
+    # A kind's log records (Context.logger) go to stderr too: the worker logs each line with
+    # the job it belongs to.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, os.getcwd())
     for module in argv:
         importlib.import_module(module)
