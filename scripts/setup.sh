@@ -129,6 +129,7 @@ PYTHON_PINS=(
   "types-pika==1.2.0b1"
   "Pillow==12.0.0"
   "numpy==2.3.5"                  # the Python kinds' example (examples/python/) and its tests
+  "celery==5.5.3"                 # bench/python/celery_vs_warren.py: Python kinds against Celery
   "kubernetes-validate==1.37.0"
 )
 
