@@ -97,7 +97,8 @@ def broker_pids() -> list[int]:
                 cmd = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"beam.smp" in cmd and b"rabbit@localhost" in cmd and b"wr" not in cmd.split(b"-sname")[-1][:8]:
+            # The default node's, not the test cluster's (scripts/cluster.sh).
+            if b"beam.smp" in cmd and b"-s\x00rabbit\x00boot" in cmd and b"warren-cluster" not in cmd:
                 pids.append(int(entry.name))
     return pids
 
@@ -151,42 +152,23 @@ def celery_worker(vhost: Vhost) -> Worker:
     return Worker(argv, env, HERE, " ready.")
 
 
-def run_warren(vhost: Vhost, kind: str, job: dict[str, Any], n: int) -> None:
-    from warren_client import Client
-
-    with Client(vhost.url) as client:
-        ids = [client.submit(kind, job) for _ in range(n)]
-        for job_id in ids:
-            r = client.result(job_id, timeout=300)
-            assert r.ok, r
-
-
-def run_celery(vhost: Vhost, kind: str, job: dict[str, Any], n: int) -> None:
-    os.environ["CELERY_BROKER_URL"] = vhost.url
-    import celery_tasks
-
-    celery_tasks.app.conf.broker_url = vhost.url
-    task = celery_tasks.noop if kind == "bench.noop" else celery_tasks.thumbnail
-    arg: Any = job if kind == "bench.noop" else base64.b64encode(job["image"]).decode()
-    pending = [task.apply_async((arg,)) for _ in range(n)]
-    for p in pending:
-        p.get(timeout=300)
-    celery_tasks.app.pool.force_close_all()
-
-
 def one(system: str, kind: str, job: dict[str, Any], n: int) -> dict[str, Any]:
     vhost = Vhost()
     try:
         worker = warren_worker(vhost) if system == "warren" else celery_worker(vhost)
         try:
-            run = run_warren if system == "warren" else run_celery
-            run(vhost, kind, job, min(50, n))  # warm-up
+            client = subprocess.Popen([sys.executable, str(HERE / "bench_client.py"), system, kind, str(n), vhost.url],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert client.stdin is not None and client.stdout is not None
+            assert client.stdout.readline().strip() == "warm", "the client did not warm up"
             pids = tree(worker.proc.pid)
-            before = (cpu_seconds(pids), cpu_seconds(broker_pids()), os.times())
-            started = time.perf_counter()
-            run(vhost, kind, job, n)
-            took = time.perf_counter() - started
-            after = (cpu_seconds(tree(worker.proc.pid)), cpu_seconds(broker_pids()), os.times())
+            before = (cpu_seconds(pids), cpu_seconds(broker_pids()))
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            measured = json.loads(client.stdout.readline())
+            after = (cpu_seconds(tree(worker.proc.pid)), cpu_seconds(broker_pids()))
+            client.wait(60)
+            took = measured["seconds"]
         finally:
             worker.stop()
     finally:
@@ -195,7 +177,7 @@ def one(system: str, kind: str, job: dict[str, Any], n: int) -> dict[str, Any]:
     def spent(b: dict[int, float], a: dict[int, float]) -> float:
         return sum(a[p] - b.get(p, 0.0) for p in a)
 
-    me = (after[2].user + after[2].system) - (before[2].user + before[2].system)
+    me = measured["cpu_s"]
     return {"system": system, "kind": kind, "jobs": n, "seconds": took, "jobs_per_s": n / took,
             "cpu_ms_per_job": {"worker": 1000 * spent(before[0], after[0]) / n,
                                "broker": 1000 * spent(before[1], after[1]) / n, "client": 1000 * me / n}}
