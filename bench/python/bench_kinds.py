@@ -18,3 +18,8 @@ def noop(job: dict[str, Any], cx: Context) -> dict[str, Any]:
 @warren_worker.kind("bench.thumbnail", time_limit=30, bytes_fields=("image",))
 def thumbnail(job: dict[str, Any], cx: Context) -> dict[str, Any]:
     return {"image": work.thumbnail(job["image"])}
+
+
+@warren_worker.kind("bench.size", time_limit=30, bytes_fields=("image",))
+def size(job: dict[str, Any], cx: Context) -> dict[str, Any]:
+    return {"bytes": len(job["image"])}

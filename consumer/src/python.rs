@@ -1,11 +1,10 @@
-//! Python kinds, hosted (issue 27, in progress): the worker starts `python -m
+//! Python kinds, hosted (docs/python-kinds.md): the worker starts `python -m
 //! warren_worker.child MODULE...` children, learns from the first which kinds the modules
 //! declare, and runs their jobs one at a time per child over the children's stdin and stdout
 //! (`clients/python/warren_worker/_protocol.py` has the frames). A child past its job's time
-//! limit is killed (a process can be stopped, unlike a thread) and the next job gets a new one.
-//!
-//! Not done yet: the builder's registration of these kinds, a child's death counted as a return
-//! for poison counting, recycling by jobs and memory, its stderr logged with the job id.
+//! limit is killed (a process can be stopped, unlike a thread) and the next job gets a new one;
+//! one that dies is a death for poison counting ([`Ran::Died`]); children are replaced after
+//! their jobs or past their memory ([`Recycle`]); their stderr lines are logged with the job id.
 
 use std::process::Stdio;
 use std::sync::Mutex;

@@ -7,8 +7,8 @@ them its delivery path (confirms, retries, dead letters, poison counting, drain,
     def upper(job: dict, cx: warren_worker.Context) -> dict:
         return {"text": job["text"].upper()}
 
-The worker side is in progress (issue 27): this package defines the kinds and runs them in a
-child (``python -m warren_worker.child MODULE``) that speaks ``_protocol``'s frames."""
+The stock worker serves them with ``[python] modules`` (docs/python-kinds.md): it runs this
+package's child (``python -m warren_worker.child MODULE``), which speaks ``_protocol``'s frames."""
 
 from ._kinds import Context, KindSpec, Permanent, Transient, clear, kind, registered
 
