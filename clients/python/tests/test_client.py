@@ -411,6 +411,7 @@ def test_python_kinds_hosted_by_the_worker_answer_the_client(vhost):
             photo = (ROOT / "samples" / "images" / "china.jpg").read_bytes()
             r = client.run("py.thumbnail", {"image": photo, "size": 128}, timeout=60)
             assert r.ok, r
+            thumb_job = r.job_id
             thumb = Image.open(io.BytesIO(base64.b64decode(r.value["image"])))
             assert thumb.format == "JPEG" and max(thumb.size) == 128 and (r.value["width"], r.value["height"]) == thumb.size
             r = client.run("py.normalize", {"vector": [3, 4]}, timeout=60)
@@ -423,5 +424,5 @@ def test_python_kinds_hosted_by_the_worker_answer_the_client(vhost):
             assert all(client.result(j, timeout=60).ok for j in many)
     finally:
         assert consumer.stop() == 0, "".join(consumer.log)
-    log = "".join(consumer.log)
-    assert "thumbnail 128x" in log, "a kind's log lines reach the worker's log"
+    lines = [line for line in consumer.log if "thumbnail 128x" in line]
+    assert lines and thumb_job in lines[0], f"a kind's log line reaches the worker's log with its job id: {lines}"
