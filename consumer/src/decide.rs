@@ -55,9 +55,16 @@ impl Facts {
 pub enum Arrival {
     /// Run it.
     Process,
-    /// It came back unanswered: republish it to the returned lane with `returns` counted, and
-    /// ack it once that copy is confirmed.
-    ToReturnedLane { returns: u32 },
+    /// It came back unanswered.
+    Returned(Return),
+}
+
+/// A job that came back unanswered, or whose runner died under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Return {
+    /// Republish it to the returned lane with `returns` counted, and ack it once that copy is
+    /// confirmed.
+    ToLane { returns: u32 },
     /// It came back once more than `consumer.max_redeliveries` allows: dead-letter it.
     Poison { returns: u32 },
 }
@@ -72,14 +79,14 @@ pub fn on_arrival(facts: &Facts, max_redeliveries: u32) -> Arrival {
     if !facts.redelivered {
         return Arrival::Process;
     }
-    on_death(facts, max_redeliveries)
+    Arrival::Returned(on_death(facts, max_redeliveries))
 }
 
 /// A job whose runner died under it (a worker, or a Python kind's child process): one return
 /// more, to the returned lane, or poison past `max_redeliveries`.
-pub fn on_death(facts: &Facts, max_redeliveries: u32) -> Arrival {
+pub fn on_death(facts: &Facts, max_redeliveries: u32) -> Return {
     let returns = facts.returns.saturating_add(1);
-    if returns > max_redeliveries { Arrival::Poison { returns } } else { Arrival::ToReturnedLane { returns } }
+    if returns > max_redeliveries { Return::Poison { returns } } else { Return::ToLane { returns } }
 }
 
 /// What becomes of a failed job.
@@ -371,12 +378,15 @@ mod tests {
     fn first_deliveries_run_and_returns_are_counted_then_stopped() {
         assert_eq!(on_arrival(&facts(false, 7, Lane::Main), 3), Arrival::Process);
         assert_eq!(on_arrival(&facts(false, 7, Lane::Returned), 3), Arrival::Process);
-        assert_eq!(on_arrival(&facts(true, 0, Lane::Main), 3), Arrival::ToReturnedLane { returns: 1 });
-        assert_eq!(on_arrival(&facts(true, 1, Lane::Returned), 3), Arrival::ToReturnedLane { returns: 2 });
-        assert_eq!(on_arrival(&facts(true, 2, Lane::Returned), 3), Arrival::ToReturnedLane { returns: 3 });
-        assert_eq!(on_arrival(&facts(true, 3, Lane::Returned), 3), Arrival::Poison { returns: 4 });
-        assert_eq!(on_arrival(&facts(true, 0, Lane::Main), 0), Arrival::Poison { returns: 1 });
-        assert_eq!(on_arrival(&facts(true, u32::MAX, Lane::Main), 3), Arrival::Poison { returns: u32::MAX });
+        assert_eq!(on_arrival(&facts(true, 0, Lane::Main), 3), Arrival::Returned(Return::ToLane { returns: 1 }));
+        assert_eq!(on_arrival(&facts(true, 1, Lane::Returned), 3), Arrival::Returned(Return::ToLane { returns: 2 }));
+        assert_eq!(on_arrival(&facts(true, 2, Lane::Returned), 3), Arrival::Returned(Return::ToLane { returns: 3 }));
+        assert_eq!(on_arrival(&facts(true, 3, Lane::Returned), 3), Arrival::Returned(Return::Poison { returns: 4 }));
+        assert_eq!(on_arrival(&facts(true, 0, Lane::Main), 0), Arrival::Returned(Return::Poison { returns: 1 }));
+        assert_eq!(
+            on_arrival(&facts(true, u32::MAX, Lane::Main), 3),
+            Arrival::Returned(Return::Poison { returns: u32::MAX })
+        );
     }
 
     #[test]
@@ -389,8 +399,8 @@ mod tests {
                     deaths += 1; // it runs, and its worker dies
                     f.redelivered = true;
                 }
-                Arrival::ToReturnedLane { returns } => f = facts(false, returns, Lane::Returned),
-                Arrival::Poison { .. } => break,
+                Arrival::Returned(Return::ToLane { returns }) => f = facts(false, returns, Lane::Returned),
+                Arrival::Returned(Return::Poison { .. }) => break,
             }
         }
         assert_eq!(deaths, max + 1);
@@ -606,8 +616,8 @@ mod tests {
     #[test]
     fn a_runner_that_dies_counts_a_return_whether_or_not_the_broker_redelivered() {
         let fresh = facts(false, 0, Lane::Main);
-        assert_eq!(on_death(&fresh, 3), Arrival::ToReturnedLane { returns: 1 });
+        assert_eq!(on_death(&fresh, 3), Return::ToLane { returns: 1 });
         let worn = facts(false, 3, Lane::Returned);
-        assert_eq!(on_death(&worn, 3), Arrival::Poison { returns: 4 });
+        assert_eq!(on_death(&worn, 3), Return::Poison { returns: 4 });
     }
 }

@@ -21,7 +21,7 @@ use warren_common::headers as h;
 use warren_common::{Encoding, JobEnvelope, JobError, JobResult, Output, Timing};
 use warren_infra::fields;
 
-use crate::decide::{self, Arrival, Facts, Failure, Schedule};
+use crate::decide::{self, Arrival, Facts, Failure, Return, Schedule};
 use crate::letters::{self, FailureRecord, Recount};
 use crate::pool::{Ran, now_us};
 use crate::registry::{Input, Missing, Registered, RunCx};
@@ -68,10 +68,9 @@ pub async fn handle(worker: Arc<Worker>, served: Arc<Served>, delivery: Delivery
 /// copy the broker may already hold is never followed by a hand-back beside it.
 async fn story(held: &Held<'_>, stop: &CancellationToken) {
     let Held { worker, served, delivery, facts, .. } = *held;
-    let arrival = decide::on_arrival(facts, worker.settings.consumer.max_redeliveries);
-    if arrival != Arrival::Process {
+    if let Arrival::Returned(back) = decide::on_arrival(facts, worker.settings.consumer.max_redeliveries) {
         tracing::warn!("job came back unanswered");
-        return returned(held, arrival, &peeked(delivery)).await;
+        return returned(held, back, &peeked(delivery)).await;
     }
     let content_type = delivery.properties.content_type().as_ref().map(|s| s.as_str());
     let (registered, input, control) = match parse(&delivery.data, content_type, facts, worker) {
@@ -181,12 +180,11 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
 
 /// A job that came back unanswered, or whose runner died under it: to the returned lane with
 /// one return more, or dead-lettered as poison past `consumer.max_redeliveries`.
-async fn returned(held: &Held<'_>, arrival: Arrival, kind: &str) {
+async fn returned(held: &Held<'_>, back: Return, kind: &str) {
     let Held { worker, served, delivery, .. } = *held;
     worker.metrics.redelivered(&served.queue);
-    match arrival {
-        Arrival::Process => {}
-        Arrival::ToReturnedLane { returns } => {
+    match back {
+        Return::ToLane { returns } => {
             tracing::warn!(returns, "moving the job to the returned lane");
             let copy = letters::requeue(settle::input(delivery), &served.returned_queue, Recount::Returns(returns));
             let held = &Held { kind: worker.registry.label(kind), ..*held };
@@ -198,7 +196,7 @@ async fn returned(held: &Held<'_>, arrival: Arrival, kind: &str) {
                 });
             }
         }
-        Arrival::Poison { returns } => {
+        Return::Poison { returns } => {
             let now = now_us();
             let timing = Timing { started_at_us: now, finished_at_us: now };
             let error = JobError::RedeliveryLimit { deliveries: returns };

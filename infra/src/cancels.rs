@@ -52,6 +52,26 @@ pub async fn publish(publisher: &Publisher, settings: &Settings, record: &Record
         .with_context(|| format!("publish to the cancel stream {stream}"))
 }
 
+/// Records a cancel of `job_ids`, stamped now (Unix ms, returned): what `warrenctl cancel` and
+/// the producer library call. An empty id is refused; no id at all publishes nothing.
+pub async fn cancel(publisher: &Publisher, settings: &Settings, job_ids: &[&str]) -> anyhow::Result<u64> {
+    anyhow::ensure!(!job_ids.contains(&""), "a job id to cancel is empty");
+    let at_ms = now_ms();
+    if !job_ids.is_empty() {
+        let job_ids = job_ids.iter().map(|id| (*id).to_owned()).collect();
+        publish(publisher, settings, &Record::Cancel { job_ids, at_ms }).await?;
+    }
+    Ok(at_ms)
+}
+
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// Where a reader starts: the first record kept, or the one after the last it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum From {
@@ -102,9 +122,9 @@ pub async fn read_all(
     publisher: &Publisher,
     settings: &Settings,
     within: Duration,
-    now_ms: u64,
 ) -> anyhow::Result<CancelSet> {
-    let marker = format!("read-all/{}", uuid_like());
+    let now_ms = now_ms();
+    let marker = format!("read-all/{}", uuid::Uuid::new_v4());
     let set =
         Arc::new(std::sync::Mutex::new(CancelSet::new(Duration::from_secs(settings.topology.cancel_retention_s))));
     let reading = {
@@ -127,10 +147,4 @@ pub async fn read_all(
         .map_err(|_| anyhow::anyhow!("the cancel stream was not read to its end within {within:?}"))??;
     let set = set.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(set)
-}
-
-/// A marker unique enough for one reader: time and process.
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{}-{nanos}", std::process::id())
 }

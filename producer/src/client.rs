@@ -164,17 +164,8 @@ impl Producer {
     /// later included, within `topology.cancel_retention_s`); each is answered with error type
     /// `cancelled`. A running job is told through its context. Unknown ids are no error.
     pub async fn cancel(&self, job_ids: &[&str]) -> anyhow::Result<()> {
-        anyhow::ensure!(!job_ids.contains(&""), "a job id to cancel is empty");
-        if job_ids.is_empty() {
-            return Ok(());
-        }
-        let at_ms = unix_ms(SystemTime::now());
-        let record = warren_infra::cancels::Record::Cancel {
-            job_ids: job_ids.iter().map(|id| (*id).to_owned()).collect(),
-            at_ms,
-        };
         let publisher = self.link.read().await.publisher.clone();
-        warren_infra::cancels::publish(&publisher, &self.settings, &record).await
+        warren_infra::cancels::cancel(&publisher, &self.settings, job_ids).await.map(|_| ())
     }
 
     /// Publishes a job of kind `K`, typed: `producer.submit::<Resize>(job, &opts)`. Its result

@@ -11,6 +11,11 @@ use warren_e2e::{DEADLINE, Vhost, collect_messages, fleet_and_producer, repo_roo
 use warren_infra::{Settings, fields};
 use warren_producer::PublishOptions;
 
+/// A `sample.digest` job of `data` (a bytes field: base64 in JSON).
+fn digest(data: &[u8]) -> Job {
+    Job::named("sample.digest", serde_json::json!({"data": base64::engine::general_purpose::STANDARD.encode(data)}))
+}
+
 /// A worker serving the sample kinds in `children` children.
 fn python_settings(vhost: &Vhost, children: usize) -> Settings {
     let mut settings = settings_for(vhost);
@@ -28,9 +33,6 @@ fn python_settings(vhost: &Vhost, children: usize) -> Settings {
 async fn python_kinds_answer_fail_by_class_and_are_killed_past_their_deadline(vhost: Vhost) {
     let settings = python_settings(&vhost, 2);
     let (fleet, producer) = fleet_and_producer(&settings).await;
-    let digest = |data: &[u8]| {
-        Job::named("sample.digest", serde_json::json!({"data": base64::engine::general_purpose::STANDARD.encode(data)}))
-    };
     let r =
         producer.publish(&digest(b"hello"), &want_result()).await.expect("publish").wait(DEADLINE).await.expect("r");
     assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
@@ -84,11 +86,7 @@ async fn a_child_that_dies_is_replaced_and_a_job_that_kills_children_is_poison(v
     let killer = producer.publish(&killer, &want_result()).await.expect("publish");
     let mut innocent = Vec::new();
     for i in 0..30u32 {
-        let job = Job::named(
-            "sample.digest",
-            serde_json::json!({"data": base64::engine::general_purpose::STANDARD.encode(i.to_le_bytes())}),
-        );
-        innocent.push(producer.publish(&job, &want_result()).await.expect("publish"));
+        innocent.push(producer.publish(&digest(&i.to_le_bytes()), &want_result()).await.expect("publish"));
     }
     let r = killer.wait(DEADLINE).await.expect("answered");
     assert_eq!(r.error.as_ref().map(|e| e.error_type.as_str()), Some("redelivery_limit"), "{r:?}");
@@ -153,11 +151,7 @@ async fn an_endless_job_is_killed_at_its_limit_and_a_drain_hands_back_what_runs(
     let started = std::time::Instant::now();
     let mut tickets = Vec::new();
     for i in 0..1_000u32 {
-        let job = Job::named(
-            "sample.digest",
-            serde_json::json!({"data": base64::engine::general_purpose::STANDARD.encode(i.to_le_bytes())}),
-        );
-        tickets.push(producer.publish(&job, &want_result()).await.expect("publish"));
+        tickets.push(producer.publish(&digest(&i.to_le_bytes()), &want_result()).await.expect("publish"));
     }
     let r = spin.wait(DEADLINE).await.expect("answered");
     assert_eq!(r.error.as_ref().map(|e| e.error_type.as_str()), Some("timeout"), "{r:?}");

@@ -2,10 +2,10 @@
 //! broker. Workers read it (those that start later too) and never start those jobs.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use warren_infra::Publisher;
-use warren_infra::cancels::{self, Record};
+use warren_infra::cancels;
 
 use crate::context::Ctx;
 use crate::errors::{CtlError, Result};
@@ -22,11 +22,10 @@ pub async fn run(ctx: &Ctx, job_ids: &[String]) -> Result<()> {
     let conn = Arc::new(ctx.connect().await?);
     let timeout = Duration::from_millis(ctx.settings.broker.confirm_timeout_ms);
     let publisher = Publisher::open(conn.clone(), timeout, 1).await?;
-    let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let record = Record::Cancel { job_ids: job_ids.to_vec(), at_ms };
-    let published = cancels::publish(&publisher, &ctx.settings, &record).await;
+    let ids: Vec<&str> = job_ids.iter().map(String::as_str).collect();
+    let published = cancels::cancel(&publisher, &ctx.settings, &ids).await;
     let _ = conn.close(200, "cancelled".into()).await;
-    published.map_err(|e| {
+    let at_ms = published.map_err(|e| {
         CtlError::Broker(format!(
             "{e:#} (is the stream declared? any worker declares it at start-up, as does `warrenctl topology apply`)"
         ))

@@ -174,8 +174,7 @@ async fn cancelled(ctx: &Ctx) -> Option<usize> {
         let conn = std::sync::Arc::new(ctx.connect().await?);
         let timeout = std::time::Duration::from_millis(ctx.settings.broker.confirm_timeout_ms);
         let publisher = warren_infra::Publisher::open(conn.clone(), timeout, 1).await?;
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let set = warren_infra::cancels::read_all(&conn, &publisher, &ctx.settings, timeout, now_ms).await;
+        let set = warren_infra::cancels::read_all(&conn, &publisher, &ctx.settings, timeout).await;
         let _ = conn.close(200, "status".into()).await;
         anyhow::Ok(set?.len())
     };
