@@ -5,9 +5,12 @@
 //! Bincode: the tuple `(version: u32, kind: String, job)` in bincode 2's standard configuration,
 //! `job` being the kind's input type written by serde (docs/contract.md gives each built-in
 //! kind's layout); version 2 carries the control between them:
-//! `(2, kind, (deadline_ms: Option<u64>, not_before_ms: Option<u64>), job)`. A writer uses
-//! version 2 only when a control field is set, so workers that read only version 1 keep reading
-//! every job without one.
+//! `(2, kind, (deadline_ms: Option<u64>, not_before_ms: Option<u64>), job)`, and version 3 the
+//! output's destination too: `(3, kind, (deadline_ms, not_before_ms, output_to: Option<String>),
+//! job)`. A writer uses the lowest version that carries what is set, so workers that read only
+//! version 1 keep reading every job without control fields.
+//! `output_to` (JSON: beside `kind`) names a prefix (`s3://bucket/out/`, `file:///mnt/out/`)
+//! under which the worker stores the output's bytes fields, the result carrying references.
 //! The version is read first and on its own, so an envelope of an unknown major version is
 //! refused with that reason whatever the rest of it looks like. Unknown JSON fields are ignored,
 //! so minor, additive changes need no new version. Reading stops at the kind: the job's own
@@ -24,6 +27,8 @@ use crate::job::{InputOf, Job};
 pub const ENVELOPE_VERSION: u32 = 1;
 /// The bincode envelope's version with a [`Control`]; version 1 is read and written beside it.
 pub const BINCODE_CONTROL_VERSION: u32 = 2;
+/// The bincode envelope's version with a [`Control`] and an `output_to`.
+pub const BINCODE_OUTPUT_VERSION: u32 = 3;
 
 /// When a job may run: the producer's control over it, from the envelope. Unix milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -50,6 +55,8 @@ pub struct Opened<'a> {
     pub kind: &'a str,
     pub job: JobBody<'a>,
     pub control: Control,
+    /// Where the output's bytes go (a prefix URL), if the producer named a place.
+    pub output_to: Option<&'a str>,
 }
 
 /// The `job` part of an envelope, borrowed from the message body.
@@ -79,6 +86,16 @@ impl JobEnvelope {
 
     /// [`Self::encode`] with the job's control fields (bincode version 2 when any is set).
     pub fn encode_with(job: &Job, encoding: Encoding, control: Control) -> Result<Vec<u8>, JobError> {
+        Self::encode_full(job, encoding, control, None)
+    }
+
+    /// [`Self::encode_with`] and where the output's bytes go (bincode version 3 when given).
+    pub fn encode_full(
+        job: &Job,
+        encoding: Encoding,
+        control: Control,
+        output_to: Option<&str>,
+    ) -> Result<Vec<u8>, JobError> {
         #[derive(serde::Serialize)]
         struct Envelope<'a> {
             version: u32,
@@ -87,6 +104,8 @@ impl JobEnvelope {
             deadline_ms: Option<u64>,
             #[serde(skip_serializing_if = "Option::is_none")]
             not_before_ms: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            output_to: Option<&'a str>,
             job: InputOf<'a>,
         }
         let (kind, input) = (job.kind(), InputOf(job));
@@ -96,12 +115,18 @@ impl JobEnvelope {
                 kind,
                 deadline_ms: control.deadline_ms,
                 not_before_ms: control.not_before_ms,
+                output_to,
                 job: input,
             })
             .map_err(|e| e.to_string()),
             Encoding::Bincode if !job.is_typed() => {
                 Err(format!("a {kind} job given as JSON cannot be written as bincode: publish it as JSON"))
             }
+            Encoding::Bincode if output_to.is_some() => bincode::serde::encode_to_vec(
+                (BINCODE_OUTPUT_VERSION, kind, (control.deadline_ms, control.not_before_ms, output_to), input),
+                bincode_config(),
+            )
+            .map_err(|e| e.to_string()),
             Encoding::Bincode if control.is_empty() => {
                 bincode::serde::encode_to_vec((ENVELOPE_VERSION, kind, input), bincode_config())
                     .map_err(|e| e.to_string())
@@ -157,6 +182,8 @@ fn open_json(body: &[u8]) -> Result<Opened<'_>, JobError> {
         deadline_ms: Option<u64>,
         #[serde(default)]
         not_before_ms: Option<u64>,
+        #[serde(default, borrow)]
+        output_to: Option<&'a str>,
     }
     let malformed = |e: serde_json::Error| JobError::MalformedEnvelope(e.to_string());
     let head: VersionOnly = serde_json::from_slice(body).map_err(malformed)?;
@@ -169,26 +196,43 @@ fn open_json(body: &[u8]) -> Result<Opened<'_>, JobError> {
     // A kind written with escapes cannot be borrowed; no kind name needs any.
     let v1: V1<'_> = serde_json::from_slice(body).map_err(malformed)?;
     let control = Control { deadline_ms: v1.deadline_ms, not_before_ms: v1.not_before_ms };
-    Ok(Opened { kind: v1.kind, job: JobBody::Json(v1.job.get()), control })
+    Ok(Opened { kind: v1.kind, job: JobBody::Json(v1.job.get()), control, output_to: v1.output_to })
 }
 
 fn open_bincode(body: &[u8]) -> Result<Opened<'_>, JobError> {
     let malformed = |e: String| JobError::MalformedEnvelope(format!("bincode: {e}"));
     let (version, used) = decode_bincode_prefix::<u32>(body).map_err(malformed)?;
-    check_version(u64::from(version), BINCODE_CONTROL_VERSION)?;
+    check_version(u64::from(version), BINCODE_OUTPUT_VERSION)?;
     let rest = &body[used..];
     let (len, len_used) = decode_bincode_prefix::<u64>(rest).map_err(malformed)?;
     let end = usize::try_from(len).ok().and_then(|l| len_used.checked_add(l)).filter(|&e| e <= rest.len());
     let Some(end) = end else { return Err(malformed(format!("kind of {len} bytes past the end of the body"))) };
     let kind = std::str::from_utf8(&rest[len_used..end]).map_err(|e| malformed(format!("kind: {e}")))?;
-    let (control, job) = if version == BINCODE_CONTROL_VERSION {
+    let (control, output_to, job) = if version == BINCODE_OUTPUT_VERSION {
+        let ((deadline_ms, not_before_ms, output_to_len), used) =
+            decode_bincode_prefix::<(Option<u64>, Option<u64>, Option<u64>)>(&rest[end..]).map_err(malformed)?;
+        // The string is borrowed from the body: its length prefix has just been read.
+        let start = end + used;
+        let (output_to, job_start) = match output_to_len {
+            None => (None, start),
+            Some(len) => {
+                let stop = usize::try_from(len).ok().and_then(|l| start.checked_add(l)).filter(|&e| e <= rest.len());
+                let Some(stop) = stop else {
+                    return Err(malformed(format!("output_to of {len} bytes past the end of the body")));
+                };
+                let text = std::str::from_utf8(&rest[start..stop]).map_err(|e| malformed(format!("output_to: {e}")))?;
+                (Some(text), stop)
+            }
+        };
+        (Control { deadline_ms, not_before_ms }, output_to, &rest[job_start..])
+    } else if version == BINCODE_CONTROL_VERSION {
         let ((deadline_ms, not_before_ms), used) =
             decode_bincode_prefix::<(Option<u64>, Option<u64>)>(&rest[end..]).map_err(malformed)?;
-        (Control { deadline_ms, not_before_ms }, &rest[end + used..])
+        (Control { deadline_ms, not_before_ms }, None, &rest[end + used..])
     } else {
-        (Control::default(), &rest[end..])
+        (Control::default(), None, &rest[end..])
     };
-    Ok(Opened { kind, job: JobBody::Bincode(job), control })
+    Ok(Opened { kind, job: JobBody::Bincode(job), control, output_to })
 }
 
 /// Versions 1 to `newest` are read.

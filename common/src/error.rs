@@ -79,6 +79,17 @@ pub enum JobError {
     /// Cancelled by its producer or an operator (`warrenctl cancel`) before it started.
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// A reference's object (`s3://`, `file://`, `https://`) does not exist.
+    #[error("reference not found: {0}")]
+    RefNotFound(String),
+    /// A reference's object may not be read or written with the worker's credentials, or lies
+    /// outside what the worker is configured to reach.
+    #[error("reference denied: {0}")]
+    RefDenied(String),
+    /// The store behind a reference did not answer (down, timed out, a 5xx): no job's doing,
+    /// so the job is set aside without spending an attempt, like [`JobError::ModelUnavailable`].
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
     /// An error of a kind's own: its class, a fixed type (documented by the kind, like the
     /// types above: lowercase words joined by `_`) and a message for people.
     #[error("{message}")]
@@ -91,6 +102,7 @@ impl JobError {
             Self::TimedOut { retry: false, .. } => ErrorClass::Permanent,
             Self::TimedOut { retry: true, .. }
             | Self::ModelUnavailable(_)
+            | Self::StoreUnavailable(_)
             | Self::ModelRequestFailed(_)
             | Self::Inference(_)
             | Self::Injected(_)
@@ -124,6 +136,9 @@ impl JobError {
             Self::ResultNotStored(_) => "result_not_stored",
             Self::DeadlineExceeded(_) => "deadline_exceeded",
             Self::Cancelled(_) => "cancelled",
+            Self::RefNotFound(_) => "ref_not_found",
+            Self::RefDenied(_) => "ref_denied",
+            Self::StoreUnavailable(_) => "store_unavailable",
             Self::Kind { error_type, .. } => error_type,
         }
     }

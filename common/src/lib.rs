@@ -25,8 +25,11 @@ pub mod resize;
 pub mod result;
 pub mod retry;
 
+pub use bytes::Ref;
 pub use codec::Encoding;
-pub use envelope::{BINCODE_CONTROL_VERSION, Control, ENVELOPE_VERSION, JobBody, JobEnvelope, Opened};
+pub use envelope::{
+    BINCODE_CONTROL_VERSION, BINCODE_OUTPUT_VERSION, Control, ENVELOPE_VERSION, JobBody, JobEnvelope, Opened,
+};
 pub use error::{ErrorClass, JobError};
 pub use job::Job;
 pub use kind::{AsyncKind, BatchKind, BlockingKind, CancelFlag, Context, Kind, Progress, RouteDefaults};

@@ -20,6 +20,9 @@ pub struct Limits {
     pub allowed_formats: Vec<String>,
     /// Most `rounds` a `checksum` job may ask for.
     pub max_checksum_rounds: u32,
+    /// Largest object a job's reference (`{"ref": ...}` in a bytes field) may name, in bytes:
+    /// checked against the store's size before downloading.
+    pub max_ref_bytes: u64,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
             max_output_height: 4096,
             allowed_formats: vec!["png".into(), "jpeg".into(), "webp".into()],
             max_checksum_rounds: 1_000_000,
+            max_ref_bytes: 256 * 1024 * 1024,
         }
     }
 }

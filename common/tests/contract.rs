@@ -134,6 +134,41 @@ fn job_control_keeps_old_readers_reading() {
 }
 
 #[rstest]
+fn output_to_round_trips_as_json_and_bincode_version_3(
+    #[values(Encoding::Json, Encoding::Bincode)] encoding: Encoding,
+) {
+    let job = Job::new::<Checksum>(checksum());
+    for control in [Control::default(), Control { deadline_ms: Some(9), not_before_ms: Some(3) }] {
+        let body = JobEnvelope::encode_full(&job, encoding, control, Some("s3://out/thumbs/")).expect("encode");
+        let opened = JobEnvelope::open(&body, encoding).expect("open");
+        assert_eq!((opened.kind, opened.control, opened.output_to), ("checksum", control, Some("s3://out/thumbs/")));
+        assert_eq!(opened.job.decode::<ChecksumJob>().expect("job"), checksum());
+        assert_eq!(JobEnvelope::peek_kind(&body, encoding).as_deref(), Some("checksum"));
+    }
+    if encoding == Encoding::Bincode {
+        let body = JobEnvelope::encode_full(&job, encoding, Control::default(), Some("file:///o/")).expect("v3");
+        let expected = bincode::serde::encode_to_vec(
+            (3u32, "checksum", (None::<u64>, None::<u64>, Some("file:///o/")), checksum()),
+            bincode::config::standard(),
+        )
+        .expect("v3");
+        assert_eq!(body, expected, "the documented layout");
+        let cut = &body[..body.len() - checksum_len() - 3];
+        assert_eq!(JobEnvelope::open(cut, encoding).unwrap_err().error_type(), "malformed_envelope");
+    } else {
+        let v: serde_json::Value = serde_json::from_slice(
+            &JobEnvelope::encode_full(&job, encoding, Control::default(), Some("s3://b/o/")).expect("json"),
+        )
+        .expect("json");
+        assert_eq!(v["output_to"], "s3://b/o/");
+    }
+}
+
+fn checksum_len() -> usize {
+    bincode::serde::encode_to_vec(checksum(), bincode::config::standard()).expect("enc").len()
+}
+
+#[rstest]
 #[case::string_deadline(br#"{"version":1,"kind":"checksum","deadline_ms":"soon","job":{}}"#.as_slice())]
 #[case::negative_not_before(br#"{"version":1,"kind":"checksum","not_before_ms":-1,"job":{}}"#.as_slice())]
 #[case::fractional_deadline(br#"{"version":1,"kind":"checksum","deadline_ms":1.5,"job":{}}"#.as_slice())]
@@ -154,7 +189,7 @@ fn bincode_malformations() {
     let future = bincode::serde::encode_to_vec((7u32, "checksum"), bincode::config::standard()).expect("enc");
     assert!(matches!(
         JobEnvelope::open(&future, Encoding::Bincode),
-        Err(JobError::UnsupportedVersion { found: 7, supported: 2 })
+        Err(JobError::UnsupportedVersion { found: 7, supported: 3 })
     ));
     let zero = bincode::serde::encode_to_vec((0u32, "checksum"), bincode::config::standard()).expect("enc");
     assert_eq!(JobEnvelope::open(&zero, Encoding::Bincode).unwrap_err().error_type(), "unsupported_version");

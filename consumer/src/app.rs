@@ -142,6 +142,7 @@ impl Application {
             metrics: metrics.clone(),
             node: Arc::default(),
             cancels: Arc::new(crate::cancels::Cancels::new(&settings, metrics.clone())),
+            stores: Arc::new(crate::store::Stores::new(&settings.store)?),
         };
         let health = Arc::new(Health {
             metrics: metrics.clone(),

@@ -109,7 +109,7 @@ pub enum Failure {
 /// backend that keeps failing one job while it answers the others cannot hold it forever.
 pub const UNAVAILABLE_HANDBACKS: u32 = 20;
 
-/// A backend that was unavailable hands the job back (up to [`UNAVAILABLE_HANDBACKS`] times,
+/// A backend (model server, or the store behind a job's references) that was unavailable hands the job back (up to [`UNAVAILABLE_HANDBACKS`] times,
 /// counted by `handbacks`); other transient failures with attempts left are retried; anything
 /// else is dead-lettered. `left`: the time to the job's deadline, if it has one; a retry or
 /// hand-back whose delay would reach past it is [`Failure::PastDeadline`].
@@ -126,7 +126,9 @@ pub fn on_failure(
     if matches!(error, JobError::TimedOut { .. }) && left.is_some_and(|left| left.is_zero()) {
         return Failure::PastDeadline;
     }
-    if matches!(error, JobError::ModelUnavailable(_)) && handbacks < UNAVAILABLE_HANDBACKS {
+    if matches!(error, JobError::ModelUnavailable(_) | JobError::StoreUnavailable(_))
+        && handbacks < UNAVAILABLE_HANDBACKS
+    {
         let tiers = policy.tiers();
         let pause = tiers.get(handbacks as usize).or(tiers.last()).copied().unwrap_or_default();
         return if reaches_past(pause) { Failure::PastDeadline } else { Failure::HandBack };
@@ -473,6 +475,16 @@ mod tests {
         assert_eq!(counted_outcome(&Settle::Ack, Purpose::Retry, false), "abandoned");
         assert_eq!(counted_outcome(&Settle::Ack, Purpose::DeadLetter, true), "dead_lettered");
         assert_eq!(counted_outcome(&Settle::HandBack, Purpose::Retry, true), "handed_back");
+    }
+
+    #[test]
+    fn a_store_down_sets_the_job_aside_and_a_missing_or_denied_reference_is_dead_lettered() {
+        let down = JobError::StoreUnavailable("s3://b/k: could not connect".into());
+        assert_eq!(on_failure(&down, 2, 0, &policy(), None), Failure::HandBack, "no attempt spent");
+        assert!(matches!(on_failure(&down, 0, UNAVAILABLE_HANDBACKS, &policy(), None), Failure::Retry { .. }));
+        for gone in [JobError::RefNotFound("s3://b/k".into()), JobError::RefDenied("s3://b/k: 403".into())] {
+            assert_eq!(on_failure(&gone, 0, 0, &policy(), None), Failure::DeadLetter { reason: "permanent_error" });
+        }
     }
 
     #[test]

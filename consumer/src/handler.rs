@@ -17,6 +17,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field};
+use warren_common::bytes::{self, Ref, Scheme};
 use warren_common::headers as h;
 use warren_common::{Encoding, JobEnvelope, JobError, JobResult, Output, Timing};
 use warren_infra::fields;
@@ -73,7 +74,7 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
         return returned(held, back, &peeked(delivery)).await;
     }
     let content_type = delivery.properties.content_type().as_ref().map(|s| s.as_str());
-    let (registered, input, control) = match parse(&delivery.data, content_type, facts, worker) {
+    let parsed = match parse(&delivery.data, content_type, facts, worker) {
         Ok(job) => job,
         Err(error) => {
             let kind = peeked(delivery);
@@ -83,6 +84,7 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
             return fail(held, &kind, &error, timing, None).await;
         }
     };
+    let Parsed { registered, input, control, output_to, refs } = parsed;
     let kind = registered.runner.name();
     let held = &Held { kind, ..*held };
     tracing::Span::current().record("kind", kind);
@@ -108,6 +110,19 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     }
     // The job's deadline on the monotonic clock, for the moment it gets a slot.
     let deadline = decide::deadline_left(&control, now / 1000).map(|left| std::time::Instant::now() + left);
+    // References are fetched here, before a slot is taken: a worker's prefetched jobs download
+    // while others run.
+    let input = if refs.is_empty() {
+        input
+    } else {
+        match fetched(worker, registered, &delivery.data, content_type, &refs).await {
+            Ok(input) => input,
+            Err(error) => {
+                let left = decide::deadline_left(&control, now_us() / 1000);
+                return fail(held, kind, &error, not_run, left).await;
+            }
+        }
+    };
     worker.events.emit(|| held.event("received"));
     worker.events.emit(|| held.event("started"));
     let (progress, progress_end) = worker.events.reporter(|| held.event("progress"));
@@ -152,7 +167,10 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
             let job_id = facts.job_id.clone().unwrap_or_default();
             let result =
                 JobResult::ok(job_id, kind.to_owned(), output, facts.attempt, worker.worker_id.clone(), timing);
-            let letter = letters::result(&delivery.properties, &result, encoding(delivery), results(worker), now_us());
+            let letter = match &output_to {
+                None => letters::result(&delivery.properties, &result, encoding(delivery), results(worker), now_us()),
+                Some(prefix) => stored(worker, delivery, &result, prefix).await,
+            };
             let output_bytes = letter.as_ref().map(|l| l.body.len()).unwrap_or_default();
             let sent = match letter {
                 Ok(letter) => settle::deliver(held, letter, None).await,
@@ -348,14 +366,27 @@ async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing, lef
     }
 }
 
+/// A job read at the boundary.
+struct Parsed<'w> {
+    registered: &'w Registered,
+    /// Validated, unless it holds references (validated once they are fetched).
+    input: Input,
+    control: warren_common::Control,
+    /// Where its output's bytes go.
+    output_to: Option<String>,
+    /// The references its bytes fields hold, in order.
+    refs: Vec<Ref>,
+}
+
 /// Parses at the boundary: size, content type, envelope, kind (registered and served), the job's
-/// fields (the kind's type), job id, then the kind's validation against the limits.
+/// fields (the kind's type), job id, then the kind's validation against the limits (for a job
+/// holding references, once they are fetched: [`fetched`]).
 fn parse<'w>(
     body: &[u8],
     content_type: Option<&str>,
     facts: &Facts,
     worker: &'w Worker,
-) -> Result<(&'w Registered, Input, warren_common::Control), JobError> {
+) -> Result<Parsed<'w>, JobError> {
     let limits = &worker.limits;
     if body.len() > limits.max_body_bytes {
         return Err(JobError::BodyTooLarge { size: body.len(), limit: limits.max_body_bytes });
@@ -368,13 +399,79 @@ fn parse<'w>(
         Missing::Unknown => JobError::UnknownKind(opened.kind.to_owned()),
         Missing::NotServed => JobError::KindNotServed(opened.kind.to_owned()),
     })?;
-    let input = registered.runner.decode(opened.job)?;
+    let (input, refs) = bytes::collect_refs(|| registered.runner.decode(opened.job));
+    let input = input?;
     if facts.job_id.is_none() {
         // Without an id its result cannot be matched and its duplicates cannot be recognised.
         return Err(JobError::MalformedEnvelope("the message has no message_id (the job id)".into()));
     }
-    registered.runner.validate(&input, limits)?;
-    Ok((registered, input, opened.control))
+    let output_to = opened.output_to.map(|prefix| checked_output_to(prefix, worker)).transpose()?;
+    if refs.is_empty() {
+        registered.runner.validate(&input, limits)?;
+    } else {
+        for r in &refs {
+            worker.stores.check(r)?;
+        }
+    }
+    Ok(Parsed { registered, input, control: opened.control, output_to, refs })
+}
+
+/// An `output_to` this worker can write under: an `s3://bucket/prefix` or a `file://`
+/// directory under `store.file_roots`.
+fn checked_output_to(prefix: &str, worker: &Worker) -> Result<String, JobError> {
+    let probe = Ref::new(format!("{prefix}{}x", if prefix.ends_with('/') { "" } else { "/" }))
+        .map_err(|e| JobError::InvalidParams(format!("output_to: {e}")))?;
+    if probe.scheme() == Scheme::Https {
+        return Err(JobError::InvalidParams("output_to: outputs go to s3:// or file://, not https://".into()));
+    }
+    worker.stores.check(&probe)?;
+    Ok(prefix.to_owned())
+}
+
+/// The job's input with its references' bytes in their place, validated: the references
+/// fetched (bounded, each within `limits.max_ref_bytes`), then the job decoded again.
+async fn fetched(
+    worker: &Worker,
+    registered: &Registered,
+    body: &[u8],
+    content_type: Option<&str>,
+    refs: &[Ref],
+) -> Result<Input, JobError> {
+    let started = std::time::Instant::now();
+    let fetched = worker.stores.fetch_all(refs, worker.limits.max_ref_bytes).await?;
+    let size: usize = fetched.values().map(|(b, _)| b.len()).sum();
+    tracing::debug!(
+        refs = refs.len(),
+        bytes = size,
+        fetch_ms = started.elapsed().as_millis() as u64,
+        "references fetched"
+    );
+    // The body was parsed once already: the same steps cannot fail differently now.
+    let encoding = Encoding::from_content_type(content_type).unwrap_or(Encoding::Json);
+    let opened = JobEnvelope::open(body, encoding)?;
+    let input = bytes::fill_refs(fetched, || registered.runner.decode(opened.job))?;
+    registered.runner.validate(&input, &worker.limits)?;
+    Ok(input)
+}
+
+/// The result letter of a job with an `output_to`: its output's bytes fields written as
+/// objects under `{output_to}{job id}/`, then the letter, carrying references, once they are.
+async fn stored<'a>(
+    worker: &Worker,
+    delivery: &Delivery,
+    result: &JobResult,
+    output_to: &str,
+) -> Result<letters::Letter<'a>, JobError> {
+    let prefix = crate::store::output_prefix(output_to, &result.job_id);
+    let (letter, objects) = bytes::upload_refs(&prefix, || {
+        letters::result(&delivery.properties, result, encoding(delivery), results(worker), now_us())
+    });
+    let letter = letter?;
+    let size: usize = objects.iter().map(|(_, b)| b.len()).sum();
+    let started = std::time::Instant::now();
+    worker.stores.store_all(objects).await?;
+    tracing::debug!(bytes = size, store_ms = started.elapsed().as_millis() as u64, prefix = %prefix, "output stored");
+    Ok(letter)
 }
 
 fn results(worker: &Worker) -> letters::ResultsRoute<'_> {

@@ -30,6 +30,7 @@ pub mod routes;
 mod session;
 pub mod settle;
 mod shapes;
+pub mod store;
 pub mod subscription;
 pub mod triton;
 pub mod triton_fit;

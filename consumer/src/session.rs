@@ -35,6 +35,8 @@ pub struct Shared {
     pub node: Arc<std::sync::Mutex<String>>,
     /// The cancels read so far, kept across sessions.
     pub cancels: Arc<crate::cancels::Cancels>,
+    /// Where job references are read and outputs written.
+    pub stores: Arc<crate::store::Stores>,
 }
 
 impl Shared {
@@ -137,6 +139,7 @@ impl Session {
             routes: shared.routes.clone().into(),
             metrics: shared.metrics.clone(),
             cancels: shared.cancels.clone(),
+            stores: shared.stores.clone(),
         };
         // Every cancel published until now is known before any job of this session starts.
         // Last: its marker is this session's first publish, and a broker in a memory alarm

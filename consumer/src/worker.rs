@@ -44,6 +44,8 @@ pub struct Worker {
     pub events: crate::events::Events,
     /// The job ids cancelled, and the running jobs to tell.
     pub cancels: Arc<crate::cancels::Cancels>,
+    /// Where job references are read and outputs written.
+    pub stores: Arc<crate::store::Stores>,
     /// Held while the topology is declared again.
     declaring: tokio::sync::Mutex<()>,
     /// Declarations made again (or tried) so far, and whether the last one succeeded.
@@ -60,11 +62,12 @@ pub struct Lasting {
     pub routes: Arc<[Route]>,
     pub metrics: Arc<Metrics>,
     pub cancels: Arc<crate::cancels::Cancels>,
+    pub stores: Arc<crate::store::Stores>,
 }
 
 impl Worker {
     pub fn new(lasting: Lasting, connection: Arc<Connection>, publisher: Publisher) -> Self {
-        let Lasting { settings, worker_id, registry, routes, metrics, cancels } = lasting;
+        let Lasting { settings, worker_id, registry, routes, metrics, cancels, stores } = lasting;
         let lost = CancellationToken::new();
         let gate = lost.child_token();
         let limits = Arc::new(settings.limits.clone());
@@ -72,6 +75,7 @@ impl Worker {
         Self {
             events,
             cancels,
+            stores,
             settings,
             connection,
             publisher,

@@ -34,6 +34,8 @@ pub struct Settings {
     pub console: ConsoleSettings,
     #[serde(default)]
     pub python: PythonSettings,
+    #[serde(default)]
+    pub store: StoreSettings,
 }
 
 #[derive(Clone, Deserialize)]
@@ -233,6 +235,48 @@ impl Default for PythonSettings {
     }
 }
 
+/// Where the bytes behind job references (`{"ref": ...}` in a bytes field) are read and where
+/// outputs named by `output_to` are written (docs/deployment.md, "Payloads by reference").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `s3://` references: the S3-compatible store's endpoint (`http://rgw.local:7480`);
+    /// "" = AWS S3 itself (or `AWS_ENDPOINT` from the environment).
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    /// The store's credentials; "" = `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` from the
+    /// environment. Never logged.
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: Secret,
+    /// Directories (absolute) under which `file://` references are read and outputs written;
+    /// [] = `file://` refused.
+    pub file_roots: Vec<PathBuf>,
+    /// Whether `https://` references (presigned URLs, read with one GET) are followed.
+    pub https: bool,
+    /// Downloads and uploads at once, per worker.
+    pub max_transfers: usize,
+    /// One request's time limit, body included.
+    pub timeout_ms: u64,
+    /// Tries after the first, for a 5xx or a broken connection, before the job is set aside.
+    pub retries: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: Secret::default(),
+            file_roots: Vec::new(),
+            https: true,
+            max_transfers: 8,
+            timeout_ms: 30_000,
+            retries: 2,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerSettings {
@@ -402,6 +446,7 @@ fn environment() -> config::Environment {
         .with_list_parse_key("model.std")
         .with_list_parse_key("python.modules")
         .with_list_parse_key("python.path")
+        .with_list_parse_key("store.file_roots")
         .try_parsing(true)
 }
 
@@ -543,6 +588,21 @@ impl Settings {
                 m.triton_timeout_ms > 0 && m.triton_ready_interval_ms > 0,
                 "model.triton_timeout_ms and model.triton_ready_interval_ms must be positive"
             );
+        }
+        let store = &self.store;
+        anyhow::ensure!(
+            store.timeout_ms > 0 && store.max_transfers > 0,
+            "store.timeout_ms and store.max_transfers must be positive"
+        );
+        anyhow::ensure!(
+            store.s3_endpoint.is_empty()
+                || store.s3_endpoint.starts_with("http://")
+                || store.s3_endpoint.starts_with("https://"),
+            "store.s3_endpoint must be an http:// or https:// URL (got {:?})",
+            redact_url(&store.s3_endpoint)
+        );
+        for root in &store.file_roots {
+            anyhow::ensure!(root.is_absolute(), "store.file_roots: {} is not an absolute path", root.display());
         }
         for r in &self.routes {
             self.check_priority(r)?;
