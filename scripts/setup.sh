@@ -11,20 +11,26 @@
 #      Triton backend's tests and benchmark: scripts/triton.sh install, cached;
 #   6. Debian's prometheus (the server the dashboard test runs) and pytest;
 #   7. Debian's chromium and chromium-driver (the console's browser test) and a running
-#      PostgreSQL (the console's tests against it).
-# Prints nothing but progress; `source <(scripts/setup.sh --env)` exports ORT_DYLIB_PATH.
+#      PostgreSQL (the console's tests against it);
+#   8. s3s-fs 0.14.1 from crates.io: a real S3-compatible server over a directory, which the
+#      tests of job references start on ports of their own (cargo install, cached).
+# Prints nothing but progress; `source <(scripts/setup.sh --env)` exports ORT_DYLIB_PATH and
+# WARREN_S3S_FS (the S3 server's binary).
 set -euo pipefail
 
 ORT_VERSION=1.31.1
 CACHE_DIR="${WARREN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/warren}"
 ORT_DIR="$CACHE_DIR/onnxruntime-$ORT_VERSION"
 ORT_LIB="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+S3S_VERSION=0.14.1
+S3S_FS="$CACHE_DIR/s3s-fs-$S3S_VERSION/bin/s3s-fs"
 PYTHON="${PYTHON:-python3}"
 
 log() { echo "setup: $*" >&2; }
 
 if [[ "${1:-}" == "--env" ]]; then
   echo "export ORT_DYLIB_PATH='$ORT_LIB'"
+  echo "export WARREN_S3S_FS='$S3S_FS'"
   exit 0
 fi
 
@@ -55,6 +61,18 @@ os.replace(tmp, os.path.join(dest, os.path.basename(name)))
 PY
   rm -rf "$tmp"
   log "ONNX Runtime ready at $ORT_LIB"
+}
+
+# s3s-fs (0.15 and later need a newer Rust than this machine's): the server the tests of job
+# references run, over a temporary directory each.
+install_s3s_fs() {
+  if [[ -x "$S3S_FS" ]]; then
+    log "s3s-fs $S3S_VERSION cached at $S3S_FS"
+    return
+  fi
+  log "building s3s-fs $S3S_VERSION from crates.io (once; a few minutes)"
+  cargo install --quiet --locked s3s-fs --version "$S3S_VERSION" --features binary \
+    --root "$CACHE_DIR/s3s-fs-$S3S_VERSION"
 }
 
 wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
@@ -179,6 +197,7 @@ start_postgres() {
 
 build_tools
 fetch_onnxruntime
+install_s3s_fs
 start_broker
 start_postgres
 python_deps

@@ -177,9 +177,10 @@ impl WorkerBuilder {
                 ..RouteDefaults::default()
             };
             let children = children.clone();
+            let bytes_fields: Arc<[String]> = kind.bytes_fields.into();
             let make: Factory = Box::new(move |_setup| {
                 async move {
-                    let runner: Arc<dyn Runner> = Arc::new(crate::python::PythonKind { name, children });
+                    let runner: Arc<dyn Runner> = Arc::new(crate::python::PythonKind { name, children, bytes_fields });
                     Ok((runner, None))
                 }
                 .boxed()

@@ -313,6 +313,34 @@ impl Children {
 pub struct PythonKind {
     pub name: &'static str,
     pub children: std::sync::Arc<Children>,
+    /// The input's fields the kind declared as bytes (base64 in JSON), which may hold references.
+    pub bytes_fields: std::sync::Arc<[String]>,
+}
+
+impl PythonKind {
+    /// The job's text with each declared bytes field that holds a reference read through
+    /// `warren_common::bytes` (so the worker lists the reference, then puts its fetched bytes
+    /// in place), a filled field written back as base64.
+    fn with_refs(&self, text: &str) -> Result<String, JobError> {
+        if self.bytes_fields.is_empty() || !text.contains("\"ref\"") {
+            return Ok(text.to_owned());
+        }
+        let invalid = |e: String| JobError::InvalidParams(format!("job: {e}"));
+        let mut input: serde_json::Map<String, Value> =
+            serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut filled = false;
+        for field in self.bytes_fields.iter() {
+            if let Some(value @ Value::Object(_)) = input.get_mut(field) {
+                let bytes = warren_common::bytes::deserialize(&*value).map_err(|e| invalid(format!("{field}: {e}")))?;
+                if warren_common::Ref::from_bytes(&bytes).is_none() {
+                    use base64::Engine as _;
+                    *value = Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes));
+                    filled = true;
+                }
+            }
+        }
+        if filled { serde_json::to_string(&input).map_err(|e| invalid(e.to_string())) } else { Ok(text.to_owned()) }
+    }
 }
 
 impl Runner for PythonKind {
@@ -323,7 +351,7 @@ impl Runner for PythonKind {
     /// The job's JSON text, kept as it is; Python kinds take JSON jobs only.
     fn decode(&self, job: JobBody<'_>) -> Result<Input, JobError> {
         match job {
-            JobBody::Json(text) => Ok(Box::new(text.to_owned())),
+            JobBody::Json(text) => Ok(Box::new(self.with_refs(text)?)),
             JobBody::Bincode(_) => {
                 Err(JobError::InvalidParams(format!("{} is a Python kind: publish its jobs as JSON", self.name)))
             }

@@ -328,8 +328,24 @@ fn s3_error(r: &Ref, e: object_store::Error) -> JobError {
             JobError::RefDenied(format!("{r}: {source}"))
         }
         E::InvalidPath { source } => JobError::InvalidParams(format!("{r}: {source}")),
-        other => JobError::StoreUnavailable(format!("{r}: {other}")),
+        other => {
+            let text = other.to_string();
+            match status_in(&text).map(answer_of_status) {
+                Some(Answer::NotFound) => JobError::RefNotFound(format!("{r}: {text}")),
+                Some(Answer::Denied) => JobError::RefDenied(format!("{r}: {text}")),
+                Some(Answer::Unavailable) | None => JobError::StoreUnavailable(format!("{r}: {text}")),
+            }
+        }
     }
+}
+
+/// The HTTP status an `object_store` error's text reports ("... non-2xx status code: 400 Bad
+/// Request ..."): the crate maps 404, 401 and 403 to variants of their own and keeps the others,
+/// behind a type it does not export, in that text. None: no status (a connection that failed).
+pub fn status_in(text: &str) -> Option<u16> {
+    let (_, after) = text.split_once("status code: ")?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|s| (100..600).contains(s))
 }
 
 fn io_error(r: &Ref, e: &std::io::Error) -> JobError {
@@ -380,6 +396,16 @@ mod tests {
         for s in [408, 429, 500, 502, 503, 504] {
             assert_eq!(answer_of_status(s), Answer::Unavailable, "{s}");
         }
+    }
+
+    #[test]
+    fn an_object_store_error_tells_its_status() {
+        let text = "Generic S3 error: Error performing HEAD http://127.0.0.1:1/in/a in 402µs - \
+                    Server returned non-2xx status code: 400 Bad Request: ";
+        assert_eq!(status_in(text), Some(400));
+        assert_eq!(status_in("... status code: 503 Service Unavailable"), Some(503));
+        assert_eq!(status_in("Generic S3 error: error sending request: connection refused"), None);
+        assert_eq!(status_in("status code: 99"), None);
     }
 
     #[test]

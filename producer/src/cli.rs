@@ -57,6 +57,14 @@ pub struct SubmitArgs {
     /// A file's bytes as a field of the job (base64 in JSON): FIELD=PATH; repeatable.
     #[arg(long = "bytes", value_name = "FIELD=PATH")]
     pub bytes: Vec<String>,
+    /// A reference as a bytes field of the job, fetched by the worker: FIELD=URL, the URL
+    /// s3://bucket/key, file:///path or https://... (presigned); repeatable.
+    #[arg(long = "ref", value_name = "FIELD=URL")]
+    pub refs: Vec<String>,
+    /// Where the worker writes the output's bytes (s3://bucket/prefix/ or file:///dir/); the
+    /// result carries references to them.
+    #[arg(long, value_name = "PREFIX")]
+    pub output_to: Option<String>,
     /// One job per file of PATHS, each file's bytes in this field (resize, classify and
     /// checksum are this with their own field).
     #[arg(long, value_name = "FIELD", requires = "paths")]

@@ -44,6 +44,9 @@ pub struct PublishOptions {
     /// The job's deadline and its earliest start, in the envelope (see [`Self::timeout`],
     /// [`Self::delay`]).
     pub control: Control,
+    /// Where the worker writes the output's bytes (a prefix: `s3://bucket/out/`,
+    /// `file:///mnt/share/out/`); the result then carries references ([`Self::output_to`]).
+    pub output_to: Option<String>,
 }
 
 impl PublishOptions {
@@ -73,6 +76,14 @@ impl PublishOptions {
 
     pub fn priority(mut self, priority: u8) -> Self {
         self.priority = Some(priority);
+        self
+    }
+
+    /// The output's bytes fields go to objects under `prefix` (`{prefix}{job id}/{n}.{ext}`)
+    /// rather than into the result, which carries references to them
+    /// ([`warren_common::Ref::from_bytes`] reads one back).
+    pub fn output_to(mut self, prefix: impl Into<String>) -> Self {
+        self.output_to = Some(prefix.into());
         self
     }
 }
@@ -177,7 +188,7 @@ impl Producer {
     /// Publishes a job to the jobs exchange with routing key = its kind.
     pub async fn publish(&self, job: &Job, opts: &PublishOptions) -> Result<Ticket, ProducerError> {
         let encoding = opts.encoding.unwrap_or(self.settings.producer.encoding);
-        let body = JobEnvelope::encode_with(job, encoding, opts.control)?;
+        let body = JobEnvelope::encode_full(job, encoding, opts.control, opts.output_to.as_deref())?;
         self.publish_raw(job.kind(), &body, Some(encoding.content_type()), opts).await
     }
 

@@ -20,6 +20,7 @@ mod pool;
 mod publisher;
 mod python_contract;
 mod python_kinds;
+mod references;
 mod reliability;
 mod stuck;
 mod topology;

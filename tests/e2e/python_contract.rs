@@ -70,6 +70,9 @@ fn every_job_error() -> Vec<JobError> {
         JobError::ResultNotStored(String::new()),
         JobError::DeadlineExceeded(String::new()),
         JobError::Cancelled(String::new()),
+        JobError::RefNotFound(String::new()),
+        JobError::RefDenied(String::new()),
+        JobError::StoreUnavailable(String::new()),
     ];
     for e in &all {
         match e {
@@ -94,7 +97,10 @@ fn every_job_error() -> Vec<JobError> {
             | JobError::Inference(_)
             | JobError::ResultNotStored(_)
             | JobError::DeadlineExceeded(_)
-            | JobError::Cancelled(_) => {}
+            | JobError::Cancelled(_)
+            | JobError::RefNotFound(_)
+            | JobError::RefDenied(_)
+            | JobError::StoreUnavailable(_) => {}
             // A kind's own error: its type is documented by the kind, not in the contract's table.
             JobError::Kind { .. } => {}
         }

@@ -8,6 +8,7 @@ pub mod console;
 pub mod fleet;
 pub mod process;
 pub mod prometheus;
+pub mod s3;
 pub mod scrape;
 pub mod temp;
 pub mod triton;

@@ -89,6 +89,11 @@ InjectedFault = _kind("InjectedFault", "injected_fault", TransientJobError)
 ResultNotStored = _kind("ResultNotStored", "result_not_stored", TransientJobError)
 DeadlineExceeded = _kind("DeadlineExceeded", "deadline_exceeded", PermanentJobError)
 Cancelled = _kind("Cancelled", "cancelled", PermanentJobError)
+#: A job's reference (``Ref``) names no object, or one the worker may not read (or write, for
+#: ``output_to``); a store that does not answer is ``store_unavailable`` (set aside, then retried).
+RefNotFound = _kind("RefNotFound", "ref_not_found", PermanentJobError)
+RefDenied = _kind("RefDenied", "ref_denied", PermanentJobError)
+StoreUnavailable = _kind("StoreUnavailable", "store_unavailable", TransientJobError)
 
 #: Warren's error types (``docs/contract.md``), each to its exception class.
 BY_TYPE: dict[str, type[JobError]] = {
@@ -96,7 +101,8 @@ BY_TYPE: dict[str, type[JobError]] = {
     for c in (UnsupportedContentType, BodyTooLarge, MalformedEnvelope, UnsupportedVersion, UnknownKind,
               KindNotServed, InvalidParams, UnsupportedFormat, CorruptImage, LimitExceeded, ModelInputMismatch,
               EncodeFailed, JobPanicked, RedeliveryLimit, TransientJobTimedOut, ModelUnavailable, InferenceFailed,
-              InjectedFault, ResultNotStored, DeadlineExceeded, Cancelled)
+              InjectedFault, ResultNotStored, DeadlineExceeded, Cancelled, RefNotFound, RefDenied,
+              StoreUnavailable)
 }
 
 #: Types whose class the worker's configuration decides: (type, class on the wire) -> exception.

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
-use warren_common::{Encoding, Job, ResultStatus, kind};
+use warren_common::{Encoding, Job, Ref, ResultStatus, kind};
 
 use super::files;
 use crate::cli::{FilesArgs, SubmitArgs};
@@ -22,8 +22,9 @@ pub async fn run(ctx: &mut Ctx, args: &SubmitArgs) -> anyhow::Result<Outcome> {
     // JSON unless bincode was asked for, which the envelope then refuses with its reason.
     ctx.encoding = Some(ctx.encoding.unwrap_or(Encoding::Json));
     let attached = args.bytes.iter().map(|b| attachment(b)).collect::<anyhow::Result<Vec<_>>>()?;
+    let referenced = args.refs.iter().map(|r| reference(r)).collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(field) = &args.each {
-        let template = named(&args.kind, &args.job, &attached)?;
+        let template = with_refs(named(&args.kind, &args.job, &attached)?, &referenced)?;
         let template = serde_json::to_value(TemplateOf(&template))?;
         let stamp = |data: Vec<u8>| {
             let mut input = template.clone();
@@ -38,7 +39,7 @@ pub async fn run(ctx: &mut Ctx, args: &SubmitArgs) -> anyhow::Result<Outcome> {
         };
         return files::publish(ctx, &stamp, false, &files).await;
     }
-    let job = named(&args.kind, &args.job, &attached)?;
+    let job = with_refs(named(&args.kind, &args.job, &attached)?, &referenced)?;
     if args.wait {
         ctx.producer.enable_replies().await?;
     }
@@ -46,6 +47,7 @@ pub async fn run(ctx: &mut Ctx, args: &SubmitArgs) -> anyhow::Result<Outcome> {
         encoding: ctx.encoding,
         want_result: args.wait,
         priority: args.priority,
+        output_to: args.output_to.clone(),
         ..Default::default()
     };
     if let Some(ms) = args.timeout_ms {
@@ -89,6 +91,26 @@ fn attachment(arg: &str) -> anyhow::Result<(String, Vec<u8>)> {
     Ok((field.to_owned(), bytes))
 }
 
+/// `FIELD=URL` read into (field, reference).
+fn reference(arg: &str) -> anyhow::Result<(String, Ref)> {
+    let (field, url) = arg.split_once('=').context("--ref takes FIELD=URL")?;
+    let r = Ref::new(url).map_err(anyhow::Error::msg).with_context(|| format!("--ref {field}"))?;
+    Ok((field.to_owned(), r))
+}
+
+/// `job` with each reference as its field (`{"ref": url}`).
+fn with_refs(job: Job, refs: &[(String, Ref)]) -> anyhow::Result<Job> {
+    if refs.is_empty() {
+        return Ok(job);
+    }
+    let mut input = serde_json::to_value(TemplateOf(&job))?;
+    let object = input.as_object_mut().context("the job must be a JSON object")?;
+    for (field, r) in refs {
+        object.insert(field.clone(), serde_json::json!({"ref": r.url()}));
+    }
+    Ok(Job::named(job.kind().to_owned(), input))
+}
+
 fn set_bytes(input: &mut Value, field: &str, bytes: &[u8]) -> anyhow::Result<()> {
     let object = input.as_object_mut().context("the job must be a JSON object")?;
     object.insert(field.to_owned(), Value::String(STANDARD.encode(bytes)));
@@ -118,5 +140,11 @@ mod tests {
         assert_eq!(v, serde_json::json!({"version": 1, "kind": "image.blurhash", "job": {"x": 4, "image": "AQID"}}));
         assert!(named("k", "[1]", &[]).is_err(), "an input is an object");
         assert!(attachment("no-equals").is_err());
+        let refs = [reference("image=s3://in/a.jpg").unwrap()];
+        let job = with_refs(named("image.resize", r#"{"width": 8}"#, &[]).unwrap(), &refs).unwrap();
+        let v: Value = serde_json::from_slice(&JobEnvelope::encode(&job, Encoding::Json).unwrap()).unwrap();
+        assert_eq!(v["job"], serde_json::json!({"width": 8, "image": {"ref": "s3://in/a.jpg"}}));
+        assert!(reference("image=ftp://x/y").is_err(), "not a reference");
+        assert!(reference("image").is_err());
     }
 }

@@ -1,0 +1,276 @@
+//! Payloads by reference (issue 28): bytes fields given as `{"ref": ...}`, fetched by the worker
+//! from a real S3-compatible server (s3s-fs, `warren_e2e::s3`) or a directory, and outputs
+//! written back under `output_to`, against the real broker and worker.
+
+use std::time::{Duration, Instant};
+
+use image::ImageEncoder as _;
+use rstest::rstest;
+use warren_common::headers as h;
+use warren_common::resize::{Filter, Resize, ResizeJob, ResizeMode};
+use warren_common::{Encoding, Job, JobResult, Ref, ResultStatus};
+use warren_e2e::s3::S3Server;
+use warren_e2e::{DEADLINE, TempDir, Vhost, collect_messages, fleet_and_producer, settings_for, vhost, want_result};
+use warren_infra::{Settings, fields};
+use warren_producer::PublishOptions;
+
+/// Pixels of a picture that compresses like a photo's noise would not: a gradient with grain.
+fn picture(width: u32, height: u32, grain: u32) -> image::RgbImage {
+    let mut seed = 0x2545_f491_u32;
+    image::RgbImage::from_fn(width, height, |x, y| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let g = (seed % grain.max(1)) as u8;
+        image::Rgb([(x * 255 / width) as u8 ^ g, (y * 255 / height) as u8 ^ g, ((x + y) % 256) as u8 ^ g])
+    })
+}
+
+fn jpeg(img: &image::RgbImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(img).expect("jpeg");
+    out
+}
+
+fn png(img: &image::RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::NoFilter,
+    )
+    .write_image(img, img.width(), img.height(), image::ExtendedColorType::Rgb8)
+    .expect("png");
+    out
+}
+
+/// A thumbnail job of `image` (bytes, or a reference's bytes) to fit 320x320 as JPEG.
+fn thumbnail(image: Vec<u8>) -> ResizeJob {
+    ResizeJob {
+        image,
+        width: 320,
+        height: 320,
+        mode: ResizeMode::Fit,
+        filter: Filter::Triangle,
+        format: Some(warren_common::image_io::Format::Jpeg),
+        quality: Some(80),
+    }
+}
+
+fn s3_settings(vhost: &Vhost, s3: &S3Server) -> Settings {
+    let mut settings = settings_for(vhost);
+    settings.store = s3.settings();
+    settings
+}
+
+/// The output image a result refers to, read from the server, with its dimensions.
+fn stored_output(s3: &S3Server, r: &JobResult) -> (Ref, image::DynamicImage) {
+    let Some(out) = r.output_as::<Resize>() else { panic!("not a resize output: {r:?}") };
+    let at = Ref::from_bytes(&out.image).unwrap_or_else(|| panic!("the output is not a reference: {out:?}"));
+    let (bucket, key) = at.url().strip_prefix("s3://").and_then(|k| k.split_once('/')).expect("an s3 reference");
+    let bytes = s3.get(bucket, key).unwrap_or_else(|| panic!("{at} is not stored"));
+    let img = image::load_from_memory(&bytes).expect("the stored output is an image");
+    assert_eq!((img.width(), img.height()), (out.width, out.height), "{at}");
+    (at, img)
+}
+
+/// A camera's 4000x3000 JPEG and a 40 MB PNG (over the worker's 16 MiB body limit, refused when
+/// sent inline) are resized by reference, JSON and bincode, their outputs written back to the
+/// store under `output_to`; results carry references.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_images_are_resized_by_reference_and_their_outputs_written_back(vhost: Vhost) {
+    let s3 = S3Server::start(&["inputs", "outputs"]).await;
+    let camera = jpeg(&picture(4000, 3000, 24), 92);
+    let scan = png(&picture(4096, 3400, 256));
+    s3.put("inputs", "camera/4000x3000.jpg", &camera);
+    s3.put("inputs", "scans/big.png", &scan);
+    let settings = s3_settings(&vhost, &s3);
+    assert!(scan.len() > 40_000_000 && scan.len() > settings.limits.max_body_bytes, "{} bytes", scan.len());
+    println!("camera JPEG {} bytes, scan PNG {} bytes", camera.len(), scan.len());
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    for (url, source, encoding) in [
+        ("s3://inputs/camera/4000x3000.jpg", (4000, 3000), Encoding::Json),
+        ("s3://inputs/camera/4000x3000.jpg", (4000, 3000), Encoding::Bincode),
+        ("s3://inputs/scans/big.png", (4096, 3400), Encoding::Json),
+    ] {
+        let job = Job::from(thumbnail(Ref::new(url).expect("ref").to_bytes()));
+        let opts = PublishOptions { encoding: Some(encoding), ..want_result() }.output_to("s3://outputs/thumbs/");
+        let started = Instant::now();
+        let ticket = producer.publish(&job, &opts).await.expect("publish");
+        let job_id = ticket.job_id.clone();
+        let r = ticket.wait(DEADLINE).await.expect("result");
+        assert_eq!(r.status, ResultStatus::Ok, "{url} {encoding}: {r:?}");
+        let out = r.output_as::<Resize>().expect("resize output");
+        assert_eq!((out.source_width, out.source_height), source, "{url}");
+        let (at, img) = stored_output(&s3, &r);
+        assert_eq!(at.url(), format!("s3://outputs/thumbs/{job_id}/0.jpg"), "named by the job id");
+        assert!(img.width() <= 320 && img.height() <= 320 && img.width().max(img.height()) == 320);
+        println!("{url} ({encoding}): {:?} to answer, output {at}", started.elapsed());
+    }
+    // The JSON result names the object and its size.
+    let job = Job::from(thumbnail(Ref::new("s3://inputs/camera/4000x3000.jpg").expect("ref").to_bytes()));
+    let opts = PublishOptions { encoding: Some(Encoding::Json), ..want_result() }.output_to("s3://outputs/json");
+    let r = producer.publish(&job, &opts).await.expect("publish").wait(DEADLINE).await.expect("result");
+    let json = r.output.as_ref().and_then(|o| o.to_json()).expect("json output");
+    let url = json["image"]["ref"].as_str().expect("a reference");
+    let key = url.strip_prefix("s3://outputs/").expect("under output_to");
+    assert!(key.starts_with("json/"), "{json}");
+    let object = s3.get("outputs", key).expect("stored");
+    assert_eq!(json["image"]["size"].as_u64(), Some(object.len() as u64), "{json}");
+    // Without output_to the output comes inline, as before.
+    let job = Job::from(thumbnail(Ref::new("s3://inputs/camera/4000x3000.jpg").expect("ref").to_bytes()));
+    let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
+    let out = r.output_as::<Resize>().expect("resize output");
+    assert!(Ref::from_bytes(&out.image).is_none() && image::load_from_memory(&out.image).is_ok(), "inline bytes");
+    // The same scan sent inline is over the body limit.
+    let inline = Job::from(thumbnail(scan));
+    let opts = PublishOptions { encoding: Some(Encoding::Bincode), ..want_result() };
+    let r = producer.publish(&inline, &opts).await.expect("publish").wait(DEADLINE).await.expect("result");
+    assert_eq!(r.error.map(|e| e.error_type).as_deref(), Some("body_too_large"));
+    producer.close().await;
+    fleet.stop().await;
+}
+
+/// A missing object, wrong credentials, an object over `limits.max_ref_bytes`, a reference the
+/// worker may not follow: each is a permanent error of its own type, dead-lettered with the
+/// reason, and no credential appears in any result or dead letter.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_denied_and_oversized_references_are_dead_lettered_with_their_types(vhost: Vhost) {
+    let s3 = S3Server::start(&["inputs"]).await;
+    s3.put("inputs", "photo.jpg", &jpeg(&picture(640, 480, 8), 85));
+    let mut settings = s3_settings(&vhost, &s3);
+    settings.limits.max_ref_bytes = 1_000_000;
+    s3.put("inputs", "huge.bin", &vec![7u8; 1_000_001]);
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let cases = [
+        ("s3://inputs/nope.jpg", "ref_not_found"),
+        ("s3://inputs/huge.bin", "limit_exceeded"),
+        ("s3://nobucket/x.jpg", "ref_not_found"),
+        ("file:///etc/passwd", "ref_denied"),
+    ];
+    for (url, error_type) in cases {
+        let job = Job::from(thumbnail(Ref::new(url).expect("ref").to_bytes()));
+        let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
+        let e = r.error.as_ref().unwrap_or_else(|| panic!("{url}: {r:?}"));
+        assert_eq!((e.error_type.as_str(), r.attempt), (error_type, 0), "{url}: {e:?}");
+        assert!(e.message.contains(url), "{url}: the message names it: {}", e.message);
+    }
+    // An output_to the worker cannot write is refused before any work.
+    let job = Job::from(thumbnail(Ref::new("s3://inputs/photo.jpg").expect("ref").to_bytes()));
+    let r = producer
+        .publish(&job, &want_result().output_to("https://example.com/out/"))
+        .await
+        .expect("publish")
+        .wait(DEADLINE)
+        .await
+        .expect("result");
+    assert_eq!(r.error.map(|e| e.error_type).as_deref(), Some("invalid_params"));
+    let dead = collect_messages(&settings, "warren.image.resize.dead", cases.len() + 1, DEADLINE).await;
+    for d in &dead {
+        let reason = fields::get_str(d.properties.headers().as_ref(), h::DEAD_REASON).unwrap_or_default();
+        assert_eq!(reason, "permanent_error");
+    }
+    producer.close().await;
+    fleet.stop().await;
+
+    // Wrong credentials: denied, and neither the key nor the secret appears anywhere.
+    let mut wrong = settings.clone();
+    wrong.store.s3_access_key_id = s3.access_key.clone();
+    wrong.store.s3_secret_access_key = warren_infra::settings::Secret("not-the-secret-0123456789".into());
+    let (fleet, producer) = fleet_and_producer(&wrong).await;
+    let job = Job::from(thumbnail(Ref::new("s3://inputs/photo.jpg").expect("ref").to_bytes()));
+    let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
+    let e = r.error.as_ref().expect("an error");
+    assert_eq!(e.error_type, "ref_denied", "{e:?}");
+    // The first five were taken above.
+    let dead = collect_messages(&settings, "warren.image.resize.dead", 1, DEADLINE).await;
+    let table = dead[0].properties.headers().clone().unwrap_or_default();
+    let headers: String =
+        table.inner().keys().filter_map(|k| fields::get_str(Some(&table), k.as_str())).collect::<Vec<_>>().join(" ");
+    assert!(headers.contains("ref_denied"), "{headers}");
+    for secret in [&s3.secret_key, "not-the-secret-0123456789", &s3.access_key] {
+        assert!(!e.message.contains(secret) && !headers.contains(secret), "{secret} leaked: {} {headers}", e.message);
+    }
+    producer.close().await;
+    fleet.stop().await;
+}
+
+/// The store stopped mid-run: jobs by reference are set aside (no attempt spent) while jobs
+/// without references go on being answered; once it is back, every job is answered.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_stopped_mid_run_pauses_only_its_jobs_and_every_job_is_answered(vhost: Vhost) {
+    let mut s3 = S3Server::start(&["inputs", "outputs"]).await;
+    let photo = jpeg(&picture(1280, 960, 16), 85);
+    const JOBS: usize = 60;
+    for i in 0..JOBS {
+        s3.put("inputs", &format!("p/{i}.jpg"), &photo);
+    }
+    let mut settings = s3_settings(&vhost, &s3);
+    settings.store.timeout_ms = 1_000;
+    settings.store.retries = 0;
+    settings.retry.base_delay_ms = 200;
+    settings.retry.max_delay_ms = 1_000;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let mut tickets = Vec::new();
+    for i in 0..JOBS {
+        let job = Job::from(thumbnail(Ref::new(format!("s3://inputs/p/{i}.jpg")).expect("ref").to_bytes()));
+        tickets.push(producer.publish(&job, &want_result().output_to("s3://outputs/t/")).await.expect("publish"));
+        if i == 10 {
+            s3.stop().await;
+        }
+    }
+    // While it is down, jobs without references are answered.
+    let started = Instant::now();
+    let answered = warren_e2e::answer_checksum_jobs(&producer, 20).await;
+    println!("store down: 20 checksum jobs answered in {:?}", started.elapsed());
+    assert_eq!(answered.len(), 20);
+    tokio::time::sleep(Duration::from_secs(2)).await; // the store stays down a while (what is tested)
+    s3.restart().await;
+    for t in tickets {
+        let r = t.wait(DEADLINE).await.expect("result");
+        assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
+        assert_eq!(r.attempt, 0, "no attempt spent while the store was down");
+        stored_output(&s3, &r);
+    }
+    let metrics = fleet.metrics_addr.expect("metrics");
+    let set_aside = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(metrics))
+        .value("warren_job_errors_total", &[("error_type", "store_unavailable")]);
+    println!("all {JOBS} jobs by reference answered; {set_aside} times one was set aside while the store was down");
+    assert!(set_aside >= 1.0, "the store's outage was met");
+    producer.close().await;
+    fleet.stop().await;
+}
+
+/// `file://` references on a temporary directory (the worker's `store.file_roots`), the output
+/// written there too; a reference outside the roots is denied.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_references_are_read_and_written_under_the_roots(vhost: Vhost) {
+    let dir = TempDir::new("warren-refs").expect("dir");
+    let photo = jpeg(&picture(2000, 1500, 16), 88);
+    std::fs::write(dir.path().join("in.jpg"), &photo).expect("write");
+    let mut settings = settings_for(&vhost);
+    settings.store.file_roots = vec![dir.path().to_path_buf()];
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let url = format!("file://{}/in.jpg", dir.path().display());
+    let out = format!("file://{}/out/", dir.path().display());
+    let job = Job::from(thumbnail(Ref::new(&url).expect("ref").to_bytes()));
+    let ticket = producer.publish(&job, &want_result().output_to(&out)).await.expect("publish");
+    let job_id = ticket.job_id.clone();
+    let r = ticket.wait(DEADLINE).await.expect("result");
+    assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
+    let output = r.output_as::<Resize>().expect("output");
+    let at = Ref::from_bytes(&output.image).expect("a reference");
+    assert_eq!(at.url(), format!("{out}{job_id}/0.jpg"));
+    let written = std::fs::read(dir.path().join("out").join(&job_id).join("0.jpg")).expect("written");
+    let img = image::load_from_memory(&written).expect("an image");
+    assert_eq!((img.width(), img.height()), (320, 240));
+    let outside = Job::from(thumbnail(Ref::new("file:///etc/hostname").expect("ref").to_bytes()));
+    let r = producer.publish(&outside, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
+    assert_eq!(r.error.map(|e| e.error_type).as_deref(), Some("ref_denied"));
+    producer.close().await;
+    fleet.stop().await;
+}
