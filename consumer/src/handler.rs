@@ -115,7 +115,16 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     let input = if refs.is_empty() {
         input
     } else {
-        match fetched(worker, registered, &delivery.data, content_type, &refs).await {
+        let fetching = fetched(worker, registered, &delivery.data, content_type, &refs);
+        let got = tokio::select! {
+            got = fetching => got,
+            () = stop.cancelled() => {
+                tracing::warn!("drain timeout while fetching the job's references: handing it back");
+                settle::hand_back(held, Why::Draining).await;
+                return;
+            }
+        };
+        match got {
             Ok(input) => input,
             Err(error) => {
                 let left = decide::deadline_left(&control, now_us() / 1000);
@@ -169,7 +178,7 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
                 JobResult::ok(job_id, kind.to_owned(), output, facts.attempt, worker.worker_id.clone(), timing);
             let letter = match &output_to {
                 None => letters::result(&delivery.properties, &result, encoding(delivery), results(worker), now_us()),
-                Some(prefix) => stored(worker, delivery, &result, prefix).await,
+                Some(prefix) => stored(worker, delivery, &result, kind, prefix).await,
             };
             let output_bytes = letter.as_ref().map(|l| l.body.len()).unwrap_or_default();
             let sent = match letter {
@@ -440,6 +449,7 @@ async fn fetched(
     let started = std::time::Instant::now();
     let fetched = worker.stores.fetch_all(refs, worker.limits.max_ref_bytes).await?;
     let size: usize = fetched.values().map(|(b, _)| b.len()).sum();
+    worker.metrics.ref_transfer(registered.runner.name(), "fetched", size, started.elapsed());
     tracing::debug!(
         refs = refs.len(),
         bytes = size,
@@ -460,6 +470,7 @@ async fn stored<'a>(
     worker: &Worker,
     delivery: &Delivery,
     result: &JobResult,
+    kind: &'static str,
     output_to: &str,
 ) -> Result<letters::Letter<'a>, JobError> {
     let prefix = crate::store::output_prefix(output_to, &result.job_id);
@@ -470,6 +481,7 @@ async fn stored<'a>(
     let size: usize = objects.iter().map(|(_, b)| b.len()).sum();
     let started = std::time::Instant::now();
     worker.stores.store_all(objects).await?;
+    worker.metrics.ref_transfer(kind, "stored", size, started.elapsed());
     tracing::debug!(bytes = size, store_ms = started.elapsed().as_millis() as u64, prefix = %prefix, "output stored");
     Ok(letter)
 }

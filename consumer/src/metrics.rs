@@ -45,6 +45,8 @@ pub struct Metrics {
     events: IntCounterVec,
     /// Job ids cancelled within the retention, as this worker knows them.
     pub cancels_known: IntGauge,
+    ref_bytes: IntCounterVec,
+    ref_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -127,6 +129,19 @@ impl Metrics {
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             ),
             model_ready: int_gauge_vec(r, "warren_model_ready", "1 while the model can take inference requests", &m),
+            ref_bytes: counter_vec(
+                r,
+                "warren_ref_bytes_total",
+                "Bytes of job references fetched, and of outputs stored under output_to",
+                &["kind", "direction"],
+            ),
+            ref_seconds: histogram_vec(
+                r,
+                "warren_ref_seconds",
+                "Time to fetch a job's references (all of them), or to store its outputs",
+                &["kind", "direction"],
+                &JOB_SECONDS,
+            ),
             cancels_known: int_gauge(
                 r,
                 "warren_cancels_known",
@@ -188,6 +203,13 @@ impl Metrics {
         }
         self.run_seconds.with_label_values(&[queue, kind]).observe(ran_for.as_secs_f64());
         self.abandoned.set(abandoned as i64);
+    }
+
+    /// A job's references fetched (`direction` "fetched") or its outputs stored ("stored"):
+    /// `bytes` in all, in `took`.
+    pub fn ref_transfer(&self, kind: &str, direction: &'static str, bytes: usize, took: Duration) {
+        self.ref_bytes.with_label_values(&[kind, direction]).inc_by(bytes as u64);
+        self.ref_seconds.with_label_values(&[kind, direction]).observe(took.as_secs_f64());
     }
 
     pub fn job_failed(&self, queue: &str, kind: &str, error_type: &str) {

@@ -106,11 +106,14 @@ impl Stores {
     pub fn new(settings: &StoreSettings) -> anyhow::Result<Self> {
         let roots =
             settings.file_roots.iter().map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())).collect();
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(settings.timeout_ms))
             .timeout(Duration::from_millis(settings.timeout_ms))
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()?;
+            .redirect(reqwest::redirect::Policy::limited(5));
+        for pem in ca_certificates(&settings.ca_file)? {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        let http = http.build()?;
         Ok(Self {
             settings: settings.clone(),
             s3: Mutex::new(HashMap::new()),
@@ -193,10 +196,16 @@ impl Stores {
         }
         let s = &self.settings;
         let timeout = Duration::from_millis(s.timeout_ms);
+        let mut options = ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout);
+        let unavailable = |e: String| JobError::StoreUnavailable(format!("the S3 client for {bucket}: {e}"));
+        for pem in ca_certificates(&s.ca_file).map_err(|e| unavailable(e.to_string()))? {
+            let certificate = object_store::Certificate::from_pem(&pem).map_err(|e| unavailable(e.to_string()))?;
+            options = options.with_root_certificate(certificate);
+        }
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_region(&s.s3_region)
-            .with_client_options(ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout))
+            .with_client_options(options)
             .with_retry(RetryConfig {
                 backoff: object_store::BackoffConfig {
                     init_backoff: Duration::from_millis(100),
@@ -301,6 +310,28 @@ impl Stores {
             other => other,
         }
     }
+}
+
+/// Each PEM certificate of `store.ca_file` (none when it is empty).
+fn ca_certificates(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    if path.as_os_str().is_empty() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("store.ca_file {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN CERTIFICATE-----") {
+            current.clear();
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line.starts_with("-----END CERTIFICATE-----") {
+            out.push(std::mem::take(&mut current).into_bytes());
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "store.ca_file {}: no PEM certificate in it", path.display());
+    Ok(out)
 }
 
 /// An `s3://bucket/key` reference's bucket and key.

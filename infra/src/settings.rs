@@ -253,6 +253,9 @@ pub struct StoreSettings {
     pub file_roots: Vec<PathBuf>,
     /// Whether `https://` references (presigned URLs, read with one GET) are followed.
     pub https: bool,
+    /// PEM certificates trusted beside the system's, for the store's endpoint and `https://`
+    /// references (a private CA on-prem); "" = the system's alone.
+    pub ca_file: PathBuf,
     /// Downloads and uploads at once, per worker.
     pub max_transfers: usize,
     /// One request's time limit, body included.
@@ -270,6 +273,7 @@ impl Default for StoreSettings {
             s3_secret_access_key: Secret::default(),
             file_roots: Vec::new(),
             https: true,
+            ca_file: PathBuf::new(),
             max_transfers: 8,
             timeout_ms: 30_000,
             retries: 2,
@@ -540,6 +544,7 @@ impl Settings {
             &mut b.tls_ca_file,
             &mut b.tls_cert_file,
             &mut b.tls_key_file,
+            &mut self.store.ca_file,
         ] {
             if !p.as_os_str().is_empty() && p.is_relative() {
                 *p = base.join(&*p);

@@ -274,3 +274,35 @@ async fn file_references_are_read_and_written_under_the_roots(vhost: Vhost) {
     producer.close().await;
     fleet.stop().await;
 }
+
+/// Presigned `https://` URLs (a real HTTPS server with a CA of the test's, trusted through
+/// `store.ca_file`): read with one GET; 404 is `ref_not_found`, 403 `ref_denied`, and the
+/// URL's query (where the signature is) appears in no error.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_https_urls_are_read_and_their_signatures_never_shown(vhost: Vhost) {
+    let server = warren_e2e::https::HttpsServer::start().await;
+    server.put("photo.jpg", &jpeg(&picture(1600, 1200, 16), 85));
+    let mut settings = settings_for(&vhost);
+    settings.store.ca_file = server.ca_file();
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let signed =
+        |path: &str| format!("{}?X-Amz-Credential=AKIDSIGNED&X-Amz-Signature=0123456789abcdef", server.url(path));
+    let job = Job::from(thumbnail(Ref::new(signed("photo.jpg")).expect("ref").to_bytes()));
+    let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
+    assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
+    let out = r.output_as::<Resize>().expect("output");
+    assert_eq!((out.source_width, out.source_height, out.width, out.height), (1600, 1200, 320, 240));
+    for (path, error_type) in
+        [("missing.jpg", "ref_not_found"), ("status/403", "ref_denied"), ("status/410", "ref_not_found")]
+    {
+        let job = Job::from(thumbnail(Ref::new(signed(path)).expect("ref").to_bytes()));
+        let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
+        let e = r.error.as_ref().unwrap_or_else(|| panic!("{path}: {r:?}"));
+        assert_eq!(e.error_type, error_type, "{path}: {e:?}");
+        assert!(e.message.contains(&server.url(path)), "{path}: names the URL: {}", e.message);
+        assert!(!e.message.contains("0123456789abcdef") && !e.message.contains("AKIDSIGNED"), "{}", e.message);
+    }
+    producer.close().await;
+    fleet.stop().await;
+}

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod cluster;
 pub mod console;
 pub mod fleet;
+pub mod https;
 pub mod process;
 pub mod prometheus;
 pub mod s3;

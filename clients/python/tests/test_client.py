@@ -426,3 +426,57 @@ def test_python_kinds_hosted_by_the_worker_answer_the_client(vhost):
         assert consumer.stop() == 0, "".join(consumer.log)
     lines = [line for line in consumer.log if "thumbnail 128x" in line]
     assert lines and thumb_job in lines[0], f"a kind's log line reaches the worker's log with its job id: {lines}"
+
+
+def test_references_go_as_ref_objects_and_output_to_beside_the_kind():
+    from warren_client import Ref
+
+    body = json.loads(envelope("image.resize", {"image": Ref("s3://photos/a.jpg"), "width": 8},
+                               output_to="s3://thumbs/out/"))
+    assert body == {"version": 1, "kind": "image.resize", "output_to": "s3://thumbs/out/",
+                    "job": {"image": {"ref": "s3://photos/a.jpg"}, "width": 8}}
+    assert repr(Ref("https://h/p?X-Amz-Signature=secret")) == "Ref('https://h/p')", "no signature shown"
+    for bad in ["ftp://x/y", "s3://bucket", "file://relative/a", "https://", "s3://b/k\n"]:
+        with pytest.raises(ValueError):
+            Ref(bad)
+    with pytest.raises(ValueError):
+        envelope("image.resize", {}, output_to="https://h/out/")
+
+
+def test_a_reference_is_fetched_and_the_output_written_under_output_to(vhost, tmp_path):
+    """file:// references (the worker's store.file_roots) for a Rust kind and a Python kind; the
+    output written where output_to says, the result naming it; a missing file is RefNotFound."""
+    import io
+
+    from PIL import Image
+
+    from warren_client import Ref, RefNotFound
+
+    photo = ROOT / "samples" / "images" / "china.jpg"
+    (tmp_path / "in.jpg").write_bytes(photo.read_bytes())
+    env = {"WARREN__STORE__FILE_ROOTS": str(tmp_path),
+           "WARREN__PYTHON__MODULES": "media_kinds",
+           "WARREN__PYTHON__PATH": f"{ROOT / 'examples' / 'python'},{ROOT / 'clients' / 'python'}",
+           "WARREN__CONSUMER__KINDS": "image.resize,py.thumbnail"}
+    consumer = Consumer(vhost, env)
+    try:
+        with Client(amqp_url(vhost)) as client:
+            source = Ref(f"file://{tmp_path}/in.jpg")
+            r = client.run("image.resize", {"image": source, "width": 64, "height": 64}, timeout=60,
+                           output_to=f"file://{tmp_path}/out/")
+            assert r.ok, r
+            url = r.ref("image")
+            assert url == f"file://{tmp_path}/out/{r.job_id}/0.jpg", r.value
+            stored = (tmp_path / "out" / r.job_id / "0.jpg").read_bytes()
+            assert r.value["image"]["size"] == len(stored)
+            assert max(Image.open(io.BytesIO(stored)).size) == 64
+            with pytest.raises(ValueError):
+                r.image()
+            # A Python kind's bytes field by reference: the worker fetches it for the child.
+            r = client.run("py.thumbnail", {"image": source, "size": 32}, timeout=60)
+            assert r.ok and max(Image.open(io.BytesIO(r.image())).size) == 32, r
+            r = client.run("image.resize", {"image": Ref(f"file://{tmp_path}/missing.jpg"), "width": 8, "height": 8},
+                           timeout=60)
+            assert isinstance(r.exception(), RefNotFound), r
+    finally:
+        assert consumer.stop() == 0, "".join(consumer.log)

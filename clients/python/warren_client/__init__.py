@@ -9,11 +9,11 @@
 See docs/contract.md for the job kinds and what their results hold.
 """
 
-from ._client import Client, status
+from ._client import Client, Ref, status
 from . import errors
 from .errors import *  # noqa: F401,F403 - the exceptions, one class per Warren error type
 from .result import Result
 
-__all__ = ["Client", "Result", "status", *errors.__all__]
+__all__ = ["Client", "Ref", "Result", "status", *errors.__all__]
 
 __version__ = "0.1.0"

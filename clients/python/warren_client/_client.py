@@ -34,10 +34,48 @@ CANCEL_VERSION = 1
 _LOST = (px.AMQPConnectionError, px.ChannelWrongStateError, px.ChannelClosedByBroker, OSError)
 
 
+class Ref:
+    """A reference to bytes kept outside the message, given in place of a bytes field
+    (``{"image": Ref("s3://photos/a.jpg")}``): the worker fetches it before the kind runs.
+    ``s3://bucket/key`` (the worker's S3-compatible store), ``file:///path`` (a mount the
+    worker shares, under its ``store.file_roots``) or ``https://...`` (a presigned URL)."""
+
+    __slots__ = ("url",)
+    SCHEMES = ("s3", "file", "https")
+    MAX_LEN = 4096
+
+    def __init__(self, url: str) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"a reference is a URL string, not {type(url).__name__}")
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in self.SCHEMES:
+            raise ValueError(f"references are s3://, file:// or https:// URLs, not {url.split('?')[0]!r}")
+        if len(url.encode()) > self.MAX_LEN or any(ord(c) < 32 or ord(c) == 127 for c in url):
+            raise ValueError("a reference is at most 4096 bytes, without control characters")
+        host, _, path = rest.partition("/")
+        fits = {"s3": bool(host and path), "file": not host and bool(path), "https": bool(host.split("?")[0])}
+        if not fits[scheme.lower()]:
+            raise ValueError(f"{url.split('?')[0]!r} is not of the form s3://bucket/key, file:///path or https://host/path")
+        self.url = url
+
+    def __repr__(self) -> str:
+        # Without the query: a presigned URL's signature is there.
+        return f"Ref({self.url.split('?')[0]!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ref) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+
 def _encode(value: Any) -> Any:
-    """``bytes`` anywhere in a job become standard base64 text, as the contract wants."""
+    """``bytes`` anywhere in a job become standard base64 text, as the contract wants; a
+    ``Ref`` becomes ``{"ref": url}``."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Ref):
+        return {"ref": value.url}
     if isinstance(value, Mapping):
         return {k: _encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -97,15 +135,19 @@ def control(*, timeout: float | None = None, deadline: float | datetime | None =
 
 
 def envelope(kind: str, job: Mapping[str, Any], *, deadline_ms: int | None = None,
-             not_before_ms: int | None = None) -> bytes:
+             not_before_ms: int | None = None, output_to: str | None = None) -> bytes:
     """The JSON envelope ``submit`` publishes (docs/contract.md): ``{"version": 1, "kind": ..,
-    "job": {..}}``, with ``deadline_ms`` and ``not_before_ms`` (Unix ms) beside the kind when
-    given. ``bytes`` anywhere in ``job`` become base64."""
+    "job": {..}}``, with ``deadline_ms``, ``not_before_ms`` (Unix ms) and ``output_to`` beside the
+    kind when given. ``bytes`` anywhere in ``job`` become base64, a ``Ref`` ``{"ref": url}``."""
     body: dict[str, Any] = {"version": ENVELOPE_VERSION, "kind": kind}
     if deadline_ms is not None:
         body["deadline_ms"] = int(deadline_ms)
     if not_before_ms is not None:
         body["not_before_ms"] = int(not_before_ms)
+    if output_to is not None:
+        if not isinstance(output_to, str) or not output_to.startswith(("s3://", "file://")):
+            raise ValueError(f"output_to is an s3:// or file:// prefix, not {output_to!r}")
+        body["output_to"] = output_to
     body["job"] = _encode(job)
     return json.dumps(body).encode()
 
@@ -270,7 +312,7 @@ class Client:
     def submit(self, kind: str, job: Mapping[str, Any], *, reply: bool = True, traceparent: str | None = None,
                job_id: str | None = None, priority: int | None = None, timeout: float | None = None,
                deadline: float | datetime | None = None, delay: float | None = None,
-               not_before: float | datetime | None = None) -> str:
+               not_before: float | datetime | None = None, output_to: str | None = None) -> str:
         """Publishes a job of ``kind`` and returns its id once the broker confirmed it. ``bytes``
         values are sent as base64. ``reply=False`` sends the result to Warren's results exchange
         instead of this client. Raises ``Unroutable`` when no queue takes the kind.
@@ -279,11 +321,16 @@ class Client:
         ``max_priority``. ``timeout`` (seconds from now) or ``deadline`` (Unix seconds, or an
         aware datetime): past it the job is not started, nor retried, and is answered with
         ``DeadlineExceeded``. ``delay`` (seconds from now) or ``not_before`` (likewise): the job
-        waits in Warren's delay queues until then. Giving both of a pair raises ValueError."""
+        waits in Warren's delay queues until then. Giving both of a pair raises ValueError.
+
+        Payloads by reference: a ``Ref("s3://bucket/key")`` in place of a bytes value is fetched
+        by the worker; ``output_to`` (``"s3://bucket/prefix/"``, ``"file:///dir/"``) makes it
+        write the output's bytes there, the result carrying ``{"ref": .., "size": ..}`` for them
+        (``Result.ref``)."""
         priority = _check_priority(priority)
         fields = control(timeout=timeout, deadline=deadline, delay=delay, not_before=not_before)
         job_id = job_id or str(uuid.uuid4())
-        body = envelope(kind, job, **fields)
+        body = envelope(kind, job, output_to=output_to, **fields)
         props = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=2,

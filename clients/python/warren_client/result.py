@@ -39,11 +39,21 @@ class Result:
         return value if isinstance(value, dict) else None
 
     def image(self) -> bytes:
-        """The output image of an ``image.resize`` job, decoded from base64."""
+        """The output image of an ``image.resize`` job, decoded from base64. A job submitted
+        with ``output_to`` has its image in the store instead: see ``ref``."""
         value = self.value or {}
         if "image" not in value:
             raise ValueError(f"job {self.job_id} ({self.kind}) has no output image")
+        if isinstance(value["image"], dict):
+            raise ValueError(f"job {self.job_id}'s output image was stored at {value['image'].get('ref')}: "
+                             "read it from there (Result.ref)")
         return base64.b64decode(value["image"])
+
+    def ref(self, field: str = "image") -> str | None:
+        """Where the worker stored an output bytes field (``output_to``): its URL, or None when
+        the field came inline."""
+        value = (self.value or {}).get(field)
+        return str(value["ref"]) if isinstance(value, dict) and "ref" in value else None
 
     def exception(self) -> JobError | None:
         """The exception of a failed job's error type (``errors.BY_TYPE``), or None."""
