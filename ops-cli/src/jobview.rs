@@ -33,6 +33,13 @@ fn summarise(v: &mut Value, first_image: &mut Option<Value>) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|i| summarise(i, first_image)),
+        // A reference shown without its query, where a presigned URL keeps its signature.
+        Value::Object(fields) if fields.get("ref").and_then(Value::as_str).is_some_and(|r| r.contains('?')) => {
+            if let Some(Value::String(url)) = fields.get_mut("ref") {
+                url.truncate(url.find('?').unwrap_or(url.len()));
+                url.push_str("?…");
+            }
+        }
         Value::Object(fields) => fields.values_mut().for_each(|f| summarise(f, first_image)),
         _ => {}
     }
@@ -61,12 +68,17 @@ mod tests {
         };
         let body = json!({"version": 1, "kind": "video.probe", "job": {
             "clip": STANDARD.encode(vec![7u8; 300]), "poster": STANDARD.encode(&png), "name": "short", "n": 3,
+            "signed": {"ref": "https://h/a.jpg?X-Amz-Signature=secret"}, "plain": {"ref": "s3://b/k"},
         }});
         let (job, image) = view(&serde_json::to_vec(&body).expect("json"), Encoding::Json);
         let job = job.expect("a JSON job");
         assert_eq!(job["clip"], json!({"format": null, "width": null, "height": null, "bytes": 300}));
         assert_eq!((job["poster"]["format"].as_str(), job["poster"]["width"].as_u64()), (Some("png"), Some(30)));
         assert_eq!((job["name"].as_str(), job["n"].as_u64()), (Some("short"), Some(3)));
+        assert_eq!(
+            (job["signed"]["ref"].as_str(), job["plain"]["ref"].as_str()),
+            (Some("https://h/a.jpg?…"), Some("s3://b/k"))
+        );
         assert_eq!(image.expect("an image")["height"], 20);
     }
 }
