@@ -271,6 +271,22 @@ async fn file_references_are_read_and_written_under_the_roots(vhost: Vhost) {
     let outside = Job::from(thumbnail(Ref::new("file:///etc/hostname").expect("ref").to_bytes()));
     let r = producer.publish(&outside, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
     assert_eq!(r.error.map(|e| e.error_type).as_deref(), Some("ref_denied"));
+    // The producer's binary: --ref and --output-to.
+    let cli_out = format!("file://{}/cli/", dir.path().display());
+    let run = tokio::process::Command::new(warren_e2e::bin("warren-producer"))
+        .args(["submit", "--kind", "image.resize", "--job", r#"{"width": 100, "height": 100}"#])
+        .args(["--ref", &format!("image={url}"), "--output-to", &cli_out, "--wait"])
+        .env("WARREN_CONFIG_DIR", warren_e2e::repo_root().join("config"))
+        .env("WARREN__BROKER__URL", vhost.amqp_url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("warren-producer runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains(&format!("\"ref\": \"{cli_out}")), "the result names the stored output: {stdout}");
+    let written: Vec<_> = std::fs::read_dir(dir.path().join("cli")).expect("cli outputs").collect();
+    assert_eq!(written.len(), 1, "one job's directory");
     producer.close().await;
     fleet.stop().await;
 }
