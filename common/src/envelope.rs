@@ -50,13 +50,14 @@ impl Control {
 pub struct JobEnvelope;
 
 /// An envelope read up to its kind: the kind's name and the job's bytes, not yet parsed.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Opened<'a> {
     pub kind: &'a str,
     pub job: JobBody<'a>,
     pub control: Control,
-    /// Where the output's bytes go (a prefix URL), if the producer named a place.
-    pub output_to: Option<&'a str>,
+    /// Where the output's bytes go (a prefix URL), if the producer named a place. Borrowed
+    /// from the body, unless JSON escapes in it had to be undone.
+    pub output_to: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The `job` part of an envelope, borrowed from the message body.
@@ -183,7 +184,7 @@ fn open_json(body: &[u8]) -> Result<Opened<'_>, JobError> {
         #[serde(default)]
         not_before_ms: Option<u64>,
         #[serde(default, borrow)]
-        output_to: Option<&'a str>,
+        output_to: Option<std::borrow::Cow<'a, str>>,
     }
     let malformed = |e: serde_json::Error| JobError::MalformedEnvelope(e.to_string());
     let head: VersionOnly = serde_json::from_slice(body).map_err(malformed)?;
@@ -221,7 +222,7 @@ fn open_bincode(body: &[u8]) -> Result<Opened<'_>, JobError> {
                     return Err(malformed(format!("output_to of {len} bytes past the end of the body")));
                 };
                 let text = std::str::from_utf8(&rest[start..stop]).map_err(|e| malformed(format!("output_to: {e}")))?;
-                (Some(text), stop)
+                (Some(std::borrow::Cow::Borrowed(text)), stop)
             }
         };
         (Control { deadline_ms, not_before_ms }, output_to, &rest[job_start..])

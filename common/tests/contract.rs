@@ -141,7 +141,10 @@ fn output_to_round_trips_as_json_and_bincode_version_3(
     for control in [Control::default(), Control { deadline_ms: Some(9), not_before_ms: Some(3) }] {
         let body = JobEnvelope::encode_full(&job, encoding, control, Some("s3://out/thumbs/")).expect("encode");
         let opened = JobEnvelope::open(&body, encoding).expect("open");
-        assert_eq!((opened.kind, opened.control, opened.output_to), ("checksum", control, Some("s3://out/thumbs/")));
+        assert_eq!(
+            (opened.kind, opened.control, opened.output_to.as_deref()),
+            ("checksum", control, Some("s3://out/thumbs/"))
+        );
         assert_eq!(opened.job.decode::<ChecksumJob>().expect("job"), checksum());
         assert_eq!(JobEnvelope::peek_kind(&body, encoding).as_deref(), Some("checksum"));
     }
@@ -162,6 +165,14 @@ fn output_to_round_trips_as_json_and_bincode_version_3(
         .expect("json");
         assert_eq!(v["output_to"], "s3://b/o/");
     }
+}
+
+#[test]
+fn an_escaped_output_to_is_read_as_its_text() {
+    // Writers escape as they like: PHP writes `\/`, Python's json.dumps `\u00f1`.
+    let body = br#"{"version":1,"kind":"checksum","output_to":"s3:\/\/b\/a\u00f1o\/","job":{"data":"","rounds":1}}"#;
+    let opened = JobEnvelope::open(body, Encoding::Json).expect("open");
+    assert_eq!(opened.output_to.as_deref(), Some("s3://b/año/"));
 }
 
 fn checksum_len() -> usize {

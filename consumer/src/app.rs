@@ -131,6 +131,7 @@ impl Application {
             .collect();
         let worker_id = worker_id(&settings.consumer.worker_id);
         metrics.configured(pool.size(), &served.iter().map(|s| (s.queue.clone(), s.prefetch)).collect::<Vec<_>>());
+        let held = held_jobs(&settings, pool.size());
         let shared = Shared {
             settings: settings.clone(),
             pool,
@@ -142,7 +143,7 @@ impl Application {
             metrics: metrics.clone(),
             node: Arc::default(),
             cancels: Arc::new(crate::cancels::Cancels::new(&settings, metrics.clone())),
-            stores: Arc::new(crate::store::Stores::new(&settings.store)?),
+            stores: Arc::new(crate::store::Stores::new(&settings.store, held)?),
         };
         let health = Arc::new(Health {
             metrics: metrics.clone(),
@@ -356,4 +357,13 @@ fn worker_id(configured: &str) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "warren".to_owned());
     format!("{host}-{}", std::process::id())
+}
+
+/// Jobs that may hold fetched references at once: `store.max_held_jobs`, or twice the pool
+/// (those running and as many ready to run).
+fn held_jobs(settings: &Settings, pool_size: usize) -> usize {
+    match settings.store.max_held_jobs {
+        0 => pool_size.saturating_mul(2).max(1),
+        n => n,
+    }
 }

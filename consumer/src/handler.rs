@@ -112,10 +112,15 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     let deadline = decide::deadline_left(&control, now / 1000).map(|left| std::time::Instant::now() + left);
     // References are fetched here, before a slot is taken: a worker's prefetched jobs download
     // while others run.
+    // Held until the job ends: with references, a place among the jobs holding fetched bytes.
+    let mut _holding = None;
     let input = if refs.is_empty() {
         input
     } else {
-        let fetching = fetched(worker, registered, &delivery.data, content_type, &refs);
+        let fetching = async {
+            _holding = Some(worker.stores.hold().await);
+            fetched(worker, registered, &delivery.data, content_type, &refs).await
+        };
         let got = tokio::select! {
             got = fetching => got,
             () = stop.cancelled() => {
@@ -414,7 +419,7 @@ fn parse<'w>(
         // Without an id its result cannot be matched and its duplicates cannot be recognised.
         return Err(JobError::MalformedEnvelope("the message has no message_id (the job id)".into()));
     }
-    let output_to = opened.output_to.map(|prefix| checked_output_to(prefix, worker)).transpose()?;
+    let output_to = opened.output_to.as_deref().map(|prefix| checked_output_to(prefix, worker)).transpose()?;
     if refs.is_empty() {
         registered.runner.validate(&input, limits)?;
     } else {
@@ -428,7 +433,13 @@ fn parse<'w>(
 /// An `output_to` this worker can write under: an `s3://bucket/prefix` or a `file://`
 /// directory under `store.file_roots`.
 fn checked_output_to(prefix: &str, worker: &Worker) -> Result<String, JobError> {
-    let probe = Ref::new(format!("{prefix}{}x", if prefix.ends_with('/') { "" } else { "/" }))
+    if prefix.contains(['?', '#']) {
+        return Err(JobError::InvalidParams("output_to: a prefix holds no '?' or '#'".into()));
+    }
+    // The longest name an output can get under it: a job id of AMQP's 255 bytes, a field's.
+    let longest = crate::store::output_prefix(prefix, &"x".repeat(255)) + "999.webp";
+    Ref::new(longest).map_err(|e| JobError::InvalidParams(format!("output_to, with a job id and a name: {e}")))?;
+    let probe = Ref::new(crate::store::output_prefix(prefix, "x") + "0")
         .map_err(|e| JobError::InvalidParams(format!("output_to: {e}")))?;
     if probe.scheme() == Scheme::Https {
         return Err(JobError::InvalidParams("output_to: outputs go to s3:// or file://, not https://".into()));

@@ -24,12 +24,22 @@ use warren_common::JobError;
 use warren_common::bytes::{Ref, Scheme};
 use warren_infra::settings::StoreSettings;
 
+/// Most references one job may name.
+pub const MAX_REFS_PER_JOB: usize = 64;
+
 /// The worker's way to its stores. Cheap to share; S3 clients are made once per bucket.
 pub struct Stores {
     settings: StoreSettings,
     s3: Mutex<HashMap<String, Arc<AmazonS3>>>,
     http: reqwest::Client,
     transfers: Semaphore,
+    /// Jobs holding fetched bytes at once (`store.max_held_jobs`).
+    held: Semaphore,
+    /// Whether an S3 store is configured at all: an endpoint, or credentials (the settings',
+    /// or the environment's AWS variables, a web identity or a container's role included).
+    s3_configured: bool,
+    /// Credentials to scrub from error texts: the configured ones and the environment's.
+    secrets: Vec<String>,
     /// `store.file_roots`, resolved (symbolic links followed) where they exist.
     roots: Vec<PathBuf>,
 }
@@ -103,13 +113,30 @@ pub fn output_prefix(output_to: &str, job_id: &str) -> String {
 }
 
 impl Stores {
-    pub fn new(settings: &StoreSettings) -> anyhow::Result<Self> {
+    /// `held_jobs`: how many jobs may hold fetched bytes at once (`store.max_held_jobs`, its 0
+    /// resolved by the caller).
+    pub fn new(settings: &StoreSettings, held_jobs: usize) -> anyhow::Result<Self> {
+        let mut secrets: Vec<String> = [settings.s3_access_key_id.as_str(), settings.s3_secret_access_key.expose()]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(
+                ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+                    .iter()
+                    .filter_map(|v| std::env::var(v).ok()),
+            )
+            .filter(|s| s.len() >= 4)
+            .collect();
+        secrets.sort();
+        secrets.dedup();
         let roots =
             settings.file_roots.iter().map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())).collect();
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(settings.timeout_ms))
             .timeout(Duration::from_millis(settings.timeout_ms))
-            .redirect(reqwest::redirect::Policy::limited(5));
+            // One GET of the URL as given: a presigned URL does not redirect, and a redirect
+            // could lead a worker anywhere, or to plain http.
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true);
         for pem in ca_certificates(&settings.ca_file)? {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
         }
@@ -119,6 +146,19 @@ impl Stores {
             s3: Mutex::new(HashMap::new()),
             http,
             transfers: Semaphore::new(settings.max_transfers.max(1)),
+            held: Semaphore::new(held_jobs.max(1)),
+            s3_configured: !settings.s3_endpoint.is_empty()
+                || !settings.s3_access_key_id.is_empty()
+                || [
+                    "AWS_ENDPOINT",
+                    "AWS_ACCESS_KEY_ID",
+                    "AWS_WEB_IDENTITY_TOKEN_FILE",
+                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                ]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty())),
+            secrets,
             roots,
         })
     }
@@ -127,6 +167,9 @@ impl Stores {
     /// S3 key of a valid form): checked before any transfer, permanent when not.
     pub fn check(&self, r: &Ref) -> Result<(), JobError> {
         match r.scheme() {
+            Scheme::S3 if !self.s3_configured => Err(JobError::RefDenied(format!(
+                "{r}: this worker has no S3 store configured ([store] s3_endpoint and credentials)"
+            ))),
             Scheme::S3 => s3_location(r).map(drop),
             Scheme::Https if !self.settings.https => {
                 Err(JobError::RefDenied(format!("{r}: this worker does not follow https:// references (store.https)")))
@@ -145,28 +188,63 @@ impl Stores {
         }
     }
 
-    /// Fetches every reference (each URL once, at most `store.max_transfers` at once across
-    /// the worker), each at most `limit` bytes: by URL, with how many fields name it.
+    /// Fetches a job's references (each URL once, one after another), at most `limit` bytes in
+    /// all as the job will hold them (a URL named by two fields counts twice): by URL, with how
+    /// many fields name it.
     pub async fn fetch_all(&self, refs: &[Ref], limit: u64) -> Result<HashMap<String, (Vec<u8>, usize)>, JobError> {
-        let mut uses: HashMap<&Ref, usize> = HashMap::new();
+        if refs.len() > MAX_REFS_PER_JOB {
+            return Err(JobError::LimitExceeded(format!(
+                "a job names at most {MAX_REFS_PER_JOB} references; this one {}",
+                refs.len()
+            )));
+        }
+        let mut uses: Vec<(&Ref, usize)> = Vec::new();
         for r in refs {
             self.check(r)?;
-            *uses.entry(r).or_default() += 1;
+            match uses.iter_mut().find(|(u, _)| *u == r) {
+                Some((_, n)) => *n += 1,
+                None => uses.push((r, 1)),
+            }
         }
-        let fetches =
-            uses.iter().map(|(r, n)| async move { Ok((r.url().to_owned(), (self.fetch(r, limit).await?, *n))) });
-        futures_util::future::try_join_all(fetches).await.map(|v| v.into_iter().collect())
+        let mut left = limit;
+        let mut out = HashMap::with_capacity(uses.len());
+        for (r, n) in uses {
+            let bytes = self.fetch(r, left / n as u64).await?;
+            left = left.saturating_sub(bytes.len() as u64 * n as u64);
+            out.insert(r.url().to_owned(), (bytes, n));
+        }
+        Ok(out)
     }
 
     /// Reads one reference's bytes, at most `limit` of them.
     pub async fn fetch(&self, r: &Ref, limit: u64) -> Result<Vec<u8>, JobError> {
         let _permit = self.transfers.acquire().await.map_err(|_| JobError::StoreUnavailable("closed".into()))?;
-        let got = match r.scheme() {
-            Scheme::S3 => self.fetch_s3(r, limit).await,
-            Scheme::File => self.fetch_file(r, limit).await,
-            Scheme::Https => self.fetch_https(r, limit).await,
+        let fetch = async {
+            match r.scheme() {
+                Scheme::S3 => self.fetch_s3(r, limit).await,
+                Scheme::File => self.fetch_file(r, limit).await,
+                Scheme::Https => self.fetch_https(r, limit).await,
+            }
         };
+        let got = tokio::time::timeout(self.budget(), fetch).await.unwrap_or_else(|_| Err(self.too_slow(r)));
         got.map_err(|e| self.scrubbed(e))
+    }
+
+    /// How long one transfer may take, its retries included: a mount or a store that hangs
+    /// (rather than refusing) frees the job then.
+    fn budget(&self) -> Duration {
+        let tries = u32::try_from(self.settings.retries.saturating_add(1)).unwrap_or(u32::MAX);
+        Duration::from_millis(self.settings.timeout_ms).saturating_mul(tries)
+    }
+
+    fn too_slow(&self, r: &Ref) -> JobError {
+        JobError::StoreUnavailable(format!("{r}: no answer within {:?}", self.budget()))
+    }
+
+    /// A place among the jobs that hold fetched bytes (`store.max_held_jobs`), kept until the
+    /// job ends: with `limits.max_ref_bytes` per job, it bounds the memory references take.
+    pub async fn hold(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.held.acquire().await.expect("the semaphore is never closed")
     }
 
     /// Writes every object, at most `store.max_transfers` at once across the worker.
@@ -181,11 +259,16 @@ impl Stores {
     /// Writes one object (replacing what is there: a job run again writes the same names).
     pub async fn store(&self, r: &Ref, bytes: Vec<u8>) -> Result<(), JobError> {
         let _permit = self.transfers.acquire().await.map_err(|_| JobError::StoreUnavailable("closed".into()))?;
-        let put = match r.scheme() {
-            Scheme::S3 => self.store_s3(r, bytes).await,
-            Scheme::File => store_file(r, bytes).await,
-            Scheme::Https => Err(JobError::InvalidParams(format!("{r}: outputs go to s3:// or file://, not https://"))),
+        let put = async {
+            match r.scheme() {
+                Scheme::S3 => self.store_s3(r, bytes).await,
+                Scheme::File => self.store_file(r, bytes).await,
+                Scheme::Https => {
+                    Err(JobError::InvalidParams(format!("{r}: outputs go to s3:// or file://, not https://")))
+                }
+            }
         };
+        let put = tokio::time::timeout(self.budget(), put).await.unwrap_or_else(|_| Err(self.too_slow(r)));
         put.map_err(|e| self.scrubbed(e))
     }
 
@@ -202,11 +285,8 @@ impl Stores {
             let certificate = object_store::Certificate::from_pem(&pem).map_err(|e| unavailable(e.to_string()))?;
             options = options.with_root_certificate(certificate);
         }
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_region(&s.s3_region)
-            .with_client_options(options)
-            .with_retry(RetryConfig {
+        let mut builder =
+            AmazonS3Builder::from_env().with_bucket_name(bucket).with_client_options(options).with_retry(RetryConfig {
                 backoff: object_store::BackoffConfig {
                     init_backoff: Duration::from_millis(100),
                     max_backoff: Duration::from_secs(2),
@@ -215,6 +295,9 @@ impl Stores {
                 max_retries: s.retries,
                 retry_timeout: timeout,
             });
+        if !s.s3_region.is_empty() {
+            builder = builder.with_region(&s.s3_region);
+        }
         if !s.s3_endpoint.is_empty() {
             builder = builder.with_endpoint(&s.s3_endpoint).with_allow_http(s.s3_endpoint.starts_with("http://"));
         }
@@ -267,7 +350,11 @@ impl Stores {
             return Err(JobError::RefNotFound(format!("{r}: not a file")));
         }
         check_size(r, meta.len(), limit)?;
-        let bytes = tokio::fs::read(&real).await.map_err(|e| io_error(r, &e))?;
+        // It may have grown since: never read past the limit.
+        use tokio::io::AsyncReadExt as _;
+        let file = tokio::fs::File::open(&real).await.map_err(|e| io_error(r, &e))?;
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.take(limit.saturating_add(1)).read_to_end(&mut bytes).await.map_err(|e| io_error(r, &e))?;
         check_size(r, bytes.len() as u64, limit)?;
         Ok(bytes)
     }
@@ -299,8 +386,7 @@ impl Stores {
 
     /// The error with the configured credentials, should a store have quoted them, hidden.
     fn scrubbed(&self, e: JobError) -> JobError {
-        let secrets = [self.settings.s3_access_key_id.as_str(), self.settings.s3_secret_access_key.expose()];
-        let scrub = |text: String| secrets.iter().filter(|s| s.len() >= 4).fold(text, |t, s| t.replace(s, "***"));
+        let scrub = |text: String| self.secrets.iter().fold(text, |t, s| t.replace(s.as_str(), "***"));
         match e {
             JobError::RefNotFound(t) => JobError::RefNotFound(scrub(t)),
             JobError::RefDenied(t) => JobError::RefDenied(scrub(t)),
@@ -338,8 +424,23 @@ fn ca_certificates(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 fn s3_location(r: &Ref) -> Result<(&str, ObjectPath), JobError> {
     let rest = r.url().split_once("://").map_or("", |(_, rest)| rest);
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if !valid_bucket(bucket) {
+        return Err(JobError::InvalidParams(format!(
+            "{r}: {bucket:?} is not a bucket name (3 to 63 of a-z, 0-9, '.', '-', starting and ending with a letter or digit)"
+        )));
+    }
     let key = ObjectPath::parse(key).map_err(|e| JobError::InvalidParams(format!("{r}: not an object key: {e}")))?;
     Ok((bucket, key))
+}
+
+/// S3's bucket naming rules (the common part every S3-compatible store accepts).
+pub fn valid_bucket(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge(name.chars().next())
+        && edge(name.chars().last())
+        && !name.contains("..")
 }
 
 fn check_size(r: &Ref, size: u64, limit: u64) -> Result<(), JobError> {
@@ -379,16 +480,29 @@ pub fn status_in(text: &str) -> Option<u16> {
     digits.parse().ok().filter(|s| (100..600).contains(s))
 }
 
+/// A file system's answer: missing (also a file where a directory is expected, or a loop of
+/// links), denied, a name that cannot be (a directory where a file is to be written, too long):
+/// permanent; anything else (an I/O error of the mount) the store's being unavailable.
 fn io_error(r: &Ref, e: &std::io::Error) -> JobError {
+    use std::io::ErrorKind as K;
+    const ELOOP: i32 = 40;
     match e.kind() {
-        std::io::ErrorKind::NotFound => JobError::RefNotFound(r.to_string()),
-        std::io::ErrorKind::PermissionDenied => JobError::RefDenied(format!("{r}: {e}")),
+        K::NotFound | K::NotADirectory => JobError::RefNotFound(format!("{r}: {e}")),
+        _ if e.raw_os_error() == Some(ELOOP) => JobError::RefNotFound(format!("{r}: {e}")),
+        K::PermissionDenied | K::ReadOnlyFilesystem => JobError::RefDenied(format!("{r}: {e}")),
+        K::IsADirectory | K::InvalidFilename | K::InvalidInput => JobError::InvalidParams(format!("{r}: {e}")),
         _ => JobError::StoreUnavailable(format!("{r}: {e}")),
     }
 }
 
 /// A failed HTTP exchange, without the URL reqwest would quote (its query is the signature).
 fn http_error(r: &Ref, e: &reqwest::Error) -> JobError {
+    if e.is_builder() {
+        return JobError::InvalidParams(format!("{r}: not a URL this worker can request"));
+    }
+    if e.is_redirect() {
+        return JobError::RefDenied(format!("{r}: answered with a redirect, which presigned URLs are not"));
+    }
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -399,14 +513,29 @@ fn http_error(r: &Ref, e: &reqwest::Error) -> JobError {
     JobError::StoreUnavailable(format!("{r}: {what}"))
 }
 
-async fn store_file(r: &Ref, bytes: Vec<u8>) -> Result<(), JobError> {
-    let path = file_path(r.url()).map_err(|e| JobError::InvalidParams(format!("{r}: {e}")))?;
-    let Some(dir) = path.parent() else { return Err(JobError::InvalidParams(format!("{r}: no directory"))) };
-    tokio::fs::create_dir_all(dir).await.map_err(|e| io_error(r, &e))?;
-    // Written beside it and renamed: a reader never sees half an object.
+impl Stores {
+    /// Writes a file under a root: its directory made, then resolved (symbolic links followed)
+    /// and checked to be under a root still, and the file written into that resolved directory.
+    async fn store_file(&self, r: &Ref, bytes: Vec<u8>) -> Result<(), JobError> {
+        let path = file_path(r.url()).map_err(|e| JobError::InvalidParams(format!("{r}: {e}")))?;
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(JobError::InvalidParams(format!("{r}: no file name")));
+        };
+        tokio::fs::create_dir_all(dir).await.map_err(|e| io_error(r, &e))?;
+        let real = tokio::fs::canonicalize(dir).await.map_err(|e| io_error(r, &e))?;
+        let path = real.join(name);
+        if !under_roots(&path, &self.roots) {
+            return Err(JobError::RefDenied(format!("{r}: leads outside store.file_roots")));
+        }
+        write_whole(r, &real, &path, bytes).await
+    }
+}
+
+/// Writes `path` in `dir` whole: written beside it and renamed, so a reader never sees half.
+async fn write_whole(r: &Ref, dir: &Path, path: &Path, bytes: Vec<u8>) -> Result<(), JobError> {
     let partial = dir.join(format!(".{}.partial", uuid::Uuid::new_v4()));
     tokio::fs::write(&partial, bytes).await.map_err(|e| io_error(r, &e))?;
-    if let Err(e) = tokio::fs::rename(&partial, &path).await {
+    if let Err(e) = tokio::fs::rename(&partial, path).await {
         let _ = tokio::fs::remove_file(&partial).await;
         return Err(io_error(r, &e));
     }
@@ -426,6 +555,16 @@ mod tests {
         }
         for s in [408, 429, 500, 502, 503, 504] {
             assert_eq!(answer_of_status(s), Answer::Unavailable, "{s}");
+        }
+    }
+
+    #[test]
+    fn bucket_names_follow_s3s_rules() {
+        for ok in ["abc", "photos-2026", "a.b.c", "0ab"] {
+            assert!(valid_bucket(ok), "{ok}");
+        }
+        for bad in ["ab", "Photos", "a_b", "-ab", "ab-", "a..b", &"a".repeat(64), "a b"] {
+            assert!(!valid_bucket(bad), "{bad}");
         }
     }
 
@@ -478,7 +617,7 @@ mod tests {
         std::fs::write(root.join("in.bin"), b"0123456789").unwrap();
         std::os::unix::fs::symlink(dir.join("outside"), root.join("link")).unwrap();
         let settings = StoreSettings { file_roots: vec![root.clone()], ..StoreSettings::default() };
-        let stores = Stores::new(&settings).unwrap();
+        let stores = Stores::new(&settings, 2).unwrap();
         let at = |p: &Path| Ref::new(format!("file://{}", p.display())).unwrap();
         assert_eq!(stores.fetch(&at(&root.join("in.bin")), 100).await.unwrap(), b"0123456789");
         let e = stores.fetch(&at(&root.join("in.bin")), 9).await.unwrap_err();
@@ -494,6 +633,17 @@ mod tests {
         assert_eq!(stores.fetch(&out, 100).await.unwrap(), b"abc");
         let leftovers: Vec<_> = std::fs::read_dir(root.join("out/job")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no partial file left");
+        // A directory of the output's path that links out of the root: refused, nothing written.
+        std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), root.join("out/linked")).unwrap();
+        let e = stores.store(&at(&root.join("out/linked/0.jpg")), b"abc".to_vec()).await.unwrap_err();
+        assert_eq!(e.error_type(), "ref_denied", "{e}");
+        assert_eq!(std::fs::read_dir(dir.join("elsewhere")).unwrap().count(), 0, "nothing written outside");
+        // A file where a directory is expected, a directory where the file is: permanent.
+        let e = stores.fetch(&at(&root.join("in.bin/x")), 100).await.unwrap_err();
+        assert_eq!(e.error_type(), "ref_not_found", "{e}");
+        let e = stores.store(&at(&root.join("out/job")), b"abc".to_vec()).await.unwrap_err();
+        assert_eq!(e.class(), warren_common::ErrorClass::Permanent, "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -504,7 +654,7 @@ mod tests {
             s3_secret_access_key: warren_infra::settings::Secret("wJalrXUtnFEMI".into()),
             ..StoreSettings::default()
         };
-        let stores = Stores::new(&settings).unwrap();
+        let stores = Stores::new(&settings, 2).unwrap();
         let e = stores.scrubbed(JobError::RefDenied("key AKIDEXAMPLE with wJalrXUtnFEMI refused".into()));
         assert_eq!(e.to_string(), "reference denied: key *** with *** refused");
     }

@@ -237,7 +237,7 @@ impl Default for PythonSettings {
 
 /// Where the bytes behind job references (`{"ref": ...}` in a bytes field) are read and where
 /// outputs named by `output_to` are written (docs/deployment.md, "Payloads by reference").
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
     /// `s3://` references: the S3-compatible store's endpoint (`http://rgw.local:7480`);
@@ -245,7 +245,7 @@ pub struct StoreSettings {
     pub s3_endpoint: String,
     pub s3_region: String,
     /// The store's credentials; "" = `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` from the
-    /// environment. Never logged.
+    /// environment. Never logged (nor the key id: `Debug` shows whether they are set).
     pub s3_access_key_id: String,
     pub s3_secret_access_key: Secret,
     /// Directories (absolute) under which `file://` references are read and outputs written;
@@ -258,23 +258,47 @@ pub struct StoreSettings {
     pub ca_file: PathBuf,
     /// Downloads and uploads at once, per worker.
     pub max_transfers: usize,
+    /// Jobs holding fetched bytes at once, per worker (each up to `limits.max_ref_bytes`);
+    /// 0 = twice the pool size.
+    pub max_held_jobs: usize,
     /// One request's time limit, body included.
     pub timeout_ms: u64,
     /// Tries after the first, for a 5xx or a broken connection, before the job is set aside.
     pub retries: usize,
 }
 
+impl std::fmt::Debug for StoreSettings {
+    /// Without the credentials: only whether each is set.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &str| if s.is_empty() { "(none)" } else { "(set)" };
+        f.debug_struct("StoreSettings")
+            .field("s3_endpoint", &redact_url(&self.s3_endpoint))
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key_id", &set(&self.s3_access_key_id))
+            .field("s3_secret_access_key", &self.s3_secret_access_key)
+            .field("file_roots", &self.file_roots)
+            .field("https", &self.https)
+            .field("ca_file", &self.ca_file)
+            .field("max_transfers", &self.max_transfers)
+            .field("max_held_jobs", &self.max_held_jobs)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             s3_endpoint: String::new(),
-            s3_region: "us-east-1".into(),
+            s3_region: String::new(),
             s3_access_key_id: String::new(),
             s3_secret_access_key: Secret::default(),
             file_roots: Vec::new(),
             https: true,
             ca_file: PathBuf::new(),
             max_transfers: 8,
+            max_held_jobs: 0,
             timeout_ms: 30_000,
             retries: 2,
         }

@@ -271,6 +271,12 @@ async fn file_references_are_read_and_written_under_the_roots(vhost: Vhost) {
     let outside = Job::from(thumbnail(Ref::new("file:///etc/hostname").expect("ref").to_bytes()));
     let r = producer.publish(&outside, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
     assert_eq!(r.error.map(|e| e.error_type).as_deref(), Some("ref_denied"));
+    // No S3 store configured here: an s3:// reference is refused at once, not tried.
+    let s3 = Job::from(thumbnail(Ref::new("s3://inputs/a.jpg").expect("ref").to_bytes()));
+    let r = producer.publish(&s3, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
+    let e = r.error.expect("an error");
+    assert_eq!((e.error_type.as_str(), r.attempt), ("ref_denied", 0), "{}", e.message);
+    assert!(e.message.contains("no S3 store configured"), "{}", e.message);
     // The producer's binary: --ref and --output-to.
     let cli_out = format!("file://{}/cli/", dir.path().display());
     let run = tokio::process::Command::new(warren_e2e::bin("warren-producer"))

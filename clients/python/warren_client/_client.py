@@ -50,7 +50,7 @@ class Ref:
         scheme, sep, rest = url.partition("://")
         if not sep or scheme.lower() not in self.SCHEMES:
             raise ValueError(f"references are s3://, file:// or https:// URLs, not {url.split('?')[0]!r}")
-        if len(url.encode()) > self.MAX_LEN or any(ord(c) < 32 or ord(c) == 127 for c in url):
+        if len(url.encode()) > self.MAX_LEN or any(ord(c) < 32 or 127 <= ord(c) <= 159 for c in url):
             raise ValueError("a reference is at most 4096 bytes, without control characters")
         host, _, path = rest.partition("/")
         fits = {"s3": bool(host and path), "file": not host and bool(path), "https": bool(host.split("?")[0])}
@@ -145,7 +145,7 @@ def envelope(kind: str, job: Mapping[str, Any], *, deadline_ms: int | None = Non
     if not_before_ms is not None:
         body["not_before_ms"] = int(not_before_ms)
     if output_to is not None:
-        if not isinstance(output_to, str) or not output_to.startswith(("s3://", "file://")):
+        if not isinstance(output_to, str) or not output_to.lower().startswith(("s3://", "file://")):
             raise ValueError(f"output_to is an s3:// or file:// prefix, not {output_to!r}")
         body["output_to"] = output_to
     body["job"] = _encode(job)
