@@ -317,10 +317,9 @@ impl Stores {
     async fn fetch_s3(&self, r: &Ref, limit: u64) -> Result<Vec<u8>, JobError> {
         let (bucket, key) = s3_location(r)?;
         let client = self.client(bucket)?;
-        let meta = client.head(&key).await.map_err(|e| s3_error(r, e))?;
-        check_size(r, meta.size, limit)?;
+        // The size comes with the answer's headers, before any of the body is read: one round
+        // trip, not a HEAD and a GET.
         let got = client.get(&key).await.map_err(|e| s3_error(r, e))?;
-        // It may have changed between the two requests.
         check_size(r, got.meta.size, limit)?;
         let mut out = Vec::with_capacity(usize::try_from(got.meta.size).unwrap_or(0));
         let mut stream = got.into_stream();
