@@ -244,6 +244,48 @@ async fn a_store_stopped_mid_run_pauses_only_its_jobs_and_every_job_is_answered(
     fleet.stop().await;
 }
 
+/// A store that hangs (stopped with SIGSTOP: it accepts connections and never answers) rather
+/// than refusing them: each transfer gives up after its time budget, the jobs are set aside
+/// without spending an attempt while jobs without references are answered, and once it goes on
+/// every job is answered.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_hangs_pauses_only_its_jobs_and_every_job_is_answered(vhost: Vhost) {
+    let s3 = S3Server::start(&["inputs", "outputs"]).await;
+    let photo = jpeg(&picture(640, 480, 16), 85);
+    const JOBS: usize = 12;
+    for i in 0..JOBS {
+        s3.put("inputs", &format!("h/{i}.jpg"), &photo);
+    }
+    let mut settings = s3_settings(&vhost, &s3);
+    (settings.store.timeout_ms, settings.store.retries) = (500, 0);
+    (settings.retry.base_delay_ms, settings.retry.max_delay_ms) = (200, 1_000);
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    s3.signal("STOP");
+    let mut tickets = Vec::new();
+    for i in 0..JOBS {
+        let job = Job::from(thumbnail(Ref::new(format!("s3://inputs/h/{i}.jpg")).expect("ref").to_bytes()));
+        tickets.push(producer.publish(&job, &want_result().output_to("s3://outputs/h/")).await.expect("publish"));
+    }
+    let metrics = fleet.metrics_addr.expect("metrics");
+    let set_aside = || {
+        tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(metrics))
+            .value("warren_job_errors_total", &[("error_type", "store_unavailable")])
+    };
+    warren_e2e::eventually("jobs set aside while the store hangs", || async { set_aside() >= JOBS as f64 }).await;
+    let answered = warren_e2e::answer_checksum_jobs(&producer, 20).await;
+    assert_eq!(answered.len(), 20, "jobs without references are answered meanwhile");
+    s3.signal("CONT");
+    for t in tickets {
+        let r = t.wait(DEADLINE).await.expect("result");
+        assert_eq!((r.status, r.attempt), (ResultStatus::Ok, 0), "{r:?}");
+        stored_output(&s3, &r);
+    }
+    println!("a hanging store: {} set-asides, all {JOBS} jobs answered once it went on", set_aside());
+    producer.close().await;
+    fleet.stop().await;
+}
+
 /// `file://` references on a temporary directory (the worker's `store.file_roots`), the output
 /// written there too; a reference outside the roots is denied.
 #[rstest]

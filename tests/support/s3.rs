@@ -76,6 +76,13 @@ impl S3Server {
         }
     }
 
+    /// Sends the server a signal (`STOP`: it hangs, holding its connections; `CONT`: it goes on).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("the server runs");
+        let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+    }
+
     /// Starts it again on the same port and directory.
     pub async fn restart(&mut self) {
         self.stop().await;
