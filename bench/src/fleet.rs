@@ -108,9 +108,19 @@ async fn drive_to_results(settings: &Settings, job: &Job, plan: &LoadPlan) -> an
 }
 
 pub async fn drive(settings: &Settings, job: &Job, plan: &LoadPlan) -> anyhow::Result<LoadReport> {
+    drive_with(settings, job, plan, PublishOptions::default()).await
+}
+
+/// [`drive`], each job published with `opts` (`output_to`, say).
+pub async fn drive_with(
+    settings: &Settings,
+    job: &Job,
+    plan: &LoadPlan,
+    opts: PublishOptions,
+) -> anyhow::Result<LoadReport> {
     let mut producer = Producer::connect(settings.clone()).await?;
     producer.enable_replies().await?;
-    let report = load::run(&producer, job.clone(), PublishOptions::default(), plan).await;
+    let report = load::run(&producer, job.clone(), opts, plan).await;
     producer.close().await;
     anyhow::ensure!(report.ok == plan.count, "only {} of {} jobs succeeded", report.ok, plan.count);
     Ok(report)
@@ -197,10 +207,21 @@ pub async fn process_run(
     plan: &LoadPlan,
     tune: impl FnOnce(&mut Settings),
 ) -> anyhow::Result<(LoadReport, CpuUsed)> {
-    process_run_beside(label, kind, env, expect_log, job, plan, tune, &[]).await
+    process_run_beside(label, kind, env, expect_log, job, plan, tune, Beside::default()).await
 }
 
-/// [`process_run`], measuring the CPU of `model_server`'s processes too.
+/// What runs beside a process run's worker, and how its jobs are published.
+#[derive(Debug, Default)]
+pub struct Beside<'a> {
+    /// A model server's processes (Triton and its stubs), their CPU measured together.
+    pub model_server: &'a [u32],
+    /// An object store's process (s3s-fs) that the jobs' references point into, measured apart.
+    pub store: Option<u32>,
+    /// The options every job is published with (`output_to`, say).
+    pub publish: PublishOptions,
+}
+
+/// [`process_run`], measuring the CPU of what runs `beside` the worker too.
 #[allow(clippy::too_many_arguments)]
 pub async fn process_run_beside(
     label: &str,
@@ -210,7 +231,7 @@ pub async fn process_run_beside(
     job: &Job,
     plan: &LoadPlan,
     tune: impl FnOnce(&mut Settings),
-    model_server: &[u32],
+    beside: Beside<'_>,
 ) -> anyhow::Result<(LoadReport, CpuUsed)> {
     let v = vhost(label);
     let mut settings = settings_for(&v);
@@ -221,8 +242,8 @@ pub async fn process_run_beside(
     if let Some(needle) = expect_log {
         worker.wait_for_log(needle).await;
     }
-    let cpu = CpuMeter::with_processes(worker.pid().parse().ok(), model_server);
-    let report = drive(&settings, job, plan).await;
+    let cpu = CpuMeter::with_store(worker.pid().parse().ok(), beside.model_server, beside.store);
+    let report = drive_with(&settings, job, plan, beside.publish).await;
     let cpu = cpu.stop();
     drop(worker);
     Ok((report?, cpu))

@@ -8,6 +8,7 @@ mod procfs;
 mod relay;
 mod scenarios;
 mod stats;
+mod store;
 
 use std::path::PathBuf;
 

@@ -49,14 +49,29 @@ fn find_broker_pid() -> Option<u32> {
         })
         .collect();
     let listening = listening_inodes(5672);
-    let holds = |pid: &u32| {
-        std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten().any(|fd| {
-            let link = std::fs::read_link(fd.path()).unwrap_or_default();
-            let link = link.to_string_lossy();
-            listening.iter().any(|inode| link == format!("socket:[{inode}]"))
-        })
-    };
-    beams.iter().copied().find(holds).or_else(|| (beams.len() == 1).then(|| beams[0]))
+    beams.iter().copied().find(|pid| holds_socket(*pid, &listening)).or_else(|| (beams.len() == 1).then(|| beams[0]))
+}
+
+/// The process listening on TCP `port` (an object store the bench started, say), if any.
+pub fn listening_pid(port: u16) -> Option<u32> {
+    let listening = listening_inodes(port);
+    if listening.is_empty() {
+        return None;
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| holds_socket(*pid, &listening))
+}
+
+/// Whether process `pid` holds one of the sockets `inodes`.
+fn holds_socket(pid: u32, inodes: &[String]) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten().any(|fd| {
+        let link = std::fs::read_link(fd.path()).unwrap_or_default();
+        let link = link.to_string_lossy();
+        inodes.iter().any(|inode| link == format!("socket:[{inode}]"))
+    })
 }
 
 /// Socket inodes listening on TCP `port` (IPv4 and IPv6), from /proc/net/tcp{,6}.
@@ -93,13 +108,14 @@ pub fn group(pgid: u32) -> Vec<u32> {
 }
 
 /// CPU seconds used between `start` and [`CpuMeter::stop`] by this process, the broker,
-/// optionally a worker process, and the processes of a model server.
+/// optionally a worker process, the processes of a model server and an object store's process.
 #[derive(Debug)]
 pub struct CpuMeter {
     own: f64,
     broker: Option<(u32, f64)>,
     worker: Option<(u32, f64)>,
     model_server: Vec<(u32, f64)>,
+    store: Option<(u32, f64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,11 +127,14 @@ pub struct CpuUsed {
     pub worker: f64,
     /// The model server's processes (Triton and its stubs), when measured (else 0).
     pub model_server: f64,
+    /// The object store's process (s3s-fs) that jobs by reference are read from and outputs
+    /// written to, when measured (else 0).
+    pub store: f64,
 }
 
 impl CpuUsed {
     pub fn total(&self) -> f64 {
-        self.own + self.broker + self.worker + self.model_server
+        self.own + self.broker + self.worker + self.model_server + self.store
     }
 
     /// The same, per job of a run of `jobs`.
@@ -126,6 +145,7 @@ impl CpuUsed {
             broker: self.broker / n,
             worker: self.worker / n,
             model_server: self.model_server / n,
+            store: self.store / n,
         }
     }
 
@@ -137,6 +157,7 @@ impl CpuUsed {
             broker: m(|c| c.broker),
             worker: m(|c| c.worker),
             model_server: m(|c| c.model_server),
+            store: m(|c| c.store),
         }
     }
 
@@ -146,8 +167,9 @@ impl CpuUsed {
         let ms = |x: f64| x * 1e3;
         let triton =
             if self.model_server > 0.0 { format!(", Triton {:.2}", ms(self.model_server)) } else { String::new() };
+        let store = if self.store > 0.0 { format!(", store {:.2}", ms(self.store)) } else { String::new() };
         format!(
-            "CPU/job {:.2} ms: worker {:.2}, load generator {:.2}, broker {:.2}{triton}",
+            "CPU/job {:.2} ms: worker {:.2}, load generator {:.2}, broker {:.2}{triton}{store}",
             ms(self.total()),
             ms(self.worker),
             ms(self.own),
@@ -159,7 +181,7 @@ impl CpuUsed {
     pub fn json(&self, in_process: f64) -> serde_json::Value {
         serde_json::json!({"in_process": in_process, "fleet_total": self.total(), "fleet_worker": self.worker,
                            "fleet_load_generator": self.own, "fleet_broker": self.broker,
-                           "fleet_model_server": self.model_server})
+                           "fleet_model_server": self.model_server, "fleet_store": self.store})
     }
 }
 
@@ -174,12 +196,18 @@ impl CpuMeter {
 
     /// Also measures `model_server`'s processes (their CPU summed).
     pub fn with_processes(worker: Option<u32>, model_server: &[u32]) -> Self {
+        Self::with_store(worker, model_server, None)
+    }
+
+    /// [`Self::with_processes`], and an object store's process apart.
+    pub fn with_store(worker: Option<u32>, model_server: &[u32], store: Option<u32>) -> Self {
         let at = |pid: u32| Some((pid, cpu_seconds(pid)?));
         Self {
             own: cpu_seconds(std::process::id()).unwrap_or(0.0),
             broker: broker_pid().and_then(at),
             worker: worker.and_then(at),
             model_server: model_server.iter().filter_map(|p| at(*p)).collect(),
+            store: store.and_then(at),
         }
     }
 
@@ -190,6 +218,7 @@ impl CpuMeter {
             broker: used(self.broker).unwrap_or(f64::NAN),
             worker: used(self.worker).unwrap_or(0.0),
             model_server: self.model_server.iter().filter_map(|p| used(Some(*p))).sum(),
+            store: used(self.store).unwrap_or(0.0),
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The `image` scenario: the bench's image job ([`resize_job`]: the 1920x1080 photo fit into
 //! 256x256, bilinear, JPEG quality 85) done by Pillow (bench/pillow_baseline.py: full and draft
 //! decode, one process and one per core), by Warren in-process (one thread, every core) and by
-//! the fleet end to end through the broker (worker as its own process; JSON and bincode jobs).
-//! Reports the rates, the ratios between them, CPU per job by process, the message sizes, the
-//! outputs' PSNR, and the resize pipelines side by side on one thread.
+//! the fleet end to end through the broker (worker as its own process; JSON and bincode jobs,
+//! and JSON jobs by reference: the photo in an s3s-fs store beside the broker, read by the
+//! worker, the output written back under `output_to`). Reports the rates, the ratios between
+//! them, CPU per job by process (the store's too), the message sizes, the outputs' PSNR, and
+//! the resize pipelines side by side on one thread.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,12 +16,15 @@ use tokio::task::block_in_place;
 use warren_common::image_io::Format;
 use warren_common::quality;
 use warren_common::resize::{Filter, Pipeline, ResizeJob, ResizeMode, resize, resize_with};
-use warren_common::{Encoding, Job, JobEnvelope, Limits};
+use warren_common::{Control, Encoding, Job, JobEnvelope, Limits, Ref};
 use warren_e2e::{TempDir, repo_root};
+use warren_producer::PublishOptions;
+use warren_producer::load::{LoadPlan, LoadReport};
 
 use crate::Cli;
-use crate::fleet::{RESIZE_PHOTO, cores, median, plan, process_run, resize_of};
+use crate::fleet::{Beside, RESIZE_PHOTO, cores, median, plan, process_run, process_run_beside, resize_of};
 use crate::procfs::{CpuMeter, CpuUsed};
+use crate::store::Store;
 
 /// The rates measured in each pair, by these names (also their keys in the report).
 const PILLOW_FULL_1: &str = "pillow_full_1core";
@@ -30,11 +35,41 @@ const WARREN_1: &str = "warren_in_process_1core";
 const WARREN_ALL: &str = "warren_in_process_all_cores";
 const FLEET: &str = "fleet";
 const FLEET_BINCODE: &str = "fleet_bincode";
+const FLEET_REF: &str = "fleet_by_reference";
 
 /// Goals (the issue's): Warren in-process per core against Pillow-draft, and the fleet end to
 /// end against Pillow-draft in-process on every core.
 const GOAL_PER_CORE: f64 = 2.0;
 const GOAL_FLEET: f64 = 1.0;
+/// Issue 28's: the fleet with the photo by reference, against Pillow-draft on every core.
+const GOAL_FLEET_REF: f64 = 0.9;
+
+/// Where the job's photo is kept in the store: one object, which every job of the runs by
+/// reference names (s3s-fs reads the file anew for each GET, keeping no cache of its own).
+const STORED_PHOTO: &str = "photos/photo_1920x1080.jpg";
+
+/// The runs by reference: the store, the job naming the stored photo, its message's size.
+struct ByReference {
+    store: Store,
+    job: Job,
+    url: String,
+    message_bytes: usize,
+}
+
+impl ByReference {
+    async fn start(resize_job: &ResizeJob) -> anyhow::Result<Self> {
+        let store = Store::start().await?;
+        let url = store.upload(STORED_PHOTO, &resize_job.image).await?;
+        let r = Ref::new(url.clone()).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        let job = Job::from(ResizeJob { image: r.to_bytes(), ..resize_job.clone() });
+        // As published: JSON, `output_to` beside the kind.
+        let output_to = Store::output_to("pair-1");
+        let message_bytes = JobEnvelope::encode_full(&job, Encoding::Json, Control::default(), Some(&output_to))
+            .map(|b| b.len())
+            .context("encoding the job by reference")?;
+        Ok(Self { store, job, url, message_bytes })
+    }
+}
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let min = Duration::from_millis(cli.measure_ms);
@@ -45,14 +80,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let quality = block_in_place(|| output_quality(&photo, resize_job))?;
     let message_bytes = |e| JobEnvelope::encode(&job, e).map(|b| b.len()).context("encoding the job's envelope");
     let (json_bytes, bincode_bytes) = (message_bytes(Encoding::Json)?, message_bytes(Encoding::Bincode)?);
+    let by_ref = ByReference::start(resize_job).await?;
 
     let mut runs = Runs::default();
-    let (mut fleet_cpu, mut bincode_cpu) = (Vec::new(), Vec::new());
+    let (mut fleet_cpu, mut bincode_cpu, mut ref_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..cli.pairs {
-        let (f, b) = pair(cli, &photo, &job, resize_job, &mut runs).await?;
+        let (f, b, r) = pair(cli, i + 1, &photo, &job, resize_job, &by_ref, &mut runs).await?;
         println!(
             "image pair {}: Pillow full {:.1} / {:.1} jobs/s (1 / {c} processes), draft {:.1} / {:.1}; Warren \
-             in-process {:.1} / {:.1} (1 / {c} threads); fleet {:.1} jobs/s ({}), bincode jobs {:.1} ({})",
+             in-process {:.1} / {:.1} (1 / {c} threads); fleet {:.1} jobs/s ({}), bincode jobs {:.1} ({}), by \
+             reference {:.1} ({})",
             i + 1,
             runs.last(PILLOW_FULL_1),
             runs.last(PILLOW_FULL_ALL),
@@ -64,15 +101,19 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
             f.describe(),
             runs.last(FLEET_BINCODE),
             b.describe(),
+            runs.last(FLEET_REF),
+            r.describe(),
             c = cores(),
         );
         fleet_cpu.push(f);
         bincode_cpu.push(b);
+        ref_cpu.push(r);
     }
 
     let (fleet_cpu, bincode_cpu) = (CpuUsed::median(&fleet_cpu), CpuUsed::median(&bincode_cpu));
+    let ref_cpu = CpuUsed::median(&ref_cpu);
     let in_process_cpu = runs.median_cpu(WARREN_ALL);
-    runs.print_medians(cli.pairs, &fleet_cpu, &bincode_cpu);
+    runs.print_medians(cli.pairs, &fleet_cpu, &bincode_cpu, &ref_cpu);
     let (ratios, goals) = ratios_and_goals(&runs, &quality);
     let ms = |x: f64| x * 1e3;
     println!(
@@ -87,8 +128,20 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
         ms(bincode_cpu.own),
         ms(bincode_cpu.broker),
     );
+    println!(
+        "image payload by reference ({}, output_to {}): JSON message {} bytes, CPU/job worker {:.2} ms, producer \
+         {:.2}, broker {:.2}, store {:.2}",
+        by_ref.url,
+        Store::output_to("pair-N"),
+        by_ref.message_bytes,
+        ms(ref_cpu.worker),
+        ms(ref_cpu.own),
+        ms(ref_cpu.broker),
+        ms(ref_cpu.store),
+    );
 
     let (l, f, b) = (runs.median(WARREN_ALL), runs.median(FLEET), runs.median(FLEET_BINCODE));
+    let r = runs.median(FLEET_REF);
     Ok(json!({
         "job": {"photo": RESIZE_PHOTO, "photo_bytes": resize_job.image.len(), "width": resize_job.width,
                 "height": resize_job.height, "mode": "fit", "filter": "triangle", "quality": resize_job.quality},
@@ -101,27 +154,35 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
             "photo_bytes": resize_job.image.len(),
             "json": {"message_bytes": json_bytes, "cpu_s_per_job": fleet_cpu.json(in_process_cpu)},
             "bincode": {"message_bytes": bincode_bytes, "cpu_s_per_job": bincode_cpu.json(in_process_cpu)},
+            "by_reference": {"message_bytes": by_ref.message_bytes, "encoding": "json", "ref": by_ref.url,
+                             "object": "one stored object, named by every job",
+                             "output_to": Store::output_to("pair-N"), "store": "s3s-fs 0.14.1 on this host",
+                             "cpu_s_per_job": ref_cpu.json(in_process_cpu)},
         },
         // The keys of earlier reports: in-process is Warren on every core, the fleet's jobs JSON.
         "in_process_jobs_per_s": runs.rates(WARREN_ALL), "fleet_jobs_per_s": runs.rates(FLEET),
         "fleet_bincode_jobs_per_s": runs.rates(FLEET_BINCODE),
         "median_in_process": l, "median_fleet": f, "ratio": f / l,
         "median_fleet_bincode": b, "ratio_bincode": b / l,
+        "median_fleet_by_reference": r, "ratio_by_reference": r / l,
         "cpu_s_per_job": fleet_cpu.json(in_process_cpu),
         "cpu_s_per_job_bincode": bincode_cpu.json(in_process_cpu),
+        "cpu_s_per_job_by_reference": ref_cpu.json(in_process_cpu),
     }))
 }
 
-/// One pair: Pillow (full and draft, one process and one per core), Warren in-process (one
-/// thread, every core), then the fleet with JSON and with bincode jobs, each pushed to `runs`.
-/// Returns the two fleet runs' CPU per job.
+/// Pair `number`: Pillow (full and draft, one process and one per core), Warren in-process
+/// (one thread, every core), then the fleet with JSON jobs, bincode jobs and JSON jobs by
+/// reference, each pushed to `runs`. Returns the three fleet runs' CPU per job.
 async fn pair(
     cli: &Cli,
+    number: usize,
     photo: &Path,
     job: &Job,
     resize_job: &ResizeJob,
+    by_ref: &ByReference,
     runs: &mut Runs,
-) -> anyhow::Result<(CpuUsed, CpuUsed)> {
+) -> anyhow::Result<(CpuUsed, CpuUsed, CpuUsed)> {
     let (min, n) = (Duration::from_millis(cli.measure_ms), cli.heavy_messages);
     for (name, draft, processes) in [
         (PILLOW_FULL_1, false, 1),
@@ -139,10 +200,30 @@ async fn pair(
         s.producer.encoding = Encoding::Bincode;
     })
     .await?;
-    let (f_cpu, b_cpu) = (f_cpu.per_job(n), b_cpu.per_job(n));
+    let (r, r_cpu) = by_reference(by_ref, number, &p).await?;
+    let (f_cpu, b_cpu, r_cpu) = (f_cpu.per_job(n), b_cpu.per_job(n), r_cpu.per_job(n));
     runs.push(FLEET, Rate { jobs_per_s: f.rate(), cpu_s_per_job: f_cpu.total() });
     runs.push(FLEET_BINCODE, Rate { jobs_per_s: b.rate(), cpu_s_per_job: b_cpu.total() });
-    Ok((f_cpu, b_cpu))
+    runs.push(FLEET_REF, Rate { jobs_per_s: r.rate(), cpu_s_per_job: r_cpu.total() });
+    Ok((f_cpu, b_cpu, r_cpu))
+}
+
+/// The fleet on JSON jobs naming the stored photo, each output written back under a prefix of
+/// pair `number`'s own; checks that the store holds every output after the run.
+async fn by_reference(by_ref: &ByReference, number: usize, plan: &LoadPlan) -> anyhow::Result<(LoadReport, CpuUsed)> {
+    let run = format!("pair-{number}");
+    let beside = Beside {
+        store: by_ref.store.pid,
+        publish: PublishOptions { encoding: Some(Encoding::Json), ..PublishOptions::default() }
+            .output_to(Store::output_to(&run)),
+        ..Beside::default()
+    };
+    let env = by_ref.store.worker_env();
+    let (report, cpu) =
+        process_run_beside("bench-image", "image.resize", &env, None, &by_ref.job, plan, |_| (), beside).await?;
+    let stored = by_ref.store.outputs_of(&run);
+    anyhow::ensure!(stored as u64 == plan.count, "{stored} outputs stored for {} jobs by reference", plan.count);
+    Ok((report, cpu))
 }
 
 /// The report's `ratios` (each the median of the pairs' ratios) and `goals`, printed.
@@ -156,6 +237,10 @@ fn ratios_and_goals(runs: &Runs, quality: &Value) -> (Value, Value) {
         ("fleet_vs_warren_in_process", FLEET, WARREN_ALL),
         ("fleet_bincode_vs_pillow_draft_all_cores", FLEET_BINCODE, PILLOW_DRAFT_ALL),
         ("fleet_bincode_vs_warren_in_process", FLEET_BINCODE, WARREN_ALL),
+        ("fleet_by_reference_vs_pillow_draft_all_cores", FLEET_REF, PILLOW_DRAFT_ALL),
+        ("fleet_by_reference_vs_warren_in_process", FLEET_REF, WARREN_ALL),
+        ("fleet_by_reference_vs_fleet", FLEET_REF, FLEET),
+        ("fleet_by_reference_vs_fleet_bincode", FLEET_REF, FLEET_BINCODE),
     ]
     .map(|(key, a, b)| (key, runs.ratio(a, b)));
     let ratio = |key: &str| ratios.iter().find(|(k, _)| *k == key).map_or(f64::NAN, |(_, r)| *r);
@@ -164,12 +249,16 @@ fn ratios_and_goals(runs: &Runs, quality: &Value) -> (Value, Value) {
     let psnr = |key: &str| quality["psnr_db"][key].as_f64().unwrap_or(f64::NAN);
     let psnr_ok = psnr("warren") >= psnr("pillow_draft");
     let (per_core_met, fleet_met) = (per_core >= GOAL_PER_CORE && psnr_ok, fleet_vs_draft > GOAL_FLEET);
+    let ref_vs_draft = ratio("fleet_by_reference_vs_pillow_draft_all_cores");
+    let ref_met = ref_vs_draft >= GOAL_FLEET_REF;
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
         "image ratios (median of the pairs' ratios): Warren in-process / Pillow draft, one core {per_core:.2} (goal \
          >= {GOAL_PER_CORE} at equal or better PSNR: {}), all cores {:.2}; Warren one core / Pillow full one core \
          {:.2}; fleet / Pillow draft on all cores {fleet_vs_draft:.2} (goal > {GOAL_FLEET}: {}), bincode jobs {:.2}; \
-         fleet / Pillow full on all cores {:.2}; fleet / Warren in-process {:.2} (bincode jobs {:.2})",
+         fleet / Pillow full on all cores {:.2}; fleet / Warren in-process {:.2} (bincode jobs {:.2}); by \
+         reference: fleet / Pillow draft on all cores {ref_vs_draft:.2} (goal >= {GOAL_FLEET_REF}: {}), / JSON \
+         jobs {:.2}, / bincode jobs {:.2}, / Warren in-process {:.2}",
         met(per_core_met),
         ratio("warren_all_cores_vs_pillow_draft_all_cores"),
         ratio("warren_1core_vs_pillow_full_1core"),
@@ -178,11 +267,17 @@ fn ratios_and_goals(runs: &Runs, quality: &Value) -> (Value, Value) {
         ratio("fleet_vs_pillow_full_all_cores"),
         ratio("fleet_vs_warren_in_process"),
         ratio("fleet_bincode_vs_warren_in_process"),
+        met(ref_met),
+        ratio("fleet_by_reference_vs_fleet"),
+        ratio("fleet_by_reference_vs_fleet_bincode"),
+        ratio("fleet_by_reference_vs_warren_in_process"),
     );
     let goals = json!({
         "warren_1core_vs_pillow_draft_1core": {"ratio": per_core, "goal": GOAL_PER_CORE, "psnr_not_worse": psnr_ok,
                                                "met": per_core_met},
         "fleet_vs_pillow_draft_all_cores": {"ratio": fleet_vs_draft, "goal": GOAL_FLEET, "met": fleet_met},
+        "fleet_by_reference_vs_pillow_draft_all_cores": {"ratio": ref_vs_draft, "goal": GOAL_FLEET_REF,
+                                                         "at_least": true, "met": ref_met},
     });
     (Value::Object(ratios.iter().map(|(k, r)| ((*k).to_owned(), json!(r))).collect()), goals)
 }
@@ -241,7 +336,7 @@ impl Runs {
         Value::Object(self.0.iter().map(|(name, rates)| ((*name).to_owned(), row(rates))).collect())
     }
 
-    fn print_medians(&self, pairs: usize, fleet_cpu: &CpuUsed, bincode_cpu: &CpuUsed) {
+    fn print_medians(&self, pairs: usize, fleet_cpu: &CpuUsed, bincode_cpu: &CpuUsed, ref_cpu: &CpuUsed) {
         let c = cores();
         let ms = |x: f64| x * 1e3;
         let cell = |name| format!("{:7.1} jobs/s, CPU/job {:5.2} ms", self.median(name), ms(self.median_cpu(name)));
@@ -259,6 +354,7 @@ impl Runs {
         println!("  Warren in-process     1 thread  : {}; {c} threads  : {}", cell(WARREN_1), cell(WARREN_ALL));
         println!("  fleet, JSON jobs    : {:7.1} jobs/s, {}", self.median(FLEET), fleet_cpu.describe());
         println!("  fleet, bincode jobs : {:7.1} jobs/s, {}", self.median(FLEET_BINCODE), bincode_cpu.describe());
+        println!("  fleet, by reference : {:7.1} jobs/s, {}", self.median(FLEET_REF), ref_cpu.describe());
     }
 }
 

@@ -21,7 +21,8 @@ pub enum Scenario {
     /// The fleet's throughput by prefetch per pool slot.
     Prefetch,
     /// A 1920x1080 photo to a 256 px JPEG: Pillow (full decode and draft, 1 and all cores),
-    /// Warren in-process, and the fleet's `image.resize` with JSON and bincode jobs.
+    /// Warren in-process, and the fleet's `image.resize` with JSON and bincode jobs and by
+    /// reference (the photo in s3s-fs, the output written back).
     Image,
     /// ONNX Runtime in-process at batch sizes 1..32 vs the fleet's `ml.classify`.
     Ml,

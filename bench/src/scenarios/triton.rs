@@ -18,7 +18,7 @@ use warren_infra::Settings;
 use warren_infra::settings::ModelBackend;
 
 use crate::Cli;
-use crate::fleet::{cores, median, plan, process_run_beside};
+use crate::fleet::{Beside, cores, median, plan, process_run_beside};
 use crate::procfs::{self, CpuUsed};
 use crate::scenarios::ml::{MlModel, in_process_classify_beside, model_env, models};
 
@@ -126,8 +126,17 @@ async fn run_model(cli: &Cli, m: &MlModel) -> anyhow::Result<Value> {
     for _ in 0..cli.pairs {
         for (i, Variant { label, env, ready }) in variants.iter().enumerate() {
             let p = plan(jobs, cli.concurrency, 0.0);
-            let (f, c) =
-                process_run_beside("bench-triton", "ml.classify", env, Some(ready), &job, &p, |_| (), &group).await?;
+            let (f, c) = process_run_beside(
+                "bench-triton",
+                "ml.classify",
+                env,
+                Some(ready),
+                &job,
+                &p,
+                |_| (),
+                Beside { model_server: &group, ..Beside::default() },
+            )
+            .await?;
             let (p50, p99) = (f.latency_ms(0.5).unwrap_or(f64::NAN), f.latency_ms(0.99).unwrap_or(f64::NAN));
             let c = c.per_job(jobs);
             println!(
