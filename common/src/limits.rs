@@ -36,7 +36,7 @@ impl Default for Limits {
             max_output_height: 4096,
             allowed_formats: vec!["png".into(), "jpeg".into(), "webp".into()],
             max_checksum_rounds: 1_000_000,
-            max_ref_bytes: 256 * 1024 * 1024,
+            max_ref_bytes: 64 * 1024 * 1024,
         }
     }
 }

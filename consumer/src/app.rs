@@ -359,11 +359,12 @@ fn worker_id(configured: &str) -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Jobs that may hold fetched references at once: `store.max_held_jobs`, or twice the pool
-/// (those running and as many ready to run).
+/// Jobs that may hold fetched references at once: `store.max_held_jobs`, or four times the
+/// pool, the default prefetch (twice the pool left the cores idle in the benchmark, the jobs
+/// waiting on the store's round trips: docs/benchmarks.md, "Payloads by reference").
 fn held_jobs(settings: &Settings, pool_size: usize) -> usize {
     match settings.store.max_held_jobs {
-        0 => pool_size.saturating_mul(2).max(1),
+        0 => pool_size.saturating_mul(4).max(1),
         n => n,
     }
 }

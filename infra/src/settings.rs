@@ -259,7 +259,7 @@ pub struct StoreSettings {
     /// Downloads and uploads at once, per worker.
     pub max_transfers: usize,
     /// Jobs holding fetched bytes at once, per worker (each up to `limits.max_ref_bytes`);
-    /// 0 = twice the pool size.
+    /// 0 = four times the pool size (the default prefetch).
     pub max_held_jobs: usize,
     /// One request's time limit, body included.
     pub timeout_ms: u64,
