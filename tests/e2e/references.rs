@@ -286,6 +286,40 @@ async fn a_store_that_hangs_pauses_only_its_jobs_and_every_job_is_answered(vhost
     fleet.stop().await;
 }
 
+/// A drain that comes while a job waits on its references' fetch (the store hangs) hands the job
+/// back at the drain timeout, rather than waiting out the fetch's own (30 s here) or the settle
+/// bound; the job is answered by the next worker once the store goes on.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_hands_back_a_job_waiting_on_its_fetch(vhost: Vhost) {
+    let s3 = S3Server::start(&["inputs", "outputs"]).await;
+    s3.put("inputs", "d.jpg", &jpeg(&picture(320, 240, 16), 85));
+    let mut settings = s3_settings(&vhost, &s3);
+    (settings.store.timeout_ms, settings.store.retries) = (30_000, 0);
+    settings.consumer.drain_timeout_ms = 1_000;
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    s3.signal("STOP");
+    let job = Job::from(thumbnail(Ref::new("s3://inputs/d.jpg").expect("ref").to_bytes()));
+    let ticket = producer.publish(&job, &want_result()).await.expect("publish");
+    let queue = "warren.image.resize";
+    warren_e2e::eventually("the job delivered to the worker", || async {
+        warren_e2e::queue_depth(&settings, queue).await == 0
+    })
+    .await;
+    let started = Instant::now();
+    fleet.stop().await;
+    let stopped_in = started.elapsed();
+    println!("a drain with a fetch hanging: stopped in {stopped_in:?}");
+    assert!(stopped_in < Duration::from_secs(6), "the drain timeout (1 s) cut the fetch: {stopped_in:?}");
+    assert_eq!(warren_e2e::queue_depth(&settings, queue).await, 1, "the job is back in its queue");
+    s3.signal("CONT");
+    let fleet = warren_e2e::Fleet::start(settings.clone()).await;
+    let r = ticket.wait(DEADLINE).await.expect("result");
+    assert_eq!((r.status, r.attempt), (ResultStatus::Ok, 0), "{r:?}");
+    producer.close().await;
+    fleet.stop().await;
+}
+
 /// `file://` references on a temporary directory (the worker's `store.file_roots`), the output
 /// written there too; a reference outside the roots is denied.
 #[rstest]
