@@ -84,7 +84,7 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
             return fail(held, &kind, &error, timing, None).await;
         }
     };
-    let Parsed { registered, input, control, output_to, refs } = parsed;
+    let Parsed { registered, job, input, control, output_to, refs } = parsed;
     let kind = registered.runner.name();
     let held = &Held { kind, ..*held };
     tracing::Span::current().record("kind", kind);
@@ -111,17 +111,16 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
     // The job's deadline on the monotonic clock, for the moment it gets a slot.
     let deadline = decide::deadline_left(&control, now / 1000).map(|left| std::time::Instant::now() + left);
     // References are fetched here, before a slot is taken: a worker's prefetched jobs download
-    // while others run.
-    // Held until the job ends: with references, a place among the jobs holding fetched bytes.
-    let mut _holding = None;
-    let input = if refs.is_empty() {
-        input
+    // while others run. `_holding`, a place among the jobs holding fetched bytes, is kept until
+    // the job ends.
+    let (input, _holding) = if refs.is_empty() {
+        (input, None)
     } else {
         let fetching = async {
-            _holding = Some(worker.stores.hold().await);
-            fetched(worker, registered, &delivery.data, content_type, &refs).await
+            let holding = worker.stores.hold().await;
+            (fetched(worker, registered, job, &refs).await, Some(holding))
         };
-        let got = tokio::select! {
+        let (got, holding) = tokio::select! {
             got = fetching => got,
             () = stop.cancelled() => {
                 tracing::warn!("drain timeout while fetching the job's references: handing it back");
@@ -130,7 +129,7 @@ async fn story(held: &Held<'_>, stop: &CancellationToken) {
             }
         };
         match got {
-            Ok(input) => input,
+            Ok(input) => (input, holding),
             Err(error) => {
                 let left = decide::deadline_left(&control, now_us() / 1000);
                 return fail(held, kind, &error, not_run, left).await;
@@ -381,8 +380,10 @@ async fn fail(held: &Held<'_>, kind: &str, error: &JobError, timing: Timing, lef
 }
 
 /// A job read at the boundary.
-struct Parsed<'w> {
+struct Parsed<'w, 'b> {
     registered: &'w Registered,
+    /// The job's part of the body, to decode again once its references are fetched.
+    job: warren_common::JobBody<'b>,
     /// Validated, unless it holds references (validated once they are fetched).
     input: Input,
     control: warren_common::Control,
@@ -395,12 +396,12 @@ struct Parsed<'w> {
 /// Parses at the boundary: size, content type, envelope, kind (registered and served), the job's
 /// fields (the kind's type), job id, then the kind's validation against the limits (for a job
 /// holding references, once they are fetched: [`fetched`]).
-fn parse<'w>(
-    body: &[u8],
+fn parse<'w, 'b>(
+    body: &'b [u8],
     content_type: Option<&str>,
     facts: &Facts,
     worker: &'w Worker,
-) -> Result<Parsed<'w>, JobError> {
+) -> Result<Parsed<'w, 'b>, JobError> {
     let limits = &worker.limits;
     if body.len() > limits.max_body_bytes {
         return Err(JobError::BodyTooLarge { size: body.len(), limit: limits.max_body_bytes });
@@ -427,7 +428,7 @@ fn parse<'w>(
             worker.stores.check(r)?;
         }
     }
-    Ok(Parsed { registered, input, control: opened.control, output_to, refs })
+    Ok(Parsed { registered, job: opened.job, input, control: opened.control, output_to, refs })
 }
 
 /// An `output_to` this worker can write under: an `s3://bucket/prefix` or a `file://`
@@ -449,12 +450,11 @@ fn checked_output_to(prefix: &str, worker: &Worker) -> Result<String, JobError> 
 }
 
 /// The job's input with its references' bytes in their place, validated: the references
-/// fetched (bounded, each within `limits.max_ref_bytes`), then the job decoded again.
+/// fetched (bounded, within `limits.max_ref_bytes` in all), then `job` decoded again.
 async fn fetched(
     worker: &Worker,
     registered: &Registered,
-    body: &[u8],
-    content_type: Option<&str>,
+    job: warren_common::JobBody<'_>,
     refs: &[Ref],
 ) -> Result<Input, JobError> {
     let started = std::time::Instant::now();
@@ -467,10 +467,7 @@ async fn fetched(
         fetch_ms = started.elapsed().as_millis() as u64,
         "references fetched"
     );
-    // The body was parsed once already: the same steps cannot fail differently now.
-    let encoding = Encoding::from_content_type(content_type).unwrap_or(Encoding::Json);
-    let opened = JobEnvelope::open(body, encoding)?;
-    let input = bytes::fill_refs(fetched, || registered.runner.decode(opened.job))?;
+    let input = bytes::fill_refs(fetched, || registered.runner.decode(job))?;
     registered.runner.validate(&input, &worker.limits)?;
     Ok(input)
 }

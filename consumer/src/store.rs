@@ -40,7 +40,8 @@ pub struct Stores {
     s3_configured: bool,
     /// Credentials to scrub from error texts: the configured ones and the environment's.
     secrets: Vec<String>,
-    /// `store.file_roots`, resolved (symbolic links followed) where they exist.
+    /// `store.file_roots` as given and, where they exist, resolved (symbolic links followed):
+    /// a reference is checked as written, a resolved path against the resolved roots.
     roots: Vec<PathBuf>,
 }
 
@@ -128,8 +129,10 @@ impl Stores {
             .collect();
         secrets.sort();
         secrets.dedup();
-        let roots =
-            settings.file_roots.iter().map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())).collect();
+        let mut roots: Vec<PathBuf> = settings.file_roots.iter().flat_map(|r| std::fs::canonicalize(r).ok()).collect();
+        roots.extend(settings.file_roots.iter().cloned());
+        roots.sort();
+        roots.dedup();
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(settings.timeout_ms))
             .timeout(Duration::from_millis(settings.timeout_ms))
@@ -177,7 +180,7 @@ impl Stores {
             Scheme::Https => Ok(()),
             Scheme::File => {
                 let path = file_path(r.url()).map_err(|e| JobError::InvalidParams(format!("{r}: {e}")))?;
-                if under_roots(&path, &self.roots) || under_roots(&path, &self.settings.file_roots) {
+                if under_roots(&path, &self.roots) {
                     Ok(())
                 } else if self.roots.is_empty() {
                     Err(JobError::RefDenied(format!("{r}: this worker reads no file:// references (store.file_roots)")))
@@ -218,27 +221,27 @@ impl Stores {
 
     /// Reads one reference's bytes, at most `limit` of them.
     pub async fn fetch(&self, r: &Ref, limit: u64) -> Result<Vec<u8>, JobError> {
-        let _permit = self.transfers.acquire().await.map_err(|_| JobError::StoreUnavailable("closed".into()))?;
-        let fetch = async {
+        self.transfer(r, async {
             match r.scheme() {
                 Scheme::S3 => self.fetch_s3(r, limit).await,
                 Scheme::File => self.fetch_file(r, limit).await,
                 Scheme::Https => self.fetch_https(r, limit).await,
             }
-        };
-        let got = tokio::time::timeout(self.budget(), fetch).await.unwrap_or_else(|_| Err(self.too_slow(r)));
-        got.map_err(|e| self.scrubbed(e))
+        })
+        .await
     }
 
-    /// How long one transfer may take, its retries included: a mount or a store that hangs
-    /// (rather than refusing) frees the job then.
-    fn budget(&self) -> Duration {
+    /// Runs one transfer of `r` in a slot of `store.max_transfers`, within its time budget
+    /// (`timeout_ms` x (1 + `retries`): a mount or a store that hangs rather than refusing frees
+    /// the job then), its error scrubbed of credentials.
+    async fn transfer<T>(&self, r: &Ref, work: impl Future<Output = Result<T, JobError>>) -> Result<T, JobError> {
+        let _slot = self.transfers.acquire().await.map_err(|_| JobError::StoreUnavailable("closed".into()))?;
         let tries = u32::try_from(self.settings.retries.saturating_add(1)).unwrap_or(u32::MAX);
-        Duration::from_millis(self.settings.timeout_ms).saturating_mul(tries)
-    }
-
-    fn too_slow(&self, r: &Ref) -> JobError {
-        JobError::StoreUnavailable(format!("{r}: no answer within {:?}", self.budget()))
+        let budget = Duration::from_millis(self.settings.timeout_ms).saturating_mul(tries);
+        let done = tokio::time::timeout(budget, work)
+            .await
+            .unwrap_or_else(|_| Err(JobError::StoreUnavailable(format!("{r}: no answer within {budget:?}"))));
+        done.map_err(|e| self.scrubbed(e))
     }
 
     /// A place among the jobs that hold fetched bytes (`store.max_held_jobs`), kept until the
@@ -258,8 +261,7 @@ impl Stores {
 
     /// Writes one object (replacing what is there: a job run again writes the same names).
     pub async fn store(&self, r: &Ref, bytes: Vec<u8>) -> Result<(), JobError> {
-        let _permit = self.transfers.acquire().await.map_err(|_| JobError::StoreUnavailable("closed".into()))?;
-        let put = async {
+        self.transfer(r, async {
             match r.scheme() {
                 Scheme::S3 => self.store_s3(r, bytes).await,
                 Scheme::File => self.store_file(r, bytes).await,
@@ -267,9 +269,8 @@ impl Stores {
                     Err(JobError::InvalidParams(format!("{r}: outputs go to s3:// or file://, not https://")))
                 }
             }
-        };
-        let put = tokio::time::timeout(self.budget(), put).await.unwrap_or_else(|_| Err(self.too_slow(r)));
-        put.map_err(|e| self.scrubbed(e))
+        })
+        .await
     }
 
     fn client(&self, bucket: &str) -> Result<Arc<AmazonS3>, JobError> {

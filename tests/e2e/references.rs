@@ -57,6 +57,18 @@ fn thumbnail(image: Vec<u8>) -> ResizeJob {
     }
 }
 
+/// A thumbnail job of the image at `url`.
+fn by_ref(url: impl Into<String>) -> Job {
+    Job::from(thumbnail(Ref::new(url).expect("a reference").to_bytes()))
+}
+
+/// How many times a job was set aside because its store did not answer, by `fleet`'s metrics.
+fn set_aside(fleet: &warren_e2e::Fleet) -> f64 {
+    let metrics = fleet.metrics_addr.expect("metrics");
+    tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(metrics))
+        .value("warren_job_errors_total", &[("error_type", "store_unavailable")])
+}
+
 fn s3_settings(vhost: &Vhost, s3: &S3Server) -> Settings {
     let mut settings = settings_for(vhost);
     settings.store = s3.settings();
@@ -94,7 +106,7 @@ async fn large_images_are_resized_by_reference_and_their_outputs_written_back(vh
         ("s3://inputs/camera/4000x3000.jpg", (4000, 3000), Encoding::Bincode),
         ("s3://inputs/scans/big.png", (4096, 3400), Encoding::Json),
     ] {
-        let job = Job::from(thumbnail(Ref::new(url).expect("ref").to_bytes()));
+        let job = by_ref(url);
         let opts = PublishOptions { encoding: Some(encoding), ..want_result() }.output_to("s3://outputs/thumbs/");
         let started = Instant::now();
         let ticket = producer.publish(&job, &opts).await.expect("publish");
@@ -109,7 +121,7 @@ async fn large_images_are_resized_by_reference_and_their_outputs_written_back(vh
         println!("{url} ({encoding}): {:?} to answer, output {at}", started.elapsed());
     }
     // The JSON result names the object and its size.
-    let job = Job::from(thumbnail(Ref::new("s3://inputs/camera/4000x3000.jpg").expect("ref").to_bytes()));
+    let job = by_ref("s3://inputs/camera/4000x3000.jpg");
     let opts = PublishOptions { encoding: Some(Encoding::Json), ..want_result() }.output_to("s3://outputs/json");
     let r = producer.publish(&job, &opts).await.expect("publish").wait(DEADLINE).await.expect("result");
     let json = r.output.as_ref().and_then(|o| o.to_json()).expect("json output");
@@ -119,7 +131,7 @@ async fn large_images_are_resized_by_reference_and_their_outputs_written_back(vh
     let object = s3.get("outputs", key).expect("stored");
     assert_eq!(json["image"]["size"].as_u64(), Some(object.len() as u64), "{json}");
     // Without output_to the output comes inline, as before.
-    let job = Job::from(thumbnail(Ref::new("s3://inputs/camera/4000x3000.jpg").expect("ref").to_bytes()));
+    let job = by_ref("s3://inputs/camera/4000x3000.jpg");
     let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
     let out = r.output_as::<Resize>().expect("resize output");
     assert!(Ref::from_bytes(&out.image).is_none() && image::load_from_memory(&out.image).is_ok(), "inline bytes");
@@ -151,14 +163,14 @@ async fn missing_denied_and_oversized_references_are_dead_lettered_with_their_ty
         ("file:///etc/passwd", "ref_denied"),
     ];
     for (url, error_type) in cases {
-        let job = Job::from(thumbnail(Ref::new(url).expect("ref").to_bytes()));
+        let job = by_ref(url);
         let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
         let e = r.error.as_ref().unwrap_or_else(|| panic!("{url}: {r:?}"));
         assert_eq!((e.error_type.as_str(), r.attempt), (error_type, 0), "{url}: {e:?}");
         assert!(e.message.contains(url), "{url}: the message names it: {}", e.message);
     }
     // An output_to the worker cannot write is refused before any work.
-    let job = Job::from(thumbnail(Ref::new("s3://inputs/photo.jpg").expect("ref").to_bytes()));
+    let job = by_ref("s3://inputs/photo.jpg");
     let r = producer
         .publish(&job, &want_result().output_to("https://example.com/out/"))
         .await
@@ -180,7 +192,7 @@ async fn missing_denied_and_oversized_references_are_dead_lettered_with_their_ty
     wrong.store.s3_access_key_id = s3.access_key.clone();
     wrong.store.s3_secret_access_key = warren_infra::settings::Secret("not-the-secret-0123456789".into());
     let (fleet, producer) = fleet_and_producer(&wrong).await;
-    let job = Job::from(thumbnail(Ref::new("s3://inputs/photo.jpg").expect("ref").to_bytes()));
+    let job = by_ref("s3://inputs/photo.jpg");
     let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
     let e = r.error.as_ref().expect("an error");
     assert_eq!(e.error_type, "ref_denied", "{e:?}");
@@ -216,7 +228,7 @@ async fn a_store_stopped_mid_run_pauses_only_its_jobs_and_every_job_is_answered(
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let mut tickets = Vec::new();
     for i in 0..JOBS {
-        let job = Job::from(thumbnail(Ref::new(format!("s3://inputs/p/{i}.jpg")).expect("ref").to_bytes()));
+        let job = by_ref(format!("s3://inputs/p/{i}.jpg"));
         tickets.push(producer.publish(&job, &want_result().output_to("s3://outputs/t/")).await.expect("publish"));
         if i == 10 {
             s3.stop().await;
@@ -235,9 +247,7 @@ async fn a_store_stopped_mid_run_pauses_only_its_jobs_and_every_job_is_answered(
         assert_eq!(r.attempt, 0, "no attempt spent while the store was down");
         stored_output(&s3, &r);
     }
-    let metrics = fleet.metrics_addr.expect("metrics");
-    let set_aside = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(metrics))
-        .value("warren_job_errors_total", &[("error_type", "store_unavailable")]);
+    let set_aside = set_aside(&fleet);
     println!("all {JOBS} jobs by reference answered; {set_aside} times one was set aside while the store was down");
     assert!(set_aside >= 1.0, "the store's outage was met");
     producer.close().await;
@@ -264,15 +274,10 @@ async fn a_store_that_hangs_pauses_only_its_jobs_and_every_job_is_answered(vhost
     s3.signal("STOP");
     let mut tickets = Vec::new();
     for i in 0..JOBS {
-        let job = Job::from(thumbnail(Ref::new(format!("s3://inputs/h/{i}.jpg")).expect("ref").to_bytes()));
+        let job = by_ref(format!("s3://inputs/h/{i}.jpg"));
         tickets.push(producer.publish(&job, &want_result().output_to("s3://outputs/h/")).await.expect("publish"));
     }
-    let metrics = fleet.metrics_addr.expect("metrics");
-    let set_aside = || {
-        tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(metrics))
-            .value("warren_job_errors_total", &[("error_type", "store_unavailable")])
-    };
-    warren_e2e::eventually("jobs set aside while the store hangs", || async { set_aside() >= JOBS as f64 }).await;
+    warren_e2e::eventually("jobs set aside while the store hangs", || async { set_aside(&fleet) >= JOBS as f64 }).await;
     let answered = warren_e2e::answer_checksum_jobs(&producer, 20).await;
     assert_eq!(answered.len(), 20, "jobs without references are answered meanwhile");
     s3.signal("CONT");
@@ -281,7 +286,7 @@ async fn a_store_that_hangs_pauses_only_its_jobs_and_every_job_is_answered(vhost
         assert_eq!((r.status, r.attempt), (ResultStatus::Ok, 0), "{r:?}");
         stored_output(&s3, &r);
     }
-    println!("a hanging store: {} set-asides, all {JOBS} jobs answered once it went on", set_aside());
+    println!("a hanging store: {} set-asides, all {JOBS} jobs answered once it went on", set_aside(&fleet));
     producer.close().await;
     fleet.stop().await;
 }
@@ -299,7 +304,7 @@ async fn a_drain_hands_back_a_job_waiting_on_its_fetch(vhost: Vhost) {
     settings.consumer.drain_timeout_ms = 1_000;
     let (fleet, producer) = fleet_and_producer(&settings).await;
     s3.signal("STOP");
-    let job = Job::from(thumbnail(Ref::new("s3://inputs/d.jpg").expect("ref").to_bytes()));
+    let job = by_ref("s3://inputs/d.jpg");
     let ticket = producer.publish(&job, &want_result()).await.expect("publish");
     let queue = "warren.image.resize";
     warren_e2e::eventually("the job delivered to the worker", || async {
@@ -333,7 +338,7 @@ async fn file_references_are_read_and_written_under_the_roots(vhost: Vhost) {
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let url = format!("file://{}/in.jpg", dir.path().display());
     let out = format!("file://{}/out/", dir.path().display());
-    let job = Job::from(thumbnail(Ref::new(&url).expect("ref").to_bytes()));
+    let job = by_ref(&url);
     let ticket = producer.publish(&job, &want_result().output_to(&out)).await.expect("publish");
     let job_id = ticket.job_id.clone();
     let r = ticket.wait(DEADLINE).await.expect("result");
@@ -344,11 +349,11 @@ async fn file_references_are_read_and_written_under_the_roots(vhost: Vhost) {
     let written = std::fs::read(dir.path().join("out").join(&job_id).join("0.jpg")).expect("written");
     let img = image::load_from_memory(&written).expect("an image");
     assert_eq!((img.width(), img.height()), (320, 240));
-    let outside = Job::from(thumbnail(Ref::new("file:///etc/hostname").expect("ref").to_bytes()));
+    let outside = by_ref("file:///etc/hostname");
     let r = producer.publish(&outside, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
     assert_eq!(r.error.map(|e| e.error_type).as_deref(), Some("ref_denied"));
     // No S3 store configured here: an s3:// reference is refused at once, not tried.
-    let s3 = Job::from(thumbnail(Ref::new("s3://inputs/a.jpg").expect("ref").to_bytes()));
+    let s3 = by_ref("s3://inputs/a.jpg");
     let r = producer.publish(&s3, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
     let e = r.error.expect("an error");
     assert_eq!((e.error_type.as_str(), r.attempt), ("ref_denied", 0), "{}", e.message);
@@ -386,7 +391,7 @@ async fn presigned_https_urls_are_read_and_their_signatures_never_shown(vhost: V
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let signed =
         |path: &str| format!("{}?X-Amz-Credential=AKIDSIGNED&X-Amz-Signature=0123456789abcdef", server.url(path));
-    let job = Job::from(thumbnail(Ref::new(signed("photo.jpg")).expect("ref").to_bytes()));
+    let job = by_ref(signed("photo.jpg"));
     let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
     assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
     let out = r.output_as::<Resize>().expect("output");
@@ -394,7 +399,7 @@ async fn presigned_https_urls_are_read_and_their_signatures_never_shown(vhost: V
     for (path, error_type) in
         [("missing.jpg", "ref_not_found"), ("status/403", "ref_denied"), ("status/410", "ref_not_found")]
     {
-        let job = Job::from(thumbnail(Ref::new(signed(path)).expect("ref").to_bytes()));
+        let job = by_ref(signed(path));
         let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
         let e = r.error.as_ref().unwrap_or_else(|| panic!("{path}: {r:?}"));
         assert_eq!(e.error_type, error_type, "{path}: {e:?}");
