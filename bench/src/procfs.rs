@@ -52,19 +52,6 @@ fn find_broker_pid() -> Option<u32> {
     beams.iter().copied().find(|pid| holds_socket(*pid, &listening)).or_else(|| (beams.len() == 1).then(|| beams[0]))
 }
 
-/// The process listening on TCP `port` (an object store the bench started, say), if any.
-pub fn listening_pid(port: u16) -> Option<u32> {
-    let listening = listening_inodes(port);
-    if listening.is_empty() {
-        return None;
-    }
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| holds_socket(*pid, &listening))
-}
-
 /// Whether process `pid` holds one of the sockets `inodes`.
 fn holds_socket(pid: u32, inodes: &[String]) -> bool {
     std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten().any(|fd| {

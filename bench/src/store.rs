@@ -1,7 +1,7 @@
 //! The object store of the runs by reference (issue 28): a real S3-compatible server (s3s-fs,
 //! `warren_e2e::s3`, which `scripts/setup.sh` installs) on a free port of this host, objects
 //! put in place before a run, the worker's `[store]` settings for it as environment variables,
-//! and its process found, so that its CPU time is measured apart from the broker's and the
+//! and its process known, so that its CPU time is measured apart from the broker's and the
 //! worker's. Killed, and its directory removed, when dropped.
 
 use std::path::Path;
@@ -10,8 +10,6 @@ use anyhow::Context as _;
 use warren_common::Ref;
 use warren_consumer::store::Stores;
 use warren_e2e::s3::S3Server;
-
-use crate::procfs::listening_pid;
 
 /// The bucket the jobs' inputs are read from, and the one their outputs are written to.
 pub const INPUTS: &str = "bench-inputs";
@@ -28,8 +26,8 @@ impl Store {
     /// Starts the server with [`INPUTS`] and [`OUTPUTS`] made, and finds its process.
     pub async fn start() -> anyhow::Result<Self> {
         let server = S3Server::start(&[INPUTS, OUTPUTS]).await;
-        let pid = listening_pid(server.port);
-        anyhow::ensure!(pid.is_some(), "no process found listening on s3s-fs's port {}", server.port);
+        let pid = server.pid();
+        anyhow::ensure!(pid.is_some(), "s3s-fs is not running");
         Ok(Self { server, pid })
     }
 

@@ -76,9 +76,14 @@ impl S3Server {
         }
     }
 
+    /// The server's process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Sends the server a signal (`STOP`: it hangs, holding its connections; `CONT`: it goes on).
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().and_then(Child::id).expect("the server runs");
+        let pid = self.pid().expect("the server runs");
         let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
         assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
     }
