@@ -37,6 +37,57 @@ pub fn encode_frame(header: &Value, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The start of a child's stderr line naming the job whose lines follow (`_protocol.JOB_MARK`).
+const JOB_MARK: &str = "\u{1e}warren-job ";
+/// Longest piece of a child's stderr logged as one line.
+const MAX_LINE: u64 = 16 << 10;
+
+/// Which job a child's stderr lines belong to, read from the stream itself: the child marks
+/// where each job's lines start and end, so a line is attributed by its place in the stream, not
+/// by when the worker reads it (a line written just before a job's answer is often read after).
+#[derive(Debug, Default)]
+pub struct StderrJobs {
+    current: String,
+}
+
+impl StderrJobs {
+    /// The text of `line` to log and the job it belongs to ("" between jobs); None for a mark
+    /// alone. Text before a mark on the same line (output without its newline) is the job's
+    /// before the mark.
+    pub fn attribute<'a>(&mut self, line: &'a str) -> Option<(&'a str, String)> {
+        let mark = line.find(JOB_MARK).and_then(|at| {
+            serde_json::from_str::<String>(line[at + JOB_MARK.len()..].trim_end()).ok().map(|id| (at, id))
+        });
+        let Some((at, id)) = mark else {
+            return Some((line, self.current.clone()));
+        };
+        let before = (!line[..at].is_empty()).then(|| (&line[..at], self.current.clone()));
+        self.current = id;
+        before
+    }
+}
+
+/// Logs a child's stderr line by line with the job each belongs to ([`StderrJobs`]) until it
+/// ends. Bytes that are not UTF-8 are logged replaced, and a line past [`MAX_LINE`] in pieces,
+/// so no output stops the reading (a child blocked on a full pipe would stall its job).
+async fn log_stderr(stderr: tokio::process::ChildStderr, pid: u32) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut reader = BufReader::new(stderr);
+    let mut jobs = StderrJobs::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        if let Some((text, job_id)) = jobs.attribute(text.trim_end_matches(['\n', '\r'])) {
+            tracing::info!(target: "warren_python", pid, job_id = %job_id, "{text}");
+        }
+    }
+}
+
 /// A kind as a child declares it.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Declared {
@@ -58,8 +109,6 @@ pub enum Answer {
 /// One child process and its pipes.
 pub struct Child {
     process: Process,
-    /// The job it runs now ("" between jobs), for its stderr lines in the worker's log.
-    current: std::sync::Arc<Mutex<String>>,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     /// Jobs it ran, and its resident memory after the last.
@@ -123,20 +172,9 @@ impl Child {
         else {
             anyhow::bail!("the child's pipes were not opened");
         };
-        let current = std::sync::Arc::new(Mutex::new(String::new()));
         // Its prints, tracebacks and C extensions' output, each line logged with the job it runs.
-        tokio::spawn({
-            let (current, pid) = (current.clone(), process.id().unwrap_or_default());
-            async move {
-                use tokio::io::AsyncBufReadExt as _;
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let job_id = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    tracing::info!(target: "warren_python", pid, job_id = %job_id, "{line}");
-                }
-            }
-        });
-        let mut child = Self { process, current, stdin, stdout: BufReader::new(stdout), jobs: 0, rss_bytes: 0 };
+        tokio::spawn(log_stderr(stderr, process.id().unwrap_or_default()));
+        let mut child = Self { process, stdin, stdout: BufReader::new(stdout), jobs: 0, rss_bytes: 0 };
         let Some((hello, _)) = child.read().await? else {
             anyhow::bail!("the Python child ended before saying which kinds it has (see its stderr above)");
         };
@@ -173,10 +211,7 @@ impl Child {
 
     /// Runs one job; the child is gone (killed, or dead) when this returns `Err`.
     pub async fn run(&mut self, job: &JobFrame<'_>, limit: Duration) -> Result<Answer, Ended> {
-        job.id.clone_into(&mut self.current.lock().unwrap_or_else(|p| p.into_inner()));
-        let answer = self.run_one(job, limit).await;
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        answer
+        self.run_one(job, limit).await
     }
 
     async fn run_one(&mut self, job: &JobFrame<'_>, limit: Duration) -> Result<Answer, Ended> {
@@ -450,6 +485,24 @@ mod tests {
         assert_eq!(&frame[..8], &[12, 0, 0, 0, 5, 0, 0, 0]);
         assert_eq!(&frame[8..20], br#"{"t":"stop"}"#);
         assert_eq!(&frame[20..], b"\x00\xffraw");
+    }
+
+    #[test]
+    fn stderr_lines_belong_to_the_job_their_place_in_the_stream_says() {
+        let mut jobs = StderrJobs::default();
+        let mut lines = |line: &str| jobs.attribute(line).map(|(text, id)| (text.to_owned(), id));
+        let owned = |text: &str, id: &str| Some((text.to_owned(), id.to_owned()));
+        assert_eq!(lines("importing"), owned("importing", ""));
+        assert_eq!(lines("\u{1e}warren-job \"a-1\""), None);
+        assert_eq!(lines("INFO thumbnail 128x86"), owned("INFO thumbnail 128x86", "a-1"));
+        // Output without its newline, then the job's end mark on the same line.
+        assert_eq!(lines("partial\u{1e}warren-job \"\""), owned("partial", "a-1"));
+        assert_eq!(lines("between jobs"), owned("between jobs", ""));
+        // An id with a newline or quotes travels as a JSON string.
+        assert_eq!(lines("\u{1e}warren-job \"b\\n\\\"2\"\r"), None);
+        assert_eq!(lines("x"), owned("x", "b\n\"2"));
+        // Something that only looks like a mark is a line of text.
+        assert_eq!(lines("\u{1e}warren-job not json"), owned("\u{1e}warren-job not json", "b\n\"2"));
     }
 
     #[test]

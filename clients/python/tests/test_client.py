@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -422,10 +423,16 @@ def test_python_kinds_hosted_by_the_worker_answer_the_client(vhost):
             assert r.error["type"] == "corrupt_image", r
             many = [client.submit("py.normalize", {"vector": [i, 1]}) for i in range(200)]
             assert all(client.result(j, timeout=60).ok for j in many)
+            # Each kind logs just before it answers: every line still carries its own job's id.
+            thumbs = [client.submit("py.thumbnail", {"image": photo, "size": 64}) for _ in range(40)]
+            assert all(client.result(j, timeout=60).ok for j in thumbs)
     finally:
         assert consumer.stop() == 0, "".join(consumer.log)
     lines = [line for line in consumer.log if "thumbnail 128x" in line]
     assert lines and thumb_job in lines[0], f"a kind's log line reaches the worker's log with its job id: {lines}"
+    ids = [m.group(1) if (m := re.search(r"job_id=(\S*)", line)) else None
+           for line in consumer.log if "thumbnail 64x" in line]
+    assert sorted(ids) == sorted(thumbs), f"each line with its own job's id: {ids}"
 
 
 def test_references_go_as_ref_objects_and_output_to_beside_the_kind():

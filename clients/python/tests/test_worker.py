@@ -131,7 +131,13 @@ def test_a_child_says_its_kinds_then_answers_jobs_with_bytes_once(child: ChildPr
     assert header["type"] == "unknown_kind"
     child.send({"t": "stop"})
     assert child.proc.wait(timeout=10) == 0
-    assert "digesting 3000 bytes" in child.stderr(), "prints go to stderr"
+    # Prints go to stderr, between the marks of the job that made them (flushed before the end
+    # mark, though stdout is a pipe and block-buffered): the worker attributes each line by its
+    # place in the stream.
+    lines = child.stderr().split("\n")  # not splitlines: \x1e is a line boundary to it
+    marks = [i for i, line in enumerate(lines) if line.startswith("\x1ewarren-job ")]
+    assert [lines[i][len("\x1ewarren-job "):] for i in marks] == ['"j1"', '""', '"j2"', '""'], lines
+    assert lines[marks[0] + 1:marks[1]] == ["digesting 3000 bytes"], lines
 
 
 def test_each_exception_class_and_an_unencodable_output(child: ChildProcess) -> None:

@@ -1,6 +1,11 @@
 """The frames between the Rust worker and a Python child process, over the child's stdin and
 stdout (its own prints go to stderr, which the worker logs with the job id).
 
+Which job a stderr line belongs to travels on stderr itself: before a job the child writes the
+line ``\x1ewarren-job "ID"`` (the id as a JSON string), after it ``\x1ewarren-job ""``, each
+after flushing what Python buffered. A line is so attributed by its place in the one stream, not
+by when the worker happens to read it.
+
 A frame is ``header length (u32 LE) | body length (u32 LE) | header (JSON) | body (bytes)``.
 The body carries what is already bytes untouched: a job's JSON text as its envelope held it
 (bytes fields base64 once, as the producer wrote them), an output's JSON text. Headers:
@@ -15,6 +20,7 @@ The body carries what is already bytes untouched: a job's JSON text as its envel
 from __future__ import annotations
 
 import json
+import os
 import struct
 from typing import IO, Any
 
@@ -23,6 +29,16 @@ PROTOCOL = 1
 MAX_PART = 1 << 30
 
 _LENGTHS = struct.Struct("<II")
+
+#: The start of a stderr line naming the job whose lines follow (``""``: none).
+JOB_MARK = b"\x1ewarren-job "
+
+
+def mark_job(fd: int, job_id: str) -> None:
+    """Writes the line telling the worker that the stderr lines after it are ``job_id``'s."""
+    line = JOB_MARK + json.dumps(job_id).encode() + b"\n"
+    while line:
+        line = line[os.write(fd, line):]
 
 
 class ProtocolError(Exception):

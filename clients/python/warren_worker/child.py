@@ -67,6 +67,17 @@ def decode_input(spec: KindSpec, body: bytes) -> dict[str, Any]:
     return job
 
 
+def _lines_belong_to(job_id: str) -> None:
+    """Flushes what Python holds for stderr (and stdout, which goes there), then marks the lines
+    after as ``job_id``'s (``""``: between jobs) on stderr itself (``_protocol.mark_job``)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    _protocol.mark_job(2, job_id)
+
+
 class _Refused(Exception):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
@@ -124,6 +135,7 @@ class Child:
         cancelled = threading.Event()
         with self.current_lock:
             self.current = (job_id, cancelled)
+        _lines_belong_to(job_id)
         last = [0.0]
 
         def progress(fraction: float, text: str) -> None:
@@ -151,6 +163,7 @@ class Child:
             error_class, error_type, message = spec.classify(e)
             self.fail(job_id, error_class, error_type, message)
         finally:
+            _lines_belong_to("")
             with self.current_lock:
                 self.current = None
 
