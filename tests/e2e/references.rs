@@ -409,3 +409,79 @@ async fn presigned_https_urls_are_read_and_their_signatures_never_shown(vhost: V
     producer.close().await;
     fleet.stop().await;
 }
+
+/// `ml.classify` by reference: digits from the store, batched with jobs that carry their bytes
+/// (one model run serves both), each answered as the model predicts; a missing object fails
+/// alone, the batch around it answered.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classify_jobs_by_reference_share_model_runs_with_inline_ones(vhost: Vhost) {
+    use warren_common::classify::{Classify, ClassifyJob};
+    let dir = warren_e2e::repo_root().join("models/digits");
+    let s3 = S3Server::start(&["digits"]).await;
+    let mut settings = s3_settings(&vhost, &s3);
+    settings.consumer.kinds = vec!["ml.classify".into()];
+    settings.consumer.pool_size = 1;
+    let route = warren_e2e::route(&mut settings, "ml.classify");
+    (route.max_batch, route.max_batch_wait_ms) = (8, Some(50));
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).expect("expected")).expect("json");
+    let names: Vec<String> = expected["truth"].as_object().expect("truth").keys().take(24).cloned().collect();
+    let mut tickets = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let bytes = std::fs::read(dir.join("samples").join(name)).expect("sample");
+        // Two of three by reference (JSON and bincode), one in three inline; one reference missing.
+        let image = match i % 3 {
+            _ if i == 7 => Ref::new("s3://digits/missing.png").expect("ref").to_bytes(),
+            0 => bytes,
+            _ => {
+                s3.put("digits", name, &bytes);
+                Ref::new(format!("s3://digits/{name}")).expect("ref").to_bytes()
+            }
+        };
+        let encoding = if i % 2 == 0 { Encoding::Json } else { Encoding::Bincode };
+        let opts = PublishOptions { encoding: Some(encoding), ..want_result() };
+        let job = Job::from(ClassifyJob { image, top_k: Some(1) });
+        tickets.push(producer.publish(&job, &opts).await.expect("publish"));
+    }
+    for (i, (name, t)) in names.iter().zip(tickets).enumerate() {
+        let r = t.wait(DEADLINE).await.expect("result");
+        if i == 7 {
+            assert_eq!((r.error.expect("missing").error_type.as_str(), r.attempt), ("ref_not_found", 0));
+            continue;
+        }
+        let Some(out) = r.output_as::<Classify>() else { panic!("{name}: {:?}", r.error) };
+        let predicted = expected["models"]["f32"]["predicted"][name].as_u64().expect("predicted");
+        assert_eq!(u64::from(out.predictions[0].index), predicted, "{name} (job {i})");
+    }
+    let metrics = fleet.metrics_addr.expect("metrics");
+    let s = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(metrics));
+    let (runs, jobs) = (s.value("warren_batch_size_count", &[]), s.value("warren_batch_size_sum", &[]));
+    println!("classify by reference: {jobs} jobs in {runs} model runs (max batch 8)");
+    assert_eq!(jobs, 23.0, "every job but the missing reference reached the model");
+    assert!(runs < 23.0, "jobs by reference and inline shared model runs: {runs} runs");
+    producer.close().await;
+    fleet.stop().await;
+}
+
+/// A URL that answers 503 is `store_unavailable`: the job is set aside without spending an
+/// attempt and answered once the URL serves.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_answering_503_sets_its_job_aside_until_it_serves(vhost: Vhost) {
+    let server = warren_e2e::https::HttpsServer::start().await;
+    server.put("photo.jpg", &jpeg(&picture(800, 600, 16), 85));
+    let mut settings = settings_for(&vhost);
+    settings.store.ca_file = server.ca_file();
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let job = by_ref(server.url("busy/3/photo.jpg"));
+    let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
+    assert_eq!((r.status, r.attempt), (ResultStatus::Ok, 0), "{r:?}");
+    let out = r.output_as::<Resize>().expect("output");
+    assert_eq!((out.source_width, out.source_height), (800, 600));
+    assert_eq!(server.requests("busy/3/photo.jpg"), 4, "three 503s, then the photo");
+    assert!(set_aside(&fleet) >= 3.0, "each 503 set the job aside: {}", set_aside(&fleet));
+    producer.close().await;
+    fleet.stop().await;
+}

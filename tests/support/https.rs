@@ -1,7 +1,9 @@
 //! A real HTTPS server per test, standing in for presigned URLs: Python's `http.server` behind
 //! TLS with a certificate for 127.0.0.1 from a CA made for the test (openssl), serving the files
 //! of a directory (the query ignored, as a store checks a signature there). `/status/<code>`
-//! answers that status. On a free port; killed, its files removed, when dropped.
+//! answers that status; `/busy/<n>/<file>` answers 503 to the first `n` GETs, then the file.
+//! It counts the GETs of each path ([`HttpsServer::requests`]). On a free port; killed, its
+//! files removed, when dropped.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -11,16 +13,28 @@ use tokio::process::{Child, Command};
 use crate::{DEADLINE, TempDir};
 
 const SERVER: &str = r#"
-import http.server, ssl, sys, os
+import http.server, json, ssl, sys, os, threading
 root, port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+lock, seen = threading.Lock(), {}
 class Handler(http.server.SimpleHTTPRequestHandler):
     def __init__(self, *a, **k):
         super().__init__(*a, directory=root, **k)
     def do_GET(self):
         path = self.path.split("?")[0]
+        with lock:
+            seen[path] = seen.get(path, 0) + 1
+            count = seen[path]
+            with open(os.path.join(root, "..", "requests.json"), "w") as f:
+                f.write(json.dumps(seen))
         if path.startswith("/status/"):
             self.send_response(int(path.split("/")[2])); self.send_header("Content-Length", "0"); self.end_headers()
             return
+        if path.startswith("/busy/"):
+            _, _, n, path = path.split("/", 3)
+            if count <= int(n):
+                self.send_response(503); self.send_header("Content-Length", "0"); self.end_headers()
+                return
+            path = "/" + path
         self.path = path
         super().do_GET()
     def log_message(self, *a):
@@ -111,6 +125,16 @@ impl HttpsServer {
     /// The CA certificate (PEM) the server's certificate chains to: the worker's `store.ca_file`.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// How many GETs `path` (as given to [`HttpsServer::url`], without its query) was sent.
+    pub fn requests(&self, path: &str) -> u64 {
+        let path = format!("/{}", path.split('?').next().unwrap_or_default());
+        std::fs::read(self.dir.path().join("requests.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|seen| seen[&path].as_u64())
+            .unwrap_or(0)
     }
 
     /// Serves `bytes` at `/name`.
