@@ -69,7 +69,8 @@ impl StderrJobs {
 
 /// Logs a child's stderr line by line with the job each belongs to ([`StderrJobs`]) until it
 /// ends. Bytes that are not UTF-8 are logged replaced, and a line past [`MAX_LINE`] in pieces,
-/// so no output stops the reading (a child blocked on a full pipe would stall its job).
+/// so no output stops the reading (a reader that stopped would close the pipe, and the child's
+/// next print would fail its job with a broken pipe).
 async fn log_stderr(stderr: tokio::process::ChildStderr, pid: u32) {
     use tokio::io::AsyncBufReadExt as _;
     let mut reader = BufReader::new(stderr);

@@ -24,7 +24,9 @@ fn python_settings(vhost: &Vhost, children: usize) -> Settings {
     settings.python.path = vec![python.display().to_string(), python.join("tests").display().to_string()];
     settings.python.children = children;
     settings.consumer.kinds =
-        ["sample.digest", "sample.fail", "sample.slow", "sample.pid", "sample.spin"].map(String::from).to_vec();
+        ["sample.digest", "sample.fail", "sample.slow", "sample.pid", "sample.spin", "sample.noisy"]
+            .map(String::from)
+            .to_vec();
     settings
 }
 
@@ -62,6 +64,14 @@ async fn python_kinds_answer_fail_by_class_and_are_killed_past_their_deadline(vh
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     for i in 0..20u8 {
         let r = producer.publish(&digest(&[i]), &want_result()).await.expect("p").wait(DEADLINE).await.expect("r");
+        assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
+    }
+    // A child writing bytes that are not UTF-8, then more than a pipe holds (about 250 KB), to
+    // stderr: the worker goes on reading it (it used to stop at the first such byte and close
+    // the pipe, so the child's next print failed with a broken pipe).
+    for _ in 0..2 {
+        let noisy = Job::named("sample.noisy", serde_json::json!({"lines": 2000}));
+        let r = producer.publish(&noisy, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("r");
         assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
     }
     // A bytes field that is not base64 is refused by the child with the reason.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from typing import Any
 
@@ -58,6 +59,17 @@ def pid(job: dict[str, Any], cx: Context) -> dict[str, Any]:
     if grow:
         _HELD.append(bytearray(os.urandom(1)) * (grow << 20))
     return {"pid": os.getpid()}
+
+
+@warren_worker.kind("sample.noisy", time_limit=5, max_attempts=1)
+def noisy(job: dict[str, Any], cx: Context) -> dict[str, Any]:
+    """Writes bytes that are not UTF-8, then more than a pipe holds, to stderr."""
+    os.write(2, b"\xff\xfe not UTF-8\n")
+    lines = int(job.get("lines", 2000))
+    for i in range(lines):
+        print(f"line {i} " + "x" * 100, file=sys.stderr)
+    print("y" * 40_000, file=sys.stderr)  # one line longer than the worker logs at once
+    return {"lines": lines}
 
 
 @warren_worker.kind("sample.spin", time_limit=1, max_attempts=1)

@@ -117,7 +117,7 @@ def test_a_child_says_its_kinds_then_answers_jobs_with_bytes_once(child: ChildPr
     assert hello["t"] == "hello" and hello["protocol"] == 1 and hello["pid"] == child.proc.pid
     kinds = {k["name"]: k for k in hello["kinds"]}
     assert set(kinds) == {"sample.digest", "sample.fail", "sample.slow", "sample.unencodable", "sample.pid",
-                          "sample.spin"}
+                          "sample.spin", "sample.noisy"}
     assert kinds["sample.digest"]["bytes_fields"] == ["data"] and kinds["sample.fail"]["max_attempts"] == 2
     data = os.urandom(3000)
     header, body = child.job("j1", "sample.digest", {"data": base64.b64encode(data).decode()})
