@@ -212,10 +212,6 @@ impl Child {
 
     /// Runs one job; the child is gone (killed, or dead) when this returns `Err`.
     pub async fn run(&mut self, job: &JobFrame<'_>, limit: Duration) -> Result<Answer, Ended> {
-        self.run_one(job, limit).await
-    }
-
-    async fn run_one(&mut self, job: &JobFrame<'_>, limit: Duration) -> Result<Answer, Ended> {
         let header = json!({"t": "job", "id": job.id, "kind": job.kind, "attempt": job.attempt,
                             "deadline_ms": job.deadline_ms});
         if self.send(&header, job.body).await.is_err() {
