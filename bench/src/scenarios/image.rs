@@ -3,9 +3,10 @@
 //! decode, one process and one per core), by Warren in-process (one thread, every core) and by
 //! the fleet end to end through the broker (worker as its own process; JSON and bincode jobs,
 //! and JSON jobs by reference: the photo in an s3s-fs store beside the broker, read by the
-//! worker, the output written back under `output_to`). Reports the rates, the ratios between
-//! them, CPU per job by process (the store's too), the message sizes, the outputs' PSNR, and
-//! the resize pipelines side by side on one thread.
+//! worker, the output written back under `output_to`; and the same with `file://` references on
+//! a directory, as on a shared mount, with no store process). Reports the rates, the ratios
+//! between them, CPU per job by process (the store's too), the message sizes, the outputs' PSNR,
+//! and the resize pipelines side by side on one thread.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,6 +37,7 @@ const WARREN_ALL: &str = "warren_in_process_all_cores";
 const FLEET: &str = "fleet";
 const FLEET_BINCODE: &str = "fleet_bincode";
 const FLEET_REF: &str = "fleet_by_reference";
+const FLEET_FILE: &str = "fleet_by_file_reference";
 
 /// Goals (the issue's): Warren in-process per core against Pillow-draft, and the fleet end to
 /// end against Pillow-draft in-process on every core.
@@ -47,6 +49,40 @@ const GOAL_FLEET_REF: f64 = 0.9;
 /// Where the job's photo is kept in the store: one object, which every job of the runs by
 /// reference names (s3s-fs reads the file anew for each GET, keeping no cache of its own).
 const STORED_PHOTO: &str = "photos/photo_1920x1080.jpg";
+
+/// The runs by `file://` reference: the directory (the workers' `store.file_roots`) holding the
+/// photo and the outputs, the job naming the photo, its message's size.
+struct ByFile {
+    dir: TempDir,
+    job: Job,
+    url: String,
+    message_bytes: usize,
+}
+
+impl ByFile {
+    fn start(resize_job: &ResizeJob) -> anyhow::Result<Self> {
+        let dir = TempDir::new("warren-bench-files").context("a directory for file references")?;
+        let path = dir.path().join("photo_1920x1080.jpg");
+        std::fs::write(&path, &resize_job.image).with_context(|| format!("writing {}", path.display()))?;
+        let url = format!("file://{}", path.display());
+        let r = Ref::new(url.clone()).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        let job = Job::from(ResizeJob { image: r.to_bytes(), ..resize_job.clone() });
+        let output_to = Self::output_to(&dir, "pair-1");
+        let message_bytes = JobEnvelope::encode_full(&job, Encoding::Json, Control::default(), Some(&output_to))
+            .map(|b| b.len())
+            .context("encoding the job by file reference")?;
+        Ok(Self { dir, job, url, message_bytes })
+    }
+
+    fn output_to(dir: &TempDir, run: &str) -> String {
+        format!("file://{}/outputs/{run}/", dir.path().display())
+    }
+
+    /// How many outputs run `run` wrote (a directory per job).
+    fn outputs_of(&self, run: &str) -> usize {
+        std::fs::read_dir(self.dir.path().join("outputs").join(run)).map_or(0, Iterator::count)
+    }
+}
 
 /// The runs by reference: the store, the job naming the stored photo, its message's size.
 struct ByReference {
@@ -81,15 +117,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let message_bytes = |e| JobEnvelope::encode(&job, e).map(|b| b.len()).context("encoding the job's envelope");
     let (json_bytes, bincode_bytes) = (message_bytes(Encoding::Json)?, message_bytes(Encoding::Bincode)?);
     let by_ref = ByReference::start(resize_job).await?;
+    let by_file = block_in_place(|| ByFile::start(resize_job))?;
 
     let mut runs = Runs::default();
-    let (mut fleet_cpu, mut bincode_cpu, mut ref_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fleet_cpu, mut bincode_cpu, mut ref_cpu, mut file_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..cli.pairs {
-        let (f, b, r) = pair(cli, i + 1, &photo, &job, resize_job, &by_ref, &mut runs).await?;
+        let [f, b, r, fr] = pair(cli, i + 1, &photo, &job, resize_job, (&by_ref, &by_file), &mut runs).await?;
         println!(
             "image pair {}: Pillow full {:.1} / {:.1} jobs/s (1 / {c} processes), draft {:.1} / {:.1}; Warren \
              in-process {:.1} / {:.1} (1 / {c} threads); fleet {:.1} jobs/s ({}), bincode jobs {:.1} ({}), by \
-             reference {:.1} ({})",
+             reference {:.1} ({}), by file reference {:.1} ({})",
             i + 1,
             runs.last(PILLOW_FULL_1),
             runs.last(PILLOW_FULL_ALL),
@@ -103,17 +140,20 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
             b.describe(),
             runs.last(FLEET_REF),
             r.describe(),
+            runs.last(FLEET_FILE),
+            fr.describe(),
             c = cores(),
         );
         fleet_cpu.push(f);
         bincode_cpu.push(b);
         ref_cpu.push(r);
+        file_cpu.push(fr);
     }
 
     let (fleet_cpu, bincode_cpu) = (CpuUsed::median(&fleet_cpu), CpuUsed::median(&bincode_cpu));
-    let ref_cpu = CpuUsed::median(&ref_cpu);
+    let (ref_cpu, file_cpu) = (CpuUsed::median(&ref_cpu), CpuUsed::median(&file_cpu));
     let in_process_cpu = runs.median_cpu(WARREN_ALL);
-    runs.print_medians(cli.pairs, &fleet_cpu, &bincode_cpu, &ref_cpu);
+    runs.print_medians(cli.pairs, [&fleet_cpu, &bincode_cpu, &ref_cpu, &file_cpu]);
     let (ratios, goals) = ratios_and_goals(&runs, &quality);
     let ms = |x: f64| x * 1e3;
     println!(
@@ -139,9 +179,19 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
         ms(ref_cpu.broker),
         ms(ref_cpu.store),
     );
+    println!(
+        "image payload by file reference ({}, output_to {}): JSON message {} bytes, CPU/job worker {:.2} ms, \
+         producer {:.2}, broker {:.2}",
+        by_file.url,
+        ByFile::output_to(&by_file.dir, "pair-N"),
+        by_file.message_bytes,
+        ms(file_cpu.worker),
+        ms(file_cpu.own),
+        ms(file_cpu.broker),
+    );
 
     let (l, f, b) = (runs.median(WARREN_ALL), runs.median(FLEET), runs.median(FLEET_BINCODE));
-    let r = runs.median(FLEET_REF);
+    let (r, fr) = (runs.median(FLEET_REF), runs.median(FLEET_FILE));
     Ok(json!({
         "job": {"photo": RESIZE_PHOTO, "photo_bytes": resize_job.image.len(), "width": resize_job.width,
                 "height": resize_job.height, "mode": "fit", "filter": "triangle", "quality": resize_job.quality},
@@ -158,6 +208,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
                              "object": "one stored object, named by every job",
                              "output_to": Store::output_to("pair-N"), "store": "s3s-fs 0.14.1 on this host",
                              "cpu_s_per_job": ref_cpu.json(in_process_cpu)},
+            "by_file_reference": {"message_bytes": by_file.message_bytes, "encoding": "json", "ref": by_file.url,
+                                  "object": "one file, named by every job",
+                                  "output_to": ByFile::output_to(&by_file.dir, "pair-N"),
+                                  "store": "a directory on this host (store.file_roots), as a shared mount",
+                                  "cpu_s_per_job": file_cpu.json(in_process_cpu)},
         },
         // The keys of earlier reports: in-process is Warren on every core, the fleet's jobs JSON.
         "in_process_jobs_per_s": runs.rates(WARREN_ALL), "fleet_jobs_per_s": runs.rates(FLEET),
@@ -165,24 +220,26 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
         "median_in_process": l, "median_fleet": f, "ratio": f / l,
         "median_fleet_bincode": b, "ratio_bincode": b / l,
         "median_fleet_by_reference": r, "ratio_by_reference": r / l,
+        "median_fleet_by_file_reference": fr, "ratio_by_file_reference": fr / l,
         "cpu_s_per_job": fleet_cpu.json(in_process_cpu),
         "cpu_s_per_job_bincode": bincode_cpu.json(in_process_cpu),
         "cpu_s_per_job_by_reference": ref_cpu.json(in_process_cpu),
+        "cpu_s_per_job_by_file_reference": file_cpu.json(in_process_cpu),
     }))
 }
 
 /// Pair `number`: Pillow (full and draft, one process and one per core), Warren in-process
 /// (one thread, every core), then the fleet with JSON jobs, bincode jobs and JSON jobs by
-/// reference, each pushed to `runs`. Returns the three fleet runs' CPU per job.
+/// reference (S3, then file), each pushed to `runs`. Returns the four fleet runs' CPU per job.
 async fn pair(
     cli: &Cli,
     number: usize,
     photo: &Path,
     job: &Job,
     resize_job: &ResizeJob,
-    by_ref: &ByReference,
+    (by_ref, by_file): (&ByReference, &ByFile),
     runs: &mut Runs,
-) -> anyhow::Result<(CpuUsed, CpuUsed, CpuUsed)> {
+) -> anyhow::Result<[CpuUsed; 4]> {
     let (min, n) = (Duration::from_millis(cli.measure_ms), cli.heavy_messages);
     for (name, draft, processes) in [
         (PILLOW_FULL_1, false, 1),
@@ -201,11 +258,31 @@ async fn pair(
     })
     .await?;
     let (r, r_cpu) = by_reference(by_ref, number, &p).await?;
-    let (f_cpu, b_cpu, r_cpu) = (f_cpu.per_job(n), b_cpu.per_job(n), r_cpu.per_job(n));
-    runs.push(FLEET, Rate { jobs_per_s: f.rate(), cpu_s_per_job: f_cpu.total() });
-    runs.push(FLEET_BINCODE, Rate { jobs_per_s: b.rate(), cpu_s_per_job: b_cpu.total() });
-    runs.push(FLEET_REF, Rate { jobs_per_s: r.rate(), cpu_s_per_job: r_cpu.total() });
-    Ok((f_cpu, b_cpu, r_cpu))
+    let (fr, fr_cpu) = by_file_reference(by_file, number, &p).await?;
+    let cpu = [f_cpu, b_cpu, r_cpu, fr_cpu].map(|c| c.per_job(n));
+    for (name, report, cpu) in
+        [(FLEET, f, cpu[0]), (FLEET_BINCODE, b, cpu[1]), (FLEET_REF, r, cpu[2]), (FLEET_FILE, fr, cpu[3])]
+    {
+        runs.push(name, Rate { jobs_per_s: report.rate(), cpu_s_per_job: cpu.total() });
+    }
+    Ok(cpu)
+}
+
+/// The fleet on JSON jobs naming the photo by `file://` reference, each output written under a
+/// directory of pair `number`'s own; checks that every output was written after the run.
+async fn by_file_reference(by_file: &ByFile, number: usize, plan: &LoadPlan) -> anyhow::Result<(LoadReport, CpuUsed)> {
+    let run = format!("pair-{number}");
+    let beside = Beside {
+        publish: PublishOptions { encoding: Some(Encoding::Json), ..PublishOptions::default() }
+            .output_to(ByFile::output_to(&by_file.dir, &run)),
+        ..Beside::default()
+    };
+    let env = [("WARREN__STORE__FILE_ROOTS".to_owned(), by_file.dir.path().display().to_string())];
+    let (report, cpu) =
+        process_run_beside("bench-image", "image.resize", &env, None, &by_file.job, plan, |_| (), beside).await?;
+    let stored = by_file.outputs_of(&run);
+    anyhow::ensure!(stored as u64 == plan.count, "{stored} outputs written for {} jobs by file reference", plan.count);
+    Ok((report, cpu))
 }
 
 /// The fleet on JSON jobs naming the stored photo, each output written back under a prefix of
@@ -241,6 +318,9 @@ fn ratios_and_goals(runs: &Runs, quality: &Value) -> (Value, Value) {
         ("fleet_by_reference_vs_warren_in_process", FLEET_REF, WARREN_ALL),
         ("fleet_by_reference_vs_fleet", FLEET_REF, FLEET),
         ("fleet_by_reference_vs_fleet_bincode", FLEET_REF, FLEET_BINCODE),
+        ("fleet_by_file_reference_vs_pillow_draft_all_cores", FLEET_FILE, PILLOW_DRAFT_ALL),
+        ("fleet_by_file_reference_vs_fleet_by_reference", FLEET_FILE, FLEET_REF),
+        ("fleet_by_file_reference_vs_fleet_bincode", FLEET_FILE, FLEET_BINCODE),
     ]
     .map(|(key, a, b)| (key, runs.ratio(a, b)));
     let ratio = |key: &str| ratios.iter().find(|(k, _)| *k == key).map_or(f64::NAN, |(_, r)| *r);
@@ -258,7 +338,8 @@ fn ratios_and_goals(runs: &Runs, quality: &Value) -> (Value, Value) {
          {:.2}; fleet / Pillow draft on all cores {fleet_vs_draft:.2} (goal > {GOAL_FLEET}: {}), bincode jobs {:.2}; \
          fleet / Pillow full on all cores {:.2}; fleet / Warren in-process {:.2} (bincode jobs {:.2}); by \
          reference: fleet / Pillow draft on all cores {ref_vs_draft:.2} (goal >= {GOAL_FLEET_REF}: {}), / JSON \
-         jobs {:.2}, / bincode jobs {:.2}, / Warren in-process {:.2}",
+         jobs {:.2}, / bincode jobs {:.2}, / Warren in-process {:.2}; by file reference: / Pillow draft on all \
+         cores {:.2}, / by S3 reference {:.2}, / bincode jobs {:.2}",
         met(per_core_met),
         ratio("warren_all_cores_vs_pillow_draft_all_cores"),
         ratio("warren_1core_vs_pillow_full_1core"),
@@ -271,6 +352,9 @@ fn ratios_and_goals(runs: &Runs, quality: &Value) -> (Value, Value) {
         ratio("fleet_by_reference_vs_fleet"),
         ratio("fleet_by_reference_vs_fleet_bincode"),
         ratio("fleet_by_reference_vs_warren_in_process"),
+        ratio("fleet_by_file_reference_vs_pillow_draft_all_cores"),
+        ratio("fleet_by_file_reference_vs_fleet_by_reference"),
+        ratio("fleet_by_file_reference_vs_fleet_bincode"),
     );
     let goals = json!({
         "warren_1core_vs_pillow_draft_1core": {"ratio": per_core, "goal": GOAL_PER_CORE, "psnr_not_worse": psnr_ok,
@@ -336,7 +420,7 @@ impl Runs {
         Value::Object(self.0.iter().map(|(name, rates)| ((*name).to_owned(), row(rates))).collect())
     }
 
-    fn print_medians(&self, pairs: usize, fleet_cpu: &CpuUsed, bincode_cpu: &CpuUsed, ref_cpu: &CpuUsed) {
+    fn print_medians(&self, pairs: usize, [fleet_cpu, bincode_cpu, ref_cpu, file_cpu]: [&CpuUsed; 4]) {
         let c = cores();
         let ms = |x: f64| x * 1e3;
         let cell = |name| format!("{:7.1} jobs/s, CPU/job {:5.2} ms", self.median(name), ms(self.median_cpu(name)));
@@ -355,6 +439,7 @@ impl Runs {
         println!("  fleet, JSON jobs    : {:7.1} jobs/s, {}", self.median(FLEET), fleet_cpu.describe());
         println!("  fleet, bincode jobs : {:7.1} jobs/s, {}", self.median(FLEET_BINCODE), bincode_cpu.describe());
         println!("  fleet, by reference : {:7.1} jobs/s, {}", self.median(FLEET_REF), ref_cpu.describe());
+        println!("  fleet, by file ref. : {:7.1} jobs/s, {}", self.median(FLEET_FILE), file_cpu.describe());
     }
 }
 
