@@ -209,6 +209,12 @@ pub fn upload_refs<T>(prefix: &str, f: impl FnOnce() -> T) -> (T, Vec<(Ref, Vec<
     }
 }
 
+/// Whether this thread is inside [`upload_refs`] now: an output holding bytes in another form
+/// than a bytes field (a hosted kind's JSON text) writes them as fields then.
+pub fn uploading() -> bool {
+    MODE.with(|m| matches!(&*m.borrow(), Some(Mode::Upload { .. })))
+}
+
 /// The file name extension of an image format recognised by its first bytes.
 pub fn extension_of(bytes: &[u8]) -> &'static str {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
@@ -441,6 +447,33 @@ mod tests {
         assert_eq!(extension_of(b"\x89PNG\r\n\x1a\nxx"), ".png");
         assert_eq!(extension_of(b"RIFF\0\0\0\0WEBPVP8 "), ".webp");
         assert_eq!(extension_of(b"plain"), "");
+    }
+
+    #[test]
+    fn a_json_text_outputs_bytes_are_stored_at_their_pointers_only_when_uploading() {
+        use crate::result::Output;
+        let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 7];
+        let b64 = STANDARD.encode(jpeg);
+        let text = format!(r#"{{"image":"{b64}","more":{{"a/b":["{b64}"]}},"label":"{b64}","w":2}}"#);
+        let raw = serde_json::value::RawValue::from_string(text.clone()).unwrap();
+        let pointers = ["/image", "/more/a~1b/0", "/not/there"].map(String::from).to_vec();
+        let out = Output::from_json_with_bytes("py.x", raw, pointers);
+        // Not uploading: the text as the kind wrote it.
+        assert_eq!(
+            serde_json::to_value(&out).unwrap()["py.x"],
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        );
+        let (value, objects) = upload_refs("s3://out/j/", || serde_json::to_value(&out));
+        let value = &value.unwrap()["py.x"];
+        assert_eq!(value["image"], serde_json::json!({"ref": "s3://out/j/0.jpg", "size": 5}));
+        assert_eq!(value["more"]["a/b"][0], serde_json::json!({"ref": "s3://out/j/1.jpg", "size": 5}));
+        assert_eq!((value["label"].as_str(), value["w"].as_u64()), (Some(b64.as_str()), Some(2)), "others untouched");
+        assert_eq!(objects, vec![(r("s3://out/j/0.jpg"), jpeg.to_vec()), (r("s3://out/j/1.jpg"), jpeg.to_vec())]);
+        // A pointer to something that is not base64 text fails the writing, with where.
+        let raw = serde_json::value::RawValue::from_string(r#"{"image":5}"#.into()).unwrap();
+        let bad = Output::from_json_with_bytes("py.x", raw, vec!["/image".into()]);
+        let (e, _) = upload_refs("s3://out/j/", || serde_json::to_value(&bad));
+        assert!(e.unwrap_err().to_string().contains("\"/image\""));
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Output {
     /// The kind's own name when written by a worker (no allocation per job).
     kind: std::borrow::Cow<'static, str>,
     body: Body,
+    /// Where a JSON-text output (a hosted kind's) holds bytes, as base64 strings: JSON pointers,
+    /// written to a store as references when the job has an `output_to`.
+    bytes_at: Arc<[String]>,
 }
 
 /// What a worker's output holds: serialisable without knowing its type.
@@ -126,13 +129,21 @@ impl Output {
     where
         K::Output: std::fmt::Debug,
     {
-        Self { kind: std::borrow::Cow::Borrowed(K::NAME), body: Body::Value(Arc::new(output)) }
+        Self { kind: std::borrow::Cow::Borrowed(K::NAME), body: Body::Value(Arc::new(output)), bytes_at: Arc::new([]) }
     }
 
     /// An output written as JSON text already (by a kind hosted in another language): carried
     /// as it is; such an output travels in JSON results only.
     pub fn from_json(kind: &'static str, json: Box<RawValue>) -> Self {
-        Self { kind: std::borrow::Cow::Borrowed(kind), body: Body::Json(Arc::from(json)) }
+        Self::from_json_with_bytes(kind, json, Vec::new())
+    }
+
+    /// [`Output::from_json`] with the places (JSON pointers, RFC 6901) where the text holds
+    /// bytes as standard base64 strings: under an `output_to` ([`crate::bytes::upload_refs`])
+    /// each is decoded, written to the store and replaced by its reference, as a typed kind's
+    /// bytes fields are; otherwise the text goes as it is.
+    pub fn from_json_with_bytes(kind: &'static str, json: Box<RawValue>, bytes_at: Vec<String>) -> Self {
+        Self { kind: std::borrow::Cow::Borrowed(kind), body: Body::Json(Arc::from(json)), bytes_at: bytes_at.into() }
     }
 
     /// The kind's name, the key it travels under.
@@ -201,6 +212,31 @@ impl PartialEq for Output {
     }
 }
 
+/// A JSON-text output with each base64 string at `bytes_at` decoded and written as a bytes field
+/// ([`crate::bytes::serialize`]: under [`crate::bytes::upload_refs`], a reference to a new
+/// object). A pointer to nothing is skipped; one to something other than base64 text fails.
+fn with_bytes_stored(raw: &RawValue, bytes_at: &[String]) -> Result<serde_json::Value, String> {
+    use base64::Engine as _;
+    struct Field<'a>(&'a [u8]);
+    impl Serialize for Field<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            crate::bytes::serialize(self.0, s)
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+    for pointer in bytes_at {
+        let Some(at) = value.pointer_mut(pointer) else { continue };
+        let serde_json::Value::String(text) = at else {
+            return Err(format!("the output's bytes at {pointer:?} are not base64 text"));
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| format!("the output's bytes at {pointer:?}: {e}"))?;
+        *at = serde_json::to_value(Field(&bytes)).map_err(|e| e.to_string())?;
+    }
+    Ok(value)
+}
+
 struct Erased<'a>(&'a dyn Value);
 
 impl Serialize for Erased<'_> {
@@ -216,6 +252,10 @@ impl Serialize for Output {
             let mut map = s.serialize_map(Some(1))?;
             match &self.body {
                 Body::Value(v) => map.serialize_entry(&self.kind, &Erased(&**v))?,
+                Body::Json(raw) if !self.bytes_at.is_empty() && crate::bytes::uploading() => {
+                    let stored = with_bytes_stored(raw, &self.bytes_at).map_err(S::Error::custom)?;
+                    map.serialize_entry(&self.kind, &stored)?;
+                }
                 Body::Json(raw) => map.serialize_entry(&self.kind, &**raw)?,
                 Body::Bincode(_) => {
                     return Err(S::Error::custom("an output read from bincode cannot be written as JSON"));
@@ -269,13 +309,13 @@ impl<'de> Visitor<'de> for OutputVisitor {
         if map.next_key::<de::IgnoredAny>()?.is_some() {
             return Err(de::Error::custom("an output object has exactly one key, the kind"));
         }
-        Ok(Output { kind: kind.into(), body: Body::Json(Arc::from(raw)) })
+        Ok(Output { kind: kind.into(), body: Body::Json(Arc::from(raw)), bytes_at: Arc::new([]) })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Output, A::Error> {
         let kind: String = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
         let payload: ByteBuf = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
-        Ok(Output { kind: kind.into(), body: Body::Bincode(payload.0.into()) })
+        Ok(Output { kind: kind.into(), body: Body::Bincode(payload.0.into()), bytes_at: Arc::new([]) })
     }
 }
 

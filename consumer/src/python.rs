@@ -89,6 +89,16 @@ async fn log_stderr(stderr: tokio::process::ChildStderr, pid: u32) {
     }
 }
 
+/// Most places of bytes an output may name for the store (as a job may hold references).
+const MAX_BYTES_AT: usize = 64;
+
+/// Where an `ok` frame says its output holds bytes (JSON pointers); none if it says nothing
+/// usable. Past [`MAX_BYTES_AT`], the first ones.
+fn bytes_at(header: &Value) -> Vec<String> {
+    let Some(all) = header["bytes_at"].as_array() else { return Vec::new() };
+    all.iter().filter_map(Value::as_str).filter(|p| p.starts_with('/')).take(MAX_BYTES_AT).map(str::to_owned).collect()
+}
+
 /// A kind as a child declares it.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Declared {
@@ -102,8 +112,8 @@ pub struct Declared {
 /// How one job ended in a child.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    /// Its output's JSON text.
-    Output(String),
+    /// Its output's JSON text, and where it holds bytes (JSON pointers to base64 strings).
+    Output(String, Vec<String>),
     Failed(JobError),
 }
 
@@ -245,7 +255,8 @@ impl Child {
                 Some("ok") => {
                     self.jobs += 1;
                     self.rss_bytes = header["rss_bytes"].as_u64().unwrap_or(0);
-                    return Ok(Answer::Output(String::from_utf8_lossy(&body).into_owned()));
+                    let bytes_at = bytes_at(&header);
+                    return Ok(Answer::Output(String::from_utf8_lossy(&body).into_owned(), bytes_at));
                 }
                 Some("error") => {
                     self.jobs += 1;
@@ -452,8 +463,8 @@ impl Runner for PythonKind {
                         None => self.children.lock().push(child),
                     }
                     match answer {
-                        Answer::Output(json) => serde_json::value::RawValue::from_string(json)
-                            .map(|raw| Output::from_json(self.name, raw))
+                        Answer::Output(json, bytes_at) => serde_json::value::RawValue::from_string(json)
+                            .map(|raw| Output::from_json_with_bytes(self.name, raw, bytes_at))
                             .map_err(|e| JobError::Encode(format!("the Python kind's output: {e}"))),
                         Answer::Failed(e) => Err(e),
                     }
@@ -500,6 +511,15 @@ mod tests {
         assert_eq!(lines("x"), owned("x", "b\n\"2"));
         // Something that only looks like a mark is a line of text.
         assert_eq!(lines("\u{1e}warren-job not json"), owned("\u{1e}warren-job not json", "b\n\"2"));
+    }
+
+    #[test]
+    fn an_ok_frame_names_at_most_64_places_of_bytes_as_json_pointers() {
+        assert_eq!(bytes_at(&json!({"t": "ok"})), Vec::<String>::new());
+        assert_eq!(bytes_at(&json!({"bytes_at": ["/image", 3, "", "nope", "/a~1b/0"]})), ["/image", "/a~1b/0"]);
+        let many: Vec<String> = (0..100).map(|i| format!("/{i}")).collect();
+        let kept = bytes_at(&json!({ "bytes_at": many }));
+        assert_eq!((kept.len(), kept[63].as_str()), (MAX_BYTES_AT, "/63"));
     }
 
     #[test]

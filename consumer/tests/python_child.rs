@@ -31,8 +31,9 @@ async fn a_child_declares_its_kinds_answers_and_is_killed_past_the_limit() {
     let limit = Duration::from_secs(10);
     // "aGVsbG8=" is "hello": decoded once, in the child.
     let answer = child.run(&job("1", "sample.digest", br#"{"data":"aGVsbG8="}"#, &progress, &cancel), limit).await;
-    let Ok(Answer::Output(json)) = answer else { panic!("{answer:?}") };
+    let Ok(Answer::Output(json, bytes_at)) = answer else { panic!("{answer:?}") };
     let out: serde_json::Value = serde_json::from_str(&json).expect("output JSON");
+    assert_eq!(bytes_at, ["/echo"], "where the output holds bytes");
     assert_eq!(out["sha256"], "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
     assert!(child.rss_bytes > 1_000_000 && child.jobs == 1, "{} bytes, {} jobs", child.rss_bytes, child.jobs);
     let answer = child.run(&job("2", "sample.fail", br#"{"how":"transient"}"#, &progress, &cancel), limit).await;

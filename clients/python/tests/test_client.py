@@ -482,6 +482,14 @@ def test_a_reference_is_fetched_and_the_output_written_under_output_to(vhost, tm
             # A Python kind's bytes field by reference: the worker fetches it for the child.
             r = client.run("py.thumbnail", {"image": source, "size": 32}, timeout=60)
             assert r.ok and max(Image.open(io.BytesIO(r.image())).size) == 32, r
+            # ... and its output's bytes written under output_to, as a Rust kind's are; the
+            # other members of its output stay as the kind wrote them.
+            r = client.run("py.thumbnail", {"image": source, "size": 48}, timeout=60,
+                           output_to=f"file://{tmp_path}/py/")
+            assert r.ok and r.ref("image") == f"file://{tmp_path}/py/{r.job_id}/0.jpg", r.value
+            stored = (tmp_path / "py" / r.job_id / "0.jpg").read_bytes()
+            assert r.value["image"]["size"] == len(stored) and max(Image.open(io.BytesIO(stored)).size) == 48
+            assert max(r.value["width"], r.value["height"]) == 48, r.value
             r = client.run("image.resize", {"image": Ref(f"file://{tmp_path}/missing.jpg"), "width": 8, "height": 8},
                            timeout=60)
             assert isinstance(r.exception(), RefNotFound), r

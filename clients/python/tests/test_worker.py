@@ -122,6 +122,7 @@ def test_a_child_says_its_kinds_then_answers_jobs_with_bytes_once(child: ChildPr
     data = os.urandom(3000)
     header, body = child.job("j1", "sample.digest", {"data": base64.b64encode(data).decode()})
     assert header["t"] == "ok" and header["id"] == "j1" and header["rss_bytes"] > 1_000_000, header
+    assert header["bytes_at"] == ["/echo"], "where the output held bytes, for output_to"
     import hashlib
     assert json.loads(body) == {"sha256": hashlib.sha256(data).hexdigest(), "attempt": 0,
                                 "echo": base64.b64encode(data[:4]).decode()}
@@ -188,3 +189,12 @@ def test_warren_worker_type_checks_strictly() -> None:
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--ignore-missing-imports", "warren_worker"],
                          cwd=PACKAGE, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_an_outputs_bytes_are_base64_and_their_places_json_pointers() -> None:
+    from warren_worker.child import to_json_value
+
+    at: list[str] = []
+    out = to_json_value({"image": b"\xff\xd8", "a/b~c": [1, bytearray(b"x")], "t": (b"y",), "n": 2}, at)
+    assert out == {"image": "/9g=", "a/b~c": [1, "eA=="], "t": ["eQ=="], "n": 2}
+    assert at == ["/image", "/a~1b~0c/1", "/t/0"]

@@ -13,8 +13,8 @@ The body carries what is already bytes untouched: a job's JSON text as its envel
 - worker -> child: ``{"t": "job", "id", "kind", "attempt", "deadline_ms"}`` (body: the job's
   JSON); ``{"t": "cancel", "id"}``; ``{"t": "stop"}``.
 - child -> worker: ``{"t": "hello", "protocol": 1, "pid", "kinds": [...]}`` once at start;
-  ``{"t": "progress", "id", "fraction", "text"}``; ``{"t": "ok", "id", "rss_bytes"}`` (body:
-  the output's JSON); ``{"t": "error", "id", "class", "type", "message", "rss_bytes"}``.
+  ``{"t": "progress", "id", "fraction", "text"}``; ``{"t": "ok", "id", "rss_bytes", "bytes_at"}``
+  (body: the output's JSON; ``bytes_at``: JSON pointers to the base64 strings that were bytes); ``{"t": "error", "id", "class", "type", "message", "rss_bytes"}``.
 """
 
 from __future__ import annotations

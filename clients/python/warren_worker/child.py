@@ -36,15 +36,23 @@ def resident_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def to_json_value(value: Any) -> Any:
-    """An output made JSON-ready: ``bytes`` as standard base64, tuples as lists."""
+def to_json_value(value: Any, bytes_at: list[str] | None = None, at: str = "") -> Any:
+    """An output made JSON-ready: ``bytes`` as standard base64, tuples as lists. Where bytes
+    were is appended to ``bytes_at`` as JSON pointers (RFC 6901): the worker writes those to the
+    store when the job has an ``output_to``."""
     if isinstance(value, (bytes, bytearray, memoryview)):
+        if bytes_at is not None:
+            bytes_at.append(at)
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, dict):
-        return {str(k): to_json_value(v) for k, v in value.items()}
+        return {str(k): to_json_value(v, bytes_at, f"{at}/{_escaped(str(k))}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_json_value(v) for v in value]
+        return [to_json_value(v, bytes_at, f"{at}/{i}") for i, v in enumerate(value)]
     return value
+
+
+def _escaped(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 def decode_input(spec: KindSpec, body: bytes) -> dict[str, Any]:
@@ -151,12 +159,13 @@ class Child:
         try:
             job = decode_input(spec, body)
             output = spec.function(job, cx)
+            bytes_at: list[str] = []
             try:
-                text = json.dumps(to_json_value(output), separators=(",", ":"), allow_nan=False).encode()
+                text = json.dumps(to_json_value(output, bytes_at), separators=(",", ":"), allow_nan=False).encode()
             except (TypeError, ValueError) as e:
                 self.fail(job_id, "permanent", "encode_failed", f"the output is not JSON: {e}")
                 return
-            self.send({"t": "ok", "id": job_id, "rss_bytes": resident_bytes()}, text)
+            self.send({"t": "ok", "id": job_id, "rss_bytes": resident_bytes(), "bytes_at": bytes_at}, text)
         except _Refused as e:
             self.fail(job_id, "permanent", e.error_type, e.message)
         except Exception as e:  # noqa: BLE001 - every failure of a kind is answered, classified
