@@ -177,7 +177,15 @@ impl Stores {
             Scheme::Https if !self.settings.https => {
                 Err(JobError::RefDenied(format!("{r}: this worker does not follow https:// references (store.https)")))
             }
-            Scheme::Https => Ok(()),
+            Scheme::Https => {
+                let url = reqwest::Url::parse(r.url()).map_err(|e| JobError::InvalidParams(format!("{r}: {e}")))?;
+                let (host, port) = (url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(443));
+                if https_host_allowed(&self.settings.https_hosts, host, port) {
+                    Ok(())
+                } else {
+                    Err(JobError::RefDenied(format!("{r}: {host}:{port} is not in store.https_hosts")))
+                }
+            }
             Scheme::File => {
                 let path = file_path(r.url()).map_err(|e| JobError::InvalidParams(format!("{r}: {e}")))?;
                 if under_roots(&path, &self.roots) {
@@ -542,9 +550,46 @@ async fn write_whole(r: &Ref, dir: &Path, path: &Path, bytes: Vec<u8>) -> Result
     Ok(())
 }
 
+/// Whether an `https://` reference to `host`:`port` is followed under `allowed`
+/// (`store.https_hosts`: `host`, `host:port`, `*.domain`; empty: any). Names compare without
+/// case; `*.domain` takes the names under the domain, not the domain itself.
+pub fn https_host_allowed(allowed: &[String], host: &str, port: u16) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    allowed.iter().any(|entry| {
+        let entry = entry.to_ascii_lowercase();
+        let (name, want_port) = match entry.rsplit_once(':') {
+            Some((name, p)) => (name, p.parse::<u16>().ok()),
+            None => (entry.as_str(), None),
+        };
+        let name_ok = match name.strip_prefix("*.") {
+            Some(domain) => host.strip_suffix(domain).is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => host == name,
+        };
+        name_ok && want_port.is_none_or(|p| p == port)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_references_go_only_to_the_hosts_allowed() {
+        let allowed = |list: &[&str], host: &str, port: u16| {
+            https_host_allowed(&list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(), host, port)
+        };
+        assert!(allowed(&[], "169.254.169.254", 443), "none listed: any host");
+        let list = ["store.example", "minio.lan:9000", "*.s3.example"];
+        assert!(allowed(&list, "store.example", 443) && allowed(&list, "STORE.example.", 8443));
+        assert!(allowed(&list, "minio.lan", 9000) && !allowed(&list, "minio.lan", 443));
+        assert!(allowed(&list, "bucket.s3.example", 443) && allowed(&list, "a.b.s3.example", 443));
+        assert!(!allowed(&list, "s3.example", 443), "*.domain is the names under it");
+        assert!(!allowed(&list, "evils3.example", 443) && !allowed(&list, "store.example.evil", 443));
+        assert!(!allowed(&list, "169.254.169.254", 443) && !allowed(&list, "localhost", 443));
+    }
 
     #[test]
     fn statuses_are_not_found_denied_or_unavailable() {

@@ -253,6 +253,9 @@ pub struct StoreSettings {
     pub file_roots: Vec<PathBuf>,
     /// Whether `https://` references (presigned URLs, read with one GET) are followed.
     pub https: bool,
+    /// The hosts `https://` references may name: `host` (any port), `host:port`, or
+    /// `*.domain` (any name under it); [] = any host.
+    pub https_hosts: Vec<String>,
     /// PEM certificates trusted beside the system's, for the store's endpoint and `https://`
     /// references (a private CA on-prem); "" = the system's alone.
     pub ca_file: PathBuf,
@@ -278,6 +281,7 @@ impl std::fmt::Debug for StoreSettings {
             .field("s3_secret_access_key", &self.s3_secret_access_key)
             .field("file_roots", &self.file_roots)
             .field("https", &self.https)
+            .field("https_hosts", &self.https_hosts)
             .field("ca_file", &self.ca_file)
             .field("max_transfers", &self.max_transfers)
             .field("max_held_jobs", &self.max_held_jobs)
@@ -296,6 +300,7 @@ impl Default for StoreSettings {
             s3_secret_access_key: Secret::default(),
             file_roots: Vec::new(),
             https: true,
+            https_hosts: Vec::new(),
             ca_file: PathBuf::new(),
             max_transfers: 8,
             max_held_jobs: 0,
@@ -475,6 +480,7 @@ fn environment() -> config::Environment {
         .with_list_parse_key("python.modules")
         .with_list_parse_key("python.path")
         .with_list_parse_key("store.file_roots")
+        .with_list_parse_key("store.https_hosts")
         .try_parsing(true)
 }
 
@@ -633,6 +639,17 @@ impl Settings {
         for root in &store.file_roots {
             anyhow::ensure!(root.is_absolute(), "store.file_roots: {} is not an absolute path", root.display());
         }
+        for host in &store.https_hosts {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let (name, port) = name.rsplit_once(':').map_or((name, None), |(n, p)| (n, Some(p)));
+            anyhow::ensure!(
+                !name.is_empty()
+                    && !name.contains('*')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+                    && port.is_none_or(|p| p.parse::<u16>().is_ok()),
+                "store.https_hosts: {host:?} is not a host, host:port or *.domain"
+            );
+        }
         for r in &self.routes {
             self.check_priority(r)?;
             if let Some(p) = &r.retry {
@@ -732,6 +749,21 @@ mod tests {
         assert_eq!(mean(file, &[("WARREN__MODEL__MEAN", "0.485, 0.456,0.406")]).unwrap(), vec![0.485, 0.456, 0.406]);
         let err = mean(file, &[("WARREN__MODEL__MEAN", "0.5,bright")]).unwrap_err().to_string();
         assert!(err.contains("\"bright\" is not a number"), "{err}");
+    }
+
+    #[test]
+    fn https_hosts_are_hosts_host_ports_or_wildcard_domains() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut s = Settings::load(&dir).expect("config/default.toml loads");
+        assert!(s.store.https_hosts.is_empty(), "any host by default");
+        s.store.https_hosts =
+            ["store.example", "minio.lan:9000", "*.s3.example", "10.0.0.7"].map(String::from).to_vec();
+        s.validate().expect("valid hosts");
+        for bad in ["https://store.example", "store.example/path", "*", "a.*.example", "host:99999", ""] {
+            s.store.https_hosts = vec![bad.to_owned()];
+            let e = s.validate().expect_err(bad).to_string();
+            assert!(e.contains("store.https_hosts"), "{bad}: {e}");
+        }
     }
 
     #[test]

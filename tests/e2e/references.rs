@@ -380,7 +380,8 @@ async fn file_references_are_read_and_written_under_the_roots(vhost: Vhost) {
 
 /// Presigned `https://` URLs (a real HTTPS server with a CA of the test's, trusted through
 /// `store.ca_file`): read with one GET; 404 is `ref_not_found`, 403 `ref_denied`, and the
-/// URL's query (where the signature is) appears in no error.
+/// URL's query (where the signature is) appears in no error; a host not in
+/// `store.https_hosts` is refused without a request.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presigned_https_urls_are_read_and_their_signatures_never_shown(vhost: Vhost) {
@@ -388,6 +389,7 @@ async fn presigned_https_urls_are_read_and_their_signatures_never_shown(vhost: V
     server.put("photo.jpg", &jpeg(&picture(1600, 1200, 16), 85));
     let mut settings = settings_for(&vhost);
     settings.store.ca_file = server.ca_file();
+    settings.store.https_hosts = vec![format!("127.0.0.1:{}", server.port)];
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let signed =
         |path: &str| format!("{}?X-Amz-Credential=AKIDSIGNED&X-Amz-Signature=0123456789abcdef", server.url(path));
@@ -406,6 +408,13 @@ async fn presigned_https_urls_are_read_and_their_signatures_never_shown(vhost: V
         assert!(e.message.contains(&server.url(path)), "{path}: names the URL: {}", e.message);
         assert!(!e.message.contains("0123456789abcdef") && !e.message.contains("AKIDSIGNED"), "{}", e.message);
     }
+    // The same server by another name, not in store.https_hosts: refused before any request.
+    let elsewhere = by_ref(format!("https://localhost:{}/photo.jpg", server.port));
+    let r = producer.publish(&elsewhere, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
+    let e = r.error.expect("refused");
+    assert_eq!((e.error_type.as_str(), r.attempt), ("ref_denied", 0), "{}", e.message);
+    assert!(e.message.contains("store.https_hosts"), "{}", e.message);
+    assert_eq!(server.requests("photo.jpg"), 1, "only the first job's GET reached the server");
     producer.close().await;
     fleet.stop().await;
 }
