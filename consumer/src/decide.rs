@@ -351,12 +351,133 @@ pub fn must_stop(worn_for: Option<Duration>) -> bool {
     worn_for.is_some_and(|d| d >= WORN_OUT_GRACE)
 }
 
+/// Unavailable transfers in a row after which a store's place stops being tried ([`Breaker`]).
+pub const BREAKER_FAILURES: u32 = 3;
+/// The first pause of an open [`Breaker`]; it doubles each time a probe fails, up to
+/// [`BREAKER_MAX_PAUSE`].
+pub const BREAKER_PAUSE: Duration = Duration::from_secs(1);
+pub const BREAKER_MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// Whether a transfer to a store's place (the S3 store, a file root, an https host) goes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Go,
+    /// The only transfer let through after a pause: its answer closes or reopens the breaker.
+    Probe,
+    /// Not tried: the job is set aside at once (`store_unavailable`), `for` this long still.
+    Refuse {
+        failures: u32,
+        left: Duration,
+    },
+}
+
+/// A circuit breaker per store place: after [`BREAKER_FAILURES`] unavailable transfers in a
+/// row, jobs naming the place are set aside without a transfer for a pause, so that a store that
+/// hangs holds no transfer slots or places among the held jobs past its first failures; then one
+/// transfer probes it. A store that answers (even "not found") closes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Breaker {
+    failures: u32,
+    /// Pauses so far while it stays down (the next one is twice as long).
+    opened: u32,
+    open_until: Option<std::time::Instant>,
+    probing: bool,
+}
+
+impl Breaker {
+    pub fn admit(&mut self, now: std::time::Instant) -> Admit {
+        match self.open_until {
+            None => Admit::Go,
+            Some(until) if now < until => Admit::Refuse { failures: self.failures, left: until - now },
+            Some(_) if self.probing => Admit::Refuse { failures: self.failures, left: Duration::ZERO },
+            Some(_) => {
+                self.probing = true;
+                Admit::Probe
+            }
+        }
+    }
+
+    /// Whether a transfer let through (now, or before the breaker opened) may still go: false
+    /// once the breaker is open, unless it is the probe.
+    pub fn still_admits(&self, probe: bool, now: std::time::Instant) -> bool {
+        probe || self.open_until.is_none_or(|until| now >= until && !self.probing)
+    }
+
+    /// A transfer's end: `unavailable` (no answer, a timeout, a 5xx) or answered.
+    pub fn record(&mut self, unavailable: bool, probe: bool, now: std::time::Instant) {
+        if probe {
+            self.probing = false;
+        }
+        if !unavailable {
+            *self = Self::default();
+            return;
+        }
+        self.failures = self.failures.saturating_add(1);
+        // Transfers already under way when it opened do not lengthen the pause; a probe does.
+        if probe || (self.open_until.is_none() && self.failures >= BREAKER_FAILURES) {
+            let pause = BREAKER_PAUSE.saturating_mul(1 << self.opened.min(16)).min(BREAKER_MAX_PAUSE);
+            self.opened = self.opened.saturating_add(1);
+            self.open_until = Some(now + pause);
+        }
+    }
+
+    /// Unavailable transfers in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Whether it is as a breaker that never failed (nothing to keep).
+    pub fn is_closed(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn facts(redelivered: bool, returns: u32, lane: Lane) -> Facts {
         Facts { job_id: Some("j".into()), attempt: 0, returns, handbacks: 0, redelivered, lane }
+    }
+
+    #[test]
+    fn a_breaker_opens_after_failures_in_a_row_then_lets_one_probe_through_per_pause() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut b = Breaker::default();
+        b.record(true, false, at(0));
+        b.record(true, false, at(0));
+        assert_eq!(b.admit(at(0)), Admit::Go, "two failures: still tried");
+        b.record(false, false, at(0));
+        assert!(b.is_closed(), "an answer resets the count");
+        for _ in 0..BREAKER_FAILURES {
+            b.record(true, false, at(10));
+        }
+        assert_eq!(b.admit(at(500)), Admit::Refuse { failures: 3, left: Duration::from_millis(510) });
+        // Transfers already under way fail too: the pause is not lengthened.
+        b.record(true, false, at(600));
+        assert!(!b.still_admits(false, at(700)), "one waiting for a slot is not let through now");
+        assert_eq!(b.admit(at(1009)), Admit::Refuse { failures: 4, left: Duration::from_millis(1) });
+        // After the pause: one probe, the others still refused.
+        assert_eq!(b.admit(at(1010)), Admit::Probe);
+        assert!(b.still_admits(true, at(1010)) && !b.still_admits(false, at(1010)));
+        assert_eq!(b.admit(at(1011)), Admit::Refuse { failures: 4, left: Duration::ZERO });
+        // The probe fails: twice the pause.
+        b.record(true, true, at(1500));
+        assert_eq!(b.admit(at(1500)), Admit::Refuse { failures: 5, left: Duration::from_secs(2) });
+        assert_eq!(b.admit(at(3500)), Admit::Probe);
+        b.record(true, true, at(3500));
+        assert_eq!(b.admit(at(3500)), Admit::Refuse { failures: 6, left: Duration::from_secs(4) });
+        // A probe that is answered (even "not found") closes it.
+        assert_eq!(b.admit(at(7500)), Admit::Probe);
+        b.record(false, true, at(7600));
+        assert!(b.is_closed() && b.admit(at(7600)) == Admit::Go);
+        // The pause never passes its cap.
+        let mut down = Breaker::default();
+        for i in 0..40 {
+            down.record(true, i >= BREAKER_FAILURES, at(0));
+        }
+        assert_eq!(down.admit(at(0)), Admit::Refuse { failures: 40, left: BREAKER_MAX_PAUSE });
     }
 
     #[test]

@@ -24,8 +24,13 @@ use warren_common::JobError;
 use warren_common::bytes::{Ref, Scheme};
 use warren_infra::settings::StoreSettings;
 
+use crate::decide;
+
 /// Most references one job may name.
 pub const MAX_REFS_PER_JOB: usize = 64;
+/// Most places whose failures are tracked at once ([`decide::Breaker`]); past it, new ones are
+/// tried every time.
+const MAX_BREAKERS: usize = 4096;
 
 /// The worker's way to its stores. Cheap to share; S3 clients are made once per bucket.
 pub struct Stores {
@@ -33,6 +38,9 @@ pub struct Stores {
     s3: Mutex<HashMap<String, Arc<AmazonS3>>>,
     http: reqwest::Client,
     transfers: Semaphore,
+    /// The breakers of the places that failed lately ([`decide::Breaker`]), by [`Stores::place`];
+    /// a place that answers is removed.
+    breakers: Mutex<HashMap<String, decide::Breaker>>,
     /// Jobs holding fetched bytes at once (`store.max_held_jobs`).
     held: Semaphore,
     /// Whether an S3 store is configured at all: an endpoint, or credentials (the settings',
@@ -149,6 +157,7 @@ impl Stores {
             s3: Mutex::new(HashMap::new()),
             http,
             transfers: Semaphore::new(settings.max_transfers.max(1)),
+            breakers: Mutex::new(HashMap::new()),
             held: Semaphore::new(held_jobs.max(1)),
             s3_configured: !settings.s3_endpoint.is_empty()
                 || !settings.s3_access_key_id.is_empty()
@@ -242,14 +251,76 @@ impl Stores {
     /// Runs one transfer of `r` in a slot of `store.max_transfers`, within its time budget
     /// (`timeout_ms` x (1 + `retries`): a mount or a store that hangs rather than refusing frees
     /// the job then), its error scrubbed of credentials.
+    /// A place that stopped answering is not tried for a while ([`decide::Breaker`]): the job
+    /// is set aside at once, holding no slot.
     async fn transfer<T>(&self, r: &Ref, work: impl Future<Output = Result<T, JobError>>) -> Result<T, JobError> {
+        let place = self.place(r);
+        let probe = self.admit(r, &place, None)?;
         let _slot = self.transfers.acquire().await.map_err(|_| JobError::StoreUnavailable("closed".into()))?;
+        // It may have opened while this one waited for its slot.
+        self.admit(r, &place, Some(probe))?;
         let tries = u32::try_from(self.settings.retries.saturating_add(1)).unwrap_or(u32::MAX);
         let budget = Duration::from_millis(self.settings.timeout_ms).saturating_mul(tries);
         let done = tokio::time::timeout(budget, work)
             .await
             .unwrap_or_else(|_| Err(JobError::StoreUnavailable(format!("{r}: no answer within {budget:?}"))));
+        let unavailable = matches!(done, Err(JobError::StoreUnavailable(_)));
+        let mut breakers = self.breakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tracked = breakers.len() < MAX_BREAKERS || breakers.contains_key(&place);
+        if unavailable && tracked {
+            breakers.entry(place).or_default().record(true, probe, std::time::Instant::now());
+        } else if !unavailable {
+            breakers.remove(&place);
+        }
+        drop(breakers);
         done.map_err(|e| self.scrubbed(e))
+    }
+
+    /// Whether a transfer of `r` to `place` goes now: Ok(whether it is the breaker's probe), or
+    /// `store_unavailable` without trying. `probe`: asked again for a transfer admitted before
+    /// (it goes unless the breaker opened meanwhile).
+    fn admit(&self, r: &Ref, place: &str, probe: Option<bool>) -> Result<bool, JobError> {
+        let mut breakers = self.breakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(breaker) = breakers.get_mut(place) else { return Ok(false) };
+        let now = std::time::Instant::now();
+        let refused = |failures: u32, left: Duration| {
+            JobError::StoreUnavailable(format!(
+                "{r}: not tried: {place} did not answer its last {failures} transfers (tried again in {:.1} s)",
+                left.as_secs_f64()
+            ))
+        };
+        match probe {
+            Some(probe) if breaker.still_admits(probe, now) => Ok(probe),
+            Some(_) => Err(refused(breaker.failures(), Duration::ZERO)),
+            None => match breaker.admit(now) {
+                decide::Admit::Go => Ok(false),
+                decide::Admit::Probe => Ok(true),
+                decide::Admit::Refuse { failures, left } => Err(refused(failures, left)),
+            },
+        }
+    }
+
+    /// What one breaker watches: the S3 store (all its buckets are one endpoint), one `file://`
+    /// root (a mount), one https host and port.
+    fn place(&self, r: &Ref) -> String {
+        match r.scheme() {
+            Scheme::S3 => "the S3 store".to_owned(),
+            Scheme::File => {
+                let path = file_path(r.url()).unwrap_or_default();
+                let root = self.roots.iter().find(|root| path.starts_with(root));
+                format!("file://{}", root.map_or_else(|| path.display().to_string(), |root| root.display().to_string()))
+            }
+            Scheme::Https => match reqwest::Url::parse(r.url()) {
+                Ok(url) => {
+                    format!(
+                        "https://{}:{}",
+                        url.host_str().unwrap_or_default(),
+                        url.port_or_known_default().unwrap_or(443)
+                    )
+                }
+                Err(_) => r.shown().to_owned(),
+            },
+        }
     }
 
     /// A place among the jobs that hold fetched bytes (`store.max_held_jobs`), kept until the

@@ -494,3 +494,48 @@ async fn a_url_answering_503_sets_its_job_aside_until_it_serves(vhost: Vhost) {
     producer.close().await;
     fleet.stop().await;
 }
+
+/// A store that hangs is not tried by every job: after three transfers in a row without an
+/// answer its jobs are set aside at once, one probe per pause (1 s, then 2, 4, ...), so it holds
+/// no transfer slots; jobs naming another store (a directory here) go on meanwhile. The hanging
+/// jobs end at their deadline (6 s), `deadline_exceeded`.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_host_is_not_tried_by_every_job_and_other_stores_go_on(vhost: Vhost) {
+    let server = warren_e2e::https::HttpsServer::start().await;
+    let dir = TempDir::new("warren-refs").expect("dir");
+    std::fs::write(dir.path().join("in.jpg"), jpeg(&picture(640, 480, 16), 85)).expect("write");
+    let mut settings = settings_for(&vhost);
+    settings.store.ca_file = server.ca_file();
+    settings.store.file_roots = vec![dir.path().to_path_buf()];
+    (settings.store.timeout_ms, settings.store.retries) = (500, 0);
+    let (fleet, producer) = fleet_and_producer(&settings).await;
+    let started = Instant::now();
+    let opts = want_result().timeout(Duration::from_secs(6));
+    let mut hanging = Vec::new();
+    for _ in 0..10 {
+        hanging.push(producer.publish(&by_ref(server.url("hang/photo.jpg")), &opts).await.expect("publish"));
+    }
+    let url = format!("file://{}/in.jpg", dir.path().display());
+    for i in 0..20 {
+        let r = producer.publish(&by_ref(&url), &want_result()).await.expect("p").wait(DEADLINE).await.expect("r");
+        assert_eq!(r.status, ResultStatus::Ok, "file job {i}: {r:?}");
+    }
+    let others_done = started.elapsed();
+    for t in hanging {
+        let r = t.wait(DEADLINE).await.expect("answered");
+        assert_eq!(r.error.map(|e| e.error_type).as_deref(), Some("deadline_exceeded"));
+    }
+    let tried = server.requests("hang/photo.jpg");
+    println!(
+        "a hanging host: 20 jobs of another store answered in {others_done:?}; 10 hanging jobs tried it {tried} times \
+         in {:?}",
+        started.elapsed()
+    );
+    // At most one try per job before the breaker opens (the first wave, all in flight at once),
+    // then one probe per pause: 1 s and 2 s fit in the 6 s.
+    assert!(tried <= 10 + 3, "the hanging host was tried {tried} times");
+    assert!(others_done < Duration::from_secs(6), "the other store's jobs waited for the hanging one: {others_done:?}");
+    producer.close().await;
+    fleet.stop().await;
+}

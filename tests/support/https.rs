@@ -1,7 +1,8 @@
 //! A real HTTPS server per test, standing in for presigned URLs: Python's `http.server` behind
 //! TLS with a certificate for 127.0.0.1 from a CA made for the test (openssl), serving the files
 //! of a directory (the query ignored, as a store checks a signature there). `/status/<code>`
-//! answers that status; `/busy/<n>/<file>` answers 503 to the first `n` GETs, then the file.
+//! answers that status; `/busy/<n>/<file>` answers 503 to the first `n` GETs, then the file;
+//! `/hang/...` never answers.
 //! It counts the GETs of each path ([`HttpsServer::requests`]). On a free port; killed, its
 //! files removed, when dropped.
 
@@ -13,7 +14,7 @@ use tokio::process::{Child, Command};
 use crate::{DEADLINE, TempDir};
 
 const SERVER: &str = r#"
-import http.server, json, ssl, sys, os, threading
+import http.server, json, ssl, sys, os, threading, time
 root, port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 lock, seen = threading.Lock(), {}
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -28,6 +29,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
                 f.write(json.dumps(seen))
         if path.startswith("/status/"):
             self.send_response(int(path.split("/")[2])); self.send_header("Content-Length", "0"); self.end_headers()
+            return
+        if path.startswith("/hang/"):
+            time.sleep(60)
             return
         if path.startswith("/busy/"):
             _, _, n, path = path.split("/", 3)
