@@ -469,6 +469,12 @@ mod tests {
         assert_eq!(value["more"]["a/b"][0], serde_json::json!({"ref": "s3://out/j/1.jpg", "size": 5}));
         assert_eq!((value["label"].as_str(), value["w"].as_u64()), (Some(b64.as_str()), Some(2)), "others untouched");
         assert_eq!(objects, vec![(r("s3://out/j/0.jpg"), jpeg.to_vec()), (r("s3://out/j/1.jpg"), jpeg.to_vec())]);
+        // The whole output as bytes: the pointer "".
+        let raw = serde_json::value::RawValue::from_string(format!("\"{b64}\"")).unwrap();
+        let whole = Output::from_json_with_bytes("py.x", raw, vec![String::new()]);
+        let (value, objects) = upload_refs("s3://out/k/", || serde_json::to_value(&whole));
+        assert_eq!(value.unwrap()["py.x"], serde_json::json!({"ref": "s3://out/k/0.jpg", "size": 5}));
+        assert_eq!(objects.len(), 1);
         // A pointer to something that is not base64 text fails the writing, with where.
         let raw = serde_json::value::RawValue::from_string(r#"{"image":5}"#.into()).unwrap();
         let bad = Output::from_json_with_bytes("py.x", raw, vec!["/image".into()]);

@@ -397,10 +397,15 @@ impl Breaker {
         }
     }
 
-    /// Whether a transfer let through (now, or before the breaker opened) may still go: false
+    /// Whether a transfer let through before (it then waited for a slot) may still go: not
     /// once the breaker is open, unless it is the probe.
-    pub fn still_admits(&self, probe: bool, now: std::time::Instant) -> bool {
-        probe || self.open_until.is_none_or(|until| now >= until && !self.probing)
+    pub fn still_admits(&self, probe: bool) -> bool {
+        probe || self.open_until.is_none()
+    }
+
+    /// Whether it is open (its place not tried but by a probe).
+    pub fn is_open(&self) -> bool {
+        self.open_until.is_some()
     }
 
     /// A transfer's end: `unavailable` (no answer, a timeout, a 5xx) or answered.
@@ -419,6 +424,12 @@ impl Breaker {
             self.opened = self.opened.saturating_add(1);
             self.open_until = Some(now + pause);
         }
+    }
+
+    /// The probe let through will not answer (its job was dropped: a drain, a cancel): the
+    /// next transfer after the pause probes instead.
+    pub fn abandon_probe(&mut self) {
+        self.probing = false;
     }
 
     /// Unavailable transfers in a row.
@@ -456,11 +467,11 @@ mod tests {
         assert_eq!(b.admit(at(500)), Admit::Refuse { failures: 3, left: Duration::from_millis(510) });
         // Transfers already under way fail too: the pause is not lengthened.
         b.record(true, false, at(600));
-        assert!(!b.still_admits(false, at(700)), "one waiting for a slot is not let through now");
+        assert!(!b.still_admits(false), "one waiting for a slot is not let through now");
         assert_eq!(b.admit(at(1009)), Admit::Refuse { failures: 4, left: Duration::from_millis(1) });
         // After the pause: one probe, the others still refused.
         assert_eq!(b.admit(at(1010)), Admit::Probe);
-        assert!(b.still_admits(true, at(1010)) && !b.still_admits(false, at(1010)));
+        assert!(b.still_admits(true) && !b.still_admits(false), "only the probe, even after the pause");
         assert_eq!(b.admit(at(1011)), Admit::Refuse { failures: 4, left: Duration::ZERO });
         // The probe fails: twice the pause.
         b.record(true, true, at(1500));
@@ -468,6 +479,9 @@ mod tests {
         assert_eq!(b.admit(at(3500)), Admit::Probe);
         b.record(true, true, at(3500));
         assert_eq!(b.admit(at(3500)), Admit::Refuse { failures: 6, left: Duration::from_secs(4) });
+        // A probe dropped before its answer (a drain) lets the next transfer probe.
+        assert_eq!(b.admit(at(7500)), Admit::Probe);
+        b.abandon_probe();
         // A probe that is answered (even "not found") closes it.
         assert_eq!(b.admit(at(7500)), Admit::Probe);
         b.record(false, true, at(7600));

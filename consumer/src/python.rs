@@ -83,7 +83,12 @@ async fn log_stderr(stderr: tokio::process::ChildStderr, pid: u32) {
             Ok(_) => {}
         }
         let text = String::from_utf8_lossy(&line);
-        if let Some((text, job_id)) = jobs.attribute(text.trim_end_matches(['\n', '\r'])) {
+        let text = text.trim_end_matches(['\n', '\r']);
+        // The child writes a newline before each mark (its own line even after a progress bar).
+        if text.is_empty() {
+            continue;
+        }
+        if let Some((text, job_id)) = jobs.attribute(text) {
             tracing::info!(target: "warren_python", pid, job_id = %job_id, "{text}");
         }
     }
@@ -96,7 +101,12 @@ const MAX_BYTES_AT: usize = 64;
 /// usable. Past [`MAX_BYTES_AT`], the first ones.
 fn bytes_at(header: &Value) -> Vec<String> {
     let Some(all) = header["bytes_at"].as_array() else { return Vec::new() };
-    all.iter().filter_map(Value::as_str).filter(|p| p.starts_with('/')).take(MAX_BYTES_AT).map(str::to_owned).collect()
+    all.iter()
+        .filter_map(Value::as_str)
+        .filter(|p| p.is_empty() || p.starts_with('/'))
+        .take(MAX_BYTES_AT)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A kind as a child declares it.
@@ -516,7 +526,8 @@ mod tests {
     #[test]
     fn an_ok_frame_names_at_most_64_places_of_bytes_as_json_pointers() {
         assert_eq!(bytes_at(&json!({"t": "ok"})), Vec::<String>::new());
-        assert_eq!(bytes_at(&json!({"bytes_at": ["/image", 3, "", "nope", "/a~1b/0"]})), ["/image", "/a~1b/0"]);
+        assert_eq!(bytes_at(&json!({"bytes_at": ["/image", 3, "nope", "/a~1b/0"]})), ["/image", "/a~1b/0"]);
+        assert_eq!(bytes_at(&json!({"bytes_at": [""]})), [""], "the whole output was bytes");
         let many: Vec<String> = (0..100).map(|i| format!("/{i}")).collect();
         let kept = bytes_at(&json!({ "bytes_at": many }));
         assert_eq!((kept.len(), kept[63].as_str()), (MAX_BYTES_AT, "/63"));

@@ -256,6 +256,8 @@ impl Stores {
     async fn transfer<T>(&self, r: &Ref, work: impl Future<Output = Result<T, JobError>>) -> Result<T, JobError> {
         let place = self.place(r);
         let probe = self.admit(r, &place, None)?;
+        // Should this future be dropped before the answer (a drain), its probe is given up.
+        let mut given_up = GiveUpProbe { stores: self, place: &place, armed: probe };
         let _slot = self.transfers.acquire().await.map_err(|_| JobError::StoreUnavailable("closed".into()))?;
         // It may have opened while this one waited for its slot.
         self.admit(r, &place, Some(probe))?;
@@ -264,8 +266,14 @@ impl Stores {
         let done = tokio::time::timeout(budget, work)
             .await
             .unwrap_or_else(|_| Err(JobError::StoreUnavailable(format!("{r}: no answer within {budget:?}"))));
+        given_up.armed = false;
+        drop(given_up);
         let unavailable = matches!(done, Err(JobError::StoreUnavailable(_)));
         let mut breakers = self.breakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if unavailable && breakers.len() >= MAX_BREAKERS && !breakers.contains_key(&place) {
+            // Full of places that failed once or twice (or no longer): keep the open ones.
+            breakers.retain(|_, b| b.is_open());
+        }
         let tracked = breakers.len() < MAX_BREAKERS || breakers.contains_key(&place);
         if unavailable && tracked {
             breakers.entry(place).or_default().record(true, probe, std::time::Instant::now());
@@ -290,7 +298,7 @@ impl Stores {
             ))
         };
         match probe {
-            Some(probe) if breaker.still_admits(probe, now) => Ok(probe),
+            Some(probe) if breaker.still_admits(probe) => Ok(probe),
             Some(_) => Err(refused(breaker.failures(), Duration::ZERO)),
             None => match breaker.admit(now) {
                 decide::Admit::Go => Ok(false),
@@ -300,11 +308,14 @@ impl Stores {
         }
     }
 
-    /// What one breaker watches: the S3 store (all its buckets are one endpoint), one `file://`
-    /// root (a mount), one https host and port.
+    /// What one breaker watches: one S3 bucket (a throttled bucket pauses no other), one
+    /// `file://` root (a mount), one https host and port.
     fn place(&self, r: &Ref) -> String {
         match r.scheme() {
-            Scheme::S3 => "the S3 store".to_owned(),
+            Scheme::S3 => match s3_location(r) {
+                Ok((bucket, _)) => format!("s3://{bucket}"),
+                Err(_) => "s3://".to_owned(),
+            },
             Scheme::File => {
                 let path = file_path(r.url()).unwrap_or_default();
                 let root = self.roots.iter().find(|root| path.starts_with(root));
@@ -334,7 +345,12 @@ impl Stores {
         for (r, _) in &objects {
             self.check(r)?;
         }
-        let puts = objects.into_iter().map(|(r, bytes)| async move { self.store(&r, bytes).await });
+        // The first alone: should it be a breaker's probe, the others' refusal does not drop it.
+        let mut objects = objects.into_iter();
+        if let Some((r, bytes)) = objects.next() {
+            self.store(&r, bytes).await?;
+        }
+        let puts = objects.map(|(r, bytes)| async move { self.store(&r, bytes).await });
         futures_util::future::try_join_all(puts).await.map(drop)
     }
 
@@ -621,6 +637,24 @@ async fn write_whole(r: &Ref, dir: &Path, path: &Path, bytes: Vec<u8>) -> Result
     Ok(())
 }
 
+/// Gives up a breaker's probe whose transfer ends without an answer recorded (dropped).
+struct GiveUpProbe<'a> {
+    stores: &'a Stores,
+    place: &'a str,
+    armed: bool,
+}
+
+impl Drop for GiveUpProbe<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut breakers = self.stores.breakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(breaker) = breakers.get_mut(self.place) {
+                breaker.abandon_probe();
+            }
+        }
+    }
+}
+
 /// Whether an `https://` reference to `host`:`port` is followed under `allowed`
 /// (`store.https_hosts`: `host`, `host:port`, `*.domain`; empty: any). Names compare without
 /// case; `*.domain` takes the names under the domain, not the domain itself.
@@ -631,9 +665,11 @@ pub fn https_host_allowed(allowed: &[String], host: &str, port: u16) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     allowed.iter().any(|entry| {
         let entry = entry.to_ascii_lowercase();
+        let entry = entry.replace(".:", ":");
+        let entry = entry.trim_end_matches('.');
         let (name, want_port) = match entry.rsplit_once(':') {
             Some((name, p)) => (name, p.parse::<u16>().ok()),
-            None => (entry.as_str(), None),
+            None => (entry, None),
         };
         let name_ok = match name.strip_prefix("*.") {
             Some(domain) => host.strip_suffix(domain).is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
@@ -655,6 +691,10 @@ mod tests {
         assert!(allowed(&[], "169.254.169.254", 443), "none listed: any host");
         let list = ["store.example", "minio.lan:9000", "*.s3.example"];
         assert!(allowed(&list, "store.example", 443) && allowed(&list, "STORE.example.", 8443));
+        assert!(
+            allowed(&["Store.Example.", "minio.lan.:9000"], "store.example", 1)
+                && allowed(&["minio.lan.:9000"], "minio.lan", 9000)
+        );
         assert!(allowed(&list, "minio.lan", 9000) && !allowed(&list, "minio.lan", 443));
         assert!(allowed(&list, "bucket.s3.example", 443) && allowed(&list, "a.b.s3.example", 443));
         assert!(!allowed(&list, "s3.example", 443), "*.domain is the names under it");
@@ -722,6 +762,37 @@ mod tests {
         assert_eq!(output_prefix("file:///o/", ".."), "file:///o/_../");
         assert_eq!(output_prefix("file:///o/", ""), "file:///o/_/");
         assert_eq!(output_prefix("s3://b/", "a b/c?d"), "s3://b/a_b_c_d/");
+    }
+
+    #[tokio::test]
+    async fn a_breakers_probe_dropped_before_its_answer_lets_the_next_transfer_probe() {
+        // A host that takes connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let stores = Stores::new(&StoreSettings::default(), 2).unwrap();
+        let r = Ref::new(format!("https://127.0.0.1:{port}/a.jpg")).unwrap();
+        let place = stores.place(&r);
+        assert_eq!(place, format!("https://127.0.0.1:{port}"));
+        assert_eq!(stores.place(&Ref::new("s3://photos/a/b.jpg").unwrap()), "s3://photos", "one breaker per bucket");
+        // Opened two seconds ago for one second: the next transfer is the probe.
+        let then = std::time::Instant::now() - Duration::from_secs(2);
+        let mut breaker = decide::Breaker::default();
+        for _ in 0..decide::BREAKER_FAILURES {
+            breaker.record(true, false, then);
+        }
+        stores.breakers.lock().unwrap().insert(place.clone(), breaker);
+        // The probe's job is dropped (a drain) while it waits for the answer.
+        let dropped = tokio::time::timeout(Duration::from_millis(100), stores.fetch(&r, 100)).await;
+        assert!(dropped.is_err(), "the host never answers");
+        let now = std::time::Instant::now();
+        let admit = stores.breakers.lock().unwrap().get_mut(&place).map(|b| b.admit(now));
+        assert_eq!(admit, Some(decide::Admit::Probe), "the next transfer probes: the dropped one is given up");
     }
 
     #[tokio::test]

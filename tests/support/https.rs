@@ -25,8 +25,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         with lock:
             seen[path] = seen.get(path, 0) + 1
             count = seen[path]
-            with open(os.path.join(root, "..", "requests.json"), "w") as f:
+            with open(os.path.join(root, "..", "requests.json.new"), "w") as f:
                 f.write(json.dumps(seen))
+            os.replace(os.path.join(root, "..", "requests.json.new"), os.path.join(root, "..", "requests.json"))
         if path.startswith("/status/"):
             self.send_response(int(path.split("/")[2])); self.send_header("Content-Length", "0"); self.end_headers()
             return

@@ -138,7 +138,7 @@ def test_a_child_says_its_kinds_then_answers_jobs_with_bytes_once(child: ChildPr
     lines = child.stderr().split("\n")  # not splitlines: \x1e is a line boundary to it
     marks = [i for i, line in enumerate(lines) if line.startswith("\x1ewarren-job ")]
     assert [lines[i][len("\x1ewarren-job "):] for i in marks] == ['"j1"', '""', '"j2"', '""'], lines
-    assert lines[marks[0] + 1:marks[1]] == ["digesting 3000 bytes"], lines
+    assert [line for line in lines[marks[0] + 1:marks[1]] if line] == ["digesting 3000 bytes"], lines
 
 
 def test_each_exception_class_and_an_unencodable_output(child: ChildProcess) -> None:

@@ -3,7 +3,8 @@ stdout (its own prints go to stderr, which the worker logs with the job id).
 
 Which job a stderr line belongs to travels on stderr itself: before a job the child writes the
 line ``\x1ewarren-job "ID"`` (the id as a JSON string), after it ``\x1ewarren-job ""``, each
-after flushing what Python buffered. A line is so attributed by its place in the one stream, not
+after flushing what Python and C's stdio buffered, and after a newline (the worker logs no
+empty line). A line is so attributed by its place in the one stream, not
 by when the worker happens to read it.
 
 A frame is ``header length (u32 LE) | body length (u32 LE) | header (JSON) | body (bytes)``.
@@ -36,7 +37,8 @@ JOB_MARK = b"\x1ewarren-job "
 
 def mark_job(fd: int, job_id: str) -> None:
     """Writes the line telling the worker that the stderr lines after it are ``job_id``'s."""
-    line = JOB_MARK + json.dumps(job_id).encode() + b"\n"
+    # On a line of its own even after output that did not end its line (a progress bar).
+    line = b"\n" + JOB_MARK + json.dumps(job_id).encode() + b"\n"
     while line:
         line = line[os.write(fd, line):]
 

@@ -75,6 +75,18 @@ def decode_input(spec: KindSpec, body: bytes) -> dict[str, Any]:
     return job
 
 
+def _libc() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None)
+    except (OSError, ImportError):
+        return None
+
+
+_LIBC = _libc()
+
+
 def _lines_belong_to(job_id: str) -> None:
     """Flushes what Python holds for stderr (and stdout, which goes there), then marks the lines
     after as ``job_id``'s (``""``: between jobs) on stderr itself (``_protocol.mark_job``)."""
@@ -83,6 +95,8 @@ def _lines_belong_to(job_id: str) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
+    if _LIBC is not None:
+        _LIBC.fflush(None)  # C extensions' stdio buffers too
     _protocol.mark_job(2, job_id)
 
 
