@@ -436,11 +436,6 @@ impl Breaker {
     pub fn failures(&self) -> u32 {
         self.failures
     }
-
-    /// Whether it is as a breaker that never failed (nothing to keep).
-    pub fn is_closed(&self) -> bool {
-        *self == Self::default()
-    }
 }
 
 #[cfg(test)]
@@ -460,7 +455,7 @@ mod tests {
         b.record(true, false, at(0));
         assert_eq!(b.admit(at(0)), Admit::Go, "two failures: still tried");
         b.record(false, false, at(0));
-        assert!(b.is_closed(), "an answer resets the count");
+        assert_eq!(b, Breaker::default(), "an answer resets the count");
         for _ in 0..BREAKER_FAILURES {
             b.record(true, false, at(10));
         }
@@ -485,7 +480,7 @@ mod tests {
         // A probe that is answered (even "not found") closes it.
         assert_eq!(b.admit(at(7500)), Admit::Probe);
         b.record(false, true, at(7600));
-        assert!(b.is_closed() && b.admit(at(7600)) == Admit::Go);
+        assert!(b == Breaker::default() && b.admit(at(7600)) == Admit::Go);
         // The pause never passes its cap.
         let mut down = Breaker::default();
         for i in 0..40 {

@@ -51,19 +51,16 @@ pub struct StderrJobs {
 }
 
 impl StderrJobs {
-    /// The text of `line` to log and the job it belongs to ("" between jobs); None for a mark
-    /// alone. Text before a mark on the same line (output without its newline) is the job's
-    /// before the mark.
-    pub fn attribute<'a>(&mut self, line: &'a str) -> Option<(&'a str, String)> {
-        let mark = line.find(JOB_MARK).and_then(|at| {
-            serde_json::from_str::<String>(line[at + JOB_MARK.len()..].trim_end()).ok().map(|id| (at, id))
-        });
-        let Some((at, id)) = mark else {
-            return Some((line, self.current.clone()));
-        };
-        let before = (!line[..at].is_empty()).then(|| (&line[..at], self.current.clone()));
-        self.current = id;
-        before
+    /// The job `line` belongs to ("" between jobs), or None for a mark. A mark is a line of
+    /// its own: the child writes a newline before it, in the same write.
+    pub fn attribute(&mut self, line: &str) -> Option<String> {
+        match line.strip_prefix(JOB_MARK).and_then(|id| serde_json::from_str::<String>(id).ok()) {
+            Some(id) => {
+                self.current = id;
+                None
+            }
+            None => Some(self.current.clone()),
+        }
     }
 }
 
@@ -88,7 +85,7 @@ async fn log_stderr(stderr: tokio::process::ChildStderr, pid: u32) {
         if text.is_empty() {
             continue;
         }
-        if let Some((text, job_id)) = jobs.attribute(text) {
+        if let Some(job_id) = jobs.attribute(text) {
             tracing::info!(target: "warren_python", pid, job_id = %job_id, "{text}");
         }
     }
@@ -508,19 +505,17 @@ mod tests {
     #[test]
     fn stderr_lines_belong_to_the_job_their_place_in_the_stream_says() {
         let mut jobs = StderrJobs::default();
-        let mut lines = |line: &str| jobs.attribute(line).map(|(text, id)| (text.to_owned(), id));
-        let owned = |text: &str, id: &str| Some((text.to_owned(), id.to_owned()));
-        assert_eq!(lines("importing"), owned("importing", ""));
-        assert_eq!(lines("\u{1e}warren-job \"a-1\""), None);
-        assert_eq!(lines("INFO thumbnail 128x86"), owned("INFO thumbnail 128x86", "a-1"));
-        // Output without its newline, then the job's end mark on the same line.
-        assert_eq!(lines("partial\u{1e}warren-job \"\""), owned("partial", "a-1"));
-        assert_eq!(lines("between jobs"), owned("between jobs", ""));
+        assert_eq!(jobs.attribute("importing").as_deref(), Some(""));
+        assert_eq!(jobs.attribute("\u{1e}warren-job \"a-1\""), None);
+        assert_eq!(jobs.attribute("INFO thumbnail 128x86").as_deref(), Some("a-1"));
+        assert_eq!(jobs.attribute("\u{1e}warren-job \"\""), None);
+        assert_eq!(jobs.attribute("between jobs").as_deref(), Some(""));
         // An id with a newline or quotes travels as a JSON string.
-        assert_eq!(lines("\u{1e}warren-job \"b\\n\\\"2\"\r"), None);
-        assert_eq!(lines("x"), owned("x", "b\n\"2"));
-        // Something that only looks like a mark is a line of text.
-        assert_eq!(lines("\u{1e}warren-job not json"), owned("\u{1e}warren-job not json", "b\n\"2"));
+        assert_eq!(jobs.attribute("\u{1e}warren-job \"b\\n\\\"2\""), None);
+        assert_eq!(jobs.attribute("x").as_deref(), Some("b\n\"2"));
+        // Something that only looks like a mark is a line of text, as is a mark within a line.
+        assert_eq!(jobs.attribute("\u{1e}warren-job not json").as_deref(), Some("b\n\"2"));
+        assert_eq!(jobs.attribute("text \u{1e}warren-job \"c\"").as_deref(), Some("b\n\"2"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
@@ -22,7 +23,7 @@ use object_store::{ClientOptions, ObjectStoreExt as _, PutPayload, RetryConfig};
 use tokio::sync::Semaphore;
 use warren_common::JobError;
 use warren_common::bytes::{Ref, Scheme};
-use warren_infra::settings::StoreSettings;
+use warren_infra::settings::{HostPattern, StoreSettings};
 
 use crate::decide;
 
@@ -51,6 +52,8 @@ pub struct Stores {
     /// `store.file_roots` as given and, where they exist, resolved (symbolic links followed):
     /// a reference is checked as written, a resolved path against the resolved roots.
     roots: Vec<PathBuf>,
+    /// `store.https_hosts`, parsed once.
+    https_hosts: Vec<HostPattern>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -152,6 +155,10 @@ impl Stores {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
         }
         let http = http.build()?;
+        // Refused rather than dropped: an allow-list emptied by bad entries would allow any host.
+        let https_hosts = (settings.https_hosts.iter())
+            .map(|h| HostPattern::parse(h).with_context(|| format!("store.https_hosts: {h:?} is not a host")))
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             settings: settings.clone(),
             s3: Mutex::new(HashMap::new()),
@@ -172,6 +179,7 @@ impl Stores {
                 .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty())),
             secrets,
             roots,
+            https_hosts,
         })
     }
 
@@ -189,7 +197,7 @@ impl Stores {
             Scheme::Https => {
                 let url = reqwest::Url::parse(r.url()).map_err(|e| JobError::InvalidParams(format!("{r}: {e}")))?;
                 let (host, port) = (url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(443));
-                if https_host_allowed(&self.settings.https_hosts, host, port) {
+                if https_host_allowed(&self.https_hosts, host, port) {
                     Ok(())
                 } else {
                     Err(JobError::RefDenied(format!("{r}: {host}:{port} is not in store.https_hosts")))
@@ -656,27 +664,9 @@ impl Drop for GiveUpProbe<'_> {
 }
 
 /// Whether an `https://` reference to `host`:`port` is followed under `allowed`
-/// (`store.https_hosts`: `host`, `host:port`, `*.domain`; empty: any). Names compare without
-/// case; `*.domain` takes the names under the domain, not the domain itself.
-pub fn https_host_allowed(allowed: &[String], host: &str, port: u16) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    allowed.iter().any(|entry| {
-        let entry = entry.to_ascii_lowercase();
-        let entry = entry.replace(".:", ":");
-        let entry = entry.trim_end_matches('.');
-        let (name, want_port) = match entry.rsplit_once(':') {
-            Some((name, p)) => (name, p.parse::<u16>().ok()),
-            None => (entry, None),
-        };
-        let name_ok = match name.strip_prefix("*.") {
-            Some(domain) => host.strip_suffix(domain).is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-            None => host == name,
-        };
-        name_ok && want_port.is_none_or(|p| p == port)
-    })
+/// (`store.https_hosts`, parsed; empty: any host).
+pub fn https_host_allowed(allowed: &[HostPattern], host: &str, port: u16) -> bool {
+    allowed.is_empty() || allowed.iter().any(|p| p.matches(host, port))
 }
 
 #[cfg(test)]
@@ -686,7 +676,7 @@ mod tests {
     #[test]
     fn https_references_go_only_to_the_hosts_allowed() {
         let allowed = |list: &[&str], host: &str, port: u16| {
-            https_host_allowed(&list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(), host, port)
+            https_host_allowed(&list.iter().filter_map(|s| HostPattern::parse(s)).collect::<Vec<_>>(), host, port)
         };
         assert!(allowed(&[], "169.254.169.254", 443), "none listed: any host");
         let list = ["store.example", "minio.lan:9000", "*.s3.example"];

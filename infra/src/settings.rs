@@ -270,6 +270,40 @@ pub struct StoreSettings {
     pub retries: usize,
 }
 
+/// A `store.https_hosts` entry: `host` (any port), `host:port`, or `*.domain` (the names under
+/// the domain, not the domain itself). Names compare without case or a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    name: String,
+    under: bool,
+    port: Option<u16>,
+}
+
+impl HostPattern {
+    /// The entry's pattern, or None when it is none of the forms above.
+    pub fn parse(entry: &str) -> Option<Self> {
+        let entry = entry.to_ascii_lowercase();
+        let (under, rest) = entry.strip_prefix("*.").map_or((false, entry.as_str()), |rest| (true, rest));
+        let (name, port) = match rest.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port.parse::<u16>().ok()?)),
+            None => (rest, None),
+        };
+        let name = name.trim_end_matches('.');
+        let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+        plain.then(|| Self { name: name.to_owned(), under, port })
+    }
+
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let name_ok = if self.under {
+            host.strip_suffix(self.name.as_str()).is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+        } else {
+            host == self.name
+        };
+        name_ok && self.port.is_none_or(|p| p == port)
+    }
+}
+
 impl std::fmt::Debug for StoreSettings {
     /// Without the credentials: only whether each is set.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -640,13 +674,8 @@ impl Settings {
             anyhow::ensure!(root.is_absolute(), "store.file_roots: {} is not an absolute path", root.display());
         }
         for host in &store.https_hosts {
-            let name = host.strip_prefix("*.").unwrap_or(host);
-            let (name, port) = name.rsplit_once(':').map_or((name, None), |(n, p)| (n, Some(p)));
             anyhow::ensure!(
-                !name.is_empty()
-                    && !name.contains('*')
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
-                    && port.is_none_or(|p| p.parse::<u16>().is_ok()),
+                HostPattern::parse(host).is_some(),
                 "store.https_hosts: {host:?} is not a host, host:port or *.domain"
             );
         }
