@@ -5,11 +5,15 @@
 #
 #   scripts/profile-worker.sh image        # an image.resize worker (JSON jobs)
 #   scripts/profile-worker.sh ml 6         # the SqueezeNet ml.classify worker, 6 s of samples
+#   scripts/profile-worker.sh image 6 WARREN__STORE__S3_ENDPOINT
+#                                          # the first worker whose environment has that variable:
+#                                          # the image fleet run by S3 reference (FILE_ROOTS: by file://)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scenario="${1:-image}"
 seconds="${2:-4}"
+with_env="${3:-}"
 case "$scenario" in
   image | ml) ;;
   *) echo "usage: $0 image|ml [seconds]" >&2; exit 2 ;;
@@ -26,13 +30,18 @@ target/release/warren-bench --pairs 1 --scenarios "$scenario" --heavy-messages 3
 bench=$!
 
 pid=""
-for _ in $(seq 600); do
-  pid="$(pgrep -n -x warren-consumer || true)"
+for _ in $(seq 3000); do
+  pid=""
+  for p in $(pgrep -x warren-consumer || true); do
+    if [[ -z "$with_env" ]] || tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -q "^$with_env="; then
+      pid="$p"
+    fi
+  done
   [[ -n "$pid" ]] && break
   kill -0 "$bench" 2>/dev/null || { cat "$out/bench.log" >&2; exit 1; }
   sleep 0.1
 done
-[[ -n "$pid" ]] || { echo "no warren-consumer appeared within 60 s" >&2; exit 1; }
+[[ -n "$pid" ]] || { echo "no warren-consumer${with_env:+ with $with_env} appeared within 300 s" >&2; exit 1; }
 sleep 1 # past start-up, into the load
 perf record -q -F 999 -p "$pid" -o "$out/perf.data" -- sleep "$seconds" >/dev/null 2>&1
 

@@ -9,6 +9,7 @@ use rstest::rstest;
 use warren_common::headers as h;
 use warren_common::resize::{Filter, Resize, ResizeJob, ResizeMode};
 use warren_common::{Encoding, Job, JobResult, Ref, ResultStatus};
+use warren_e2e::https::HttpsServer;
 use warren_e2e::s3::S3Server;
 use warren_e2e::{DEADLINE, TempDir, Vhost, collect_messages, fleet_and_producer, settings_for, vhost, want_result};
 use warren_infra::{Settings, fields};
@@ -64,14 +65,21 @@ fn by_ref(url: impl Into<String>) -> Job {
 
 /// How many times a job was set aside because its store did not answer, by `fleet`'s metrics.
 fn set_aside(fleet: &warren_e2e::Fleet) -> f64 {
-    let metrics = fleet.metrics_addr.expect("metrics");
-    tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(metrics))
-        .value("warren_job_errors_total", &[("error_type", "store_unavailable")])
+    fleet.scrape().value("warren_job_errors_total", &[("error_type", "store_unavailable")])
 }
 
 fn s3_settings(vhost: &Vhost, s3: &S3Server) -> Settings {
     let mut settings = settings_for(vhost);
     settings.store = s3.settings();
+    settings
+}
+
+/// A worker's settings trusting `server`'s CA, and a photo of `width` x `height` it serves at
+/// `/photo.jpg`.
+fn https_settings(vhost: &Vhost, server: &HttpsServer, (width, height): (u32, u32)) -> Settings {
+    server.put("photo.jpg", &jpeg(&picture(width, height, 16), 85));
+    let mut settings = settings_for(vhost);
+    settings.store.ca_file = server.ca_file();
     settings
 }
 
@@ -385,10 +393,8 @@ async fn file_references_are_read_and_written_under_the_roots(vhost: Vhost) {
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presigned_https_urls_are_read_and_their_signatures_never_shown(vhost: Vhost) {
-    let server = warren_e2e::https::HttpsServer::start().await;
-    server.put("photo.jpg", &jpeg(&picture(1600, 1200, 16), 85));
-    let mut settings = settings_for(&vhost);
-    settings.store.ca_file = server.ca_file();
+    let server = HttpsServer::start().await;
+    let mut settings = https_settings(&vhost, &server, (1600, 1200));
     settings.store.https_hosts = vec![format!("127.0.0.1:{}", server.port)];
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let signed =
@@ -464,8 +470,7 @@ async fn classify_jobs_by_reference_share_model_runs_with_inline_ones(vhost: Vho
         let predicted = expected["models"]["f32"]["predicted"][name].as_u64().expect("predicted");
         assert_eq!(u64::from(out.predictions[0].index), predicted, "{name} (job {i})");
     }
-    let metrics = fleet.metrics_addr.expect("metrics");
-    let s = tokio::task::block_in_place(|| warren_e2e::scrape::Scrape::take(metrics));
+    let s = fleet.scrape();
     let (runs, jobs) = (s.value("warren_batch_size_count", &[]), s.value("warren_batch_size_sum", &[]));
     println!("classify by reference: {jobs} jobs in {runs} model runs (max batch 8)");
     assert_eq!(jobs, 23.0, "every job but the missing reference reached the model");
@@ -479,10 +484,8 @@ async fn classify_jobs_by_reference_share_model_runs_with_inline_ones(vhost: Vho
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_answering_503_sets_its_job_aside_until_it_serves(vhost: Vhost) {
-    let server = warren_e2e::https::HttpsServer::start().await;
-    server.put("photo.jpg", &jpeg(&picture(800, 600, 16), 85));
-    let mut settings = settings_for(&vhost);
-    settings.store.ca_file = server.ca_file();
+    let server = HttpsServer::start().await;
+    let settings = https_settings(&vhost, &server, (800, 600));
     let (fleet, producer) = fleet_and_producer(&settings).await;
     let job = by_ref(server.url("busy/3/photo.jpg"));
     let r = producer.publish(&job, &want_result()).await.expect("publish").wait(DEADLINE).await.expect("result");
@@ -502,11 +505,10 @@ async fn a_url_answering_503_sets_its_job_aside_until_it_serves(vhost: Vhost) {
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_host_is_not_tried_by_every_job_and_other_stores_go_on(vhost: Vhost) {
-    let server = warren_e2e::https::HttpsServer::start().await;
+    let server = HttpsServer::start().await;
     let dir = TempDir::new("warren-refs").expect("dir");
     std::fs::write(dir.path().join("in.jpg"), jpeg(&picture(640, 480, 16), 85)).expect("write");
-    let mut settings = settings_for(&vhost);
-    settings.store.ca_file = server.ca_file();
+    let mut settings = https_settings(&vhost, &server, (640, 480));
     settings.store.file_roots = vec![dir.path().to_path_buf()];
     (settings.store.timeout_ms, settings.store.retries) = (500, 0);
     let (fleet, producer) = fleet_and_producer(&settings).await;

@@ -46,6 +46,12 @@ impl Fleet {
         Self { stop: Some(tx), task, pool_size, prefetch, health, metrics_addr }
     }
 
+    /// Its `/metrics` now (from a multi-threaded test runtime: the scrape blocks).
+    pub fn scrape(&self) -> crate::scrape::Scrape {
+        let addr = self.metrics_addr.expect("the fleet serves metrics");
+        tokio::task::block_in_place(|| crate::scrape::Scrape::take(addr))
+    }
+
     /// Stops consuming, drains and closes; fails the test if the consumer had failed.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {

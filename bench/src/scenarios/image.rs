@@ -50,60 +50,82 @@ const GOAL_FLEET_REF: f64 = 0.9;
 /// reference names (s3s-fs reads the file anew for each GET, keeping no cache of its own).
 const STORED_PHOTO: &str = "photos/photo_1920x1080.jpg";
 
-/// The runs by `file://` reference: the directory (the workers' `store.file_roots`) holding the
-/// photo and the outputs, the job naming the photo, its message's size.
-struct ByFile {
-    dir: TempDir,
-    job: Job,
-    url: String,
-    message_bytes: usize,
+/// Where a run by reference keeps the photo and its outputs: an S3 store (s3s-fs, measured
+/// apart), or a directory given as the workers' `store.file_roots`, as a shared mount would be.
+enum Kept {
+    S3(Box<Store>),
+    Dir(TempDir),
 }
 
-impl ByFile {
-    fn start(resize_job: &ResizeJob) -> anyhow::Result<Self> {
-        let dir = TempDir::new("warren-bench-files").context("a directory for file references")?;
-        let path = dir.path().join("photo_1920x1080.jpg");
-        std::fs::write(&path, &resize_job.image).with_context(|| format!("writing {}", path.display()))?;
-        let url = format!("file://{}", path.display());
-        let r = Ref::new(url.clone()).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-        let job = Job::from(ResizeJob { image: r.to_bytes(), ..resize_job.clone() });
-        let output_to = Self::output_to(&dir, "pair-1");
-        let message_bytes = JobEnvelope::encode_full(&job, Encoding::Json, Control::default(), Some(&output_to))
-            .map(|b| b.len())
-            .context("encoding the job by file reference")?;
-        Ok(Self { dir, job, url, message_bytes })
+impl Kept {
+    /// The `output_to` prefix of run `run`.
+    fn output_to(&self, run: &str) -> String {
+        match self {
+            Self::S3(_) => Store::output_to(run),
+            Self::Dir(dir) => format!("file://{}/outputs/{run}/", dir.path().display()),
+        }
     }
 
-    fn output_to(dir: &TempDir, run: &str) -> String {
-        format!("file://{}/outputs/{run}/", dir.path().display())
-    }
-
-    /// How many outputs run `run` wrote (a directory per job).
+    /// How many outputs run `run` wrote.
     fn outputs_of(&self, run: &str) -> usize {
-        std::fs::read_dir(self.dir.path().join("outputs").join(run)).map_or(0, Iterator::count)
+        match self {
+            Self::S3(store) => store.outputs_of(run),
+            // A directory per job.
+            Self::Dir(dir) => std::fs::read_dir(dir.path().join("outputs").join(run)).map_or(0, Iterator::count),
+        }
+    }
+
+    /// The worker's `[store]`, as `WARREN__STORE__*` variables.
+    fn worker_env(&self) -> Vec<(String, String)> {
+        match self {
+            Self::S3(store) => store.worker_env(),
+            Self::Dir(dir) => vec![("WARREN__STORE__FILE_ROOTS".to_owned(), dir.path().display().to_string())],
+        }
+    }
+
+    /// The store's process, whose CPU is measured beside the fleet's.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::S3(store) => store.pid,
+            Self::Dir(_) => None,
+        }
     }
 }
 
-/// The runs by reference: the store, the job naming the stored photo, its message's size.
+/// A run by reference: where the photo is kept, the job naming it, the message's size.
 struct ByReference {
-    store: Store,
+    kept: Kept,
     job: Job,
     url: String,
     message_bytes: usize,
 }
 
 impl ByReference {
-    async fn start(resize_job: &ResizeJob) -> anyhow::Result<Self> {
+    /// The photo in an s3s-fs store, uploaded with an S3 PUT.
+    async fn s3(resize_job: &ResizeJob) -> anyhow::Result<Self> {
         let store = Store::start().await?;
         let url = store.upload(STORED_PHOTO, &resize_job.image).await?;
+        Self::naming(Kept::S3(Box::new(store)), url, resize_job)
+    }
+
+    /// The photo in a directory of its own.
+    fn dir(resize_job: &ResizeJob) -> anyhow::Result<Self> {
+        let dir = TempDir::new("warren-bench-files").context("a directory for file references")?;
+        let path = dir.path().join("photo_1920x1080.jpg");
+        std::fs::write(&path, &resize_job.image).with_context(|| format!("writing {}", path.display()))?;
+        let url = format!("file://{}", path.display());
+        Self::naming(Kept::Dir(dir), url, resize_job)
+    }
+
+    fn naming(kept: Kept, url: String, resize_job: &ResizeJob) -> anyhow::Result<Self> {
         let r = Ref::new(url.clone()).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
         let job = Job::from(ResizeJob { image: r.to_bytes(), ..resize_job.clone() });
         // As published: JSON, `output_to` beside the kind.
-        let output_to = Store::output_to("pair-1");
-        let message_bytes = JobEnvelope::encode_full(&job, Encoding::Json, Control::default(), Some(&output_to))
-            .map(|b| b.len())
-            .context("encoding the job by reference")?;
-        Ok(Self { store, job, url, message_bytes })
+        let message_bytes =
+            JobEnvelope::encode_full(&job, Encoding::Json, Control::default(), Some(&kept.output_to("pair-1")))
+                .map(|b| b.len())
+                .context("encoding the job by reference")?;
+        Ok(Self { kept, job, url, message_bytes })
     }
 }
 
@@ -116,8 +138,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
     let quality = block_in_place(|| output_quality(&photo, resize_job))?;
     let message_bytes = |e| JobEnvelope::encode(&job, e).map(|b| b.len()).context("encoding the job's envelope");
     let (json_bytes, bincode_bytes) = (message_bytes(Encoding::Json)?, message_bytes(Encoding::Bincode)?);
-    let by_ref = ByReference::start(resize_job).await?;
-    let by_file = block_in_place(|| ByFile::start(resize_job))?;
+    let by_ref = ByReference::s3(resize_job).await?;
+    let by_file = block_in_place(|| ByReference::dir(resize_job))?;
 
     let mut runs = Runs::default();
     let (mut fleet_cpu, mut bincode_cpu, mut ref_cpu, mut file_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -172,7 +194,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
         "image payload by reference ({}, output_to {}): JSON message {} bytes, CPU/job worker {:.2} ms, producer \
          {:.2}, broker {:.2}, store {:.2}",
         by_ref.url,
-        Store::output_to("pair-N"),
+        by_ref.kept.output_to("pair-N"),
         by_ref.message_bytes,
         ms(ref_cpu.worker),
         ms(ref_cpu.own),
@@ -183,7 +205,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
         "image payload by file reference ({}, output_to {}): JSON message {} bytes, CPU/job worker {:.2} ms, \
          producer {:.2}, broker {:.2}",
         by_file.url,
-        ByFile::output_to(&by_file.dir, "pair-N"),
+        by_file.kept.output_to("pair-N"),
         by_file.message_bytes,
         ms(file_cpu.worker),
         ms(file_cpu.own),
@@ -206,11 +228,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Value> {
             "bincode": {"message_bytes": bincode_bytes, "cpu_s_per_job": bincode_cpu.json(in_process_cpu)},
             "by_reference": {"message_bytes": by_ref.message_bytes, "encoding": "json", "ref": by_ref.url,
                              "object": "one stored object, named by every job",
-                             "output_to": Store::output_to("pair-N"), "store": "s3s-fs 0.14.1 on this host",
+                             "output_to": by_ref.kept.output_to("pair-N"), "store": "s3s-fs 0.14.1 on this host",
                              "cpu_s_per_job": ref_cpu.json(in_process_cpu)},
             "by_file_reference": {"message_bytes": by_file.message_bytes, "encoding": "json", "ref": by_file.url,
                                   "object": "one file, named by every job",
-                                  "output_to": ByFile::output_to(&by_file.dir, "pair-N"),
+                                  "output_to": by_file.kept.output_to("pair-N"),
                                   "store": "a directory on this host (store.file_roots), as a shared mount",
                                   "cpu_s_per_job": file_cpu.json(in_process_cpu)},
         },
@@ -237,7 +259,7 @@ async fn pair(
     photo: &Path,
     job: &Job,
     resize_job: &ResizeJob,
-    (by_ref, by_file): (&ByReference, &ByFile),
+    (by_ref, by_file): (&ByReference, &ByReference),
     runs: &mut Runs,
 ) -> anyhow::Result<[CpuUsed; 4]> {
     let (min, n) = (Duration::from_millis(cli.measure_ms), cli.heavy_messages);
@@ -258,7 +280,7 @@ async fn pair(
     })
     .await?;
     let (r, r_cpu) = by_reference(by_ref, number, &p).await?;
-    let (fr, fr_cpu) = by_file_reference(by_file, number, &p).await?;
+    let (fr, fr_cpu) = by_reference(by_file, number, &p).await?;
     let cpu = [f_cpu, b_cpu, r_cpu, fr_cpu].map(|c| c.per_job(n));
     for (name, report, cpu) in
         [(FLEET, f, cpu[0]), (FLEET_BINCODE, b, cpu[1]), (FLEET_REF, r, cpu[2]), (FLEET_FILE, fr, cpu[3])]
@@ -268,38 +290,21 @@ async fn pair(
     Ok(cpu)
 }
 
-/// The fleet on JSON jobs naming the photo by `file://` reference, each output written under a
-/// directory of pair `number`'s own; checks that every output was written after the run.
-async fn by_file_reference(by_file: &ByFile, number: usize, plan: &LoadPlan) -> anyhow::Result<(LoadReport, CpuUsed)> {
-    let run = format!("pair-{number}");
-    let beside = Beside {
-        publish: PublishOptions { encoding: Some(Encoding::Json), ..PublishOptions::default() }
-            .output_to(ByFile::output_to(&by_file.dir, &run)),
-        ..Beside::default()
-    };
-    let env = [("WARREN__STORE__FILE_ROOTS".to_owned(), by_file.dir.path().display().to_string())];
-    let (report, cpu) =
-        process_run_beside("bench-image", "image.resize", &env, None, &by_file.job, plan, |_| (), beside).await?;
-    let stored = by_file.outputs_of(&run);
-    anyhow::ensure!(stored as u64 == plan.count, "{stored} outputs written for {} jobs by file reference", plan.count);
-    Ok((report, cpu))
-}
-
-/// The fleet on JSON jobs naming the stored photo, each output written back under a prefix of
-/// pair `number`'s own; checks that the store holds every output after the run.
+/// The fleet on JSON jobs naming the kept photo, each output written back under a prefix of
+/// pair `number`'s own; checks that every output was written after the run.
 async fn by_reference(by_ref: &ByReference, number: usize, plan: &LoadPlan) -> anyhow::Result<(LoadReport, CpuUsed)> {
     let run = format!("pair-{number}");
     let beside = Beside {
-        store: by_ref.store.pid,
+        store: by_ref.kept.pid(),
         publish: PublishOptions { encoding: Some(Encoding::Json), ..PublishOptions::default() }
-            .output_to(Store::output_to(&run)),
+            .output_to(by_ref.kept.output_to(&run)),
         ..Beside::default()
     };
-    let env = by_ref.store.worker_env();
+    let env = by_ref.kept.worker_env();
     let (report, cpu) =
         process_run_beside("bench-image", "image.resize", &env, None, &by_ref.job, plan, |_| (), beside).await?;
-    let stored = by_ref.store.outputs_of(&run);
-    anyhow::ensure!(stored as u64 == plan.count, "{stored} outputs stored for {} jobs by reference", plan.count);
+    let stored = by_ref.kept.outputs_of(&run);
+    anyhow::ensure!(stored as u64 == plan.count, "{stored} outputs written for {} jobs by {}", plan.count, by_ref.url);
     Ok((report, cpu))
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import sys
@@ -12,10 +13,14 @@ import warren_worker
 from warren_worker import Context, Permanent, Transient
 
 
+_LIBC = ctypes.CDLL(None)
+
+
 @warren_worker.kind("sample.digest", time_limit=5, bytes_fields=("data",))
 def digest(job: dict[str, Any], cx: Context) -> dict[str, Any]:
     data: bytes = job["data"]
     print(f"digesting {len(data)} bytes")  # to stderr: the worker logs it
+    _LIBC.printf(b"C says %d\n", ctypes.c_int(len(data)))  # C stdio, buffered on a pipe
     return {"sha256": hashlib.sha256(data).hexdigest(), "attempt": cx.attempt, "echo": data[:4]}
 
 

@@ -133,12 +133,12 @@ def test_a_child_says_its_kinds_then_answers_jobs_with_bytes_once(child: ChildPr
     child.send({"t": "stop"})
     assert child.proc.wait(timeout=10) == 0
     # Prints go to stderr, between the marks of the job that made them (flushed before the end
-    # mark, though stdout is a pipe and block-buffered): the worker attributes each line by its
-    # place in the stream.
+    # mark, Python's and C's stdio, though stdout is a pipe and block-buffered): the worker
+    # attributes each line by its place in the stream.
     lines = child.stderr().split("\n")  # not splitlines: \x1e is a line boundary to it
     marks = [i for i, line in enumerate(lines) if line.startswith("\x1ewarren-job ")]
     assert [lines[i][len("\x1ewarren-job "):] for i in marks] == ['"j1"', '""', '"j2"', '""'], lines
-    assert [line for line in lines[marks[0] + 1:marks[1]] if line] == ["digesting 3000 bytes"], lines
+    assert [line for line in lines[marks[0] + 1:marks[1]] if line] == ["digesting 3000 bytes", "C says 3000"], lines
 
 
 def test_each_exception_class_and_an_unencodable_output(child: ChildProcess) -> None:
